@@ -1,0 +1,32 @@
+# Everything a newcomer needs: `make demo` and `make test`, on a machine with only Python and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo dev test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## run the whole system on this machine and push a few room photos through it
+	$(BIN)/spillway demo
+
+dev: $(STAMP)  ## start the embedded stack and keep it up (prints the API URL)
+	$(BIN)/spillway dev
+
+test: $(STAMP)  ## the test suite, including the embedded stack end to end
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check functions infra tests bench
+	$(BIN)/cfn-lint template.yaml
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .spillway .pytest_cache

@@ -1,0 +1,1 @@
+"""Spillway: GPU inference jobs across owned, rented and pay-per-request GPUs."""

@@ -1,0 +1,38 @@
+"""`spillway`: the agent beside a GPU, and the embedded stack for running everything on one machine."""
+
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: spillway <command> [options]
+
+commands:
+  agent   run the agent beside one GPU's model server
+  dev     run the whole system on this machine (moto, the template's resources, agents) and stay up
+  demo    start the embedded stack, push a few room photos through the API, show where each ran
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "agent":
+        from spillway.agent.cli import main as agent_main
+
+        return agent_main(rest)
+    if command in ("dev", "demo"):
+        try:
+            from spillway_embedded import cli as embedded_cli
+        except ImportError as missing:  # the Lambda install has no moto: say what to install
+            print(f"spillway {command} needs the embedded extra: pip install 'spillway[embedded]' ({missing})")
+            return 2
+        return embedded_cli.dev(rest) if command == "dev" else embedded_cli.demo(rest)
+    print(f"spillway: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

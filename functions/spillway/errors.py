@@ -1,0 +1,23 @@
+"""Domain errors, each mapped to an HTTP status by the handlers."""
+
+
+class SpillwayError(Exception):
+    status = 500
+
+
+class NotFound(SpillwayError):
+    status = 404
+
+
+class Invalid(SpillwayError):
+    """The request is well-formed but cannot be served (unknown service, missing upload, ...)."""
+
+    status = 422
+
+
+class Conflict(SpillwayError):
+    status = 409
+
+
+class NoCapacity(SpillwayError):
+    """No GPU in the pool can take the task now; the message goes back to the queue."""

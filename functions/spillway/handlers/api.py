@@ -1,0 +1,147 @@
+"""The job API: POST /v1/uploads, POST /v1/jobs, GET /v1/jobs/{job_id}, GET /v1/openapi.json."""
+
+from functools import cache
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from spillway import aws
+from spillway.errors import SpillwayError
+from spillway.handlers.http import validation_message
+from spillway.intake import Intake
+from spillway.jobs import JobStore
+from spillway.models import ApiError, JobAccepted, JobId, JobRequest, JobView, UploadRequest, UploadTicket
+from spillway.settings import settings
+
+API_TITLE = "Spillway job API"
+API_VERSION = "1.0.0"
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = APIGatewayHttpResolver(enable_validation=True)
+
+_ERRORS: dict[int | str, Any] = {
+    404: {"description": "No such job", "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
+    422: {"description": "The request cannot be served, with the reason",
+          "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
+}
+
+
+@cache
+def intake() -> Intake:
+    s = settings()
+    return Intake(s, JobStore(aws.table(s.jobs_table)), aws.client("s3"), aws.client("sqs"))
+
+
+@cache
+def _idempotent_submit() -> Any:
+    """Submit, remembered by idempotency key: a retried POST returns the job it created the first time."""
+    config = IdempotencyConfig(
+        event_key_jmespath="idempotency_key",
+        payload_validation_jmespath="[service, input_key, priority, segment]",
+        expires_after_seconds=24 * 3600,
+    )
+    persistence = DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto3_client=aws.client("dynamodb"))
+
+    @idempotent_function(
+        data_keyword_argument="request", config=config, persistence_store=persistence,
+        output_serializer=PydanticSerializer,
+    )
+    def submit(request: JobRequest) -> JobAccepted:
+        return intake().submit(request)
+
+    return submit
+
+
+@app.post("/v1/uploads", summary="Get a presigned URL to upload an input photo", tags=["uploads"])
+@tracer.capture_method
+def create_upload(request: Annotated[UploadRequest | None, Body()] = None) -> UploadTicket:
+    return intake().upload_ticket(request or UploadRequest())
+
+
+@app.post("/v1/jobs", status_code=202, summary="Submit a job", tags=["jobs"], responses={
+    202: {"description": "Accepted: the job is queued",
+          "content": {"application/json": {"model": JobAccepted}}},
+    409: {"description": "The same idempotency key is being submitted right now"},
+    422: _ERRORS[422],
+})
+@tracer.capture_method
+def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
+    if request.idempotency_key:
+        accepted = _idempotent_submit()(request=request)
+    else:
+        accepted = intake().submit(request)
+    logger.append_keys(job_id=accepted.job_id)
+    logger.info("job accepted", service=request.service, priority=request.priority.value)
+    metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+    return accepted
+
+
+@app.get("/v1/jobs/<job_id>", summary="A job's status, attempts and result link", tags=["jobs"],
+         responses={200: {"description": "The job", "content": {"application/json": {"model": JobView}}},
+                    404: _ERRORS[404]})
+@tracer.capture_method
+def get_job(job_id: Annotated[JobId, Path(description="the id POST /v1/jobs returned")]) -> JobView:
+    return intake().view(job_id)
+
+
+@app.get("/v1/openapi.json", include_in_schema=False)
+def openapi() -> Response:
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi_document())
+
+
+def openapi_document() -> str:
+    return app.get_openapi_json_schema(
+        title=API_TITLE, version=API_VERSION,
+        description="Submit photo edits to run on GPUs; follow them until their result is ready.",
+    )
+
+
+@app.exception_handler(RequestValidationError)
+def invalid_request(exc: RequestValidationError) -> Response:
+    return _error(422, validation_message(exc))
+
+
+@app.exception_handler(SpillwayError)
+def domain_error(exc: SpillwayError) -> Response:
+    return _error(exc.status, str(exc))
+
+
+@app.exception_handler(IdempotencyValidationError)
+def idempotency_key_reused(exc: IdempotencyValidationError) -> Response:
+    return _error(422, "this idempotency_key was used for a different request")
+
+
+@app.exception_handler(IdempotencyAlreadyInProgressError)
+def idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response:
+    return _error(409, "a request with this idempotency_key is in progress; retry shortly")
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(
+        status_code=status, content_type=content_types.APPLICATION_JSON,
+        body=ApiError(message=message).model_dump_json(),
+    )
+
+
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

@@ -1,0 +1,147 @@
+"""Taking jobs in: upload tickets, validated submissions, and the status view.
+
+Plain domain code: the API handler parses HTTP and calls these; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from spillway import imageinfo
+from spillway.aws import error_code
+from spillway.catalog import SERVICES
+from spillway.errors import Invalid, NotFound
+from spillway.jobs import JobRecord, JobStore
+from spillway.models import (
+    DispatchInput,
+    JobAccepted,
+    JobRequest,
+    JobStatus,
+    JobView,
+    UploadRequest,
+    UploadTicket,
+)
+from spillway.settings import Settings
+
+UPLOAD_URL_SECONDS = 15 * 60
+RESULT_URL_SECONDS = 60 * 60
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        s3: Any,
+        sqs: Any,
+        clock: Callable[[], datetime] = utc_now,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ):
+        self._settings = settings
+        self._jobs = jobs
+        self._s3 = s3
+        self._sqs = sqs
+        self._clock = clock
+        self._new_id = new_id
+
+    def upload_ticket(self, request: UploadRequest) -> UploadTicket:
+        key = f"uploads/{self._new_id()}.{_EXTENSIONS[request.content_type]}"
+        url = self._s3.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self._settings.images_bucket, "Key": key, "ContentType": request.content_type},
+            ExpiresIn=UPLOAD_URL_SECONDS,
+        )
+        return UploadTicket(
+            input_key=key,
+            upload_url=url,
+            headers={"Content-Type": request.content_type},
+            expires_in=UPLOAD_URL_SECONDS,
+        )
+
+    def submit(self, request: JobRequest) -> JobAccepted:
+        """Validate, record the job, and queue it on its priority's intake queue."""
+        service = SERVICES.get(request.service)
+        if service is None:
+            raise Invalid(f"unknown service {request.service!r}; known services: {', '.join(sorted(SERVICES))}")
+        width, height = self._input_dimensions(request.input_key)
+        megapixels = width * height / 1_000_000
+        if megapixels > service.max_megapixels:
+            raise Invalid(
+                f"the input is {width}x{height} ({megapixels:.1f} MP); "
+                f"{service.name} takes at most {service.max_megapixels:g} MP"
+            )
+        now = iso(self._clock())
+        job = JobRecord(
+            job_id=f"j-{self._new_id()}",
+            status=JobStatus.QUEUED,
+            service=service.name,
+            priority=request.priority,
+            segment=request.segment,
+            input_key=request.input_key,
+            width=width,
+            height=height,
+            vram_mb=service.vram_mb(width, height),
+            created_at=now,
+            updated_at=now,
+            idempotency_key=request.idempotency_key,
+        )
+        self._jobs.create(job)
+        message = DispatchInput(
+            job_id=job.job_id,
+            service=job.service,
+            input_key=job.input_key,
+            priority=job.priority,
+            vram_mb=job.vram_mb,
+        )
+        try:
+            self._sqs.send_message(
+                QueueUrl=self._settings.intake_queue_urls[job.priority], MessageBody=message.model_dump_json()
+            )
+        except Exception:
+            # A job that is recorded but never queued would sit in QUEUED forever: take it back.
+            self._jobs.delete(job.job_id)
+            raise
+        return JobAccepted(job_id=job.job_id, status=job.status)
+
+    def view(self, job_id: str) -> JobView:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        result_url = None
+        if job.status is JobStatus.SUCCEEDED and job.result_key:
+            result_url = self._s3.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self._settings.images_bucket, "Key": job.result_key},
+                ExpiresIn=RESULT_URL_SECONDS,
+            )
+        return job.view(result_url)
+
+    def _input_dimensions(self, key: str) -> tuple[int, int]:
+        try:
+            head = self._s3.get_object(
+                Bucket=self._settings.images_bucket, Key=key, Range=f"bytes=0-{imageinfo.HEADER_BYTES - 1}"
+            )["Body"].read()
+        except Exception as exc:
+            code = error_code(exc)
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise Invalid(f"nothing was uploaded at {key}: PUT the image to its upload_url first") from None
+            if code == "InvalidRange":
+                raise Invalid(f"the upload at {key} is empty") from None
+            raise
+        try:
+            _, width, height = imageinfo.dimensions(head)
+        except imageinfo.NotAnImage as exc:
+            raise Invalid(f"{key}: {exc}") from None
+        return width, height

@@ -1,0 +1,73 @@
+"""The job record in DynamoDB: one item per job, its attempts, and the fence every writer checks.
+
+The dispatch state machine owns `status`, `attempt` and the attempt outcomes (it writes them with
+its own DynamoDB integration); Lambdas only create the record and add what they learn about the
+current attempt, always on condition that the attempt is still the current one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from spillway.aws import from_item, to_item
+from spillway.models import AttemptView, JobStatus, JobView, Pool, Priority, Segment
+
+
+class Attempt(BaseModel):
+    pool: Pool
+    started_at: str
+    ended_at: str | None = None
+    outcome: str | None = None
+    error: str | None = None
+    gpu_id: str | None = None
+    task_id: str | None = None
+
+
+class JobRecord(BaseModel):
+    job_id: str
+    status: JobStatus
+    service: str
+    priority: Priority
+    segment: Segment
+    input_key: str
+    width: int
+    height: int
+    vram_mb: int
+    created_at: str
+    updated_at: str
+    attempt: int = 0  # the number of the current attempt: the fence
+    attempts: list[Attempt] = Field(default_factory=list)
+    result_key: str | None = None
+    error: str | None = None
+    idempotency_key: str | None = None
+
+    def view(self, result_url: str | None = None) -> JobView:
+        return JobView(
+            **self.model_dump(exclude={"attempt", "attempts", "idempotency_key"}),
+            attempts=[
+                AttemptView(number=n, **a.model_dump(exclude={"task_id"}))
+                for n, a in enumerate(self.attempts, start=1)
+            ],
+            result_url=result_url,
+        )
+
+
+class JobStore:
+    def __init__(self, table: Any):
+        self._table = table
+
+    def create(self, job: JobRecord) -> None:
+        self._table.put_item(
+            Item=to_item(job.model_dump(mode="json", exclude_none=True)),
+            ConditionExpression="attribute_not_exists(job_id)",
+        )
+
+    def delete(self, job_id: str) -> None:
+        """Undo a create whose intake message could not be sent (the job never existed)."""
+        self._table.delete_item(Key={"job_id": job_id})
+
+    def get(self, job_id: str) -> JobRecord | None:
+        item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
+        return JobRecord.model_validate(from_item(item)) if item else None

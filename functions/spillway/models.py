@@ -1,0 +1,218 @@
+"""Pydantic models for every boundary: the public API, the queues, and the agent protocol.
+
+One module so that the API Lambda, the pollers, the callback Lambda and the agent all speak
+exactly the same shapes.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+
+JobId = Annotated[str, StringConstraints(pattern=r"^j-[0-9a-f]{32}$")]
+TaskId = Annotated[str, StringConstraints(pattern=r"^t-[0-9a-f]{32}$")]
+GpuId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
+InputKey = Annotated[str, StringConstraints(pattern=r"^uploads/[0-9a-f]{32}\.(png|jpg)$")]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class Strict(BaseModel):
+    """Unknown fields are refused: a typo in a request is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "QUEUED"  # accepted, waiting in an intake queue
+    RUNNING = "RUNNING"  # the dispatch execution has started
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+
+
+class Pool(StrEnum):
+    LOCAL = "local"
+    CLOUD = "cloud"
+    FAAS = "faas"
+
+
+class ErrorType(StrEnum):
+    """Why an attempt failed. The state machine's Catch routes on `Spillway.<ErrorType>`."""
+
+    BAD_INPUT = "BadInput"  # the image itself is unusable: fail the job, no retry
+    GPU_UNREACHABLE = "GpuUnreachable"  # the push to the agent failed: the link or the node is down
+    MODEL_ERROR = "ModelError"  # the model crashed on this GPU: another GPU may do it
+    INPUT_UNAVAILABLE = "InputUnavailable"  # the agent could not fetch the input
+    OUTPUT_UPLOAD = "OutputUpload"  # the agent could not store the result
+    DRAINING = "Draining"  # the agent is shutting down and gave the task back
+
+    @property
+    def state_machine_error(self) -> str:
+        return f"Spillway.{self.value}"
+
+
+# --- public API ------------------------------------------------------------------------------
+
+
+class UploadRequest(Strict):
+    content_type: Literal["image/png", "image/jpeg"] = "image/png"
+
+
+class UploadTicket(BaseModel):
+    input_key: str = Field(description="pass this as `input_key` when submitting the job")
+    upload_url: str = Field(description="presigned S3 URL: PUT the image bytes here")
+    method: Literal["PUT"] = "PUT"
+    headers: dict[str, str] = Field(description="headers the PUT must carry")
+    expires_in: int = Field(description="seconds the URL stays valid")
+
+
+class Segment(Strict):
+    """Who the job is for; segment rules decide deadlines and FaaS eligibility."""
+
+    region: Annotated[str, StringConstraints(pattern=r"^[a-z]{2}$")] = "us"
+    customer_tier: Literal["standard", "premium", "enterprise"] = "standard"
+
+
+class JobRequest(Strict):
+    service: str = Field(description="one of the services in the catalog, e.g. `remove_furniture`")
+    input_key: InputKey = Field(description="the `input_key` of a finished upload")
+    priority: Priority = Priority.NORMAL
+    segment: Segment = Field(default_factory=Segment)
+    idempotency_key: IdempotencyKey | None = Field(
+        default=None, description="resubmitting with the same key returns the same job, never a second one"
+    )
+
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+
+
+class AttemptView(BaseModel):
+    number: int
+    pool: Pool
+    gpu_id: str | None = None
+    started_at: str
+    ended_at: str | None = None
+    outcome: Literal["succeeded", "failed"] | None = None
+    error: str | None = None
+
+
+class JobView(BaseModel):
+    job_id: str
+    status: JobStatus
+    service: str
+    priority: Priority
+    segment: Segment
+    input_key: str
+    width: int
+    height: int
+    vram_mb: int
+    created_at: str
+    updated_at: str
+    attempts: list[AttemptView]
+    result_key: str | None = None
+    result_url: str | None = Field(default=None, description="presigned GET of the result, when SUCCEEDED")
+    error: str | None = None
+
+
+class ApiError(BaseModel):
+    message: str
+
+
+# --- control plane: state machine and pool queues ----------------------------------------------
+
+
+class DispatchInput(BaseModel):
+    """The input of a dispatch execution, named by the job id."""
+
+    job_id: JobId
+    service: str
+    input_key: str
+    priority: Priority
+    vram_mb: int
+
+
+class PoolTask(BaseModel):
+    """The body the state machine sends to a pool queue, with its task token."""
+
+    job_id: JobId
+    attempt: int = Field(ge=1, le=3)
+    pool: Pool
+    service: str
+    input_key: str
+    vram_mb: int
+    task_token: str
+
+
+class AttemptOutput(BaseModel):
+    """What a Try* state gets back through SendTaskSuccess."""
+
+    task_id: str
+    gpu_id: str
+    result_key: str
+    duration_ms: int
+
+
+# --- agent protocol ----------------------------------------------------------------------------
+
+
+class AgentTask(Strict):
+    """Control plane -> agent: POST /v1/tasks. Idempotent by task_id."""
+
+    task_id: TaskId
+    job_id: JobId
+    service: str
+    input_url: AnyHttpUrl
+    output_url: AnyHttpUrl
+    heartbeat_interval_s: float = Field(gt=0, le=300)
+
+
+class AgentTaskAccepted(BaseModel):
+    task_id: str
+    state: Literal["accepted", "running", "succeeded", "failed"]
+
+
+class AgentHeartbeat(Strict):
+    """Agent -> control plane: POST /v1/agent/heartbeat, every few seconds; the first one registers."""
+
+    gpu_id: GpuId
+    pool: Literal[Pool.LOCAL, Pool.CLOUD]
+    url: AnyHttpUrl = Field(description="where the control plane reaches this agent (for local GPUs: the tunnel)")
+    vram_total_mb: int = Field(gt=0)
+    services: list[str]
+    running: list[TaskId] = Field(default_factory=list)
+    draining: bool = False
+
+
+class TaskHeartbeat(Strict):
+    """Agent -> control plane: POST /v1/agent/tasks/{task_id}/heartbeat while the model runs."""
+
+    gpu_id: GpuId
+
+
+class TaskResult(Strict):
+    """Agent -> control plane: POST /v1/agent/tasks/{task_id}/result, once, retried until answered."""
+
+    gpu_id: GpuId
+    outcome: Literal["succeeded", "failed"]
+    error_type: ErrorType | None = None
+    message: str | None = Field(default=None, max_length=2000)
+    duration_ms: int = Field(ge=0)
+
+
+class CallbackAck(BaseModel):
+    """The control plane's answer to an agent report. `current=False`: the task has moved on, stop it."""
+
+    current: bool

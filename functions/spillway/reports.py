@@ -1,0 +1,80 @@
+"""What agents report about their tasks, turned into Step Functions callbacks.
+
+The token stays here: the agent names a task id, this code looks the token up. A result ends the
+task exactly once (a conditional write), and only then is the callback sent; a repeated report
+re-sends the first outcome, so a lost answer to the agent costs nothing. A task whose attempt
+has moved on (AWS says TaskTimedOut) answers `current: False` and the agent stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger
+
+from spillway.aws import error_code
+from spillway.errors import Conflict, NotFound
+from spillway.fleet import Fleet, Task
+from spillway.models import AttemptOutput, CallbackAck, ErrorType, TaskHeartbeat, TaskResult
+
+logger = Logger(child=True)
+
+_GONE = ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken")
+
+
+class TaskReports:
+    def __init__(self, fleet: Fleet, sfn: Any):
+        self._fleet = fleet
+        self._sfn = sfn
+
+    def heartbeat(self, task_id: str, beat: TaskHeartbeat) -> CallbackAck:
+        task = self._task(task_id, beat.gpu_id)
+        if task.state != "running":
+            return CallbackAck(current=False)
+        return self._callback(task, self._sfn.send_task_heartbeat, taskToken=task.task_token)
+
+    def result(self, task_id: str, result: TaskResult) -> CallbackAck:
+        task = self._task(task_id, result.gpu_id)
+        if result.outcome == "failed" and result.error_type is None:
+            result = result.model_copy(update={"error_type": ErrorType.MODEL_ERROR})
+        error_type = result.error_type.value if result.error_type else None
+        if not self._fleet.release(task, result.outcome, error_type):
+            task = self._fleet.task(task_id) or task
+            if task.outcome is None:  # given back, never ran here
+                return CallbackAck(current=False)
+            logger.info("repeated result: re-sending the first outcome", task_id=task_id, outcome=task.outcome)
+            result = result.model_copy(update={"outcome": task.outcome, "error_type": task.error_type})
+        logger.info(
+            "task ended", job_id=task.job_id, task_id=task_id, gpu_id=task.gpu_id,
+            outcome=result.outcome, error_type=result.error_type, duration_ms=result.duration_ms,
+        )
+        if result.outcome == "succeeded":
+            output = AttemptOutput(
+                task_id=task.task_id, gpu_id=task.gpu_id, result_key=task.result_key, duration_ms=result.duration_ms
+            )
+            return self._callback(task, self._sfn.send_task_success,
+                                  taskToken=task.task_token, output=output.model_dump_json())
+        error = ErrorType(result.error_type or ErrorType.MODEL_ERROR)
+        return self._callback(
+            task, self._sfn.send_task_failure, taskToken=task.task_token,
+            error=error.state_machine_error, cause=(result.message or error.value)[:32_000],
+        )
+
+    def _task(self, task_id: str, gpu_id: str) -> Task:
+        task = self._fleet.task(task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        if task.gpu_id != gpu_id:
+            raise Conflict(f"task {task_id} runs on {task.gpu_id}, not on {gpu_id}")
+        return task
+
+    @staticmethod
+    def _callback(task: Task, send: Any, **kwargs: Any) -> CallbackAck:
+        try:
+            send(**kwargs)
+        except Exception as exc:
+            if error_code(exc) in _GONE:
+                logger.info("attempt has moved on", job_id=task.job_id, task_id=task.task_id, code=error_code(exc))
+                return CallbackAck(current=False)
+            raise
+        return CallbackAck(current=True)

@@ -1,0 +1,51 @@
+"""What the control plane is made of, read from the environment the template gives every function."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+
+from pydantic import BaseModel, ValidationError
+
+from spillway.models import Priority
+
+
+class Settings(BaseModel, frozen=True):
+    jobs_table: str
+    fleet_table: str
+    tasks_table: str
+    idempotency_table: str
+    images_bucket: str
+    intake_queue_urls: dict[Priority, str]
+    dispatch_state_machine_arn: str
+    agent_key_secret_arn: str
+    heartbeat_seconds: int
+    attempt_timeout_seconds: int
+    agent_stale_seconds: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        try:
+            return cls(
+                jobs_table=env["JOBS_TABLE"],
+                fleet_table=env["FLEET_TABLE"],
+                tasks_table=env["TASKS_TABLE"],
+                idempotency_table=env["IDEMPOTENCY_TABLE"],
+                images_bucket=env["IMAGES_BUCKET"],
+                intake_queue_urls={p: env[f"INTAKE_{p.value.upper()}_QUEUE_URL"] for p in Priority},
+                dispatch_state_machine_arn=env["DISPATCH_STATE_MACHINE_ARN"],
+                agent_key_secret_arn=env["AGENT_KEY_SECRET_ARN"],
+                heartbeat_seconds=env["HEARTBEAT_SECONDS"],
+                attempt_timeout_seconds=env["ATTEMPT_TIMEOUT_SECONDS"],
+                agent_stale_seconds=env["AGENT_STALE_SECONDS"],
+            )
+        except KeyError as missing:
+            raise RuntimeError(f"environment variable {missing} is not set; the template sets it") from None
+        except ValidationError as invalid:
+            raise RuntimeError(f"bad Spillway settings in the environment: {invalid}") from None
+
+
+@cache
+def settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,85 @@
+"""Shared fixtures: the template's resources, provisioned into moto's in-process `mock_aws`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from spillway import aws
+from spillway.settings import Settings, settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "template.yaml"
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never reach a real account from a test, whatever the developer's shell has."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "true")
+
+
+@dataclass
+class Cloud:
+    """The template's resources in mock_aws, and the environment its functions see."""
+
+    settings: Settings
+    physical: dict[str, str]
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, region_name=REGION)
+
+    def job_item(self, job_id: str) -> dict[str, Any] | None:
+        return aws.table(self.settings.jobs_table).get_item(Key={"job_id": job_id}).get("Item")
+
+    def queue_messages(self, logical_id: str) -> list[dict[str, Any]]:
+        sqs = self.client("sqs")
+        messages = sqs.receive_message(QueueUrl=self.physical[logical_id], MaxNumberOfMessages=10).get("Messages", [])
+        return [json.loads(m["Body"]) for m in messages]
+
+    def wait_for_execution(self, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        """Bounded wait for the job's dispatch execution to finish (moto runs it on a thread)."""
+        sfn = self.client("stepfunctions")
+        arn = self.settings.dispatch_state_machine_arn.replace(":stateMachine:", ":execution:") + f":{job_id}"
+        deadline = time.monotonic() + timeout
+        while True:
+            execution = sfn.describe_execution(executionArn=arn)
+            if execution["status"] != "RUNNING" or time.monotonic() > deadline:
+                return execution
+            time.sleep(0.05)
+
+
+def clear_caches() -> None:
+    settings.cache_clear()
+    aws.client.cache_clear()
+    aws.table.cache_clear()
+
+
+@pytest.fixture
+def cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
+    from spillway_embedded.provision import provision
+    from spillway_embedded.template import translate
+
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        stack = provision(
+            translate(TEMPLATE, {"HeartbeatSeconds": "5"}), endpoint_url=None, region=REGION, stack_name="test",
+        )
+        for name, value in stack.environment().items():
+            monkeypatch.setenv(name, value)
+        clear_caches()
+        yield Cloud(settings=settings(), physical=dict(stack.physical_ids))
+    clear_caches()

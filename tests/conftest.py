@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -69,15 +70,20 @@ def clear_caches() -> None:
     aws.table.cache_clear()
 
 
-@pytest.fixture
-def cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
-    from spillway_embedded.provision import provision
+@pytest.fixture(scope="session")
+def translated() -> dict[str, Any]:
+    """template.yaml as CloudFormation, translated once per run (HeartbeatSeconds=5 keeps timeouts short)."""
     from spillway_embedded.template import translate
 
+    return translate(TEMPLATE, {"HeartbeatSeconds": "5"})
+
+
+@pytest.fixture
+def cloud(monkeypatch: pytest.MonkeyPatch, translated: dict[str, Any]) -> Iterator[Cloud]:
+    from spillway_embedded.provision import provision
+
     with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        stack = provision(
-            translate(TEMPLATE, {"HeartbeatSeconds": "5"}), endpoint_url=None, region=REGION, stack_name="test",
-        )
+        stack = provision(copy.deepcopy(translated), endpoint_url=None, region=REGION, stack_name="test")
         for name, value in stack.environment().items():
             monkeypatch.setenv(name, value)
         clear_caches()

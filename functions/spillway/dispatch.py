@@ -137,7 +137,9 @@ class Dispatcher:
         return self._fail(task, ErrorType.MODEL_ERROR, f"{task.gpu_id} rejected the task: {response.text[:500]}")
 
     def _fail(self, task: Task, error: ErrorType, cause: str) -> str:
-        logger.warning("attempt failed at push", job_id=task.job_id, task_id=task.task_id, error=error.value, cause=cause)
+        logger.warning(
+            "attempt failed at push", job_id=task.job_id, task_id=task.task_id, error=error.value, cause=cause
+        )
         if self._fleet.release(task, "failed", error.value):
             try:
                 self._sfn.send_task_failure(taskToken=task.task_token, error=error.state_machine_error, cause=cause)

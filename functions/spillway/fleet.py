@@ -81,11 +81,11 @@ class Fleet:
         self._gpus.update_item(
             Key={"gpu_id": beat.gpu_id},
             UpdateExpression=(
-                "SET pool = :pool, #url = :url, vram_total_mb = :total, services = :services, "
+                "SET #pool = :pool, #url = :url, vram_total_mb = :total, services = :services, "
                 "draining = :draining, last_heartbeat = :now, "
                 "vram_free_mb = if_not_exists(vram_free_mb, :total), #running = if_not_exists(#running, :zero)"
             ),
-            ExpressionAttributeNames={"#url": "url", "#running": "running"},
+            ExpressionAttributeNames={"#pool": "pool", "#url": "url", "#running": "running"},
             ExpressionAttributeValues=to_item(
                 {
                     ":pool": beat.pool.value,

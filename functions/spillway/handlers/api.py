@@ -83,10 +83,8 @@ def create_upload(request: Annotated[UploadRequest | None, Body()] = None) -> Up
 })
 @tracer.capture_method
 def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
-    if request.idempotency_key:
-        accepted = _idempotent_submit()(request=request)
-    else:
-        accepted = intake().submit(request)
+    submit = _idempotent_submit() if request.idempotency_key else intake().submit
+    accepted = submit(request=request)
     logger.append_keys(job_id=accepted.job_id)
     logger.info("job accepted", service=request.service, priority=request.priority.value)
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)

@@ -1,0 +1,415 @@
+"""The local runtime: invokes the template's Lambda handlers in this process, as the template wires them.
+
+- HttpApi routes are served on a local port, each request handed to its function as an API Gateway
+  HTTP API (payload v2) event, the answer turned back into HTTP as API Gateway would;
+- SQS event sources are polled with their batch size and batching window; a batch is deleted when
+  the handler returns, except the records it names in `batchItemFailures` (ReportBatchItemFailures),
+  and nothing is deleted when it raises, so the messages come back after their visibility timeout;
+- `rate(...)` schedules invoke their function on time.
+
+Each function runs one invocation at a time (like reserved concurrency 1): Powertools keeps
+per-invocation state in module globals, which is safe in Lambda's one-event-per-container model
+and must stay safe here. Different functions run concurrently.
+
+Not emulated offline: IAM (routes are served unauthenticated, on loopback only), Lambda timeouts
+(an overrun is logged, not killed), cron schedules.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from spillway_embedded.provision import Function, QueueSource, Route, Schedule, Stack
+
+log = logging.getLogger("spillway.runtime")
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@dataclass
+class LambdaContext:
+    """What Lambda passes as `context`; Powertools reads these attributes."""
+
+    function: Function
+    region: str
+    account_id: str
+    deadline: float = field(init=False)
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def __post_init__(self) -> None:
+        self.deadline = time.monotonic() + self.function.timeout
+        self.function_name = self.function.name
+        self.function_version = "$LATEST"
+        self.invoked_function_arn = self.function.arn
+        self.memory_limit_in_mb = self.function.memory_mb
+        self.log_group_name = f"/aws/lambda/{self.function.name}"
+        self.log_stream_name = "embedded"
+        self.identity = None
+        self.client_context = None
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+class Invoker:
+    """One function's handler, invoked one event at a time."""
+
+    def __init__(self, function: Function, region: str, account_id: str):
+        self.function = function
+        self._region = region
+        self._account_id = account_id
+        module_name, _, attribute = function.handler.rpartition(".")
+        self._handler: Handler = getattr(importlib.import_module(module_name), attribute)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        with self._lock:
+            context = LambdaContext(self.function, self._region, self._account_id)
+            started = time.monotonic()
+            try:
+                return self._handler(event, context)
+            finally:
+                elapsed = time.monotonic() - started
+                if elapsed > self.function.timeout:
+                    log.warning("%s ran %.1fs, over its %ss timeout; Lambda would have stopped it",
+                                self.function.logical_id, elapsed, self.function.timeout)
+
+
+# ---------------------------------------------------------------- HTTP API
+
+
+@dataclass(frozen=True)
+class CompiledRoute:
+    route: Route
+    pattern: re.Pattern[str]
+    specificity: tuple[int, int]  # literal segments first, greedy last: API Gateway's precedence
+
+    @classmethod
+    def of(cls, route: Route) -> CompiledRoute:
+        parts, literals, greedy = [], 0, 0
+        for segment in route.path.strip("/").split("/"):
+            if segment.startswith("{") and segment.endswith("+}"):
+                parts.append(f"(?P<{segment[1:-2]}>.+)")
+                greedy += 1
+            elif segment.startswith("{") and segment.endswith("}"):
+                parts.append(f"(?P<{segment[1:-1]}>[^/]+)")
+            else:
+                parts.append(re.escape(segment))
+                literals += 1
+        return cls(route, re.compile("^/" + "/".join(parts) + "$"), (-greedy, literals))
+
+
+class HttpApi:
+    """A WSGI app that plays API Gateway HTTP API in front of the route's function."""
+
+    def __init__(self, stack: Stack, invokers: dict[str, Invoker], api_id: str):
+        self._routes = sorted((CompiledRoute.of(r) for r in stack.routes), key=lambda c: c.specificity, reverse=True)
+        self._invokers = invokers
+        self._api_id = api_id
+        self._account_id = stack.account_id
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self._respond(Request(environ))(environ, start_response)
+
+    def _respond(self, request: Request) -> Response:
+        matched = self._match(request.method, request.path)
+        if matched is None:
+            return _json(404, {"message": "Not Found"})  # what API Gateway answers for no route
+        route, path_parameters = matched
+        event = self._event(request, route, path_parameters)
+        try:
+            result = self._invokers[route.function](event)
+        except Exception:
+            log.error("%s %s: %s raised\n%s", request.method, request.path, route.function, traceback.format_exc())
+            return _json(500, {"message": "Internal Server Error"})
+        return _response(result)
+
+    def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+        for compiled in self._routes:
+            if compiled.route.method not in (method, "ANY"):
+                continue
+            found = compiled.pattern.match(path)
+            if found:
+                return compiled.route, found.groupdict()
+        return None
+
+    def _event(self, request: Request, route: Route, path_parameters: dict[str, str]) -> dict[str, Any]:
+        body = request.get_data()
+        try:
+            text, encoded = body.decode(), False
+        except UnicodeDecodeError:
+            text, encoded = base64.b64encode(body).decode(), True
+        now = datetime.now(UTC)
+        route_key = f"{route.method} {route.path}" if route.method != "ANY" else f"ANY {route.path}"
+        event: dict[str, Any] = {
+            "version": "2.0",
+            "routeKey": route_key,
+            "rawPath": request.path,
+            "rawQueryString": request.query_string.decode(),
+            "headers": {name.lower(): value for name, value in request.headers.items() if name.lower() != "cookie"},
+            "requestContext": {
+                "accountId": self._account_id,
+                "apiId": self._api_id,
+                "domainName": request.host,
+                "domainPrefix": request.host.split(".")[0],
+                "http": {
+                    "method": request.method, "path": request.path, "protocol": request.environ["SERVER_PROTOCOL"],
+                    "sourceIp": request.remote_addr or "127.0.0.1", "userAgent": request.user_agent.string,
+                },
+                "requestId": str(uuid.uuid4()),
+                "routeKey": route_key,
+                "stage": "$default",
+                "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+                "timeEpoch": int(now.timestamp() * 1000),
+            },
+            "body": text if body else None,
+            "isBase64Encoded": encoded,
+        }
+        if request.cookies:
+            event["cookies"] = [f"{k}={v}" for k, v in request.cookies.items(multi=True)]
+        if request.args:
+            event["queryStringParameters"] = {k: ",".join(request.args.getlist(k)) for k in request.args}
+        if path_parameters:
+            event["pathParameters"] = path_parameters
+        return event
+
+
+def _json(status: int, body: Any) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+def _response(result: Any) -> Response:
+    """A Lambda proxy answer (payload v2) as HTTP; a bare value is a 200 JSON body, as in API Gateway."""
+    if not (isinstance(result, dict) and "statusCode" in result):
+        return _json(200, result)
+    body = result.get("body") or ""
+    data = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode()
+    response = Response(data, status=int(result["statusCode"]))
+    response.headers.clear()
+    for name, value in (result.get("headers") or {}).items():
+        response.headers[name] = str(value)
+    for name, values in (result.get("multiValueHeaders") or {}).items():
+        for value in values:
+            response.headers.add(name, str(value))
+    for cookie in result.get("cookies") or []:
+        response.headers.add("Set-Cookie", cookie)
+    response.headers.setdefault("Content-Type", "application/json")
+    return response
+
+
+# ---------------------------------------------------------------- SQS event sources
+
+
+class QueuePoller:
+    """An SQS event source mapping: receive a batch, invoke, delete what succeeded."""
+
+    MAX_PER_RECEIVE = 10
+
+    def __init__(self, source: QueueSource, invoker: Invoker, sqs: Any, region: str, wait_seconds: int = 1):
+        self._source = source
+        self._invoke = invoker
+        self._sqs = sqs
+        self._region = region
+        self._wait_seconds = wait_seconds
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                self.poll_once(stopping)
+            except Exception:
+                if stopping.is_set():
+                    return  # moto is going away under us
+                log.error("poller for %s: %s", self._source.queue_arn, traceback.format_exc())
+                stopping.wait(1)
+
+    def poll_once(self, stopping: threading.Event) -> int:
+        """Receive one batch and invoke with it; the number of messages it held."""
+        batch = self._receive_batch(stopping)
+        if batch:
+            self._process(batch)
+        return len(batch)
+
+    def _receive_batch(self, stopping: threading.Event) -> list[dict[str, Any]]:
+        """Up to batch_size messages; with a batching window, wait for more until it closes."""
+        source = self._source
+        batch: list[dict[str, Any]] = []
+        window_ends = time.monotonic() + source.batching_window_s
+        while not stopping.is_set():
+            received = self._sqs.receive_message(
+                QueueUrl=source.queue_url,
+                MaxNumberOfMessages=min(self.MAX_PER_RECEIVE, source.batch_size - len(batch)),
+                WaitTimeSeconds=0 if batch else self._wait_seconds,
+                AttributeNames=["All"], MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            if received and not batch:
+                window_ends = time.monotonic() + source.batching_window_s  # the window opens with the first
+            batch += received
+            if len(batch) >= source.batch_size or source.batching_window_s == 0:
+                break
+            if batch and time.monotonic() >= window_ends:
+                break
+            if batch and not received:
+                stopping.wait(0.1)
+        return batch
+
+    def _process(self, batch: list[dict[str, Any]]) -> None:
+        event = {"Records": [self._record(m) for m in batch]}
+        try:
+            result = self._invoke(event)
+        except Exception:
+            log.error("%s raised on a batch of %d; every message returns after its visibility timeout\n%s",
+                      self._invoke.function.logical_id, len(batch), traceback.format_exc())
+            return
+        failed = self._failed_ids(result, batch)
+        done = [m for m in batch if m["MessageId"] not in failed]
+        for start in range(0, len(done), self.MAX_PER_RECEIVE):
+            chunk = done[start:start + self.MAX_PER_RECEIVE]
+            self._sqs.delete_message_batch(
+                QueueUrl=self._source.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(chunk)],
+            )
+
+    def _failed_ids(self, result: Any, batch: list[dict[str, Any]]) -> set[str]:
+        if not self._source.report_batch_item_failures or not isinstance(result, dict):
+            return set()
+        ids = {m["MessageId"] for m in batch}
+        failed = {f.get("itemIdentifier") for f in result.get("batchItemFailures") or []}
+        if failed - ids:  # Lambda treats an empty or unknown identifier as the whole batch failing
+            return ids
+        return failed  # type: ignore[return-value]
+
+    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": {
+                name: {
+                    "stringValue": value.get("StringValue"), "binaryValue": value.get("BinaryValue"),
+                    "stringListValues": [], "binaryListValues": [], "dataType": value["DataType"],
+                }
+                for name, value in message.get("MessageAttributes", {}).items()
+            },
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self._source.queue_arn,
+            "awsRegion": self._region,
+        }
+
+
+# ---------------------------------------------------------------- schedules
+
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_UNIT_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def rate_seconds(expression: str) -> int:
+    found = _RATE.match(expression.strip())
+    if not found:
+        raise NotImplementedError(f"only rate(...) schedules run offline, not {expression!r}")
+    return int(found.group(1)) * _UNIT_SECONDS[found.group(2).rstrip("s")]
+
+
+class Scheduler:
+    def __init__(self, schedule: Schedule, invoker: Invoker, region: str, account_id: str):
+        self._schedule = schedule
+        self._invoke = invoker
+        self._period = rate_seconds(schedule.expression)
+        self._region = region
+        self._account_id = account_id
+
+    def run(self, stopping: threading.Event) -> None:
+        while not stopping.wait(self._period):
+            try:
+                self._invoke(self._event())
+            except Exception:
+                log.error("scheduled %s raised\n%s", self._invoke.function.logical_id, traceback.format_exc())
+
+    def _event(self) -> dict[str, Any]:
+        if self._schedule.input is not None:
+            return json.loads(self._schedule.input)
+        return {
+            "version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": self._account_id, "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "region": self._region, "resources": [], "detail": {},
+        }
+
+
+# ---------------------------------------------------------------- the runtime
+
+
+class Runtime:
+    def __init__(self, stack: Stack, *, endpoint_url: str, region: str, api_port: int = 0, host: str = "127.0.0.1"):
+        self._stack = stack
+        self._endpoint_url = endpoint_url
+        self._region = region
+        self._host = host
+        self._api_port = api_port
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: Any = None
+        self.invokers: dict[str, Invoker] = {}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self._host}:{self._server.server_port}"
+
+    def start(self) -> None:
+        # What Lambda gives every function: its variables from the template, credentials, region.
+        # boto3 honours AWS_ENDPOINT_URL, so the handlers reach moto with no special code.
+        os.environ.update(self._stack.environment())
+        os.environ.update({
+            "AWS_ENDPOINT_URL": self._endpoint_url, "AWS_REGION": self._region, "AWS_DEFAULT_REGION": self._region,
+            "POWERTOOLS_TRACE_DISABLED": "true",  # there is no X-Ray daemon offline
+        })
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+        account = self._stack.account_id
+        self.invokers = {name: Invoker(f, self._region, account) for name, f in self._stack.functions.items()}
+
+        api_id = next((v for (_, name), v in self._stack.attributes.items() if name == "ApiId"), "local")
+        self._server = make_server(self._host, self._api_port, HttpApi(self._stack, self.invokers, api_id),
+                                   threaded=True)
+        self._spawn("http-api", self._server.serve_forever)
+
+        sqs = boto3.client("sqs", endpoint_url=self._endpoint_url, region_name=self._region)
+        for source in self._stack.queue_sources:
+            if source.enabled:
+                poller = QueuePoller(source, self.invokers[source.function], sqs, self._region)
+                self._spawn(f"sqs-{source.queue_arn.rsplit(':', 1)[1]}", poller.run, self._stopping)
+        for schedule in self._stack.schedules:
+            scheduler = Scheduler(schedule, self.invokers[schedule.function], self._region, account)
+            self._spawn(f"schedule-{schedule.function}", scheduler.run, self._stopping)
+        log.info("runtime up: %d routes on %s, %d queue sources, %d schedules; IAM is not enforced offline",
+                 len(self._stack.routes), self.api_url, len(self._stack.queue_sources), len(self._stack.schedules))
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)

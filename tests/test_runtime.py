@@ -1,0 +1,208 @@
+"""The local runtime plays API Gateway and Lambda's SQS poller as AWS does, for any handler."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from werkzeug.test import Client
+
+from spillway_embedded.provision import Function, QueueSource, Route, Stack
+from spillway_embedded.runtime import HttpApi, Invoker, QueuePoller, rate_seconds
+
+import runtime_handlers
+
+REGION = "us-east-1"
+FUNCTION = Function(
+    logical_id="Recorder", name="recorder", arn="arn:aws:lambda:us-east-1:123456789012:function:recorder",
+    handler="runtime_handlers.handler", timeout=30, memory_mb=128, environment={},
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_recorder() -> Iterator[None]:
+    runtime_handlers.events.clear()
+    runtime_handlers.answer = None
+    yield
+    runtime_handlers.events.clear()
+
+
+def invoker() -> Invoker:
+    return Invoker(FUNCTION, REGION, "123456789012")
+
+
+# ---------------------------------------------------------------- HTTP API
+
+
+@pytest.fixture
+def http() -> Client:
+    stack = Stack(name="t", region=REGION, functions={"Recorder": FUNCTION}, routes=[
+        Route("POST", "/v1/jobs", "Recorder"),
+        Route("GET", "/v1/jobs/{job_id}", "Recorder"),
+        Route("ANY", "/v1/files/{proxy+}", "Recorder"),
+    ])
+    return Client(HttpApi(stack, {"Recorder": invoker()}, api_id="abc123"))
+
+
+def test_a_request_becomes_a_payload_v2_event(http: Client) -> None:
+    runtime_handlers.answer = {"statusCode": 201, "headers": {"X-Job": "j-1"}, "body": '{"ok": true}'}
+    response = http.post("/v1/jobs?dry=1&dry=2", json={"service": "x"}, headers={"X-Trace": "t-9"})
+
+    assert response.status_code == 201 and response.json == {"ok": True}
+    assert response.headers["X-Job"] == "j-1"
+    (call,) = runtime_handlers.events
+    event = call["event"]
+    assert event["version"] == "2.0" and event["routeKey"] == "POST /v1/jobs"
+    assert event["rawPath"] == "/v1/jobs" and event["rawQueryString"] == "dry=1&dry=2"
+    assert event["queryStringParameters"] == {"dry": "1,2"}
+    assert event["headers"]["x-trace"] == "t-9"
+    assert json.loads(event["body"]) == {"service": "x"} and event["isBase64Encoded"] is False
+    assert event["requestContext"]["http"]["method"] == "POST"
+    assert event["requestContext"]["apiId"] == "abc123" and event["requestContext"]["stage"] == "$default"
+    assert call["function_name"] == "recorder" and 0 < call["remaining_ms"] <= 30_000
+
+
+def test_path_parameters_and_greedy_routes(http: Client) -> None:
+    runtime_handlers.answer = {"statusCode": 200, "body": "{}"}
+    http.get("/v1/jobs/j-42")
+    http.delete("/v1/files/a/b/c.png")
+    first, second = (c["event"] for c in runtime_handlers.events)
+    assert first["pathParameters"] == {"job_id": "j-42"} and first["routeKey"] == "GET /v1/jobs/{job_id}"
+    assert second["pathParameters"] == {"proxy": "a/b/c.png"} and second["routeKey"] == "ANY /v1/files/{proxy+}"
+
+
+def test_no_route_is_a_404_and_the_handler_is_not_called(http: Client) -> None:
+    assert http.get("/v1/nowhere").status_code == 404
+    assert http.get("/v1/jobs").status_code == 404, "the method is part of the route"
+    assert http.get("/v1/jobs/a/b").status_code == 404, "a path parameter is one segment"
+    assert runtime_handlers.events == []
+
+
+def test_a_raising_handler_is_a_500_not_a_dead_server(http: Client) -> None:
+    runtime_handlers.answer = RuntimeError("boom")
+    response = http.post("/v1/jobs", json={})
+    assert response.status_code == 500 and response.json == {"message": "Internal Server Error"}
+    runtime_handlers.answer = {"statusCode": 204, "body": ""}
+    assert http.post("/v1/jobs", json={}).status_code == 204
+
+
+def test_binary_bodies_travel_base64_both_ways(http: Client) -> None:
+    png = b"\x89PNG\r\n\x1a\n\xff\x00"
+    runtime_handlers.answer = {"statusCode": 200, "headers": {"Content-Type": "image/png"},
+                               "body": base64.b64encode(png).decode(), "isBase64Encoded": True}
+    response = http.post("/v1/jobs", data=png, content_type="application/octet-stream")
+    assert response.data == png and response.headers["Content-Type"] == "image/png"
+    event = runtime_handlers.events[0]["event"]
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == png
+
+
+def test_a_bare_return_value_is_a_200_json_body(http: Client) -> None:
+    runtime_handlers.answer = {"job_id": "j-1"}
+    response = http.post("/v1/jobs", json={})
+    assert response.status_code == 200 and response.json == {"job_id": "j-1"}
+
+
+# ---------------------------------------------------------------- SQS event sources
+
+
+@pytest.fixture
+def sqs() -> Iterator[Any]:
+    with mock_aws():
+        yield boto3.client("sqs", region_name=REGION)
+
+
+def queue_source(sqs: Any, batch_size: int, report_failures: bool = True) -> QueueSource:
+    url = sqs.create_queue(QueueName="work", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return QueueSource(function="Recorder", queue_arn=arn, queue_url=url, batch_size=batch_size,
+                       report_batch_item_failures=report_failures, batching_window_s=0, enabled=True)
+
+
+def remaining(sqs: Any, source: QueueSource) -> list[str]:
+    messages = sqs.receive_message(QueueUrl=source.queue_url, MaxNumberOfMessages=10)
+    return sorted(m["Body"] for m in messages.get("Messages", []))
+
+
+def poll(sqs: Any, source: QueueSource) -> int:
+    return QueuePoller(source, invoker(), sqs, REGION, wait_seconds=0).poll_once(threading.Event())
+
+
+def send(sqs: Any, source: QueueSource, *bodies: str) -> None:
+    for body in bodies:
+        sqs.send_message(QueueUrl=source.queue_url, MessageBody=body,
+                         MessageAttributes={"kind": {"DataType": "String", "StringValue": "test"}})
+
+
+def fail_bodies(*bodies: str) -> Any:
+    def answer(event: dict[str, Any]) -> dict[str, Any]:
+        return {"batchItemFailures": [{"itemIdentifier": r["messageId"]}
+                                      for r in event["Records"] if r["body"] in bodies]}
+    return answer
+
+
+def test_a_batch_is_an_sqs_event_and_is_deleted_when_handled(sqs: Any) -> None:
+    source = queue_source(sqs, batch_size=10)
+    send(sqs, source, "a", "b", "c")
+    runtime_handlers.answer = {"batchItemFailures": []}
+    assert poll(sqs, source) == 3
+    record = runtime_handlers.events[0]["event"]["Records"][0]
+    assert record["eventSource"] == "aws:sqs" and record["eventSourceARN"] == source.queue_arn
+    assert record["messageAttributes"]["kind"]["stringValue"] == "test"
+    assert {"messageId", "receiptHandle", "md5OfBody", "attributes", "awsRegion"} <= record.keys()
+    assert remaining(sqs, source) == []
+
+
+def test_batch_size_is_respected(sqs: Any) -> None:
+    source = queue_source(sqs, batch_size=1)
+    send(sqs, source, "a", "b")
+    assert poll(sqs, source) == 1
+    assert len(runtime_handlers.events[0]["event"]["Records"]) == 1
+
+
+def test_reported_failures_stay_on_the_queue(sqs: Any) -> None:
+    source = queue_source(sqs, batch_size=10)
+    send(sqs, source, "a", "b", "c")
+    runtime_handlers.answer = fail_bodies("b")
+    poll(sqs, source)
+    assert remaining(sqs, source) == ["b"]
+
+
+def test_reported_failures_are_ignored_without_report_batch_item_failures(sqs: Any) -> None:
+    source = queue_source(sqs, batch_size=10, report_failures=False)
+    send(sqs, source, "a", "b")
+    runtime_handlers.answer = fail_bodies("b")
+    poll(sqs, source)
+    assert remaining(sqs, source) == [], "without the setting, a returning handler means the batch succeeded"
+
+
+def test_an_unknown_item_identifier_fails_the_whole_batch(sqs: Any) -> None:
+    source = queue_source(sqs, batch_size=10)
+    send(sqs, source, "a", "b")
+    runtime_handlers.answer = {"batchItemFailures": [{"itemIdentifier": ""}]}
+    poll(sqs, source)
+    assert remaining(sqs, source) == ["a", "b"]
+
+
+def test_a_raising_handler_deletes_nothing(sqs: Any) -> None:
+    source = queue_source(sqs, batch_size=10)
+    send(sqs, source, "a", "b")
+    runtime_handlers.answer = RuntimeError("crashed")
+    poll(sqs, source)
+    assert remaining(sqs, source) == ["a", "b"]
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_rate_expressions() -> None:
+    assert rate_seconds("rate(1 minute)") == 60
+    assert rate_seconds("rate(5 minutes)") == 300
+    assert rate_seconds("rate(2 hours)") == 7200
+    with pytest.raises(NotImplementedError, match="cron"):
+        rate_seconds("cron(0 9 * * ? *)")

@@ -129,6 +129,13 @@ class HttpApi:
         return self._respond(Request(environ))(environ, start_response)
 
     def _respond(self, request: Request) -> Response:
+        started = time.monotonic()
+        response = self._route(request)
+        log.info("%s %s -> %d (%.0f ms)", request.method, request.full_path.rstrip("?"), response.status_code,
+                 (time.monotonic() - started) * 1000)
+        return response
+
+    def _route(self, request: Request) -> Response:
         matched = self._match(request.method, request.path)
         if matched is None:
             return _json(404, {"message": "Not Found"})  # what API Gateway answers for no route

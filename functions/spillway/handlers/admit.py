@@ -1,7 +1,7 @@
 """Intake queues -> one dispatch execution per job, named by the job id.
 
-Step Functions refuses a second execution with the same name, which makes the start exactly
-once however often SQS delivers the message.
+The execution's name is the job id, which makes the start exactly once however often SQS
+delivers the message.
 """
 
 import json
@@ -28,28 +28,31 @@ def sfn():
     return aws.client("stepfunctions")
 
 
-def admit(job: DispatchInput) -> bool:
-    """Start the job's dispatch execution; False if it had been started before."""
+def admit(job: DispatchInput) -> str:
+    """Start the job's dispatch execution, exactly once; returns its ARN.
+
+    A repeated start (SQS delivers at least once) is harmless: Step Functions answers a start with
+    the same name and input as a running execution with that execution, and refuses one whose
+    namesake has finished (ExecutionAlreadyExists).
+    """
     s = settings()
     execution_input = job.model_dump(mode="json") | {
         "limits": {"heartbeat_seconds": s.heartbeat_seconds, "attempt_timeout_seconds": s.attempt_timeout_seconds},
     }
     try:
-        sfn().start_execution(
+        return sfn().start_execution(
             stateMachineArn=s.dispatch_state_machine_arn, name=job.job_id, input=json.dumps(execution_input)
-        )
+        )["executionArn"]
     except sfn().exceptions.ExecutionAlreadyExists:
-        return False
-    return True
+        return s.dispatch_state_machine_arn.replace(":stateMachine:", ":execution:") + f":{job.job_id}"
 
 
 @tracer.capture_method
 def record_handler(record: SQSRecord) -> None:
     job = DispatchInput.model_validate_json(record.body)
-    started = admit(job)
-    logger.info("admitted" if started else "already admitted", job_id=job.job_id, priority=job.priority.value)
-    if started:
-        metrics.add_metric(name="JobsAdmitted", unit=MetricUnit.Count, value=1)
+    execution_arn = admit(job)
+    logger.info("admitted", job_id=job.job_id, priority=job.priority.value, execution_arn=execution_arn)
+    metrics.add_metric(name="JobsAdmitted", unit=MetricUnit.Count, value=1)
 
 
 @logger.inject_lambda_context

@@ -27,7 +27,9 @@ NO_CAPACITY_RETRY_SECONDS = 2
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
+# Waiting for a GPU is the normal case, not an invocation error: report the record as failed
+# (it comes back in NO_CAPACITY_RETRY_SECONDS) without raising for a batch that failed whole.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @cache

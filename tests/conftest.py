@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import time
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ import pytest
 from moto import mock_aws
 
 from spillway import aws
+from spillway import settings as settings_module
 from spillway.settings import Settings, settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,9 +67,14 @@ class Cloud:
 
 
 def clear_caches() -> None:
-    settings.cache_clear()
-    aws.client.cache_clear()
-    aws.table.cache_clear()
+    """Forget clients and settings made for another test's resources (handlers cache them per container)."""
+    for module in (aws, settings_module, *(importlib.import_module(f"spillway.handlers.{h}") for h in HANDLERS)):
+        for value in vars(module).values():
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
+
+
+HANDLERS = ("admit", "api", "callback", "poller")
 
 
 @pytest.fixture(scope="session")

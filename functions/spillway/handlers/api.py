@@ -49,18 +49,20 @@ def intake() -> Intake:
     return Intake(s, JobStore(aws.table(s.jobs_table)), aws.client("s3"), aws.client("sqs"))
 
 
+idempotency = IdempotencyConfig(
+    event_key_jmespath="idempotency_key",
+    payload_validation_jmespath="[service, input_key, priority, segment]",
+    expires_after_seconds=24 * 3600,
+)
+
+
 @cache
 def _idempotent_submit() -> Any:
     """Submit, remembered by idempotency key: a retried POST returns the job it created the first time."""
-    config = IdempotencyConfig(
-        event_key_jmespath="idempotency_key",
-        payload_validation_jmespath="[service, input_key, priority, segment]",
-        expires_after_seconds=24 * 3600,
-    )
     persistence = DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto3_client=aws.client("dynamodb"))
 
     @idempotent_function(
-        data_keyword_argument="request", config=config, persistence_store=persistence,
+        data_keyword_argument="request", config=idempotency, persistence_store=persistence,
         output_serializer=PydanticSerializer,
     )
     def submit(request: JobRequest) -> JobAccepted:
@@ -142,4 +144,5 @@ def _error(status: int, message: str) -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
+    idempotency.register_lambda_context(context)  # an in-progress record expires with the invocation
     return app.resolve(event, context)

@@ -1,0 +1,1 @@
+"""The agent that runs beside each GPU's model server: `spillway agent`."""

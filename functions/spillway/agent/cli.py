@@ -1,0 +1,58 @@
+"""`spillway agent`: run the agent beside one GPU until SIGTERM, then drain."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from spillway.agent.server import Agent, AgentConfig
+from spillway.models import Pool
+
+
+def _address(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {value!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="spillway agent", description="Run the agent beside one GPU.")
+    parser.add_argument("--gpu-id", required=True)
+    parser.add_argument("--pool", required=True, choices=[Pool.LOCAL.value, Pool.CLOUD.value])
+    parser.add_argument("--vram-mb", required=True, type=int, help="the GPU's memory")
+    parser.add_argument("--control-url", required=True, help="the Spillway API, e.g. https://api.example.com")
+    parser.add_argument("--listen", type=_address, default=("127.0.0.1", 9000), help="HOST:PORT; port 0 picks one")
+    parser.add_argument("--advertise-url", help="where the control plane reaches this agent (e.g. the tunnel)")
+    parser.add_argument("--slots", type=int, default=2, help="tasks run at once")
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between fleet heartbeats")
+    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds running tasks get on SIGTERM")
+    parser.add_argument("--ready-file", type=Path, help="write {gpu_id, listen_url, pid} here once serving")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    agent_key = os.environ.get("SPILLWAY_AGENT_KEY", "")
+    if not agent_key:
+        print("spillway agent: set SPILLWAY_AGENT_KEY to the agent key (the stack's AgentKeySecret)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.gpu_id} %(levelname)s %(message)s")
+    agent = Agent(AgentConfig(
+        gpu_id=args.gpu_id, pool=Pool(args.pool), vram_mb=args.vram_mb, control_url=args.control_url,
+        agent_key=agent_key, listen=args.listen, advertise_url=args.advertise_url, slots=args.slots,
+        heartbeat_interval_s=args.heartbeat_interval, drain_timeout_s=args.drain_timeout, ready_file=args.ready_file,
+    ))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.start()
+    stop.wait()
+    logging.getLogger("spillway.agent").info("draining")
+    agent.drain_and_stop()
+    return 0

@@ -1,0 +1,347 @@
+"""The agent beside one GPU: takes tasks over HTTP, runs the model, stores results, reports back.
+
+The control plane pushes a task (an opaque task id and two presigned URLs, never a task token);
+the agent answers at once and works on a thread: fetch the input, run the model while beating,
+upload the output, report the outcome, retried until the control plane has it. A fleet heartbeat
+keeps the GPU registered and tells the control plane what runs here.
+
+On SIGTERM it drains: refuses new tasks, says so in a heartbeat, lets running tasks finish for a
+while, and gives back what is still running (failed with `Draining`) so the jobs move on at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from spillway.agent import model
+from spillway.catalog import SERVICES
+from spillway.models import (
+    AgentHeartbeat,
+    AgentTask,
+    AgentTaskAccepted,
+    ErrorType,
+    Pool,
+    TaskHeartbeat,
+    TaskResult,
+)
+
+log = logging.getLogger("spillway.agent")
+
+CONTROL_TIMEOUT = httpx.Timeout(connect=2.0, read=10.0, write=10.0, pool=2.0)
+TRANSFER_TIMEOUT = httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=2.0)
+MAX_REQUEST_BYTES = 64 * 1024
+REMEMBERED_TASKS = 1000  # finished tasks kept to answer a re-push idempotently
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    gpu_id: str
+    pool: Pool
+    vram_mb: int
+    control_url: str
+    agent_key: str
+    listen: tuple[str, int] = ("127.0.0.1", 9000)
+    advertise_url: str | None = None  # e.g. the tunnel in front of an office GPU
+    slots: int = 2
+    heartbeat_interval_s: float = 5.0
+    drain_timeout_s: float = 30.0
+    report_deadline_s: float = 600.0  # keep retrying a result this long
+    ready_file: Path | None = None
+
+
+@dataclass
+class TaskRun:
+    task: AgentTask
+    state: str = "accepted"  # accepted -> running -> succeeded | failed
+    moved_on: threading.Event = field(default_factory=threading.Event)  # the control plane let it go
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> AgentTaskAccepted:
+        return AgentTaskAccepted(task_id=self.task.task_id, state=self.state)  # type: ignore[arg-type]
+
+
+class Refused(Exception):
+    def __init__(self, status: HTTPStatus, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        run_model: Callable[[str, bytes], bytes] = model.run,
+        wait: Callable[[float], None] | None = None,
+    ):
+        self.config = config
+        self._run_model = run_model
+        self._wait = wait or (lambda seconds: self._stopped.wait(seconds))
+        self._http = httpx.Client(timeout=CONTROL_TIMEOUT, headers={"Authorization": f"Bearer {config.agent_key}"})
+        self._transfers = httpx.Client(timeout=TRANSFER_TIMEOUT)  # presigned URLs: no agent key
+        self._lock = threading.Lock()
+        self._tasks: OrderedDict[str, TaskRun] = OrderedDict()
+        self._draining = threading.Event()
+        self._registered = threading.Event()
+        self._stopping = threading.Event()  # stops the fleet heartbeat
+        self._stopped = threading.Event()  # everything is over: retries give up waiting
+        self._server: ThreadingHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle
+
+    @property
+    def listen_url(self) -> str:
+        assert self._server is not None, "start() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    @property
+    def url(self) -> str:
+        """Where the control plane reaches this agent."""
+        return self.config.advertise_url or self.listen_url
+
+    def start(self) -> None:
+        self._server = ThreadingHTTPServer(self.config.listen, _handler_for(self))
+        self._server.daemon_threads = True
+        self._spawn("http", self._server.serve_forever)
+        if self.config.ready_file:
+            _write_atomically(self.config.ready_file,
+                              {"gpu_id": self.config.gpu_id, "listen_url": self.listen_url, "pid": os.getpid()})
+        self._spawn("fleet-heartbeat", self._beat_fleet)
+        log.info("%s serving on %s (reached at %s)", self.config.gpu_id, self.listen_url, self.url)
+
+    def drain_and_stop(self) -> None:
+        """Refuse new work, let running tasks finish for a while, give back the rest, stop."""
+        self._draining.set()
+        self.beat()  # the control plane stops leasing this GPU now, not at the next tick
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        for run in self._running():
+            run.done.wait(max(0.0, deadline - time.monotonic()))
+        for run in self._running():
+            log.warning("giving back %s: still running after the drain timeout", run.task.task_id)
+            run.moved_on.set()  # its worker must neither upload nor report now
+            self._report(run, "failed", ErrorType.DRAINING, "the agent shut down before the task finished", 0)
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._http.close()
+        self._transfers.close()
+
+    # ---- what the HTTP routes call
+
+    def submit(self, task: AgentTask) -> tuple[HTTPStatus, AgentTaskAccepted]:
+        if task.service not in SERVICES:
+            raise Refused(HTTPStatus.UNPROCESSABLE_ENTITY, f"this GPU does not run {task.service!r}")
+        with self._lock:
+            known = self._tasks.get(task.task_id)
+            if known is not None:
+                return HTTPStatus.OK, known.view()  # a re-push: never run a task twice
+            if self._draining.is_set():
+                raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "draining: this agent is shutting down")
+            running = sum(1 for r in self._tasks.values() if not r.done.is_set())
+            if running >= self.config.slots:
+                raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, f"all {self.config.slots} slots are busy")
+            run = TaskRun(task)
+            self._tasks[task.task_id] = run
+            while len(self._tasks) > REMEMBERED_TASKS:
+                oldest = next(iter(self._tasks.values()))
+                if not oldest.done.is_set():
+                    break
+                self._tasks.popitem(last=False)
+        self._spawn(f"task-{task.task_id[:10]}", self._work, run)
+        return HTTPStatus.ACCEPTED, run.view()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        free = self.config.slots - len(self._running())
+        if self._draining.is_set():
+            return False, {"status": "draining"}
+        if not self._registered.is_set():
+            return False, {"status": "not registered with the control plane yet"}
+        return True, {"status": "ready", "free_slots": free}
+
+    # ---- fleet heartbeat
+
+    def beat(self) -> bool:
+        heartbeat = AgentHeartbeat(
+            gpu_id=self.config.gpu_id, pool=self.config.pool, url=self.url, vram_total_mb=self.config.vram_mb,
+            services=list(SERVICES), running=[r.task.task_id for r in self._running()],
+            draining=self._draining.is_set(),
+        )
+        try:
+            self._control("/v1/agent/heartbeat", heartbeat.model_dump_json()).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("fleet heartbeat failed: %r", exc)
+            return False
+        self._registered.set()
+        return True
+
+    def _beat_fleet(self) -> None:
+        while not self._stopping.is_set():
+            self.beat()
+            self._stopping.wait(self.config.heartbeat_interval_s)
+
+    # ---- one task
+
+    def _work(self, run: TaskRun) -> None:
+        task, started = run.task, time.monotonic()
+        run.state = "running"
+        beating = threading.Thread(target=self._beat_task, args=(run,), name=f"beat-{task.task_id[:10]}", daemon=True)
+        beating.start()
+        try:
+            outcome, error, message = self._execute(run)
+        finally:
+            run.done.set()
+        if run.moved_on.is_set():
+            log.info("%s: the attempt moved on; dropping its result", task.task_id)
+            return
+        self._report(run, outcome, error, message, int((time.monotonic() - started) * 1000))
+
+    def _execute(self, run: TaskRun) -> tuple[str, ErrorType | None, str | None]:
+        task = run.task
+        try:
+            response = self._transfers.get(str(task.input_url))
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            return "failed", ErrorType.INPUT_UNAVAILABLE, f"could not fetch the input: {exc!r}"[:2000]
+        try:
+            output = self._run_model(task.service, response.content)
+        except model.BadImage as exc:
+            return "failed", ErrorType.BAD_INPUT, str(exc)[:2000]
+        except Exception as exc:  # the model crashed here; another GPU may do it
+            log.exception("%s: the model failed", task.task_id)
+            return "failed", ErrorType.MODEL_ERROR, repr(exc)[:2000]
+        if run.moved_on.is_set():
+            return "failed", None, None
+        try:
+            self._transfers.put(str(task.output_url), content=output,
+                                headers={"Content-Type": "image/png"}).raise_for_status()
+        except httpx.HTTPError as exc:
+            return "failed", ErrorType.OUTPUT_UPLOAD, f"could not store the result: {exc!r}"[:2000]
+        return "succeeded", None, None
+
+    def _beat_task(self, run: TaskRun) -> None:
+        beat = TaskHeartbeat(gpu_id=self.config.gpu_id).model_dump_json()
+        while not run.done.is_set():
+            try:
+                response = self._control(f"/v1/agent/tasks/{run.task.task_id}/heartbeat", beat)
+                if response.is_success and response.json().get("current") is False:
+                    run.moved_on.set()
+                    return
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning("%s: task heartbeat failed: %r", run.task.task_id, exc)
+            run.done.wait(run.task.heartbeat_interval_s)
+
+    def _report(self, run: TaskRun, outcome: str, error: ErrorType | None, message: str | None,
+                duration_ms: int) -> None:
+        """Deliver the outcome, retrying until the control plane has it (its answer is idempotent)."""
+        run.state = outcome
+        result = TaskResult(gpu_id=self.config.gpu_id, outcome=outcome, error_type=error,  # type: ignore[arg-type]
+                            message=message, duration_ms=duration_ms).model_dump_json()
+        deadline, backoff = time.monotonic() + self.config.report_deadline_s, 0.2
+        while True:
+            try:
+                response = self._control(f"/v1/agent/tasks/{run.task.task_id}/result", result)
+                if response.is_success:
+                    log.info("%s %s%s", run.task.task_id, outcome, f" ({error.value})" if error else "")
+                    return
+                if response.status_code != 429 and response.status_code < 500:
+                    log.error("%s: the control plane refused the result: %s %s", run.task.task_id,
+                              response.status_code, response.text[:500])
+                    return
+                problem = f"answered {response.status_code}"
+            except httpx.HTTPError as exc:
+                problem = repr(exc)
+            if time.monotonic() + backoff > deadline or self._stopped.is_set():
+                log.error("%s: gave up reporting %s after %.0fs: %s", run.task.task_id, outcome,
+                          self.config.report_deadline_s, problem)
+                return
+            log.warning("%s: reporting failed (%s); again in %.1fs", run.task.task_id, problem, backoff)
+            self._wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    # ---- plumbing
+
+    def _control(self, path: str, body: str) -> httpx.Response:
+        return self._http.post(f"{self.config.control_url.rstrip('/')}{path}", content=body,
+                               headers={"Content-Type": "application/json"})
+
+    def _running(self) -> list[TaskRun]:
+        with self._lock:
+            return [r for r in self._tasks.values() if not r.done.is_set()]
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+
+
+def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
+    class AgentHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self.path == "/healthz":
+                self._answer(HTTPStatus.OK, {"status": "ok", "gpu_id": agent.config.gpu_id})
+            elif self.path == "/readyz":
+                ready, body = agent.readiness()
+                self._answer(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
+            else:
+                self._answer(HTTPStatus.NOT_FOUND, {"message": f"no route GET {self.path}"})
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path != "/v1/tasks":
+                self._answer(HTTPStatus.NOT_FOUND, {"message": f"no route POST {self.path}"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_REQUEST_BYTES:
+                self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"message": "a task is a small JSON document"})
+                return
+            try:
+                task = AgentTask.model_validate_json(self.rfile.read(length))
+                status, accepted = agent.submit(task)
+            except ValidationError as invalid:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in invalid.errors())
+                self._answer(HTTPStatus.UNPROCESSABLE_ENTITY, {"message": f"invalid task: {problems}"})
+                return
+            except Refused as refused:
+                self._answer(refused.status, {"message": str(refused)})
+                return
+            self._answer(status, accepted.model_dump(mode="json"))
+
+        def _answer(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+            log.debug("%s %s", self.address_string(), format % args)
+
+    return AgentHandler
+
+
+def _write_atomically(path: Path, content: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content))
+    os.replace(tmp, path)  # readers never see half a file

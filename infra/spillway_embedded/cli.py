@@ -1,0 +1,56 @@
+"""`spillway dev` and `spillway demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parameters(pairs: list[str]) -> dict[str, str]:
+    parameters = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--parameter takes NAME=VALUE, not {pair!r}")
+        parameters[name] = value
+    return parameters
+
+
+def dev(argv: list[str]) -> int:
+    from spillway_embedded.stack import EmbeddedStack, serve_forever
+
+    parser = argparse.ArgumentParser(prog="spillway dev", description="Run the whole system on this machine.")
+    parser.add_argument("--state-dir", type=Path, default=Path(".spillway/dev"), help="logs and stack.json go here")
+    parser.add_argument("--api-port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
+                        help="a template parameter override, e.g. HeartbeatSeconds=10")
+    args = parser.parse_args(argv)
+    serve_forever(EmbeddedStack(state_dir=args.state_dir, api_port=args.api_port,
+                                parameters=_parameters(args.parameter)))
+    return 0
+
+
+def demo(argv: list[str]) -> int:
+    from spillway_embedded import demo as demo_client
+    from spillway_embedded.launcher import LaunchedStack
+
+    parser = argparse.ArgumentParser(prog="spillway demo", description="Push room photos through the whole system.")
+    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path("demo-output"))
+    parser.add_argument("--state-dir", type=Path, default=Path(".spillway/demo"))
+    args = parser.parse_args(argv)
+
+    print("Starting the embedded stack: moto + the resources of template.yaml + 5 local and 2 cloud GPU agents ...",
+          flush=True)
+    stack = LaunchedStack(args.state_dir, ["--api-port", "0"])
+    try:
+        with stack as info:
+            print(f"Up. API at {info.api_url}  (logs: {stack.log_path})", flush=True)
+            ok = demo_client.run(info.api_url, args.out, args.jobs, say=lambda line: print(line, flush=True))
+    except Exception as exc:
+        print(f"demo failed: {exc}\n--- last lines of {stack.log_path} ---\n{stack.log_tail()}", file=sys.stderr)
+        return 1
+    print("\nAll jobs answered." if ok else "\nSome jobs failed: see above.")
+    print(f"Inputs and results are in {args.out}/; open the Step Functions graph of any job with `make dev`.")
+    return 0 if ok else 1

@@ -1,0 +1,93 @@
+"""Start `spillway dev` as a child process and learn where it serves, as a user's client would.
+
+The demo and the end-to-end tests use this: they talk to the embedded stack over real HTTP and
+boto3 against its moto endpoint, never through its internals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+STACK_FILE = "stack.json"
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """What `spillway dev` writes to its state folder once everything is up."""
+
+    api_url: str
+    aws_endpoint: str
+    region: str
+    resources: dict[str, str]  # logical id -> physical id (queue URL, table name, bucket, ARN ...)
+    gpus: list[dict[str, Any]]
+
+    @classmethod
+    def read(cls, path: Path) -> StackInfo:
+        return cls(**json.loads(path.read_text()))
+
+    def boto3_client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(
+            service, endpoint_url=self.aws_endpoint, region_name=self.region,
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+
+
+class LaunchedStack:
+    def __init__(self, state_dir: Path, extra_args: list[str] | None = None, startup_timeout: float = 120.0):
+        self.state_dir = state_dir
+        self.log_path = state_dir / "dev.log"
+        self._args = extra_args or []
+        self._startup_timeout = startup_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self.info: StackInfo | None = None
+
+    def __enter__(self) -> StackInfo:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        stack_file = self.state_dir / STACK_FILE
+        stack_file.unlink(missing_ok=True)
+        log = self.log_path.open("wb")
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "spillway.cli", "dev", "--state-dir", str(self.state_dir), *self._args],
+            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        )
+        deadline = time.monotonic() + self._startup_timeout
+        while not stack_file.exists():
+            if self._process.poll() is not None:
+                raise RuntimeError(f"spillway dev exited with {self._process.returncode}; see {self.log_path}:\n"
+                                   + self.log_tail())
+            if time.monotonic() > deadline:
+                self.__exit__(None, None, None)
+                raise TimeoutError(f"spillway dev did not come up in {self._startup_timeout:.0f}s; see {self.log_path}")
+            time.sleep(0.1)
+        self.info = StackInfo.read(stack_file)
+        return self.info
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -1,0 +1,224 @@
+"""The embedded stack: the whole system on one machine, built from template.yaml.
+
+moto's server (with its Step Functions interpreter) stands for AWS; the template, translated by
+aws-sam-translator, is provisioned into it; the local runtime invokes the Lambda handlers as the
+template wires them; real agent processes stand for the GPUs, the office ones behind a tunnel
+that can be cut.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from spillway_embedded.launcher import STACK_FILE
+from spillway_embedded.moto_server import MotoServer
+from spillway_embedded.provision import provision
+from spillway_embedded.runtime import Runtime
+from spillway_embedded.template import translate
+from spillway_embedded.tunnel import Tunnel
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
+REGION = "us-east-1"
+STACK_NAME = "spillway-dev"
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    gpu_id: str
+    pool: str
+    vram_mb: int
+    slots: int = 2
+
+
+# The office: five GPUs of mixed sizes behind one tunnel; the cloud: two big rented ones.
+DEFAULT_GPUS = (
+    GpuSpec("local-0", "local", 6_000),
+    GpuSpec("local-1", "local", 6_000),
+    GpuSpec("local-2", "local", 8_000),
+    GpuSpec("local-3", "local", 8_000),
+    GpuSpec("local-4", "local", 12_000),
+    GpuSpec("cloud-0", "cloud", 24_000, slots=4),
+    GpuSpec("cloud-1", "cloud", 24_000, slots=4),
+)
+
+
+@dataclass
+class AgentProcess:
+    spec: GpuSpec
+    process: subprocess.Popen[bytes]
+    listen_url: str
+    advertised_url: str
+    tunnel: Tunnel | None = None
+
+
+@dataclass
+class EmbeddedStack:
+    state_dir: Path
+    api_port: int = 0
+    parameters: dict[str, str] = field(default_factory=dict)
+    gpus: tuple[GpuSpec, ...] = DEFAULT_GPUS
+    agent_heartbeat_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        self._moto = MotoServer()
+        self._runtime: Runtime | None = None
+        self._agents: list[AgentProcess] = []
+        self.endpoint = ""
+        self.physical_ids: dict[str, str] = {}
+
+    # ---- lifecycle
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.endpoint = self._moto.start()
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
+        }.items():
+            os.environ.setdefault(name, value)
+        stack = provision(
+            translate(TEMPLATE, self.parameters), endpoint_url=self.endpoint, region=REGION, stack_name=STACK_NAME
+        )
+        self.physical_ids = dict(stack.physical_ids)
+        self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port)
+        self._runtime.start()
+        agent_key = self.client("secretsmanager").get_secret_value(
+            SecretId=self.physical_ids["AgentKeySecret"]
+        )["SecretString"]
+        for spec in self.gpus:
+            self._agents.append(self._start_agent(spec, agent_key))
+        self._wait_for_fleet(timeout=60)
+        self._write_stack_file()
+
+    def stop(self) -> None:
+        for agent in self._agents:
+            if agent.process.poll() is None:
+                agent.process.send_signal(signal.SIGTERM)
+        for agent in self._agents:
+            try:
+                agent.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                agent.process.kill()
+            if agent.tunnel:
+                agent.tunnel.stop()
+        self._agents.clear()
+        if self._runtime:
+            self._runtime.stop()
+        self._moto.stop()
+
+    # ---- what the outside sees
+
+    @property
+    def api_url(self) -> str:
+        assert self._runtime is not None
+        return self._runtime.api_url
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
+
+    def tunnels(self) -> list[Tunnel]:
+        return [a.tunnel for a in self._agents if a.tunnel]
+
+    # ---- agents
+
+    def _start_agent(self, spec: GpuSpec, agent_key: str) -> AgentProcess:
+        ready_file = self.state_dir / "agents" / f"{spec.gpu_id}.json"
+        ready_file.parent.mkdir(parents=True, exist_ok=True)
+        ready_file.unlink(missing_ok=True)
+        tunnel = Tunnel(listen=("127.0.0.1", 0), target=None) if spec.pool == "local" else None
+        if tunnel:
+            tunnel.start()
+        log = (self.state_dir / "agents" / f"{spec.gpu_id}.log").open("wb")
+        advertise = f"http://{tunnel.address[0]}:{tunnel.address[1]}" if tunnel else None
+        command = [
+            sys.executable, "-m", "spillway.cli", "agent",
+            "--gpu-id", spec.gpu_id, "--pool", spec.pool, "--listen", "127.0.0.1:0",
+            "--vram-mb", str(spec.vram_mb), "--slots", str(spec.slots),
+            "--control-url", self.api_url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
+            "--ready-file", str(ready_file),
+        ]
+        if advertise:
+            command += ["--advertise-url", advertise]
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
+        )
+        listen_url = self._wait_for_ready_file(ready_file, process, timeout=60)
+        if tunnel:
+            host, port = listen_url.removeprefix("http://").rsplit(":", 1)
+            tunnel.target = (host, int(port))
+        return AgentProcess(spec, process, listen_url, advertise or listen_url, tunnel)
+
+    @staticmethod
+    def _wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists():
+                try:
+                    return json.loads(path.read_text())["listen_url"]
+                except (ValueError, KeyError):
+                    pass  # being written
+            if process.poll() is not None:
+                raise RuntimeError(f"agent exited with {process.returncode} before it served")
+            time.sleep(0.05)
+        raise TimeoutError(f"agent did not serve within {timeout}s")
+
+    def _wait_for_fleet(self, timeout: float) -> None:
+        """Every agent has registered through the API: the stack is usable end to end."""
+        table = boto3.resource("dynamodb", endpoint_url=self.endpoint, region_name=REGION).Table(
+            self.physical_ids["FleetTable"]
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if table.scan(Select="COUNT")["Count"] >= len(self.gpus):
+                return
+            time.sleep(0.1)
+        raise TimeoutError("not every agent registered with the control plane")
+
+    def _write_stack_file(self) -> None:
+        info = {
+            "api_url": self.api_url,
+            "aws_endpoint": self.endpoint,
+            "region": REGION,
+            "resources": self.physical_ids,
+            "gpus": [
+                {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool, "vram_mb": a.spec.vram_mb,
+                 "listen_url": a.listen_url, "advertised_url": a.advertised_url, "pid": a.process.pid}
+                for a in self._agents
+            ],
+        }
+        tmp = self.state_dir / (STACK_FILE + ".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(self.state_dir / STACK_FILE)  # readers never see half a file
+
+
+def configure_logging() -> None:
+    """The runtime's one line per API request; not moto's and werkzeug's per AWS call."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def serve_forever(stack: EmbeddedStack) -> None:
+    """Run until SIGINT/SIGTERM, then stop everything cleanly."""
+    configure_logging()
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    try:
+        stack.start()
+        print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n"
+              f"  state folder: {stack.state_dir}\nCtrl-C to stop.", flush=True)
+        stopping.wait()
+    finally:
+        stack.stop()

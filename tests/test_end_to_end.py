@@ -1,0 +1,98 @@
+"""A real image through the whole embedded system:
+API -> SQS -> admit -> Step Functions -> poller -> agent (through the tunnel) -> S3 -> callback -> SUCCEEDED.
+
+The stack runs as `spillway dev` in a child process; this test is its client over HTTP, as a
+customer's integration would be, and reads S3 through moto's endpoint to check the pixels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from spillway.rooms import furniture_mask, render_room
+from spillway_embedded.launcher import LaunchedStack, StackInfo
+
+pytestmark = pytest.mark.embedded
+
+TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    args = ["--api-port", "0", "--parameter", "HeartbeatSeconds=10"]
+    launched = LaunchedStack(tmp_path_factory.mktemp("stack"), args)
+    with launched as info:
+        yield info
+
+
+@pytest.fixture
+def api(stack: StackInfo) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as client:
+        yield client
+
+
+def submit(api: httpx.Client, image: bytes, service: str = "remove_furniture") -> str:
+    ticket = api.post("/v1/uploads", json={"content_type": "image/png"}).raise_for_status().json()
+    httpx.put(ticket["upload_url"], content=image, headers=ticket["headers"], timeout=TIMEOUT).raise_for_status()
+    response = api.post("/v1/jobs", json={"service": service, "input_key": ticket["input_key"]})
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def answered(api: httpx.Client, job_id: str, timeout: float = 90.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        view = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+        if view["status"] in ("SUCCEEDED", "FAILED"):
+            return view
+        time.sleep(0.2)
+    raise AssertionError(f"{job_id} not answered in {timeout}s: {view}")
+
+
+def decode(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image.astype(np.int16)
+
+
+def test_a_room_photo_is_emptied_end_to_end(stack: StackInfo, api: httpx.Client) -> None:
+    seed = 11
+    before = render_room(seed)
+    job_id = submit(api, before)
+
+    view = answered(api, job_id)
+    assert view["status"] == "SUCCEEDED", view
+    (attempt,) = view["attempts"]
+    assert attempt["pool"] == "local" and attempt["gpu_id"].startswith("local-")
+    assert view["result_key"] == f"results/{job_id}/attempt-1.png"
+
+    after = httpx.get(view["result_url"], timeout=TIMEOUT).raise_for_status().content
+    changed = np.abs(decode(after) - decode(before)).sum(axis=2)
+    mask = furniture_mask(seed, 640, 480)
+    assert changed[mask].mean() > 40, "the furniture was painted over"
+    far = cv2.dilate(mask.astype(np.uint8), np.ones((25, 25), np.uint8)) == 0
+    assert changed[far].mean() < 3, "the rest of the room is left alone"
+
+    sfn = stack.boto3_client("stepfunctions")
+    arn = stack.resources["DispatchStateMachine"].replace(":stateMachine:", ":execution:") + f":{job_id}"
+    assert sfn.describe_execution(executionArn=arn)["status"] == "SUCCEEDED"
+
+
+def test_a_corrupt_image_fails_at_once_without_burning_attempts(stack: StackInfo, api: httpx.Client) -> None:
+    header_only = render_room(3)[:200]  # a valid PNG header: the API accepts it, the model cannot decode it
+    view = answered(api, submit(api, header_only))
+    assert view["status"] == "FAILED"
+    assert view["error"] == "Spillway.BadInput"
+    assert len(view["attempts"]) == 1
+
+
+def test_bad_requests_over_http_get_a_reason(api: httpx.Client) -> None:
+    response = api.post("/v1/jobs", content=b"{oops", headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and "JSON" in response.json()["message"]
+    assert api.get("/v1/nowhere").status_code == 404

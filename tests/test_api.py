@@ -1,0 +1,152 @@
+"""The job API through its Lambda handler, with API Gateway HTTP API (v2) events."""
+
+from __future__ import annotations
+
+import json
+import struct
+import uuid
+from typing import Any
+
+import pytest
+
+from spillway import aws
+from spillway.rooms import render_room
+
+from conftest import Cloud
+
+
+class Context:
+    function_name = "ApiFunction"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
+    aws_request_id = "test-request"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 30_000
+
+
+def call(method: str, path: str, body: Any = None, raw: str | None = None) -> tuple[int, dict]:
+    from spillway.handlers import api
+
+    event = {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {
+            "http": {"method": method, "path": path, "sourceIp": "203.0.113.9", "protocol": "HTTP/1.1",
+                     "userAgent": "pytest"},
+            "requestId": str(uuid.uuid4()), "stage": "$default", "routeKey": f"{method} {path}",
+            "accountId": "123456789012", "apiId": "api", "domainName": "api.test", "timeEpoch": 0,
+        },
+        "body": raw if raw is not None else (None if body is None else json.dumps(body)),
+        "isBase64Encoded": False,
+    }
+    response = api.handler(event, Context())
+    return response["statusCode"], json.loads(response["body"])
+
+
+def upload(cloud: Cloud, data: bytes) -> str:
+    status, ticket = call("POST", "/v1/uploads", {"content_type": "image/png"})
+    assert status == 200
+    aws.client("s3").put_object(Bucket=cloud.settings.images_bucket, Key=ticket["input_key"], Body=data)
+    return ticket["input_key"]
+
+
+def written(cloud: Cloud) -> tuple[int, int]:
+    """(job records, intake messages): what a submission leaves behind."""
+    jobs = aws.table(cloud.settings.jobs_table).scan()["Count"]
+    sqs = aws.client("sqs")
+    queued = sum(
+        int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+            ["Attributes"]["ApproximateNumberOfMessages"])
+        for url in cloud.settings.intake_queue_urls.values()
+    )
+    return jobs, queued
+
+
+def test_upload_ticket_is_a_presigned_put(cloud: Cloud) -> None:
+    status, ticket = call("POST", "/v1/uploads", {})
+    assert status == 200
+    assert ticket["method"] == "PUT" and ticket["headers"] == {"Content-Type": "image/png"}
+    assert ticket["input_key"].startswith("uploads/") and "X-Amz-Signature" in ticket["upload_url"]
+
+
+def test_submit_records_the_job_and_queues_it_by_priority(cloud: Cloud) -> None:
+    key = upload(cloud, render_room(1, 800, 600))
+    status, accepted = call("POST", "/v1/jobs", {"service": "remove_furniture", "input_key": key, "priority": "high"})
+    assert status == 202 and accepted["status"] == "QUEUED"
+    (message,) = cloud.queue_messages("IntakeHighQueue")
+    assert message["job_id"] == accepted["job_id"]
+    assert message["vram_mb"] == 2000 + 720, "VRAM need grows with the image: 0.48 MP at 1500 MB/MP"
+
+    status, view = call("GET", f"/v1/jobs/{accepted['job_id']}")
+    assert status == 200
+    assert (view["status"], view["width"], view["height"], view["attempts"]) == ("QUEUED", 800, 600, [])
+
+
+def test_same_idempotency_key_returns_the_same_job(cloud: Cloud) -> None:
+    key = upload(cloud, render_room(2))
+    request = {"service": "upscale_2x", "input_key": key, "idempotency_key": "order-1234"}
+    first = call("POST", "/v1/jobs", request)
+    again = call("POST", "/v1/jobs", request)
+    assert first == again
+    assert written(cloud) == (1, 1)
+    status, body = call("POST", "/v1/jobs", request | {"priority": "low"})
+    assert status == 422 and "idempotency_key" in body["message"]
+
+
+BAD_REQUESTS = [
+    ({"service": "paint_it_pink", "input_key": "uploads/" + "a" * 32 + ".png"}, "unknown service"),
+    ({"service": "remove_furniture", "input_key": "uploads/" + "b" * 32 + ".png"}, "nothing was uploaded"),
+    ({"service": "remove_furniture", "input_key": "../etc/passwd"}, "input_key"),
+    ({"service": 7, "input_key": "uploads/" + "a" * 32 + ".png"}, "service"),
+    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png", "priority": "urgent"}, "priority"),
+    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png", "colour": "red"}, "colour"),
+    ({"input_key": "uploads/" + "a" * 32 + ".png"}, "service"),
+]
+
+
+@pytest.mark.parametrize("request_body,reason", BAD_REQUESTS)
+def test_bad_submissions_get_a_reason_and_write_nothing(cloud: Cloud, request_body: dict, reason: str) -> None:
+    aws.client("s3").put_object(
+        Bucket=cloud.settings.images_bucket, Key="uploads/" + "a" * 32 + ".png", Body=render_room(0)
+    )
+    status, body = call("POST", "/v1/jobs", request_body)
+    assert status == 422
+    assert reason in body["message"]
+    assert written(cloud) == (0, 0)
+
+
+@pytest.mark.parametrize("raw", ["{not json", "", "[1, 2]", "null"])
+def test_malformed_bodies_are_refused(cloud: Cloud, raw: str) -> None:
+    status, body = call("POST", "/v1/jobs", raw=raw)
+    assert status == 422 and body["message"]
+    assert written(cloud) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [(b"", "empty"), (b"this is a text file, not a photo", "not a PNG or JPEG"), (b"\x89PNG\r\n\x1a\n", "truncated")],
+)
+def test_uploads_that_are_not_images_are_refused_at_submit(cloud: Cloud, data: bytes, reason: str) -> None:
+    key = upload(cloud, data)
+    status, body = call("POST", "/v1/jobs", {"service": "remove_furniture", "input_key": key})
+    assert status == 422 and reason in body["message"]
+    assert written(cloud) == (0, 0)
+
+
+def test_images_over_the_service_limit_are_refused(cloud: Cloud) -> None:
+    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII", 13, b"IHDR", 4000, 3200)  # all the API reads
+    key = upload(cloud, header)  # 12.8 MP, over upscale_2x's 12
+    status, body = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key})
+    assert status == 422 and "at most 12 MP" in body["message"]
+
+
+def test_unknown_and_malformed_job_ids(cloud: Cloud) -> None:
+    assert call("GET", "/v1/jobs/j-" + "0" * 32)[0] == 404
+    status, body = call("GET", "/v1/jobs/not-a-job-id")
+    assert status == 422 and "job_id" in body["message"]

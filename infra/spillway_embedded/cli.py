@@ -52,5 +52,5 @@ def demo(argv: list[str]) -> int:
         print(f"demo failed: {exc}\n--- last lines of {stack.log_path} ---\n{stack.log_tail()}", file=sys.stderr)
         return 1
     print("\nAll jobs answered." if ok else "\nSome jobs failed: see above.")
-    print(f"Inputs and results are in {args.out}/; open the Step Functions graph of any job with `make dev`.")
+    print(f"Inputs and results are in {args.out}/. `make dev` keeps a stack up to curl (see the README).")
     return 0 if ok else 1

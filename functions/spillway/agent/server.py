@@ -68,7 +68,8 @@ class TaskRun:
     task: AgentTask
     state: str = "accepted"  # accepted -> running -> succeeded | failed
     moved_on: threading.Event = field(default_factory=threading.Event)  # the control plane let it go
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)  # the model and the upload are over
+    settled: threading.Event = field(default_factory=threading.Event)  # ... and the outcome is reported (or moot)
 
     def view(self) -> AgentTaskAccepted:
         return AgentTaskAccepted(task_id=self.task.task_id, state=self.state)  # type: ignore[arg-type]
@@ -99,7 +100,7 @@ class Agent:
         self._stopping = threading.Event()  # stops the fleet heartbeat
         self._stopped = threading.Event()  # everything is over: retries give up waiting
         self._server: ThreadingHTTPServer | None = None
-        self._threads: list[threading.Thread] = []
+        self._service_threads: list[threading.Thread] = []  # the HTTP server and the fleet heartbeat
 
     # ---- lifecycle
 
@@ -117,20 +118,22 @@ class Agent:
     def start(self) -> None:
         self._server = ThreadingHTTPServer(self.config.listen, _handler_for(self))
         self._server.daemon_threads = True
-        self._spawn("http", self._server.serve_forever)
+        self._service_threads.append(self._spawn("http", self._server.serve_forever, 0.1))  # prompt shutdown
         if self.config.ready_file:
             _write_atomically(self.config.ready_file,
                               {"gpu_id": self.config.gpu_id, "listen_url": self.listen_url, "pid": os.getpid()})
-        self._spawn("fleet-heartbeat", self._beat_fleet)
+        self._service_threads.append(self._spawn("fleet-heartbeat", self._beat_fleet))
         log.info("%s serving on %s (reached at %s)", self.config.gpu_id, self.listen_url, self.url)
 
     def drain_and_stop(self) -> None:
         """Refuse new work, let running tasks finish for a while, give back the rest, stop."""
+        if self._draining.is_set():
+            return
         self._draining.set()
         self.beat()  # the control plane stops leasing this GPU now, not at the next tick
         deadline = time.monotonic() + self.config.drain_timeout_s
-        for run in self._running():
-            run.done.wait(max(0.0, deadline - time.monotonic()))
+        for run in self._unsettled():
+            run.settled.wait(max(0.0, deadline - time.monotonic()))
         for run in self._running():
             log.warning("giving back %s: still running after the drain timeout", run.task.task_id)
             run.moved_on.set()  # its worker must neither upload nor report now
@@ -140,10 +143,11 @@ class Agent:
             self._server.shutdown()
             self._server.server_close()
         self._stopped.set()
-        for thread in self._threads:
+        for thread in self._service_threads:
             thread.join(timeout=5)
-        self._http.close()
-        self._transfers.close()
+        if not self._unsettled():  # a model still busy would find its clients closed under it
+            self._http.close()
+            self._transfers.close()
 
     # ---- what the HTTP routes call
 
@@ -166,8 +170,9 @@ class Agent:
                 if not oldest.done.is_set():
                     break
                 self._tasks.popitem(last=False)
+        accepted = run.view()  # before the worker moves it on
         self._spawn(f"task-{task.task_id[:10]}", self._work, run)
-        return HTTPStatus.ACCEPTED, run.view()
+        return HTTPStatus.ACCEPTED, accepted
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         free = self.config.slots - len(self._running())
@@ -206,13 +211,16 @@ class Agent:
         beating = threading.Thread(target=self._beat_task, args=(run,), name=f"beat-{task.task_id[:10]}", daemon=True)
         beating.start()
         try:
-            outcome, error, message = self._execute(run)
+            try:
+                outcome, error, message = self._execute(run)
+            finally:
+                run.done.set()
+            if run.moved_on.is_set():
+                log.info("%s: the attempt moved on; dropping its result", task.task_id)
+                return
+            self._report(run, outcome, error, message, int((time.monotonic() - started) * 1000))
         finally:
-            run.done.set()
-        if run.moved_on.is_set():
-            log.info("%s: the attempt moved on; dropping its result", task.task_id)
-            return
-        self._report(run, outcome, error, message, int((time.monotonic() - started) * 1000))
+            run.settled.set()
 
     def _execute(self, run: TaskRun) -> tuple[str, ErrorType | None, str | None]:
         task = run.task
@@ -239,7 +247,7 @@ class Agent:
 
     def _beat_task(self, run: TaskRun) -> None:
         beat = TaskHeartbeat(gpu_id=self.config.gpu_id).model_dump_json()
-        while not run.done.is_set():
+        while not (run.done.is_set() or run.moved_on.is_set() or self._stopped.is_set()):
             try:
                 response = self._control(f"/v1/agent/tasks/{run.task.task_id}/heartbeat", beat)
                 if response.is_success and response.json().get("current") is False:
@@ -287,10 +295,19 @@ class Agent:
         with self._lock:
             return [r for r in self._tasks.values() if not r.done.is_set()]
 
-    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+    def _unsettled(self) -> list[TaskRun]:
+        with self._lock:
+            return [r for r in self._tasks.values() if not r.settled.is_set()]
+
+    def task(self, task_id: str) -> TaskRun | None:
+        with self._lock:
+            return self._tasks.get(task_id)
+
+    @staticmethod
+    def _spawn(name: str, target: Callable[..., None], *args: Any) -> threading.Thread:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
         thread.start()
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        return thread
 
 
 def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:

@@ -1,0 +1,380 @@
+"""The agent against a stand-in control plane over real HTTP: tasks, heartbeats, results, drain.
+
+The stand-in plays both the Spillway API (agent routes) and S3's presigned URLs, and records
+what the agent sent. Waits are bounded waits on events, never sleeps that hope.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from spillway.agent import model
+from spillway.agent.server import Agent, AgentConfig
+from spillway.models import Pool
+from spillway.rooms import furniture_mask, render_room
+
+AGENT_KEY = "k" * 40
+WAIT = 20.0  # the bound on every wait: generous for a loaded machine, never reached when it works
+
+
+@dataclass
+class ControlPlane:
+    """Records every call; `answers` decides the status (and body) of the next call to a path suffix."""
+
+    url: str = ""
+    calls: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    objects: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # key -> (content type, bytes)
+    answers: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def posted(self, suffix: str) -> list[dict[str, Any]]:
+        with self.changed:
+            return [json.loads(body) for method, path, _, body in self.calls
+                    if method == "POST" and path.endswith(suffix)]
+
+    def wait_for(self, predicate: Callable[[], Any], what: str) -> Any:
+        with self.changed:
+            if not self.changed.wait_for(predicate, timeout=WAIT):
+                raise AssertionError(f"timed out waiting for {what}; calls: {[c[:2] for c in self.calls]}")
+            return predicate()
+
+    def results(self, task_id: str) -> list[dict[str, Any]]:
+        return self.posted(f"/tasks/{task_id}/result")
+
+
+def _handler(plane: ControlPlane) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            with plane.changed:
+                plane.calls.append((self.command, self.path, dict(self.headers), body))
+                planned = next((k for k in plane.answers if self.path.endswith(k) and plane.answers[k]), None)
+                status, answer = plane.answers[planned].pop(0) if planned else (200, {"current": True})
+                if self.command == "PUT" and status == 200:
+                    plane.objects[self.path] = (self.headers.get("Content-Type", ""), body)
+                data = json.dumps(answer).encode()
+                if self.command == "GET":  # a presigned GET of an input
+                    status, data = (200, plane.objects[self.path][1]) if self.path in plane.objects else (404, b"")
+                plane.changed.notify_all()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = _serve  # noqa: N815 (http.server's naming)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def plane() -> Iterator[ControlPlane]:
+    plane = ControlPlane()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(plane))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    plane.url = f"http://127.0.0.1:{server.server_address[1]}"
+    yield plane
+    server.shutdown()
+    server.server_close()
+
+
+class GatedModel:
+    """The real model, held at a gate when asked, and counted."""
+
+    def __init__(self, gated: bool = False):
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.runs = 0
+        if not gated:
+            self.gate.set()
+
+    def __call__(self, service: str, image: bytes) -> bytes:
+        self.runs += 1
+        self.entered.set()
+        assert self.gate.wait(WAIT), "the test never opened the gate"
+        return model.run(service, image)
+
+
+@pytest.fixture
+def start_agent(plane: ControlPlane) -> Iterator[Callable[..., Agent]]:
+    agents: list[Agent] = []
+
+    def start(run_model: Callable[[str, bytes], bytes] = model.run, **config: Any) -> Agent:
+        settings = {"gpu_id": "local-7", "pool": Pool.LOCAL, "vram_mb": 8000, "control_url": plane.url,
+                    "agent_key": AGENT_KEY, "listen": ("127.0.0.1", 0), "heartbeat_interval_s": 60.0,
+                    "drain_timeout_s": 5.0} | config
+        agent = Agent(AgentConfig(**settings), run_model=run_model, wait=lambda seconds: None)
+        agent.start()
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.drain_and_stop()
+
+
+def task(plane: ControlPlane, image: bytes | None, service: str = "remove_furniture") -> dict[str, Any]:
+    name = uuid.uuid4().hex
+    if image is not None:
+        plane.objects[f"/in/{name}"] = ("image/png", image)
+    return {"task_id": f"t-{name}", "job_id": f"j-{name}", "service": service,
+            "input_url": f"{plane.url}/in/{name}", "output_url": f"{plane.url}/out/{name}",
+            "heartbeat_interval_s": 30}
+
+
+def push(agent: Agent, body: dict[str, Any] | str) -> httpx.Response:
+    content = body if isinstance(body, str) else json.dumps(body)
+    return httpx.post(f"{agent.listen_url}/v1/tasks", content=content, timeout=5)
+
+
+def settled(agent: Agent, task_id: str) -> None:
+    run = agent.task(task_id)
+    assert run is not None and run.settled.wait(WAIT), f"{task_id} did not settle"
+
+
+def decode(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).astype(np.int16)
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def test_a_task_runs_uploads_its_result_and_reports_success(plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent()
+    before = render_room(5)
+    t = task(plane, before)
+    response = push(agent, t)
+    assert response.status_code == 202 and response.json() == {"task_id": t["task_id"], "state": "accepted"}
+
+    (result,) = plane.wait_for(lambda: plane.results(t["task_id"]), "the result")
+    assert result["outcome"] == "succeeded" and result["gpu_id"] == "local-7" and result["error_type"] is None
+    content_type, after = plane.objects[f"/out/{t['job_id'][2:]}"]
+    assert content_type == "image/png", "the presigned PUT is signed for image/png"
+    changed = np.abs(decode(after) - decode(before)).sum(axis=2)
+    assert changed[furniture_mask(5)].mean() > 40
+    assert plane.posted(f"/tasks/{t['task_id']}/heartbeat"), "it beats while the model runs"
+    authorizations = {headers.get("Authorization") for method, path, headers, _ in plane.calls if "/v1/agent/" in path}
+    assert authorizations == {f"Bearer {AGENT_KEY}"}
+    s3_calls = [headers for _, path, headers, _ in plane.calls if path.startswith(("/in/", "/out/"))]
+    assert all("Authorization" not in headers for headers in s3_calls), "the agent key never goes to S3"
+
+
+def test_a_repeated_push_is_answered_and_not_run_twice(plane: ControlPlane, start_agent: Any) -> None:
+    counted = GatedModel()
+    agent = start_agent(run_model=counted)
+    t = task(plane, render_room(1))
+    assert push(agent, t).status_code == 202
+    settled(agent, t["task_id"])
+    again = push(agent, t)
+    assert again.status_code == 200 and again.json()["state"] == "succeeded"
+    assert counted.runs == 1 and len(plane.results(t["task_id"])) == 1
+
+
+@pytest.mark.parametrize(
+    "image,error_type",
+    [(b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, "BadInput"), (None, "InputUnavailable")],
+    ids=["corrupt image", "input missing"],
+)
+def test_failures_are_reported_by_kind(plane: ControlPlane, start_agent: Any, image: bytes | None,
+                                       error_type: str) -> None:
+    agent = start_agent()
+    t = task(plane, image)
+    push(agent, t)
+    (result,) = plane.wait_for(lambda: plane.results(t["task_id"]), "the result")
+    assert (result["outcome"], result["error_type"]) == ("failed", error_type)
+    assert result["message"]
+
+
+def test_an_upload_refused_by_storage_is_reported(plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent()
+    t = task(plane, render_room(2))
+    plane.answers["/out/" + t["job_id"][2:]] = [(403, {"message": "SignatureDoesNotMatch"})]
+    push(agent, t)
+    (result,) = plane.wait_for(lambda: plane.results(t["task_id"]), "the result")
+    assert (result["outcome"], result["error_type"]) == ("failed", "OutputUpload")
+
+
+def test_a_model_crash_is_a_model_error(plane: ControlPlane, start_agent: Any) -> None:
+    def crashing(service: str, image: bytes) -> bytes:
+        raise MemoryError("CUDA out of memory")
+
+    agent = start_agent(run_model=crashing)
+    t = task(plane, render_room(2))
+    push(agent, t)
+    (result,) = plane.wait_for(lambda: plane.results(t["task_id"]), "the result")
+    assert result["error_type"] == "ModelError" and "CUDA out of memory" in result["message"]
+
+
+def test_full_slots_refuse_with_503(plane: ControlPlane, start_agent: Any) -> None:
+    held = GatedModel(gated=True)
+    agent = start_agent(run_model=held, slots=1)
+    first, second = task(plane, render_room(1)), task(plane, render_room(2))
+    assert push(agent, first).status_code == 202
+    refused = push(agent, second)
+    assert refused.status_code == 503 and "slots" in refused.json()["message"]
+    held.gate.set()
+    settled(agent, first["task_id"])
+    assert push(agent, second).status_code == 202, "a freed slot takes work again"
+
+
+@pytest.mark.parametrize(
+    "body,reason",
+    [("{not json", "invalid task"), ({"task_id": "t-1"}, "job_id"), ("[]", "invalid task")],
+)
+def test_invalid_tasks_get_422_with_a_reason(plane: ControlPlane, start_agent: Any, body: Any, reason: str) -> None:
+    response = push(start_agent(), body)
+    assert response.status_code == 422 and reason in response.json()["message"]
+
+
+def test_unknown_service_and_route(plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent()
+    response = push(agent, task(plane, render_room(1), service="paint_it_pink"))
+    assert response.status_code == 422 and "paint_it_pink" in response.json()["message"]
+    assert httpx.get(f"{agent.listen_url}/v2/else", timeout=5).status_code == 404
+
+
+def test_an_attempt_that_moved_on_is_dropped(plane: ControlPlane, start_agent: Any) -> None:
+    held = GatedModel(gated=True)
+    agent = start_agent(run_model=held)
+    t = task(plane, render_room(3))
+    plane.answers[f"/tasks/{t['task_id']}/heartbeat"] = [(200, {"current": False})]
+    push(agent, t)
+    plane.wait_for(lambda: plane.posted(f"/tasks/{t['task_id']}/heartbeat"), "the task heartbeat")
+    held.gate.set()
+    settled(agent, t["task_id"])
+    assert plane.results(t["task_id"]) == [], "no result for an attempt the control plane let go"
+    assert f"/out/{t['job_id'][2:]}" not in plane.objects, "and no upload over a newer attempt's result"
+
+
+def test_a_result_is_retried_until_the_control_plane_has_it(plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent()
+    t = task(plane, render_room(4))
+    plane.answers[f"/tasks/{t['task_id']}/result"] = [(503, {"message": "busy"}), (502, {})]
+    push(agent, t)
+    results = plane.wait_for(lambda: len(plane.results(t["task_id"])) == 3 and plane.results(t["task_id"]), "3 tries")
+    assert [r["outcome"] for r in results] == ["succeeded"] * 3
+
+
+def test_a_refused_result_is_not_retried(plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent()
+    t = task(plane, render_room(4))
+    plane.answers[f"/tasks/{t['task_id']}/result"] = [(404, {"message": "unknown task"})]
+    push(agent, t)
+    settled(agent, t["task_id"])
+    assert len(plane.results(t["task_id"])) == 1
+
+
+# ---------------------------------------------------------------- fleet, readiness, drain
+
+
+def test_registers_with_a_fleet_heartbeat_and_is_then_ready(plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent(advertise_url="http://tunnel.office.test:7001", vram_mb=12000)
+    (beat, *_) = plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
+    assert beat["gpu_id"] == "local-7" and beat["pool"] == "local" and beat["vram_total_mb"] == 12000
+    assert beat["url"] == "http://tunnel.office.test:7001/", "the control plane reaches it through the tunnel"
+    assert set(beat["services"]) == {"remove_furniture", "upscale_2x"} and beat["draining"] is False
+    assert httpx.get(f"{agent.listen_url}/healthz", timeout=5).json()["status"] == "ok"
+    ready = httpx.get(f"{agent.listen_url}/readyz", timeout=5)
+    assert ready.status_code == 200 and ready.json()["free_slots"] == 2
+
+
+def test_not_ready_until_the_control_plane_answers(plane: ControlPlane, start_agent: Any) -> None:
+    plane.answers["/v1/agent/heartbeat"] = [(500, {})]
+    agent = start_agent()
+    plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
+    assert httpx.get(f"{agent.listen_url}/healthz", timeout=5).status_code == 200, "alive"
+    assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 503, "but not taking work"
+    assert agent.beat() is True
+    assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 200
+
+
+def test_drain_refuses_new_work_and_gives_back_what_still_runs(plane: ControlPlane, start_agent: Any) -> None:
+    held = GatedModel(gated=True)
+    agent = start_agent(run_model=held, drain_timeout_s=0.5)
+    running, late = task(plane, render_room(1)), task(plane, render_room(2))
+    push(agent, running)
+    assert held.entered.wait(WAIT)
+
+    draining = threading.Thread(target=agent.drain_and_stop)
+    draining.start()
+    plane.wait_for(lambda: any(b["draining"] for b in plane.posted("/v1/agent/heartbeat")), "a draining heartbeat")
+    draining.join(WAIT)
+    assert not draining.is_alive()
+    (result,) = plane.results(running["task_id"])
+    assert (result["outcome"], result["error_type"]) == ("failed", "Draining"), "given back so the job moves on now"
+    with pytest.raises(httpx.TransportError):
+        push(agent, late)  # stopped
+    held.gate.set()
+    settled(agent, running["task_id"])
+    assert len(plane.results(running["task_id"])) == 1, "the late finish reports nothing more"
+
+
+def test_drain_lets_a_short_task_finish(plane: ControlPlane, start_agent: Any) -> None:
+    held = GatedModel(gated=True)
+    agent = start_agent(run_model=held, drain_timeout_s=WAIT)
+    t = task(plane, render_room(1))
+    push(agent, t)
+    assert held.entered.wait(WAIT)
+    draining = threading.Thread(target=agent.drain_and_stop)
+    draining.start()
+    plane.wait_for(lambda: any(b["draining"] for b in plane.posted("/v1/agent/heartbeat")), "a draining heartbeat")
+    refused = push(agent, task(plane, render_room(2)))
+    assert refused.status_code == 503 and "draining" in refused.json()["message"]
+    held.gate.set()
+    draining.join(WAIT)
+    (result,) = plane.results(t["task_id"])
+    assert result["outcome"] == "succeeded"
+
+
+# ---------------------------------------------------------------- the real process
+
+
+def agent_command(plane: ControlPlane, ready_file: Path) -> list[str]:
+    return [sys.executable, "-m", "spillway.cli", "agent", "--gpu-id", "cloud-9", "--pool", "cloud",
+            "--vram-mb", "24000", "--control-url", plane.url, "--listen", "127.0.0.1:0",
+            "--heartbeat-interval", "30", "--ready-file", str(ready_file)]
+
+
+def test_the_agent_process_serves_registers_and_exits_cleanly_on_sigterm(plane: ControlPlane, tmp_path: Path) -> None:
+    ready_file = tmp_path / "ready.json"
+    process = subprocess.Popen(agent_command(plane, ready_file), env=os.environ | {"SPILLWAY_AGENT_KEY": AGENT_KEY},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "the process's first heartbeat")
+        ready = json.loads(ready_file.read_text())  # written before the first heartbeat
+        assert ready["gpu_id"] == "cloud-9" and ready["pid"] == process.pid
+        assert httpx.get(f"{ready['listen_url']}/readyz", timeout=5).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=WAIT) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert plane.posted("/v1/agent/heartbeat")[-1]["draining"] is True
+
+
+def test_the_agent_process_needs_its_key(plane: ControlPlane, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPILLWAY_AGENT_KEY"}
+    done = subprocess.run(agent_command(plane, tmp_path / "r.json"), env=env, capture_output=True, text=True,
+                          timeout=WAIT)
+    assert done.returncode == 2 and "SPILLWAY_AGENT_KEY" in done.stderr

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from spillway.aws import from_item, to_item
-from spillway.models import AttemptView, JobStatus, JobView, Pool, Priority, Segment
+from spillway.models import AttemptView, JobFields, JobView, Pool
 
 
 class Attempt(BaseModel):
@@ -25,18 +25,7 @@ class Attempt(BaseModel):
     task_id: str | None = None
 
 
-class JobRecord(BaseModel):
-    job_id: str
-    status: JobStatus
-    service: str
-    priority: Priority
-    segment: Segment
-    input_key: str
-    width: int
-    height: int
-    vram_mb: int
-    created_at: str
-    updated_at: str
+class JobRecord(JobFields):
     attempt: int = 0  # the number of the current attempt: the fence
     attempts: list[Attempt] = Field(default_factory=list)
     result_key: str | None = None

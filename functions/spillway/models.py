@@ -109,7 +109,9 @@ class AttemptView(BaseModel):
     error: str | None = None
 
 
-class JobView(BaseModel):
+class JobFields(BaseModel):
+    """What the job record stores and the status view shows alike."""
+
     job_id: str
     status: JobStatus
     service: str
@@ -121,6 +123,9 @@ class JobView(BaseModel):
     vram_mb: int
     created_at: str
     updated_at: str
+
+
+class JobView(JobFields):
     attempts: list[AttemptView]
     result_key: str | None = None
     result_url: str | None = Field(default=None, description="presigned GET of the result, when SUCCEEDED")

@@ -5,7 +5,6 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import (
@@ -21,8 +20,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway import aws
-from spillway.errors import SpillwayError
-from spillway.handlers.http import validation_message
+from spillway.handlers.http import answer_errors_with_reasons, error_response
 from spillway.intake import Intake
 from spillway.jobs import JobStore
 from spillway.models import ApiError, JobAccepted, JobId, JobRequest, JobView, UploadRequest, UploadTicket
@@ -35,6 +33,7 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 app = APIGatewayHttpResolver(enable_validation=True)
+answer_errors_with_reasons(app)
 
 _ERRORS: dict[int | str, Any] = {
     404: {"description": "No such job", "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
@@ -113,31 +112,14 @@ def openapi_document() -> str:
     )
 
 
-@app.exception_handler(RequestValidationError)
-def invalid_request(exc: RequestValidationError) -> Response:
-    return _error(422, validation_message(exc))
-
-
-@app.exception_handler(SpillwayError)
-def domain_error(exc: SpillwayError) -> Response:
-    return _error(exc.status, str(exc))
-
-
 @app.exception_handler(IdempotencyValidationError)
 def idempotency_key_reused(exc: IdempotencyValidationError) -> Response:
-    return _error(422, "this idempotency_key was used for a different request")
+    return error_response(422, "this idempotency_key was used for a different request")
 
 
 @app.exception_handler(IdempotencyAlreadyInProgressError)
 def idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response:
-    return _error(409, "a request with this idempotency_key is in progress; retry shortly")
-
-
-def _error(status: int, message: str) -> Response:
-    return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON,
-        body=ApiError(message=message).model_dump_json(),
-    )
+    return error_response(409, "a request with this idempotency_key is in progress; retry shortly")
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

@@ -10,19 +10,17 @@ from functools import cache
 from typing import Annotated
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway import aws
-from spillway.errors import SpillwayError
 from spillway.fleet import Fleet
-from spillway.handlers.http import validation_message
-from spillway.models import AgentHeartbeat, ApiError, CallbackAck, TaskHeartbeat, TaskId, TaskResult
+from spillway.handlers.http import answer_errors_with_reasons, error_response
+from spillway.models import AgentHeartbeat, CallbackAck, TaskHeartbeat, TaskId, TaskResult
 from spillway.reports import TaskReports
 from spillway.settings import settings
 
@@ -32,6 +30,7 @@ logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 app = APIGatewayHttpResolver(enable_validation=True)
+answer_errors_with_reasons(app)
 
 
 @cache
@@ -49,7 +48,7 @@ def require_agent_key(app: APIGatewayHttpResolver, next_middleware: NextMiddlewa
     expected = parameters.get_secret(settings().agent_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)
     presented = app.current_event.headers.get("authorization", "").removeprefix("Bearer ").strip()
     if not presented or not hmac.compare_digest(presented.encode(), str(expected).encode()):
-        return _error(401, "missing or wrong agent key")
+        return error_response(401, "missing or wrong agent key")
     return next_middleware(app)
 
 
@@ -73,23 +72,6 @@ def task_result(task_id: Annotated[TaskId, Path()], result: Annotated[TaskResult
     ack = reports().result(task_id, result)
     metrics.add_metric(name=f"Tasks{result.outcome.capitalize()}", unit=MetricUnit.Count, value=1)
     return ack
-
-
-@app.exception_handler(RequestValidationError)
-def invalid_request(exc: RequestValidationError) -> Response:
-    return _error(422, validation_message(exc))
-
-
-@app.exception_handler(SpillwayError)
-def domain_error(exc: SpillwayError) -> Response:
-    return _error(exc.status, str(exc))
-
-
-def _error(status: int, message: str) -> Response:
-    return Response(
-        status_code=status, content_type=content_types.APPLICATION_JSON,
-        body=ApiError(message=message).model_dump_json(),
-    )
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 from spillway import aws
@@ -31,3 +33,39 @@ def dispatcher_for(settings: Settings, http: Any, clock: Any) -> Dispatcher:
         attempt_timeout_seconds=settings.attempt_timeout_seconds, agent_stale_seconds=settings.agent_stale_seconds,
         clock=clock,
     )
+
+
+class LambdaContext:
+    """The attributes Powertools reads from Lambda's context."""
+
+    function_version = "$LATEST"
+    memory_limit_in_mb = 512
+    aws_request_id = "test-request"
+
+    def __init__(self, function_name: str):
+        self.function_name = function_name
+        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 30_000
+
+
+def http_event(method: str, path: str, body: Any = None, raw: str | None = None,
+               headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload v2) event, as the route would deliver it."""
+    return {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", **(headers or {})},
+        "requestContext": {
+            "http": {"method": method, "path": path, "sourceIp": "203.0.113.9", "protocol": "HTTP/1.1",
+                     "userAgent": "pytest"},
+            "requestId": str(uuid.uuid4()), "stage": "$default", "routeKey": f"{method} {path}",
+            "accountId": "123456789012", "apiId": "api", "domainName": "api.test", "timeEpoch": 0,
+        },
+        "body": raw if raw is not None else (None if body is None else json.dumps(body)),
+        "isBase64Encoded": False,
+    }

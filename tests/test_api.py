@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import uuid
 from typing import Any
 
 import pytest
@@ -13,39 +12,13 @@ from spillway import aws
 from spillway.rooms import render_room
 
 from conftest import Cloud
-
-
-class Context:
-    function_name = "ApiFunction"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
-    aws_request_id = "test-request"
-
-    @staticmethod
-    def get_remaining_time_in_millis() -> int:
-        return 30_000
+from helpers import LambdaContext, http_event
 
 
 def call(method: str, path: str, body: Any = None, raw: str | None = None) -> tuple[int, dict]:
     from spillway.handlers import api
 
-    event = {
-        "version": "2.0",
-        "routeKey": f"{method} {path}",
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {
-            "http": {"method": method, "path": path, "sourceIp": "203.0.113.9", "protocol": "HTTP/1.1",
-                     "userAgent": "pytest"},
-            "requestId": str(uuid.uuid4()), "stage": "$default", "routeKey": f"{method} {path}",
-            "accountId": "123456789012", "apiId": "api", "domainName": "api.test", "timeEpoch": 0,
-        },
-        "body": raw if raw is not None else (None if body is None else json.dumps(body)),
-        "isBase64Encoded": False,
-    }
-    response = api.handler(event, Context())
+    response = api.handler(http_event(method, path, body, raw), LambdaContext("ApiFunction"))
     return response["statusCode"], json.loads(response["body"])
 
 

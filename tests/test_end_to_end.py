@@ -84,6 +84,21 @@ def test_a_room_photo_is_emptied_end_to_end(stack: StackInfo, api: httpx.Client)
     assert sfn.describe_execution(executionArn=arn)["status"] == "SUCCEEDED"
 
 
+def test_a_cut_tunnel_fails_the_local_attempt_at_once_and_the_job_moves_to_the_cloud(
+    stack: StackInfo, api: httpx.Client
+) -> None:
+    stack.cut_tunnels()
+    try:
+        view = answered(api, submit(api, render_room(12)))
+    finally:
+        stack.restore_tunnels()
+    assert view["status"] == "SUCCEEDED", view
+    local, cloud = view["attempts"]
+    # GpuUnreachable, not States.Timeout: the push failed on the reset link, no heartbeat window waited out.
+    assert (local["pool"], local["outcome"], local["error"]) == ("local", "failed", "Spillway.GpuUnreachable")
+    assert (cloud["pool"], cloud["outcome"]) == ("cloud", "succeeded") and cloud["gpu_id"].startswith("cloud-")
+
+
 def test_a_corrupt_image_fails_at_once_without_burning_attempts(stack: StackInfo, api: httpx.Client) -> None:
     header_only = render_room(3)[:200]  # a valid PNG header: the API accepts it, the model cannot decode it
     view = answered(api, submit(api, header_only))

@@ -8,7 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
+from werkzeug.test import Client
 
+from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.tunnel import Tunnel
 
 TIMEOUT = httpx.Timeout(5.0, connect=2.0)
@@ -71,3 +73,25 @@ def test_no_target_yet_refuses(tunnel: Tunnel) -> None:
     tunnel.target = None
     with pytest.raises(httpx.TransportError):
         get(tunnel)
+
+
+def test_the_chaos_switchboard_cuts_and_restores_by_gpu() -> None:
+    tunnels = {"local-0": Tunnel(), "local-1": Tunnel()}
+    try:
+        switchboard(tunnels)
+    finally:
+        for tunnel in tunnels.values():
+            tunnel.stop()
+
+
+def switchboard(tunnels: dict[str, Tunnel]) -> None:
+    client = Client(ChaosControl(lambda: tunnels))
+    cut = client.post("/tunnels/cut", json={"gpu_ids": ["local-1"]})
+    assert cut.status_code == 200
+    assert [(t["gpu_id"], t["cut"]) for t in cut.json["tunnels"]] == [("local-0", False), ("local-1", True)]
+    assert client.post("/tunnels/cut").status_code == 200 and all(t.is_cut for t in tunnels.values())
+    assert client.post("/tunnels/restore").status_code == 200 and not any(t.is_cut for t in tunnels.values())
+    unknown = client.post("/tunnels/cut", json={"gpu_ids": ["cloud-0"]})
+    assert unknown.status_code == 404 and "cloud-0" in unknown.json["message"]
+    assert client.post("/tunnels/cut", json={"gpus": "all"}).status_code == 422
+    assert client.get("/tunnels").json["tunnels"][0]["url"].startswith("http://127.0.0.1:")

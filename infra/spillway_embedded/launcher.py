@@ -25,6 +25,7 @@ class StackInfo:
     """What `spillway dev` writes to its state folder once everything is up."""
 
     api_url: str
+    chaos_url: str  # cut and restore the office tunnel (see chaos.py)
     aws_endpoint: str
     region: str
     resources: dict[str, str]  # logical id -> physical id (queue URL, table name, bucket, ARN ...)
@@ -33,6 +34,19 @@ class StackInfo:
     @classmethod
     def read(cls, path: Path) -> StackInfo:
         return cls(**json.loads(path.read_text()))
+
+    def cut_tunnels(self, *gpu_ids: str) -> None:
+        """Drop the office link in front of these local GPUs (all of them if none is named)."""
+        self._chaos("cut", gpu_ids)
+
+    def restore_tunnels(self, *gpu_ids: str) -> None:
+        self._chaos("restore", gpu_ids)
+
+    def _chaos(self, action: str, gpu_ids: tuple[str, ...]) -> None:
+        import httpx
+
+        body = {"gpu_ids": list(gpu_ids)} if gpu_ids else {}
+        httpx.post(f"{self.chaos_url}/tunnels/{action}", json=body, timeout=5).raise_for_status()
 
     def boto3_client(self, service: str) -> Any:
         import boto3

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+from werkzeug.serving import make_server
 
+from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.launcher import STACK_FILE
 from spillway_embedded.moto_server import MotoServer
 from spillway_embedded.provision import provision
@@ -75,6 +77,7 @@ class EmbeddedStack:
     def __post_init__(self) -> None:
         self._moto = MotoServer()
         self._runtime: Runtime | None = None
+        self._chaos: Any = None
         self._agents: list[AgentProcess] = []
         self.endpoint = ""
         self.physical_ids: dict[str, str] = {}
@@ -94,6 +97,8 @@ class EmbeddedStack:
         self.physical_ids = dict(stack.physical_ids)
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port)
         self._runtime.start()
+        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels), threaded=True)
+        threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         agent_key = self.client("secretsmanager").get_secret_value(
             SecretId=self.physical_ids["AgentKeySecret"]
         )["SecretString"]
@@ -114,6 +119,8 @@ class EmbeddedStack:
             if agent.tunnel:
                 agent.tunnel.stop()
         self._agents.clear()
+        if self._chaos is not None:
+            self._chaos.shutdown()
         if self._runtime:
             self._runtime.stop()
         self._moto.stop()
@@ -128,8 +135,13 @@ class EmbeddedStack:
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
 
-    def tunnels(self) -> list[Tunnel]:
-        return [a.tunnel for a in self._agents if a.tunnel]
+    @property
+    def chaos_url(self) -> str:
+        return f"http://127.0.0.1:{self._chaos.server_port}"
+
+    def tunnels(self) -> dict[str, Tunnel]:
+        """The office tunnel, by the local GPU behind it."""
+        return {a.spec.gpu_id: a.tunnel for a in self._agents if a.tunnel}
 
     # ---- agents
 
@@ -189,6 +201,7 @@ class EmbeddedStack:
     def _write_stack_file(self) -> None:
         info = {
             "api_url": self.api_url,
+            "chaos_url": self.chaos_url,
             "aws_endpoint": self.endpoint,
             "region": REGION,
             "resources": self.physical_ids,
@@ -218,6 +231,7 @@ def serve_forever(stack: EmbeddedStack) -> None:
     try:
         stack.start()
         print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n"
+              f"  chaos:        {stack.chaos_url}  (POST /tunnels/cut, /tunnels/restore)\n"
               f"  state folder: {stack.state_dir}\nCtrl-C to stop.", flush=True)
         stopping.wait()
     finally:

@@ -36,7 +36,8 @@ class Tunnel:
     def stop(self) -> None:
         self._stopping.set()
         self._reset_all()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._listener.close()
 
     # ---- chaos

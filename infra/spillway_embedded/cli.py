@@ -39,6 +39,7 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--state-dir", type=Path, default=Path(".spillway/demo"))
+    parser.add_argument("--steady", action="store_true", help="keep the office link up throughout")
     args = parser.parse_args(argv)
 
     print("Starting the embedded stack: moto + the resources of template.yaml + 5 local and 2 cloud GPU agents ...",
@@ -47,7 +48,9 @@ def demo(argv: list[str]) -> int:
     try:
         with stack as info:
             print(f"Up. API at {info.api_url}  (logs: {stack.log_path})", flush=True)
-            ok = demo_client.run(info.api_url, args.out, args.jobs, say=lambda line: print(line, flush=True))
+            link = None if args.steady else (lambda up: info.restore_tunnels() if up else info.cut_tunnels())
+            ok = demo_client.run(info.api_url, args.out, args.jobs, say=lambda line: print(line, flush=True),
+                                 link=link)
     except Exception as exc:
         print(f"demo failed: {exc}\n--- last lines of {stack.log_path} ---\n{stack.log_tail()}", file=sys.stderr)
         return 1

@@ -29,8 +29,15 @@ class DemoJob:
 
     @property
     def path(self) -> str:
-        """Where its attempts ran, e.g. 'local/local-2 -> cloud/cloud-0'."""
-        return " -> ".join(f"{a['pool']}/{a.get('gpu_id') or '?'}" for a in self.view.get("attempts", [])) or "-"
+        """Where its attempts ran, e.g. 'local/local-2 (GpuUnreachable) -> cloud/cloud-0'."""
+        return " -> ".join(map(_attempt, self.view.get("attempts", []))) or "-"
+
+
+def _attempt(attempt: dict) -> str:
+    where = f"{attempt['pool']}/{attempt.get('gpu_id') or 'waiting'}"
+    if attempt.get("outcome") == "failed":
+        where += f" ({(attempt.get('error') or 'failed').removeprefix('Spillway.')})"
+    return where
 
 
 def plan(count: int) -> list[DemoJob]:
@@ -68,20 +75,26 @@ def follow(api: httpx.Client, jobs: list[DemoJob], deadline_s: float, say: Calla
 
 
 def run(api_url: str, out_dir: Path, count: int, say: Callable[[str], None] = print,
-        deadline_s: float = 300.0) -> bool:
+        deadline_s: float = 300.0, link: Callable[[bool], None] | None = None) -> bool:
+    """Push `count` photos through; with `link`, the second half goes while the office link is down."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = plan(count)
+    halves = [jobs[: (count + 1) // 2], jobs[(count + 1) // 2:]] if link else [jobs]
     with httpx.Client(base_url=api_url, timeout=TIMEOUT) as api:
-        say(f"Submitting {count} room photos through {api_url} ...")
-        for job in jobs:
-            image = render_room(job.seed)
-            (out_dir / f"room-{job.seed}-input.png").write_bytes(image)
-            submit(api, job, image)
-            say(f"  {job.job_id}  {job.service:<17} {job.status:<10} (priority {job.priority})")
-        say("Following them until each is answered:")
-        follow(api, jobs, deadline_s, say)
+        for phase, batch in enumerate(halves):
+            if not batch:
+                continue
+            if phase == 1 and link:
+                say("\nThe office link drops (the tunnel in front of the local GPUs is cut) ...")
+                link(False)
+            try:
+                _submit_and_follow(api, batch, out_dir, deadline_s, say)
+            finally:
+                if phase == 1 and link:
+                    link(True)
+                    say("The link is back.")
         say("")
-        say(f"{'job':<35} {'service':<17} {'status':<10} {'ran on':<28} result")
+        say(f"{'job':<35} {'service':<17} {'status':<10} {'ran on':<48} result")
         for job in jobs:
             result = "-"
             if job.status == "SUCCEEDED":
@@ -90,5 +103,17 @@ def run(api_url: str, out_dir: Path, count: int, say: Callable[[str], None] = pr
                 result = str(target)
             elif job.view.get("error"):
                 result = job.view["error"]
-            say(f"{job.job_id:<35} {job.service:<17} {job.status:<10} {job.path:<28} {result}")
+            say(f"{job.job_id:<35} {job.service:<17} {job.status:<10} {job.path:<48} {result}")
     return all(j.status == "SUCCEEDED" for j in jobs)
+
+
+def _submit_and_follow(api: httpx.Client, jobs: list[DemoJob], out_dir: Path, deadline_s: float,
+                       say: Callable[[str], None]) -> None:
+    say(f"Submitting {len(jobs)} room photos through {api.base_url} ...")
+    for job in jobs:
+        image = render_room(job.seed)
+        (out_dir / f"room-{job.seed}-input.png").write_bytes(image)
+        submit(api, job, image)
+        say(f"  {job.job_id}  {job.service:<17} {job.status:<10} (priority {job.priority})")
+    say("Following them until each is answered:")
+    follow(api, jobs, deadline_s, say)

@@ -18,6 +18,7 @@ from moto import mock_aws
 from spillway import aws
 from spillway import settings as settings_module
 from spillway.settings import Settings, settings
+from spillway_embedded.provision import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
@@ -42,6 +43,7 @@ class Cloud:
 
     settings: Settings
     physical: dict[str, str]
+    stack: Stack
 
     def client(self, service: str) -> Any:
         return boto3.client(service, region_name=REGION)
@@ -94,5 +96,5 @@ def cloud(monkeypatch: pytest.MonkeyPatch, translated: dict[str, Any]) -> Iterat
         for name, value in stack.environment().items():
             monkeypatch.setenv(name, value)
         clear_caches()
-        yield Cloud(settings=settings(), physical=dict(stack.physical_ids))
+        yield Cloud(settings=settings(), physical=dict(stack.physical_ids), stack=stack)
     clear_caches()

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+from collections import Counter
+from typing import Any
 
+import pytest
 import yaml
 from cfnlint.api import lint_all
 
-from conftest import ROOT, TEMPLATE
+from spillway.settings import Settings
+from spillway_embedded.provision import provision
+from spillway_embedded.template import translate
+
+from conftest import ROOT, TEMPLATE, Cloud
 
 
 def test_template_passes_cfn_lint_with_the_sam_transform() -> None:
@@ -32,3 +40,47 @@ class _CfnLoader(yaml.SafeLoader):
 
 
 _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def test_the_template_translates_to_plain_cloudformation(translated: dict[str, Any]) -> None:
+    assert "Transform" not in translated
+    types = Counter(resource["Type"] for resource in translated["Resources"].values())
+    assert types["AWS::Lambda::Function"] == 4
+    assert types["AWS::StepFunctions::StateMachine"] == 1
+    assert types["AWS::Lambda::EventSourceMapping"] == 5  # three intake queues, the local and the cloud pool
+    assert not [t for t in types if t.startswith("AWS::Serverless::")]
+
+
+def test_every_function_imports_and_gets_the_whole_settings_from_the_template(cloud: Cloud) -> None:
+    for function in cloud.stack.functions.values():
+        module, _, name = function.handler.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), function.handler
+        Settings.from_env(function.environment)  # raises on a missing or malformed variable
+
+
+def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
+    routes = {(r.method, r.path, r.function) for r in cloud.stack.routes}
+    assert routes == {
+        ("POST", "/v1/uploads", "ApiFunction"), ("POST", "/v1/jobs", "ApiFunction"),
+        ("GET", "/v1/jobs/{job_id}", "ApiFunction"), ("GET", "/v1/openapi.json", "ApiFunction"),
+        ("POST", "/v1/agent/heartbeat", "AgentCallbackFunction"),
+        ("POST", "/v1/agent/tasks/{task_id}/heartbeat", "AgentCallbackFunction"),
+        ("POST", "/v1/agent/tasks/{task_id}/result", "AgentCallbackFunction"),
+    }
+    by_queue = {s.queue_url: s for s in cloud.stack.queue_sources}
+    for priority, url in cloud.settings.intake_queue_urls.items():
+        assert by_queue[url].function == "AdmitFunction", priority
+    for pool in ("LocalQueue", "CloudQueue"):
+        source = by_queue[cloud.physical[pool]]
+        assert (source.function, source.batch_size) == ("PoolPollerFunction", 1)
+    assert all(s.report_batch_item_failures for s in cloud.stack.queue_sources), "partial batch failures"
+
+
+def test_an_unknown_resource_type_fails_loudly() -> None:
+    with pytest.raises(NotImplementedError, match="AWS::EC2::Instance"):
+        provision({"Resources": {"Box": {"Type": "AWS::EC2::Instance", "Properties": {}}}}, endpoint_url=None)
+
+
+def test_an_unknown_parameter_override_is_refused() -> None:
+    with pytest.raises(ValueError, match="HeartbeatSecs"):
+        translate(TEMPLATE, {"HeartbeatSecs": "5"})

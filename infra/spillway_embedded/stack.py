@@ -166,7 +166,10 @@ class EmbeddedStack:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
         )
-        listen_url = self._wait_for_ready_file(ready_file, process, timeout=60)
+        try:
+            listen_url = self._wait_for_ready_file(ready_file, process, timeout=60)
+        except (RuntimeError, TimeoutError) as failed:
+            raise RuntimeError(f"{spec.gpu_id}: {failed}; see {log.name}") from None
         if tunnel:
             host, port = listen_url.removeprefix("http://").rsplit(":", 1)
             tunnel.target = (host, int(port))

@@ -213,6 +213,9 @@ class Agent:
         try:
             try:
                 outcome, error, message = self._execute(run)
+            except Exception as exc:  # a bug here must still answer the attempt, not leave it to time out
+                log.exception("%s: the agent failed running the task", task.task_id)
+                outcome, error, message = "failed", ErrorType.MODEL_ERROR, f"agent error: {exc!r}"[:2000]
             finally:
                 run.done.set()
             if run.moved_on.is_set():

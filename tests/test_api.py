@@ -15,10 +15,11 @@ from conftest import Cloud
 from helpers import LambdaContext, http_event
 
 
-def call(method: str, path: str, body: Any = None, raw: str | None = None) -> tuple[int, dict]:
+def call(method: str, path: str, body: Any = None, raw: str | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict]:
     from spillway.handlers import api
 
-    response = api.handler(http_event(method, path, body, raw), LambdaContext("ApiFunction"))
+    response = api.handler(http_event(method, path, body, raw, headers), LambdaContext("ApiFunction"))
     return response["statusCode"], json.loads(response["body"])
 
 
@@ -123,3 +124,13 @@ def test_unknown_and_malformed_job_ids(cloud: Cloud) -> None:
     assert call("GET", "/v1/jobs/j-" + "0" * 32)[0] == 404
     status, body = call("GET", "/v1/jobs/not-a-job-id")
     assert status == 422 and "job_id" in body["message"]
+
+
+def test_a_form_body_gets_415_with_the_fix(cloud: Cloud) -> None:
+    """curl's `-d` declares a form; the answer says what to send instead of listing odd fields."""
+    key = upload(cloud, render_room(1))
+    body = {"service": "remove_furniture", "input_key": key}
+    status, answer = call("POST", "/v1/jobs", body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert status == 415 and "Content-Type: application/json" in answer["message"]
+    assert written(cloud) == (0, 0)
+    assert call("POST", "/v1/jobs", body, headers={"content-type": "application/json; charset=utf-8"})[0] == 202

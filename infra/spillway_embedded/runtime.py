@@ -38,7 +38,7 @@ from werkzeug.wrappers import Request, Response
 
 from spillway_embedded.provision import Function, QueueSource, Route, Schedule, Stack
 
-log = logging.getLogger("spillway.runtime")
+log = logging.getLogger("embedded.runtime")  # not under Powertools' "spillway" logger
 
 Handler = Callable[[dict[str, Any], Any], Any]
 

@@ -222,7 +222,8 @@ class EmbeddedStack:
 def configure_logging() -> None:
     """The runtime's one line per API request; not moto's and werkzeug's per AWS call."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    for chatty in ("werkzeug", "botocore", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def serve_forever(stack: EmbeddedStack) -> None:

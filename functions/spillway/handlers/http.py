@@ -31,6 +31,12 @@ def answer_errors_with_reasons(app: APIGatewayHttpResolver) -> None:
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(exc: RequestValidationError) -> Response:
+        event = app.current_event
+        content_type = (event.headers.get("content-type") or "").split(";")[0].strip().lower()
+        if event.body and content_type not in ("", "application/json"):
+            # Most often curl's `-d`, which declares a form: say how to fix it, not which fields look odd.
+            return error_response(415, f"send the body as JSON with Content-Type: application/json, "
+                                       f"not {content_type!r}")
         return error_response(422, validation_message(exc))
 
     @app.exception_handler(SpillwayError)

@@ -12,6 +12,8 @@ from spillway.fleet import Fleet
 from spillway.models import AgentHeartbeat, Pool
 from spillway.settings import Settings
 
+AGENT_KEY = "agent-key-for-tests-0123456789"
+
 
 def fleet_for(settings: Settings) -> Fleet:
     return Fleet(
@@ -31,7 +33,7 @@ def dispatcher_for(settings: Settings, http: Any, clock: Any) -> Dispatcher:
         fleet=fleet_for(settings), s3=aws.client("s3"), sfn=aws.client("stepfunctions"), http=http,
         bucket=settings.images_bucket, heartbeat_seconds=settings.heartbeat_seconds,
         attempt_timeout_seconds=settings.attempt_timeout_seconds, agent_stale_seconds=settings.agent_stale_seconds,
-        clock=clock,
+        agent_key=lambda: AGENT_KEY, clock=clock,
     )
 
 

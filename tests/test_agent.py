@@ -143,9 +143,10 @@ def task(plane: ControlPlane, image: bytes | None, service: str = "remove_furnit
             "heartbeat_interval_s": 30}
 
 
-def push(agent: Agent, body: dict[str, Any] | str) -> httpx.Response:
+def push(agent: Agent, body: dict[str, Any] | str, key: str | None = AGENT_KEY) -> httpx.Response:
     content = body if isinstance(body, str) else json.dumps(body)
-    return httpx.post(f"{agent.listen_url}/v1/tasks", content=content, timeout=5)
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    return httpx.post(f"{agent.listen_url}/v1/tasks", content=content, headers=headers, timeout=5)
 
 
 def settled(agent: Agent, task_id: str) -> None:
@@ -245,6 +246,15 @@ def test_full_slots_refuse_with_503(plane: ControlPlane, start_agent: Any) -> No
 def test_invalid_tasks_get_422_with_a_reason(plane: ControlPlane, start_agent: Any, body: Any, reason: str) -> None:
     response = push(start_agent(), body)
     assert response.status_code == 422 and reason in response.json()["message"]
+
+
+@pytest.mark.parametrize("key", [None, "someone-else"])
+def test_only_the_control_plane_pushes_tasks(plane: ControlPlane, start_agent: Any, key: str | None) -> None:
+    counted = GatedModel()
+    agent = start_agent(run_model=counted)
+    response = push(agent, task(plane, render_room(1)), key=key)
+    assert response.status_code == 401 and "agent key" in response.json()["message"]
+    assert counted.runs == 0
 
 
 def test_unknown_service_and_route(plane: ControlPlane, start_agent: Any) -> None:

@@ -12,7 +12,7 @@ from spillway.errors import NoCapacity
 from spillway.models import AgentTask, Pool, PoolTask
 
 from conftest import Cloud
-from helpers import beat, dispatcher_for, fleet_for
+from helpers import AGENT_KEY, beat, dispatcher_for, fleet_for
 from test_fleet import NOW, running_job
 
 
@@ -21,11 +21,13 @@ class FakeAgents:
 
     def __init__(self) -> None:
         self.pushed: list[tuple[str, AgentTask]] = []
+        self.keys: list[str | None] = []
         self.answer: int | Exception = 202
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if isinstance(self.answer, Exception):
             raise self.answer
+        self.keys.append(request.headers.get("Authorization"))
         self.pushed.append((request.url.host, AgentTask.model_validate_json(request.content)))
         return httpx.Response(self.answer, json={"task_id": "x", "state": "accepted"})
 
@@ -56,6 +58,7 @@ def test_pushes_the_task_with_presigned_urls_and_no_token(cloud: Cloud, dispatch
     assert "tok" not in json.dumps(pushed.model_dump(mode="json")), "task tokens never leave the control plane"
     assert "X-Amz-Signature" in str(pushed.input_url) and "X-Amz-Signature" in str(pushed.output_url)
     assert fleet_for(cloud.settings).get("local-0").vram_free_mb == 3500
+    assert agents.keys == [f"Bearer {AGENT_KEY}"], "agents take tasks only from the control plane"
 
 
 def test_a_redelivered_message_pushes_the_same_task_again_without_a_new_lease(
@@ -86,12 +89,15 @@ def test_a_stale_attempt_is_dropped(cloud: Cloud, dispatcher, agents: FakeAgents
     assert agents.pushed == []
 
 
+@pytest.mark.parametrize(
+    "answer", [httpx.ConnectError("connection refused"), 500, 401], ids=["refused", "broken", "another key"]
+)
 def test_unreachable_agent_fails_the_attempt_at_once_and_frees_the_gpu(
-    cloud: Cloud, dispatcher, agents: FakeAgents, monkeypatch: pytest.MonkeyPatch
+    cloud: Cloud, dispatcher, agents: FakeAgents, monkeypatch: pytest.MonkeyPatch, answer: int | Exception
 ) -> None:
     failures = []
     monkeypatch.setattr(dispatcher._sfn, "send_task_failure", lambda **kw: failures.append(kw))
-    agents.answer = httpx.ConnectError("connection refused")
+    agents.answer = answer
     task = queued()
     running_job(cloud, task.job_id)
     assert dispatcher.dispatch(task) == "GpuUnreachable"

@@ -47,6 +47,7 @@ class Dispatcher:
         heartbeat_seconds: int,
         attempt_timeout_seconds: int,
         agent_stale_seconds: int,
+        agent_key: Callable[[], str],
         clock: Callable[[], float] = time.time,
     ):
         self._fleet = fleet
@@ -57,6 +58,7 @@ class Dispatcher:
         self._heartbeat_seconds = heartbeat_seconds
         self._attempt_timeout_seconds = attempt_timeout_seconds
         self._agent_stale_seconds = agent_stale_seconds
+        self._agent_key = agent_key  # agents take tasks only from who holds it
         self._clock = clock
 
     def dispatch(self, queued: PoolTask) -> str:
@@ -121,7 +123,8 @@ class Dispatcher:
         try:
             response = self._http.post(
                 f"{task.gpu_url}/v1/tasks", content=agent_task.model_dump_json(),
-                headers={"Content-Type": "application/json"}, timeout=PUSH_TIMEOUT,
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._agent_key()}"},
+                timeout=PUSH_TIMEOUT,
             )
         except httpx.HTTPError as exc:
             return self._fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} unreachable: {exc!r}")
@@ -132,8 +135,10 @@ class Dispatcher:
             # Draining, or its slots are full after all: give the VRAM back and retry elsewhere soon.
             self._fleet.give_back(task)
             raise NoCapacity(f"{task.gpu_id} refused the task: {response.text[:200]}")
-        if response.status_code >= 500:
-            return self._fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} answered {response.status_code}")
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            # Broken, or holding another agent key (a rotation half done): this GPU cannot take it.
+            return self._fail(task, ErrorType.GPU_UNREACHABLE,
+                              f"{task.gpu_id} answered {response.status_code}: {response.text[:200]}")
         return self._fail(task, ErrorType.MODEL_ERROR, f"{task.gpu_id} rejected the task: {response.text[:500]}")
 
     def _fail(self, task: Task, error: ErrorType, cause: str) -> str:

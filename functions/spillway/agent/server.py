@@ -1,6 +1,7 @@
 """The agent beside one GPU: takes tasks over HTTP, runs the model, stores results, reports back.
 
-The control plane pushes a task (an opaque task id and two presigned URLs, never a task token);
+The control plane pushes a task (an opaque task id and two presigned URLs, never a task token),
+presenting the agent key, the same shared secret the agent presents when it reports;
 the agent answers at once and works on a thread: fetch the input, run the model while beating,
 upload the output, report the outcome, retried until the control plane has it. A fleet heartbeat
 keeps the GPU registered and tells the control plane what runs here.
@@ -11,6 +12,7 @@ while, and gives back what is still running (failed with `Draining`) so the jobs
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -329,6 +331,11 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             if self.path != "/v1/tasks":
                 self._answer(HTTPStatus.NOT_FOUND, {"message": f"no route POST {self.path}"})
+                return
+            presented = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(presented.encode(), agent.config.agent_key.encode()):
+                # Only the control plane pushes: anyone else could make this GPU fetch and write URLs.
+                self._answer(HTTPStatus.UNAUTHORIZED, {"message": "missing or wrong agent key"})
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > MAX_REQUEST_BYTES:

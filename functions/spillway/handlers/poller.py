@@ -9,6 +9,7 @@ from functools import cache
 import httpx
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -23,6 +24,7 @@ from spillway.settings import settings
 # How long a task waits before it looks for a free GPU again. Short: the attempt's heartbeat
 # window, not this, decides when a pool is too busy and the job spills over.
 NO_CAPACITY_RETRY_SECONDS = 2
+AGENT_KEY_CACHE_SECONDS = 300
 
 logger = Logger()
 tracer = Tracer()
@@ -45,6 +47,7 @@ def dispatcher() -> Dispatcher:
         heartbeat_seconds=s.heartbeat_seconds,
         attempt_timeout_seconds=s.attempt_timeout_seconds,
         agent_stale_seconds=s.agent_stale_seconds,
+        agent_key=lambda: str(parameters.get_secret(s.agent_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)),
     )
 
 

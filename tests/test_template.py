@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
+import tomllib
 from collections import Counter
 from typing import Any
 
@@ -84,3 +87,24 @@ def test_an_unknown_resource_type_fails_loudly() -> None:
 def test_an_unknown_parameter_override_is_refused() -> None:
     with pytest.raises(ValueError, match="HeartbeatSecs"):
         translate(TEMPLATE, {"HeartbeatSecs": "5"})
+
+
+def test_lambda_code_needs_only_what_sam_build_installs() -> None:
+    """The handlers import with nothing but functions/requirements.txt (and boto3, which Lambda has)."""
+    blocked = {"numpy", "cv2", "moto", "werkzeug", "samtranslator", "yaml", "spillway_embedded"}
+    code = f"""
+import sys
+class NotInLambda:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ImportError(f"{{name}} is not in the Lambda package")
+sys.meta_path.insert(0, NotInLambda())
+import spillway.handlers.admit, spillway.handlers.api, spillway.handlers.callback, spillway.handlers.poller
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    required = {line.split("[")[0].split(">")[0].strip() for line in
+                (ROOT / "functions" / "requirements.txt").read_text().splitlines() if line and line[0] != "#"}
+    declared = {dep.split("[")[0].split(">")[0].strip() for dep in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    assert required == declared - {"boto3"}, "functions/requirements.txt and pyproject.toml disagree"

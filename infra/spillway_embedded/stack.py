@@ -61,9 +61,14 @@ DEFAULT_GPUS = (
 class AgentProcess:
     spec: GpuSpec
     process: subprocess.Popen[bytes]
-    listen_url: str
-    advertised_url: str
+    ready_file: Path
+    log_path: Path
     tunnel: Tunnel | None = None
+    listen_url: str = ""  # known once it serves
+
+    @property
+    def advertised_url(self) -> str:
+        return self.tunnel.url if self.tunnel else self.listen_url
 
 
 @dataclass
@@ -102,8 +107,11 @@ class EmbeddedStack:
         agent_key = self.client("secretsmanager").get_secret_value(
             SecretId=self.physical_ids["AgentKeySecret"]
         )["SecretString"]
+        # All at once: each takes a moment to import its model libraries.
         for spec in self.gpus:
-            self._agents.append(self._start_agent(spec, agent_key))
+            self._agents.append(self._launch_agent(spec, agent_key))  # appended at once: stop() sees them
+        for agent in self._agents:
+            self._await_agent(agent)
         self._wait_for_fleet(timeout=60)
         self._write_stack_file()
 
@@ -145,15 +153,15 @@ class EmbeddedStack:
 
     # ---- agents
 
-    def _start_agent(self, spec: GpuSpec, agent_key: str) -> AgentProcess:
-        ready_file = self.state_dir / "agents" / f"{spec.gpu_id}.json"
-        ready_file.parent.mkdir(parents=True, exist_ok=True)
+    def _launch_agent(self, spec: GpuSpec, agent_key: str) -> AgentProcess:
+        """Start the process; it is wired (tunnel target, listen URL) once it says it serves."""
+        folder = self.state_dir / "agents"
+        folder.mkdir(parents=True, exist_ok=True)
+        ready_file = folder / f"{spec.gpu_id}.json"
         ready_file.unlink(missing_ok=True)
         tunnel = Tunnel(listen=("127.0.0.1", 0), target=None) if spec.pool == "local" else None
         if tunnel:
             tunnel.start()
-        log = (self.state_dir / "agents" / f"{spec.gpu_id}.log").open("wb")
-        advertise = f"http://{tunnel.address[0]}:{tunnel.address[1]}" if tunnel else None
         command = [
             sys.executable, "-m", "spillway.cli", "agent",
             "--gpu-id", spec.gpu_id, "--pool", spec.pool, "--listen", "127.0.0.1:0",
@@ -161,19 +169,23 @@ class EmbeddedStack:
             "--control-url", self.api_url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
             "--ready-file", str(ready_file),
         ]
-        if advertise:
-            command += ["--advertise-url", advertise]
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
-        )
-        try:
-            listen_url = self._wait_for_ready_file(ready_file, process, timeout=60)
-        except (RuntimeError, TimeoutError) as failed:
-            raise RuntimeError(f"{spec.gpu_id}: {failed}; see {log.name}") from None
         if tunnel:
-            host, port = listen_url.removeprefix("http://").rsplit(":", 1)
-            tunnel.target = (host, int(port))
-        return AgentProcess(spec, process, listen_url, advertise or listen_url, tunnel)
+            command += ["--advertise-url", tunnel.url]  # the control plane reaches office GPUs through it
+        log_path = folder / f"{spec.gpu_id}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
+            )
+        return AgentProcess(spec, process, ready_file, log_path, tunnel)
+
+    def _await_agent(self, agent: AgentProcess, timeout: float = 60) -> None:
+        try:
+            agent.listen_url = self._wait_for_ready_file(agent.ready_file, agent.process, timeout)
+        except (RuntimeError, TimeoutError) as failed:
+            raise RuntimeError(f"{agent.spec.gpu_id}: {failed}; see {agent.log_path}") from None
+        if agent.tunnel:
+            host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
+            agent.tunnel.target = (host, int(port))
 
     @staticmethod
     def _wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float) -> str:

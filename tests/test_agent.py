@@ -6,9 +6,11 @@ what the agent sent. Waits are bounded waits on events, never sleeps that hope.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +27,7 @@ import numpy as np
 import pytest
 
 from spillway.agent import model
-from spillway.agent.server import Agent, AgentConfig
+from spillway.agent.server import MAX_REQUEST_BYTES, Agent, AgentConfig
 from spillway.models import Pool
 from spillway.rooms import furniture_mask, render_room
 
@@ -293,6 +295,111 @@ def test_a_refused_result_is_not_retried(plane: ControlPlane, start_agent: Any) 
     push(agent, t)
     settled(agent, t["task_id"])
     assert len(plane.results(t["task_id"])) == 1
+
+
+# ---------------------------------------------------------------- the HTTP connection
+
+
+def connect(agent: Agent) -> http.client.HTTPConnection:
+    host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
+    return http.client.HTTPConnection(host, int(port), timeout=5)
+
+
+def exchange(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
+             key: str | None = AGENT_KEY) -> tuple[int, bytes, http.client.HTTPResponse]:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    connection.request(method, path, body=body, headers=headers)
+    response = connection.getresponse()
+    return response.status, response.read(), response
+
+
+@pytest.mark.parametrize("method,path,key,status", [
+    ("POST", "/v1/tasks", "someone-else", 401),
+    ("POST", "/v1/tasks", None, 401),
+    ("POST", "/v2/else", AGENT_KEY, 404),
+    ("GET", "/v2/else", AGENT_KEY, 404),  # a GET with a body, as odd as it is
+], ids=["wrong key", "no key", "unknown POST route", "unknown GET route"])
+def test_an_early_answer_leaves_the_keep_alive_connection_usable(
+        plane: ControlPlane, start_agent: Any, method: str, path: str, key: str | None, status: int) -> None:
+    counted = GatedModel()
+    agent = start_agent(run_model=counted)
+    connection = connect(agent)
+    try:
+        body = json.dumps(task(plane, render_room(1))).encode()
+        answered, _, response = exchange(connection, method, path, body, key=key)
+        assert answered == status and not response.will_close, "the connection stays open"
+        reused = connection.sock
+        again, health, _ = exchange(connection, "GET", "/healthz")
+        assert again == 200, f"the unread body is not parsed as the next request: {again} {health[:200]!r}"
+        assert connection.sock is reused, "on the same connection"
+        valid = task(plane, render_room(2))
+        assert exchange(connection, "POST", "/v1/tasks", json.dumps(valid).encode())[0] == 202
+        settled(agent, valid["task_id"])
+        assert counted.runs == 1, "only the task with the key ran"
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("key", [AGENT_KEY, "someone-else"], ids=["with the key", "wrong key"])
+def test_an_oversized_body_is_refused_and_the_connection_closed_cleanly(
+        plane: ControlPlane, start_agent: Any, key: str) -> None:
+    agent = start_agent()
+    connection = connect(agent)
+    try:
+        status, answer, response = exchange(connection, "POST", "/v1/tasks", b"x" * (MAX_REQUEST_BYTES + 1), key=key)
+        assert status == (413 if key == AGENT_KEY else 401) and json.loads(answer)["message"]
+        assert response.will_close and response.getheader("Connection") == "close"
+    finally:
+        connection.close()
+    fresh = connect(agent)
+    try:
+        assert exchange(fresh, "GET", "/healthz")[0] == 200, "a new connection works"
+    finally:
+        fresh.close()
+
+
+def test_an_oversized_push_gets_its_answer_and_a_fin_not_a_reset(plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent()
+    host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        body = b"x" * (4 * MAX_REQUEST_BYTES)  # far more than is read: unread bytes must not turn the close into a RST
+        raw.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer " + AGENT_KEY.encode()
+                    + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        received = b""
+        while chunk := raw.recv(65536):  # ConnectionResetError here would be the RST
+            received += chunk
+    head, _, answer = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"Connection: close" in head
+    assert json.loads(answer)["message"]
+
+
+def test_a_push_without_a_usable_length_is_refused_and_the_connection_closed(
+        plane: ControlPlane, start_agent: Any) -> None:
+    agent = start_agent()
+    host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        raw.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer " + AGENT_KEY.encode()
+                    + b"\r\nContent-Length: lots\r\n\r\n{}")
+        received = b""
+        while chunk := raw.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 411") and b"Connection: close" in received
+
+
+def test_the_agent_sends_without_nagle(plane: ControlPlane, start_agent: Any) -> None:
+    """Headers and body go out in two writes: with Nagle, the body waits for the client's delayed ACK (~40 ms)."""
+    agent = start_agent()
+    assert agent._server is not None
+    nodelay: list[int] = []
+
+    class Spy(agent._server.RequestHandlerClass):  # type: ignore[name-defined,misc]
+        def setup(self) -> None:
+            super().setup()
+            nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    agent._server.RequestHandlerClass = Spy
+    assert httpx.get(f"{agent.listen_url}/healthz", timeout=5).status_code == 200
+    assert len(nodelay) == 1 and nodelay[0] != 0
 
 
 # ---------------------------------------------------------------- fleet, readiness, drain

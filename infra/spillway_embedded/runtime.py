@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from spillway_embedded.provision import Function, QueueSource, Route, Schedule, Stack
@@ -131,8 +131,8 @@ class HttpApi:
     def _respond(self, request: Request) -> Response:
         started = time.monotonic()
         response = self._route(request)
-        log.info("%s %s -> %d (%.0f ms)", request.method, request.full_path.rstrip("?"), response.status_code,
-                 (time.monotonic() - started) * 1000)
+        log.log(_log_level(request, response), "%s %s -> %d (%.0f ms)", request.method,
+                request.full_path.rstrip("?"), response.status_code, (time.monotonic() - started) * 1000)
         return response
 
     def _route(self, request: Request) -> Response:
@@ -196,6 +196,23 @@ class HttpApi:
         if path_parameters:
             event["pathParameters"] = path_parameters
         return event
+
+
+# The agents beat every few seconds: a line for each would bury the rest of `spillway dev`'s output.
+_HEARTBEAT_ROUTES = re.compile(r"^/v1/agent/(heartbeat|tasks/[^/]+/heartbeat)$")
+
+
+def _log_level(request: Request, response: Response) -> int:
+    if response.status_code >= 400:
+        return logging.WARNING
+    return logging.DEBUG if _HEARTBEAT_ROUTES.match(request.path) else logging.INFO
+
+
+class NoDelayRequestHandler(WSGIRequestHandler):
+    """werkzeug's handler with TCP_NODELAY: an answer written in more than one piece is not held back
+    by Nagle until the client's delayed ACK (~40 ms) on a reused connection."""
+
+    disable_nagle_algorithm = True
 
 
 def _json(status: int, body: Any) -> Response:
@@ -394,7 +411,7 @@ class Runtime:
 
         api_id = next((v for (_, name), v in self._stack.attributes.items() if name == "ApiId"), "local")
         self._server = make_server(self._host, self._api_port, HttpApi(self._stack, self.invokers, api_id),
-                                   threaded=True)
+                                   threaded=True, request_handler=NoDelayRequestHandler)
         self._spawn("http-api", self._server.serve_forever)
 
         sqs = boto3.client("sqs", endpoint_url=self._endpoint_url, region_name=self._region)

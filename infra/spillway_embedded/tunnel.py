@@ -76,6 +76,9 @@ class Tunnel:
                 continue
             for sock in (client, upstream):
                 sock.settimeout(None)
+                # A proxy forwards each chunk as it comes: with Nagle, a response's second write (its body)
+                # would wait for the peer's delayed ACK of the first, ~40 ms per request on a reused connection.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._open |= {client, upstream}
             for source, sink in ((client, upstream), (upstream, client)):

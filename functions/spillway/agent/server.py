@@ -12,10 +12,12 @@ while, and gives back what is still running (failed with `Draining`) so the jobs
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -46,6 +48,8 @@ log = logging.getLogger("spillway.agent")
 CONTROL_TIMEOUT = httpx.Timeout(connect=2.0, read=10.0, write=10.0, pool=2.0)
 TRANSFER_TIMEOUT = httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=2.0)
 MAX_REQUEST_BYTES = 64 * 1024
+LINGER_S = 1.0  # after refusing a body unread: how long its bytes are drained before the socket closes
+LINGER_BYTES = 4 * 1024 * 1024
 REMEMBERED_TASKS = 1000  # finished tasks kept to answer a re-push idempotently
 
 
@@ -189,6 +193,7 @@ class Agent:
     def beat(self) -> bool:
         heartbeat = AgentHeartbeat(
             gpu_id=self.config.gpu_id, pool=self.config.pool, url=self.url, vram_total_mb=self.config.vram_mb,
+            slots=self.config.slots,
             services=list(SERVICES), running=[r.task.task_id for r in self._running()],
             draining=self._draining.is_set(),
         )
@@ -197,6 +202,7 @@ class Agent:
         except httpx.HTTPError as exc:
             log.warning("fleet heartbeat failed: %r", exc)
             return False
+        log.debug("fleet heartbeat: %d running%s", len(heartbeat.running), ", draining" if heartbeat.draining else "")
         self._registered.set()
         return True
 
@@ -255,9 +261,14 @@ class Agent:
         while not (run.done.is_set() or run.moved_on.is_set() or self._stopped.is_set()):
             try:
                 response = self._control(f"/v1/agent/tasks/{run.task.task_id}/heartbeat", beat)
-                if response.is_success and response.json().get("current") is False:
+                if not response.is_success:
+                    log.warning("%s: task heartbeat answered %s %s", run.task.task_id, response.status_code,
+                                response.text[:500])
+                elif response.json().get("current") is False:
                     run.moved_on.set()
                     return
+                else:
+                    log.debug("%s: task heartbeat", run.task.task_id)
             except (httpx.HTTPError, ValueError) as exc:
                 log.warning("%s: task heartbeat failed: %r", run.task.task_id, exc)
             run.done.wait(run.task.heartbeat_interval_s)
@@ -317,7 +328,23 @@ class Agent:
 
 def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
     class AgentHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+        protocol_version = "HTTP/1.1"  # keep-alive: the pollers reuse their connection
+        # The headers and the body go out in two writes: with Nagle, the body waits for the client's
+        # delayed ACK of the headers, ~40 ms on every request of a reused connection.
+        disable_nagle_algorithm = True
+        _unread: int | None = 0  # body bytes of the current request not read yet; None: unknown (no usable length)
+
+        def handle(self) -> None:
+            try:
+                super().handle()
+            except ConnectionError as gone:  # e.g. the tunnel was cut: not worth socketserver's traceback
+                log.debug("%s: connection lost: %r", self.address_string(), gone)
+
+        def parse_request(self) -> bool:
+            if not super().parse_request():
+                return False
+            self._unread = _declared_length(self.headers)
+            return True
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path == "/healthz":
@@ -337,12 +364,15 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
                 # Only the control plane pushes: anyone else could make this GPU fetch and write URLs.
                 self._answer(HTTPStatus.UNAUTHORIZED, {"message": "missing or wrong agent key"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_REQUEST_BYTES:
+            if self._unread is None:
+                self._answer(HTTPStatus.LENGTH_REQUIRED, {"message": "send the task with a Content-Length"})
+                return
+            if self._unread > MAX_REQUEST_BYTES:
                 self._answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"message": "a task is a small JSON document"})
                 return
+            body, self._unread = self.rfile.read(self._unread), 0
             try:
-                task = AgentTask.model_validate_json(self.rfile.read(length))
+                task = AgentTask.model_validate_json(body)
                 status, accepted = agent.submit(task)
             except ValidationError as invalid:
                 problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in invalid.errors())
@@ -354,17 +384,61 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
             self._answer(status, accepted.model_dump(mode="json"))
 
         def _answer(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+            """Answer, first skipping what is left of the request's body, so the next request on this
+            connection is parsed from its start; a body too big to skip (or of unknown length) closes it."""
+            if self._unread is not None and self._unread <= MAX_REQUEST_BYTES:
+                self.rfile.read(self._unread)
+                self._unread = 0
+            else:
+                self.close_connection = True
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
+
+        def finish(self) -> None:
+            super().finish()
+            if self._unread != 0:  # closing with a body unread (here, or in http.server's own errors, e.g. 501)
+                _drain_and_close(self.connection)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
             log.debug("%s %s", self.address_string(), format % args)
 
     return AgentHandler
+
+
+def _declared_length(headers: Any) -> int | None:
+    """The request body's length, 0 without one; None when it cannot be skipped by counting (chunked, malformed)."""
+    if headers.get("Transfer-Encoding"):
+        return None
+    try:
+        length = int(headers.get("Content-Length") or 0)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _drain_and_close(connection: socket.socket) -> None:
+    """Send FIN after the answer, then read what the client still sends (bounded) before closing.
+
+    Closing a socket with unread bytes sends a reset, and a reset can make the client drop the
+    answer it has not read yet: it would see 'connection reset' instead of the 413.
+    """
+    deadline, drained = time.monotonic() + LINGER_S, 0
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_WR)
+        while drained < LINGER_BYTES and (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    with contextlib.suppress(OSError):
+        connection.close()
 
 
 def _write_atomically(path: Path, content: dict[str, Any]) -> None:

@@ -2,37 +2,50 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+
 from spillway import aws
-from spillway.dispatch import Dispatcher
+from spillway.dispatch import Dispatcher, Limits
 from spillway.fleet import Fleet
-from spillway.models import AgentHeartbeat, Pool
+from spillway.models import AgentHeartbeat, AgentTask, Pool, PoolTask, Priority
+from spillway.priorities import deadline_for
 from spillway.settings import Settings
+from spillway.timers import TimerQueue
+from spillway.waiting_room import WaitingRoom
 
 AGENT_KEY = "agent-key-for-tests-0123456789"
 
 
 def fleet_for(settings: Settings) -> Fleet:
     return Fleet(
-        aws.table(settings.fleet_table), aws.table(settings.tasks_table), settings.jobs_table, aws.client("dynamodb")
+        aws.table(settings.fleet_table), aws.table(settings.tasks_table), settings.jobs_table,
+        WaitingRoom(aws.table(settings.waiting_room_table)), aws.client("dynamodb"),
     )
 
 
-def beat(gpu_id: str, pool: Pool = Pool.LOCAL, vram_mb: int = 8000, **extra: Any) -> AgentHeartbeat:
+def beat(gpu_id: str, pool: Pool = Pool.LOCAL, vram_mb: int = 8000, slots: int = 2, **extra: Any) -> AgentHeartbeat:
     return AgentHeartbeat(
-        gpu_id=gpu_id, pool=pool, url=f"http://{gpu_id}.agents.test:9000", vram_total_mb=vram_mb,
+        gpu_id=gpu_id, pool=pool, url=f"http://{gpu_id}.agents.test:9000", vram_total_mb=vram_mb, slots=slots,
         services=["remove_furniture", "upscale_2x"], **extra,
     )
 
 
-def dispatcher_for(settings: Settings, http: Any, clock: Any) -> Dispatcher:
+def dispatcher_for(settings: Settings, http: Any, clock: Any, sfn: Any = None) -> Dispatcher:
     return Dispatcher(
-        fleet=fleet_for(settings), s3=aws.client("s3"), sfn=aws.client("stepfunctions"), http=http,
-        bucket=settings.images_bucket, heartbeat_seconds=settings.heartbeat_seconds,
-        attempt_timeout_seconds=settings.attempt_timeout_seconds, agent_stale_seconds=settings.agent_stale_seconds,
+        fleet=fleet_for(settings), timers=TimerQueue(aws.client("sqs"), settings.timers_queue_url),
+        s3=aws.client("s3"), sfn=sfn or aws.client("stepfunctions"), http=http, bucket=settings.images_bucket,
+        limits=Limits(heartbeat_seconds=settings.heartbeat_seconds,
+                      attempt_timeout_seconds=settings.attempt_timeout_seconds,
+                      agent_stale_seconds=settings.agent_stale_seconds),
         agent_key=lambda: AGENT_KEY, clock=clock,
     )
 
@@ -71,3 +84,147 @@ def http_event(method: str, path: str, body: Any = None, raw: str | None = None,
         "body": raw if raw is not None else (None if body is None else json.dumps(body)),
         "isBase64Encoded": False,
     }
+
+
+# ---- the control plane's collaborators, faked (shared by the fleet, dispatch, reports and waiting-room tests)
+
+
+class Clock:
+    """An injected clock: time moves only when a test says so."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> float:
+        self.now += seconds
+        return self.now
+
+
+def job_id_for(n: int) -> str:
+    """A well-formed job id (`j-` and 32 hex digits), distinct per `n`."""
+    return f"j-{n:032x}"
+
+
+def running_job(settings: Settings, job_id: str, attempt: int = 1, pool: Pool = Pool.LOCAL) -> None:
+    """A job record as the state machine leaves it when it opens an attempt."""
+    aws.table(settings.jobs_table).put_item(
+        Item={"job_id": job_id, "status": "RUNNING", "attempt": attempt,
+              "attempts": [{"pool": pool.value, "started_at": "t"} for _ in range(attempt)]}
+    )
+
+
+def pool_task(job_id: str, submitted_at: float, attempt: int = 1, pool: Pool = Pool.LOCAL,
+              priority: Priority = Priority.NORMAL, vram_mb: int = 2500, service: str = "remove_furniture") -> PoolTask:
+    """What the state machine sends to a pool queue; the deadline is the priority's, from `submitted_at`."""
+    deadline = deadline_for(priority, datetime.fromtimestamp(submitted_at, UTC))
+    return PoolTask(job_id=job_id, attempt=attempt, pool=pool, service=service, input_key="uploads/in.png",
+                    vram_mb=vram_mb, priority=priority, deadline_at=deadline.isoformat(),
+                    task_token=token_for(job_id, attempt))
+
+
+def token_for(job_id: str, attempt: int = 1) -> str:
+    return f"token-{job_id}-{attempt}"
+
+
+class RecordingStepFunctions:
+    """Records SendTask* calls; `gone` makes them answer as AWS does once the attempt has moved on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.gone = False
+
+    def _record(self, name: str, kwargs: dict[str, Any]) -> None:
+        if self.gone:
+            raise ClientError({"Error": {"Code": "TaskTimedOut", "Message": "timed out"}}, name)
+        self.calls.append((name, kwargs))
+
+    def send_task_success(self, **kwargs: Any) -> None:
+        self._record("success", kwargs)
+
+    def send_task_failure(self, **kwargs: Any) -> None:
+        self._record("failure", kwargs)
+
+    def send_task_heartbeat(self, **kwargs: Any) -> None:
+        self._record("heartbeat", kwargs)
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(task token, error) of every SendTaskFailure, in order."""
+        return [(call["taskToken"], call["error"]) for name, call in self.calls if name == "failure"]
+
+
+class FakeAgents:
+    """Stands for the agents' HTTP endpoints: records pushes, answers as told: the next answer of
+    `script` if any, else the GPU's in `answers`, else `answer`."""
+
+    def __init__(self) -> None:
+        self.pushed: list[tuple[str, AgentTask]] = []
+        self.keys: list[str | None] = []
+        self.answer: int | Exception = 202
+        self.answers: dict[str, int | Exception] = {}  # by GPU id
+        self.script: list[int | Exception] = []  # the next pushes' answers, whichever GPU
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        gpu_id = request.url.host.split(".")[0]
+        answer = self.script.pop(0) if self.script else self.answers.get(gpu_id, self.answer)
+        if isinstance(answer, Exception):
+            raise answer
+        self.keys.append(request.headers.get("Authorization"))
+        self.pushed.append((gpu_id, AgentTask.model_validate_json(request.content)))
+        return httpx.Response(answer, json={"task_id": "x", "state": "accepted"})
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self))
+
+    def task_ids(self) -> list[str]:
+        return [task.task_id for _, task in self.pushed]
+
+
+# ---- one stack per test module, emptied before each test
+
+MODULE_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                      "AWS_DEFAULT_REGION": "us-east-1", "POWERTOOLS_METRICS_DISABLED": "true",
+                      "POWERTOOLS_TRACE_DISABLED": "true"}
+
+
+def module_stack(translated: dict[str, Any]) -> Iterator[Any]:
+    """For a module-scoped fixture: the template's resources in mock_aws, provisioned once per module.
+
+    conftest's `cloud` provisions the whole template for every test (about a second each); the fleet
+    and dispatch tests only read and write tables, so they share one stack and empty it per test
+    (`emptied`). Yields a `conftest.Cloud`.
+    """
+    from moto import mock_aws
+
+    from spillway.settings import settings
+    from spillway_embedded.provision import provision
+
+    from conftest import Cloud, clear_caches
+
+    with pytest.MonkeyPatch.context() as patch, mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+            patch.delenv(name, raising=False)
+        for name, value in MODULE_ENVIRONMENT.items():
+            patch.setenv(name, value)
+        stack = provision(copy.deepcopy(translated), endpoint_url=None, region="us-east-1", stack_name="test")
+        for name, value in stack.environment().items():
+            patch.setenv(name, value)
+        clear_caches()
+        yield Cloud(settings=settings(), physical=dict(stack.physical_ids), stack=stack)
+    clear_caches()
+
+
+def emptied(cloud: Any) -> Any:
+    """The module's stack with no job, GPU, task or waiting entry left from an earlier test. (Timers
+    are SQS messages, delayed: tests that look at timers record them rather than read the queue.)"""
+    s = cloud.settings
+    for name in (s.jobs_table, s.fleet_table, s.tasks_table, s.waiting_room_table):
+        table = aws.table(name)
+        keys = [k["AttributeName"] for k in table.key_schema]
+        with table.batch_writer() as batch:
+            for item in table.scan(ProjectionExpression=", ".join(f"#k{i}" for i in range(len(keys))),
+                                   ExpressionAttributeNames={f"#k{i}": k for i, k in enumerate(keys)})["Items"]:
+                batch.delete_item(Key=item)
+    return cloud

@@ -1,35 +1,45 @@
-"""The poller's domain: lease, push, and fail fast by kind."""
+"""The pool dispatcher: into the waiting room, onto a GPU, pushed to its agent; failing fast by kind."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from spillway.dispatch import task_id_for
-from spillway.errors import NoCapacity
-from spillway.models import AgentTask, Pool, PoolTask
+from spillway.dispatch import Dispatcher, task_id_for
+from spillway.fleet import Fleet
+from spillway.models import ErrorType, Pool, PoolTask, TaskState
 
 from conftest import Cloud
-from helpers import AGENT_KEY, beat, dispatcher_for, fleet_for
-from test_fleet import NOW, running_job
+from helpers import (
+    AGENT_KEY,
+    Clock,
+    FakeAgents,
+    RecordingStepFunctions,
+    beat,
+    dispatcher_for,
+    emptied,
+    fleet_for,
+    job_id_for,
+    module_stack,
+    pool_task,
+    running_job,
+    token_for,
+)
+from test_fleet import NOW
 
 
-class FakeAgents:
-    """Stands for the agents' HTTP endpoints: records pushes, answers as told."""
+@pytest.fixture(scope="module")
+def stack(translated: dict) -> Iterator[Cloud]:
+    yield from module_stack(translated)
 
-    def __init__(self) -> None:
-        self.pushed: list[tuple[str, AgentTask]] = []
-        self.keys: list[str | None] = []
-        self.answer: int | Exception = 202
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        self.keys.append(request.headers.get("Authorization"))
-        self.pushed.append((request.url.host, AgentTask.model_validate_json(request.content)))
-        return httpx.Response(self.answer, json={"task_id": "x", "state": "accepted"})
+@pytest.fixture
+def cloud(stack: Cloud) -> Cloud:
+    """conftest's `cloud`, but one stack for the module, emptied before each test."""
+    return emptied(stack)
 
 
 @pytest.fixture
@@ -38,81 +48,211 @@ def agents() -> FakeAgents:
 
 
 @pytest.fixture
-def dispatcher(cloud: Cloud, agents: FakeAgents):
-    fleet_for(cloud.settings).heartbeat(beat("local-0", vram_mb=6000), now=NOW)
-    return dispatcher_for(cloud.settings, httpx.Client(transport=httpx.MockTransport(agents)), clock=lambda: NOW)
+def sfn() -> RecordingStepFunctions:
+    return RecordingStepFunctions()
 
 
-def queued(job_id: str = "j-1", attempt: int = 1, vram_mb: int = 2500) -> PoolTask:
-    return PoolTask(job_id="j-" + job_id[2:].ljust(32, "0"), attempt=attempt, pool=Pool.LOCAL,
-                    service="remove_furniture", input_key="uploads/in.png", vram_mb=vram_mb, task_token="tok")
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(NOW)
 
 
-def test_pushes_the_task_with_presigned_urls_and_no_token(cloud: Cloud, dispatcher, agents: FakeAgents) -> None:
-    task = queued()
-    running_job(cloud, task.job_id)
-    assert dispatcher.dispatch(task) == "pushed"
-    ((host, pushed),) = agents.pushed
-    assert host == "local-0.agents.test"
-    assert pushed.task_id == task_id_for(task.job_id, 1)
-    assert "tok" not in json.dumps(pushed.model_dump(mode="json")), "task tokens never leave the control plane"
-    assert "X-Amz-Signature" in str(pushed.input_url) and "X-Amz-Signature" in str(pushed.output_url)
-    assert fleet_for(cloud.settings).get("local-0").vram_free_mb == 3500
-    assert agents.keys == [f"Bearer {AGENT_KEY}"], "agents take tasks only from the control plane"
+@pytest.fixture
+def fleet(cloud: Cloud) -> Fleet:
+    fleet = fleet_for(cloud.settings)
+    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=4), now=NOW)
+    return fleet
 
 
-def test_a_redelivered_message_pushes_the_same_task_again_without_a_new_lease(
-    cloud: Cloud, dispatcher, agents: FakeAgents
+@pytest.fixture
+def dispatcher(cloud: Cloud, fleet: Fleet, agents: FakeAgents, sfn: RecordingStepFunctions, clock: Clock) -> Dispatcher:
+    return dispatcher_for(cloud.settings, agents.client(), clock=clock, sfn=sfn)
+
+
+def queued(cloud: Cloud, job: int = 1, attempt: int = 1, vram_mb: int = 2500, opened: int | None = None) -> PoolTask:
+    """An attempt the state machine sends to the local pool; its job record opened attempt `opened`."""
+    task = pool_task(job_id_for(job), NOW, attempt=attempt, vram_mb=vram_mb)
+    running_job(cloud.settings, task.job_id, opened or attempt)
+    return task
+
+
+def state(fleet: Fleet, task: PoolTask) -> TaskState:
+    stored = fleet.task(task_id_for(task.job_id, task.attempt))
+    assert stored is not None
+    return stored.state
+
+
+def test_pushes_the_task_with_presigned_urls_the_agent_key_and_no_token(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents
 ) -> None:
-    task = queued()
-    running_job(cloud, task.job_id)
-    dispatcher.dispatch(task)
-    dispatcher.dispatch(task)
-    assert [p.task_id for _, p in agents.pushed] == [task_id_for(task.job_id, 1)] * 2
-    assert fleet_for(cloud.settings).get("local-0").vram_free_mb == 3500
+    task = queued(cloud)
+    task_id = task_id_for(task.job_id, 1)
+    assert dispatcher.enqueue(task) == {task_id: "pushed"}
+    ((gpu_id, pushed),) = agents.pushed
+    assert (gpu_id, pushed.task_id, pushed.job_id, pushed.service) == ("local-0", task_id, task.job_id,
+                                                                      "remove_furniture")
+    assert task.task_token not in json.dumps(pushed.model_dump(mode="json")), "tokens never leave the control plane"
+    assert "X-Amz-Signature" in str(pushed.input_url) and "X-Amz-Signature" in str(pushed.output_url)
+    assert "uploads/in.png" in str(pushed.input_url)
+    assert f"results/{task.job_id}/attempt-1.png" in str(pushed.output_url)
+    assert agents.keys == [f"Bearer {AGENT_KEY}"], "agents take tasks only from the control plane"
+    assert fleet.get("local-0").vram_free_mb == 3500
+    stored = fleet.task(task_id)
+    assert (stored.state, stored.gpu_id, stored.running_at, stored.beat_at) == (TaskState.RUNNING, "local-0", NOW, NOW)
+    assert stored.task_token == task.task_token, "the token stays in the tasks table"
 
 
-def test_no_free_gpu_means_retry_later(cloud: Cloud, dispatcher) -> None:
-    first, second, third = queued("j-1"), queued("j-2"), queued("j-3")
-    for t in (first, second, third):
-        running_job(cloud, t.job_id)
-    dispatcher.dispatch(first)
-    dispatcher.dispatch(second)
-    with pytest.raises(NoCapacity):
-        dispatcher.dispatch(third)  # 6000 MB hold two tasks of 2500, not three
+def test_a_redelivered_message_never_leases_twice(cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher,
+                                                  agents: FakeAgents) -> None:
+    task = queued(cloud)
+    dispatcher.enqueue(task)
+    assert dispatcher.enqueue(task) == {}, "running already: nothing to do"
+    assert agents.task_ids() == [task_id_for(task.job_id, 1)]
+    assert (fleet.get("local-0").vram_free_mb, fleet.get("local-0").running) == (3500, 1)
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 0
 
 
-def test_a_stale_attempt_is_dropped(cloud: Cloud, dispatcher, agents: FakeAgents) -> None:
-    task = queued()
-    running_job(cloud, task.job_id, attempt=2)
-    assert dispatcher.dispatch(task) == "stale"
+def test_a_redelivery_after_a_crash_between_lease_and_push_pushes_the_same_lease(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents
+) -> None:
+    task = queued(cloud)
+    agents.answer = RuntimeError("the poller's invocation died here")
+    with pytest.raises(RuntimeError):
+        dispatcher.enqueue(task)
+    assert state(fleet, task) is TaskState.ASSIGNED
+    agents.answer = 202
+    assert dispatcher.enqueue(task) == {task_id_for(task.job_id, 1): "pushed"}, "SQS delivers it again"
+    assert agents.task_ids() == [task_id_for(task.job_id, 1)]
+    assert (fleet.get("local-0").vram_free_mb, fleet.get("local-0").running) == (3500, 1)
+    assert state(fleet, task) is TaskState.RUNNING
+
+
+def test_a_redelivery_after_the_task_ended_changes_nothing(cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher,
+                                                          agents: FakeAgents, sfn: RecordingStepFunctions) -> None:
+    task = queued(cloud)
+    dispatcher.enqueue(task)
+    dispatcher.fail(fleet.task(task_id_for(task.job_id, 1)), ErrorType.MODEL_ERROR, "crashed")
+    assert dispatcher.enqueue(task) == {}
+    assert agents.task_ids() == [task_id_for(task.job_id, 1)]
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 0 and fleet.open_tasks(Pool.LOCAL) == []
+    assert (fleet.get("local-0").vram_free_mb, fleet.get("local-0").running) == (6000, 0)
+    assert len(sfn.failures()) == 1
+
+
+def test_two_dispatchers_racing_for_the_last_slot_never_oversubscribe_it(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents, clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=1, draining=True), now=NOW)  # nothing starts yet
+    first = queued(cloud, 1)
+    dispatcher.enqueue(first)
+    clock.advance(1)
+    second = queued(cloud, 2)
+    dispatcher.enqueue(second)
+    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=1), now=clock.now)
+    seen_by_the_other = fleet.available(Pool.LOCAL, clock.now, cloud.settings.agent_stale_seconds)
+    other = dispatcher_for(cloud.settings, agents.client(), clock=clock)
+    assert dispatcher.pump(Pool.LOCAL) == {task_id_for(first.job_id, 1): "pushed"}
+    # The other dispatcher read the fleet before that assignment: to it, local-0 still has its slot.
+    monkeypatch.setattr(other._fleet, "available", lambda *args: seen_by_the_other)
+    assert other.pump(Pool.LOCAL) == {}
+    assert (fleet.get("local-0").vram_free_mb, fleet.get("local-0").running) == (3500, 1)
+    assert agents.task_ids() == [task_id_for(first.job_id, 1)]
+    assert [e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)] == [task_id_for(second.job_id, 1)]
+
+
+def test_with_no_free_gpu_the_task_waits_in_the_room(cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher,
+                                                    agents: FakeAgents) -> None:
+    first, second, third = (queued(cloud, job) for job in (1, 2, 3))
+    dispatcher.enqueue(first)
+    dispatcher.enqueue(second)
+    assert dispatcher.enqueue(third) == {}, "6000 MB hold two tasks of 2500, not three"
+    assert len(agents.pushed) == 2
+    assert [e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)] == [task_id_for(third.job_id, 1)]
+    assert state(fleet, third) is TaskState.WAITING
+
+
+def test_an_attempt_that_moved_on_is_never_started_and_leaves_the_room(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents, sfn: RecordingStepFunctions
+) -> None:
+    task = queued(cloud, attempt=1, opened=2)
+    assert dispatcher.enqueue(task) == {}
     assert agents.pushed == []
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 0, "its entry is cleaned up"
+    stored = fleet.task(task_id_for(task.job_id, 1))
+    assert (stored.state, stored.outcome) == (TaskState.DONE, "abandoned")
+    assert fleet.get("local-0").vram_free_mb == 6000
+    assert fleet.open_tasks(Pool.LOCAL) == []
+    assert sfn.calls == [], "nobody waits on that token any more"
 
 
 @pytest.mark.parametrize(
-    "answer", [httpx.ConnectError("connection refused"), 500, 401], ids=["refused", "broken", "another key"]
+    "answer", [httpx.ConnectError("connection refused"), httpx.ConnectTimeout("tunnel down"), 500, 401],
+    ids=["refused", "connect-timeout", "broken", "another-key"],
 )
 def test_unreachable_agent_fails_the_attempt_at_once_and_frees_the_gpu(
-    cloud: Cloud, dispatcher, agents: FakeAgents, monkeypatch: pytest.MonkeyPatch, answer: int | Exception
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents, sfn: RecordingStepFunctions,
+    answer: int | Exception,
 ) -> None:
-    failures = []
-    monkeypatch.setattr(dispatcher._sfn, "send_task_failure", lambda **kw: failures.append(kw))
     agents.answer = answer
-    task = queued()
-    running_job(cloud, task.job_id)
-    assert dispatcher.dispatch(task) == "GpuUnreachable"
-    assert [(f["taskToken"], f["error"]) for f in failures] == [("tok", "Spillway.GpuUnreachable")]
-    assert fleet_for(cloud.settings).get("local-0").vram_free_mb == 6000
+    task = queued(cloud)
+    assert dispatcher.enqueue(task) == {task_id_for(task.job_id, 1): "GpuUnreachable"}
+    assert sfn.failures() == [(token_for(task.job_id), "Spillway.GpuUnreachable")]
+    assert "local-0" in sfn.calls[0][1]["cause"]
+    assert (fleet.get("local-0").vram_free_mb, fleet.get("local-0").running) == (6000, 0)
+    stored = fleet.task(task_id_for(task.job_id, 1))
+    assert (stored.state, stored.outcome, stored.error_type) == (TaskState.DONE, "failed", "GpuUnreachable")
 
 
-def test_a_refusing_agent_gives_the_lease_back(cloud: Cloud, dispatcher, agents: FakeAgents) -> None:
-    agents.answer = 503
-    task = queued()
-    running_job(cloud, task.job_id)
-    with pytest.raises(NoCapacity):
-        dispatcher.dispatch(task)
-    fleet = fleet_for(cloud.settings)
+def test_an_agent_that_rejects_the_task_fails_it_as_a_model_error(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents, sfn: RecordingStepFunctions
+) -> None:
+    agents.answer = 422
+    task = queued(cloud)
+    assert dispatcher.enqueue(task) == {task_id_for(task.job_id, 1): "ModelError"}
+    assert sfn.failures() == [(token_for(task.job_id), "Spillway.ModelError")]
     assert fleet.get("local-0").vram_free_mb == 6000
-    assert fleet.task(task_id_for(task.job_id, 1)) is None
+
+
+def test_a_refusing_agent_gives_the_task_back_to_the_room_in_its_place(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents, sfn: RecordingStepFunctions,
+    clock: Clock,
+) -> None:
+    agents.answer = 503
+    first = queued(cloud, 1)
+    assert dispatcher.enqueue(first) == {task_id_for(first.job_id, 1): "refused"}
+    clock.advance(1)
+    second = queued(cloud, 2)
+    assert dispatcher.enqueue(second) == {task_id_for(first.job_id, 1): "refused",
+                                          task_id_for(second.job_id, 1): "refused"}, "once per pump each"
+    assert (fleet.get("local-0").vram_free_mb, fleet.get("local-0").running) == (6000, 0)
+    assert [e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)] == [
+        task_id_for(first.job_id, 1), task_id_for(second.job_id, 1)], "each back in its place"
+    assert sfn.calls == [], "a refusal is not a failure"
     agents.answer = 202
-    assert dispatcher.dispatch(task) == "pushed", "the same attempt can lease again"
+    agents.pushed.clear()
+    dispatcher.pump(Pool.LOCAL)
+    assert agents.task_ids() == [task_id_for(first.job_id, 1), task_id_for(second.job_id, 1)]
+
+
+def test_a_refused_task_goes_to_another_gpu_in_the_same_pump(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents
+) -> None:
+    fleet.heartbeat(beat("local-1", vram_mb=16000), now=NOW)
+    agents.answers["local-0"] = 503  # best fit (less free VRAM), but draining
+    task = queued(cloud)
+    assert dispatcher.enqueue(task) == {task_id_for(task.job_id, 1): "pushed"}
+    assert [gpu_id for gpu_id, _ in agents.pushed] == ["local-0", "local-1"]
+    assert fleet.task(task_id_for(task.job_id, 1)).gpu_id == "local-1"
+    assert fleet.get("local-0").vram_free_mb == 6000
+
+
+def test_a_stale_or_draining_agent_gets_no_work(cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher,
+                                                agents: FakeAgents, clock: Clock) -> None:
+    fleet.heartbeat(beat("local-1", vram_mb=16000, draining=True), now=NOW + 31)
+    clock.advance(cloud.settings.agent_stale_seconds + 1)
+    task = queued(cloud)
+    assert dispatcher.enqueue(task) == {}
+    assert agents.pushed == []
+    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=4), now=clock.now)
+    assert dispatcher.pump(Pool.LOCAL) == {task_id_for(task.job_id, 1): "pushed"}

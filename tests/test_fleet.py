@@ -1,35 +1,46 @@
-"""Leases: VRAM packing, no oversubscription, and fencing by attempt number."""
+"""The fleet: VRAM and slot packing, no oversubscription, fencing by attempt number, exactly-once ends."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 
 from spillway import aws
 from spillway.dispatch import result_key_for, task_id_for
-from spillway.fleet import Fleet, LeaseRefused, Task
-from spillway.models import Pool
+from spillway.fleet import ATTEMPT_MOVED_ON, ENTRY_GONE, GPU_TAKEN, Fleet, Refused, Task
+from spillway.models import Pool, Priority, TaskState
+from spillway.waiting_room import WaitingEntry
 
 from conftest import Cloud
-from helpers import beat, fleet_for
+from helpers import beat, emptied, fleet_for, job_id_for, module_stack, running_job
 
 NOW = 1_000_000.0
+STALE = 30  # agent_stale_seconds, as the tests pass it
 
 
-def running_job(cloud: Cloud, job_id: str, attempt: int = 1) -> None:
-    """A job record as the state machine leaves it when it opens an attempt."""
-    aws.table(cloud.settings.jobs_table).put_item(
-        Item={"job_id": job_id, "status": "RUNNING", "attempt": attempt,
-              "attempts": [{"pool": "local", "started_at": "t"} for _ in range(attempt)]}
-    )
-
-
-def task(job_id: str, gpu_id: str, vram_mb: int, attempt: int = 1) -> Task:
+def waiting_task(job: int, vram_mb: int = 3000, attempt: int = 1, arrived_at: float = NOW,
+                 priority: Priority = Priority.NORMAL, pool: Pool = Pool.LOCAL) -> Task:
+    """A task as the dispatcher writes it when its attempt enters the pool's waiting room."""
+    job_id = job_id_for(job)
+    task_id = task_id_for(job_id, attempt)
     return Task(
-        task_id=task_id_for(job_id, attempt), job_id=job_id, attempt=attempt, pool=Pool.LOCAL, gpu_id=gpu_id,
-        gpu_url="http://x", service="remove_furniture", input_key="uploads/in.png",
-        result_key=result_key_for(job_id, attempt), vram_mb=vram_mb, task_token="token", created_at=NOW,
-        expires_at=int(NOW) + 3600,
+        task_id=task_id, job_id=job_id, attempt=attempt, pool=pool, service="remove_furniture",
+        input_key="uploads/in.png", result_key=result_key_for(job_id, attempt), vram_mb=vram_mb,
+        priority=priority, task_token=f"token-{job}", rank=WaitingEntry.rank_for(priority, arrived_at, task_id),
+        arrived_at=arrived_at, wait_until=arrived_at + 60, open_pool=pool.value, expires_at=int(NOW) + 86_400,
     )
+
+
+@pytest.fixture(scope="module")
+def stack(translated: dict) -> Iterator[Cloud]:
+    yield from module_stack(translated)
+
+
+@pytest.fixture
+def cloud(stack: Cloud) -> Cloud:
+    """conftest's `cloud`, but one stack for the module, emptied before each test."""
+    return emptied(stack)
 
 
 @pytest.fixture
@@ -40,79 +51,229 @@ def fleet(cloud: Cloud) -> Fleet:
     return fleet
 
 
-def test_first_heartbeat_registers_a_gpu_with_all_its_vram_free(fleet: Fleet) -> None:
-    gpu = fleet.get("big")
-    assert gpu is not None
-    assert (gpu.pool, gpu.vram_total_mb, gpu.vram_free_mb, gpu.running) == (Pool.LOCAL, 16000, 16000, 0)
+def enqueued(cloud: Cloud, fleet: Fleet, job: int, vram_mb: int = 3000, attempt: int = 1,
+             arrived_at: float = NOW) -> Task:
+    """A task in the room, for a job whose state machine has opened that attempt."""
+    task = waiting_task(job, vram_mb, attempt, arrived_at)
+    running_job(cloud.settings, task.job_id, attempt)
+    assert fleet.enqueue(task) is True
+    return task
 
 
-def test_candidates_are_best_fit_first_and_skip_what_cannot_take_the_task(fleet: Fleet) -> None:
-    assert [g.gpu_id for g in fleet.candidates(Pool.LOCAL, "remove_furniture", 3000, NOW, 30)] == ["small", "big"]
-    assert [g.gpu_id for g in fleet.candidates(Pool.LOCAL, "remove_furniture", 5000, NOW, 30)] == ["big"]
-    assert fleet.candidates(Pool.LOCAL, "unknown_service", 100, NOW, 30) == []
-    assert fleet.candidates(Pool.CLOUD, "remove_furniture", 100, NOW, 30) == []
-    assert fleet.candidates(Pool.LOCAL, "remove_furniture", 100, NOW + 31, 30) == [], "stale agents get no work"
+def gpu(fleet: Fleet, gpu_id: str) -> tuple[int, int]:
+    """(free VRAM, running tasks) of a GPU, as stored."""
+    stored = fleet.get(gpu_id)
+    assert stored is not None
+    return stored.vram_free_mb, stored.running
 
 
-def test_draining_gpu_gets_no_new_work(fleet: Fleet) -> None:
-    fleet.heartbeat(beat("big", vram_mb=16000, draining=True), now=NOW)
-    assert [g.gpu_id for g in fleet.candidates(Pool.LOCAL, "remove_furniture", 100, NOW, 30)] == ["small"]
+# ---- agents report in
 
 
-def test_a_gpu_is_never_oversubscribed(cloud: Cloud, fleet: Fleet) -> None:
-    running_job(cloud, "j-1")
-    running_job(cloud, "j-2")
+def test_first_heartbeat_registers_a_gpu_with_all_its_vram_and_slots_free(fleet: Fleet) -> None:
+    big = fleet.get("big")
+    assert big is not None
+    assert (big.pool, big.vram_total_mb, big.vram_free_mb, big.slots, big.running) == (Pool.LOCAL, 16000, 16000, 2, 0)
+
+
+def test_a_later_heartbeat_keeps_what_is_leased(cloud: Cloud, fleet: Fleet) -> None:
+    task = enqueued(cloud, fleet, 1)
+    fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    fleet.heartbeat(beat("big", vram_mb=16000, slots=3), now=NOW + 5)
+    big = fleet.get("big")
+    assert (big.vram_free_mb, big.running, big.slots, big.last_heartbeat) == (13000, 1, 3, NOW + 5)
+
+
+@pytest.mark.parametrize(
+    ("change", "now", "pool", "expected"),
+    [
+        (None, NOW, Pool.LOCAL, ["small", "big"]),  # best fit first: the least free VRAM
+        (None, NOW + STALE, Pool.LOCAL, ["small", "big"]),
+        (None, NOW + STALE + 1, Pool.LOCAL, []),  # stale agents get no work
+        (None, NOW, Pool.CLOUD, []),
+        (beat("big", vram_mb=16000, draining=True), NOW, Pool.LOCAL, ["small"]),
+        (beat("small", vram_mb=4000, slots=1), NOW, Pool.LOCAL, ["small", "big"]),
+    ],
+    ids=["best-fit", "just-fresh", "stale", "other-pool", "draining", "one-slot"],
+)
+def test_available_gpus_are_fresh_not_draining_with_a_free_slot_best_fit_first(
+    fleet: Fleet, change, now: float, pool: Pool, expected: list[str]
+) -> None:
+    if change is not None:
+        fleet.heartbeat(change, now=NOW)
+    assert [g.gpu_id for g in fleet.available(pool, now, STALE)] == expected
+
+
+def test_a_gpu_with_every_slot_taken_is_not_available(cloud: Cloud, fleet: Fleet) -> None:
+    fleet.heartbeat(beat("small", vram_mb=4000, slots=1), now=NOW)
+    task = enqueued(cloud, fleet, 1, vram_mb=100)
+    fleet.assign(fleet.get("small"), task.waiting_entry(), NOW)
+    assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW, STALE)] == ["big"]
+
+
+@pytest.mark.parametrize(
+    ("service", "vram_mb", "fits"),
+    [("remove_furniture", 4000, True), ("remove_furniture", 4001, False), ("unknown_service", 100, False)],
+)
+def test_a_gpu_fits_a_service_it_serves_within_its_free_vram(fleet: Fleet, service: str, vram_mb: int,
+                                                            fits: bool) -> None:
+    assert fleet.get("small").fits(service, vram_mb) is fits
+
+
+# ---- entering the room, and leaving it for a GPU
+
+
+def test_enqueue_writes_the_task_and_its_place_in_the_room(cloud: Cloud, fleet: Fleet) -> None:
+    task = enqueued(cloud, fleet, 1)
+    stored = fleet.task(task.task_id)
+    assert stored is not None and stored.state is TaskState.WAITING
+    assert list(fleet.waiting_room.front(Pool.LOCAL)) == [task.waiting_entry()]
+    assert "task_token" not in aws.table(cloud.settings.waiting_room_table).scan()["Items"][0], \
+        "tokens stay in the tasks table"
+
+
+def test_a_duplicate_delivery_never_enters_twice_nor_leases_twice(cloud: Cloud, fleet: Fleet) -> None:
+    task = enqueued(cloud, fleet, 1)
+    assert fleet.enqueue(task) is False, "the same attempt again: a redelivery"
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 1
+    fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    with pytest.raises(Refused) as refused:
+        fleet.assign(fleet.get("small"), task.waiting_entry(), NOW)
+    assert refused.value.reason == ENTRY_GONE
+    assert fleet.enqueue(task) is False, "nor back into the room once assigned"
+    assert (gpu(fleet, "big"), gpu(fleet, "small")) == ((13000, 1), (4000, 0))
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 0
+
+
+def test_assign_moves_the_task_out_of_the_room_onto_the_gpu_and_notes_it_on_the_job(
+    cloud: Cloud, fleet: Fleet
+) -> None:
+    task = enqueued(cloud, fleet, 1)
+    assigned = fleet.assign(fleet.get("big"), task.waiting_entry(), NOW + 2)
+    assert (assigned.state, assigned.gpu_id, assigned.gpu_url, assigned.assigned_at) == (
+        TaskState.ASSIGNED, "big", "http://big.agents.test:9000", NOW + 2)
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 0
+    assert gpu(fleet, "big") == (13000, 1)
+    attempt = cloud.job_item(task.job_id)["attempts"][0]
+    assert (attempt["gpu_id"], attempt["task_id"]) == ("big", task.task_id)
+    assert attempt["assigned_at"].startswith("1970-01-12T13:46:42")
+
+
+@pytest.mark.parametrize(("slots", "vram_mb"), [(2, 3000), (1, 100)], ids=["vram", "slots"])
+def test_a_gpu_is_never_oversubscribed(cloud: Cloud, fleet: Fleet, slots: int, vram_mb: int) -> None:
+    fleet.heartbeat(beat("small", vram_mb=4000, slots=slots), now=NOW)
+    first, second = enqueued(cloud, fleet, 1, vram_mb), enqueued(cloud, fleet, 2, vram_mb)
     small = fleet.get("small")
-    fleet.lease(small, task("j-1", "small", 3000))
-    with pytest.raises(LeaseRefused) as refused:
-        fleet.lease(small, task("j-2", "small", 3000))  # `small` is a stale snapshot: 4000 free no more
-    assert refused.value.reason == "gpu_taken"
-    assert fleet.get("small").vram_free_mb == 1000
-    assert fleet.task(task_id_for("j-2", 1)) is None, "a refused lease writes nothing"
+    fleet.assign(small, first.waiting_entry(), NOW)
+    with pytest.raises(Refused) as refused:
+        fleet.assign(small, second.waiting_entry(), NOW)  # `small` is a stale snapshot: no room any more
+    assert refused.value.reason == GPU_TAKEN
+    assert gpu(fleet, "small") == (4000 - vram_mb, 1)
+    assert fleet.task(second.task_id).state is TaskState.WAITING, "a refused assignment writes nothing"
+    assert list(fleet.waiting_room.front(Pool.LOCAL)) == [second.waiting_entry()]
+    assert "gpu_id" not in cloud.job_item(second.job_id)["attempts"][0]
 
 
-def test_a_duplicate_delivery_does_not_lease_twice(cloud: Cloud, fleet: Fleet) -> None:
-    running_job(cloud, "j-1")
-    fleet.lease(fleet.get("big"), task("j-1", "big", 3000))
-    with pytest.raises(LeaseRefused) as refused:
-        fleet.lease(fleet.get("big"), task("j-1", "big", 3000))
-    assert refused.value.reason == "task_exists"
-    assert fleet.get("big").vram_free_mb == 13000
+def test_a_draining_gpu_takes_nothing_even_from_a_fresh_snapshot(cloud: Cloud, fleet: Fleet) -> None:
+    big = fleet.get("big")
+    fleet.heartbeat(beat("big", vram_mb=16000, draining=True), now=NOW)
+    task = enqueued(cloud, fleet, 1)
+    with pytest.raises(Refused) as refused:
+        fleet.assign(big, task.waiting_entry(), NOW)
+    assert refused.value.reason == GPU_TAKEN
+    assert gpu(fleet, "big") == (16000, 0)
 
 
-def test_an_attempt_that_moved_on_is_not_leased(cloud: Cloud, fleet: Fleet) -> None:
-    running_job(cloud, "j-1", attempt=2)
-    with pytest.raises(LeaseRefused) as refused:
-        fleet.lease(fleet.get("big"), task("j-1", "big", 3000, attempt=1))
-    assert refused.value.reason == "attempt_moved_on"
-    assert fleet.get("big").vram_free_mb == 16000
+@pytest.mark.parametrize(("job_attempt", "status"), [(2, "RUNNING"), (1, "SUCCEEDED"), (1, "FAILED")])
+def test_an_attempt_that_moved_on_is_never_assigned(cloud: Cloud, fleet: Fleet, job_attempt: int, status: str) -> None:
+    task = waiting_task(1, attempt=1)
+    assert fleet.enqueue(task)
+    running_job(cloud.settings, task.job_id, attempt=job_attempt)
+    aws.table(cloud.settings.jobs_table).update_item(
+        Key={"job_id": task.job_id}, UpdateExpression="SET #s = :s", ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": status})
+    with pytest.raises(Refused) as refused:
+        fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    assert refused.value.reason == ATTEMPT_MOVED_ON
+    assert gpu(fleet, "big") == (16000, 0)
+    assert fleet.task(task.task_id).state is TaskState.WAITING, "all or nothing: the dispatcher cleans it up"
 
 
-def test_lease_notes_the_gpu_on_the_jobs_attempt(cloud: Cloud, fleet: Fleet) -> None:
-    running_job(cloud, "j-1")
-    fleet.lease(fleet.get("big"), task("j-1", "big", 3000))
-    attempt = cloud.job_item("j-1")["attempts"][0]
-    assert (attempt["gpu_id"], attempt["task_id"]) == ("big", task_id_for("j-1", 1))
+# ---- a task on a GPU
 
 
-def test_release_gives_vram_back_exactly_once(cloud: Cloud, fleet: Fleet) -> None:
-    running_job(cloud, "j-1")
-    leased = task("j-1", "big", 3000)
-    fleet.lease(fleet.get("big"), leased)
-    assert fleet.release(leased, "succeeded") is True
-    assert fleet.release(leased, "failed", "ModelError") is False
-    gpu = fleet.get("big")
-    assert (gpu.vram_free_mb, gpu.running) == (16000, 0)
-    stored = fleet.task(leased.task_id)
-    assert (stored.state, stored.outcome) == ("done", "succeeded")
+def test_mark_running_starts_the_liveness_clock_once(cloud: Cloud, fleet: Fleet) -> None:
+    task = enqueued(cloud, fleet, 1)
+    assigned = fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    assert fleet.mark_running(assigned, NOW + 1) is True
+    assert fleet.mark_running(assigned, NOW + 2) is False, "running already"
+    stored = fleet.task(task.task_id)
+    assert (stored.state, stored.running_at, stored.beat_at) == (TaskState.RUNNING, NOW + 1, NOW + 1)
+    assert cloud.job_item(task.job_id)["attempts"][0]["running_at"].startswith("1970-01-12T13:46:41")
 
 
-def test_give_back_lets_the_attempt_lease_again(cloud: Cloud, fleet: Fleet) -> None:
-    running_job(cloud, "j-1")
-    leased = task("j-1", "big", 3000)
-    fleet.lease(fleet.get("big"), leased)
-    assert fleet.give_back(leased) is True
-    assert fleet.task(leased.task_id) is None
-    fleet.lease(fleet.get("small"), task("j-1", "small", 3000))
-    assert fleet.get("big").vram_free_mb == 16000
-    assert fleet.get("small").vram_free_mb == 1000
+def test_beats_count_only_from_the_gpu_that_has_the_task_and_only_while_it_is_open(
+    cloud: Cloud, fleet: Fleet
+) -> None:
+    task = enqueued(cloud, fleet, 1)
+    assert fleet.beat(task.task_id, "big", NOW) is False, "not on a GPU yet"
+    assigned = fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    fleet.mark_running(assigned, NOW)
+    assert fleet.beat(task.task_id, "big", NOW + 3) is True
+    assert fleet.beat(task.task_id, "small", NOW + 4) is False
+    assert fleet.task(task.task_id).beat_at == NOW + 3
+    fleet.release(assigned, "succeeded")
+    assert fleet.beat(task.task_id, "big", NOW + 5) is False, "over: the agent should stop"
+
+
+def test_release_gives_vram_and_the_slot_back_exactly_once(cloud: Cloud, fleet: Fleet) -> None:
+    task = enqueued(cloud, fleet, 1)
+    assigned = fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    assert fleet.release(assigned, "succeeded") is True
+    assert fleet.release(assigned, "failed", "ModelError") is False
+    assert gpu(fleet, "big") == (16000, 0)
+    stored = fleet.task(task.task_id)
+    assert (stored.state, stored.outcome, stored.error_type, stored.open_pool) == (
+        TaskState.DONE, "succeeded", None, None)
+    assert fleet.open_tasks(Pool.LOCAL) == []
+
+
+def test_give_back_puts_the_task_back_in_its_place_and_frees_the_gpu(cloud: Cloud, fleet: Fleet) -> None:
+    first, second = enqueued(cloud, fleet, 1), enqueued(cloud, fleet, 2, arrived_at=NOW + 1)
+    assigned = fleet.assign(fleet.get("big"), first.waiting_entry(), NOW)
+    assert fleet.give_back(assigned) is True
+    assert fleet.give_back(assigned) is False, "once"
+    assert gpu(fleet, "big") == (16000, 0)
+    back = fleet.task(first.task_id)
+    assert (back.state, back.gpu_id, back.rank) == (TaskState.WAITING, None, first.rank)
+    assert [e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)] == [first.task_id, second.task_id]
+    fleet.assign(fleet.get("small"), back.waiting_entry(), NOW + 1)
+    assert (gpu(fleet, "big"), gpu(fleet, "small")) == ((16000, 0), (1000, 1)), "and can be assigned again"
+
+
+def test_close_waiting_ends_a_task_that_never_got_a_gpu_once(cloud: Cloud, fleet: Fleet) -> None:
+    task = enqueued(cloud, fleet, 1)
+    closed = fleet.close_waiting(task.waiting_entry(), "failed", "WaitExpired")
+    assert closed is not None
+    assert (closed.state, closed.outcome, closed.error_type) == (TaskState.DONE, "failed", "WaitExpired")
+    assert fleet.close_waiting(task.waiting_entry(), "failed", "WaitExpired") is None
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 0
+    with pytest.raises(Refused):
+        fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    assert gpu(fleet, "big") == (16000, 0)
+
+
+def test_close_waiting_leaves_an_assigned_task_alone(cloud: Cloud, fleet: Fleet) -> None:
+    task = enqueued(cloud, fleet, 1)
+    fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    assert fleet.close_waiting(task.waiting_entry(), "failed", "WaitExpired") is None
+    assert fleet.task(task.task_id).state is TaskState.ASSIGNED
+    assert gpu(fleet, "big") == (13000, 1)
+
+
+def test_open_tasks_are_every_task_of_the_pool_not_done(cloud: Cloud, fleet: Fleet) -> None:
+    waiting, assigned, done = enqueued(cloud, fleet, 1), enqueued(cloud, fleet, 2), enqueued(cloud, fleet, 3)
+    fleet.assign(fleet.get("big"), assigned.waiting_entry(), NOW)
+    fleet.release(fleet.assign(fleet.get("big"), done.waiting_entry(), NOW), "succeeded")
+    assert sorted(t.task_id for t in fleet.open_tasks(Pool.LOCAL)) == sorted([waiting.task_id, assigned.task_id])
+    assert fleet.open_tasks(Pool.CLOUD) == []

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-
-import pytest
+from datetime import datetime
 
 from spillway import aws
-from spillway.handlers.admit import admit
+from spillway.handlers.wiring import admission
 from spillway.intake import Intake
 from spillway.jobs import JobStore
 from spillway.models import DispatchInput, JobRequest
 from spillway.rooms import render_room
 
 from conftest import Cloud
+
+
+def admit(job: DispatchInput) -> str:
+    return admission().start(job)
 
 
 def submitted_job(cloud: Cloud) -> DispatchInput:
@@ -47,6 +50,7 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
 
     task = next_task(cloud, "LocalQueue")
     assert (task["job_id"], task["attempt"], task["pool"]) == (job.job_id, 1, "local")
+    assert (task["priority"], task["deadline_at"]) == ("normal", job.deadline_at), "what the waiting room needs"
     cloud.client("stepfunctions").send_task_success(
         taskToken=task["task_token"],
         output=json.dumps({"task_id": "t-1", "gpu_id": "local-0", "result_key": "results/x.png", "duration_ms": 5}),
@@ -57,6 +61,7 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
     item = cloud.job_item(job.job_id)
     assert item["status"] == "SUCCEEDED"
     assert item["result_key"] == "results/x.png"
+    assert item["finished_at"] >= item["created_at"]
     assert [(a["pool"], a["outcome"], a["gpu_id"]) for a in item["attempts"]] == [("local", "succeeded", "local-0")]
 
 
@@ -95,16 +100,42 @@ def test_bad_input_fails_the_job_without_another_attempt(cloud: Cloud) -> None:
     assert cloud.queue_messages("CloudQueue") == []
 
 
-@pytest.mark.timeout(60)
-def test_silent_gpu_misses_heartbeats_and_the_job_moves_on(cloud: Cloud) -> None:
-    """HeartbeatSeconds is 5 in this stack: nobody beats for the local task, so it times out."""
+def test_a_wait_past_the_office_bound_spills_to_the_cloud(cloud: Cloud) -> None:
+    """The waiting room fails a local task whose wait bound passed with WaitExpired: the job goes on to the cloud."""
     job = submitted_job(cloud)
     admit(job)
-    next_task(cloud, "LocalQueue")  # taken, then silence
+    cloud.client("stepfunctions").send_task_failure(
+        taskToken=next_task(cloud, "LocalQueue")["task_token"], error="Spillway.WaitExpired",
+        cause="no local GPU could start it within 30 s (normal priority)")
     remote = next_task(cloud, "CloudQueue")
-    assert remote["attempt"] == 2
-    item = cloud.job_item(job.job_id)
-    assert item["attempts"][0]["error"] == "States.Timeout"
+    assert (remote["attempt"], remote["pool"]) == (2, "cloud")
+    assert cloud.job_item(job.job_id)["attempts"][0]["error"] == "Spillway.WaitExpired"
+
+
+def test_the_wait_for_a_gpu_is_not_bounded_by_a_step_functions_heartbeat(cloud: Cloud) -> None:
+    """A Try* state has no HeartbeatSeconds (it would count the wait in the queue); its timeout is a
+    backstop reaching past the job's deadline."""
+    definition = json.loads(cloud.client("stepfunctions").describe_state_machine(
+        stateMachineArn=cloud.settings.dispatch_state_machine_arn)["definition"])
+    for name in ("TryLocal", "TryCloud"):
+        state = definition["States"][name]
+        assert "HeartbeatSeconds" not in state and "HeartbeatSecondsPath" not in state, name
+        assert state["TimeoutSecondsPath"] == "$.limits.task_timeout_seconds"
+    job = submitted_job(cloud)
+    deadline_in = datetime.fromisoformat(job.deadline_at).timestamp() - time.time()
+    assert admission().limits(job).task_timeout_seconds >= deadline_in + cloud.settings.attempt_timeout_seconds - 1
+
+
+def test_every_aws_integration_retries_transient_errors(cloud: Cloud) -> None:
+    definition = json.loads(cloud.client("stepfunctions").describe_state_machine(
+        stateMachineArn=cloud.settings.dispatch_state_machine_arn)["definition"])
+    for name, state in definition["States"].items():
+        if state["Type"] != "Task":
+            continue
+        retried = {error for retry in state.get("Retry", []) for error in retry["ErrorEquals"]}
+        assert retried, f"{name} has no Retry"
+        assert not retried & {"States.ALL", "States.TaskFailed", "DynamoDB.ConditionalCheckFailedException"}, \
+            f"{name} must not retry what is not transient"
 
 
 def test_both_pools_failing_fails_the_job_with_the_last_reason(cloud: Cloud) -> None:

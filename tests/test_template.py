@@ -48,9 +48,9 @@ _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 def test_the_template_translates_to_plain_cloudformation(translated: dict[str, Any]) -> None:
     assert "Transform" not in translated
     types = Counter(resource["Type"] for resource in translated["Resources"].values())
-    assert types["AWS::Lambda::Function"] == 4
+    assert types["AWS::Lambda::Function"] == 6
     assert types["AWS::StepFunctions::StateMachine"] == 1
-    assert types["AWS::Lambda::EventSourceMapping"] == 5  # three intake queues, the local and the cloud pool
+    assert types["AWS::Lambda::EventSourceMapping"] == 6  # three intake queues, two pools, the timers
     assert not [t for t in types if t.startswith("AWS::Serverless::")]
 
 
@@ -74,8 +74,10 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
     for priority, url in cloud.settings.intake_queue_urls.items():
         assert by_queue[url].function == "AdmitFunction", priority
     for pool in ("LocalQueue", "CloudQueue"):
-        source = by_queue[cloud.physical[pool]]
-        assert (source.function, source.batch_size) == ("PoolPollerFunction", 1)
+        assert by_queue[cloud.physical[pool]].function == "PoolPollerFunction"
+    assert by_queue[cloud.settings.timers_queue_url].function == "TimerFunction"
+    assert [(s.function, s.expression) for s in cloud.stack.schedules] == [("SweeperFunction", "rate(1 minute)")]
+    assert "moto" in cloud.stack.offline["SweeperFunctionExecutionEnded"], "says what covers for it offline"
     assert all(s.report_batch_item_failures for s in cloud.stack.queue_sources), "partial batch failures"
 
 
@@ -100,6 +102,7 @@ class NotInLambda:
             raise ImportError(f"{{name}} is not in the Lambda package")
 sys.meta_path.insert(0, NotInLambda())
 import spillway.handlers.admit, spillway.handlers.api, spillway.handlers.callback, spillway.handlers.poller
+import spillway.handlers.timers, spillway.handlers.sweeper
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -1,34 +1,51 @@
-"""A pool's dispatcher (the poller): from a queued attempt to a task running on a GPU.
+"""A pool's dispatcher: from an attempt in the waiting room to a task running on a GPU.
 
-Fail fast and by kind: no free GPU -> the message comes back in a moment; an agent that cannot
-be reached (cut tunnel, dead node) -> the attempt fails now, with `Spillway.GpuUnreachable`,
-so the state machine moves the job on in about a second instead of waiting out a timeout.
+Dispatch by capacity, not by re-polling: an attempt enters its pool's waiting room when the state
+machine sends it (`enqueue`), and the room is *pumped* — its front assigned to GPUs that have the
+VRAM and a slot — whenever something arrives or a slot frees (`pump`), plus a periodic sweep as a
+safety net. Two clocks, kept apart:
+
+- the wait for a GPU is bounded by the priority's spill bound or the job's deadline
+  (`priorities.wait_bound`); past it the attempt fails with `Spillway.WaitExpired`;
+- the liveness clock starts when an agent has the task: a task whose agent has not beaten for
+  `heartbeat_seconds` fails with `Spillway.GpuUnreachable`, saying which GPU went silent.
+
+Fail fast and by kind: an agent that cannot be reached fails the attempt at once; an agent that
+refuses (draining, full) gives the task back to the room, in its place.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from itertools import islice
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import httpx
 from aws_lambda_powertools import Logger
 
 from spillway.aws import error_code
-from spillway.errors import NoCapacity
-from spillway.fleet import Fleet, Gpu, LeaseRefused, Task
-from spillway.models import AgentTask, ErrorType, PoolTask
+from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
+from spillway.models import AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
+from spillway.priorities import wait_bound
+from spillway.timers import TimerQueue
+from spillway.waiting_room import WaitingEntry
 
 logger = Logger(child=True)
 
 _TASK_IDS = uuid.UUID("5b1f0f9e-6d43-4c1e-9d2a-9b7a8f2b1c10")
 PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 INPUT_URL_SECONDS = 60 * 60
+LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
+MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
+_GONE = ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken")
 
 
 def task_id_for(job_id: str, attempt: int) -> str:
-    """Stable per attempt, so a redelivered message finds the lease it already made."""
+    """Stable per attempt, so a redelivered message finds the task it already made."""
     return "t-" + uuid.uuid5(_TASK_IDS, f"{job_id}#{attempt}").hex
 
 
@@ -36,79 +53,136 @@ def result_key_for(job_id: str, attempt: int) -> str:
     return f"results/{job_id}/attempt-{attempt}.png"
 
 
+@dataclass(frozen=True)
+class Limits:
+    heartbeat_seconds: int  # the liveness window of a task on a GPU
+    attempt_timeout_seconds: int
+    agent_stale_seconds: int  # a GPU whose agent has not reported for this long gets no new work
+
+
 class Dispatcher:
     def __init__(
         self,
         fleet: Fleet,
+        timers: TimerQueue,
         s3: Any,
         sfn: Any,
         http: httpx.Client,
         bucket: str,
-        heartbeat_seconds: int,
-        attempt_timeout_seconds: int,
-        agent_stale_seconds: int,
+        limits: Limits,
         agent_key: Callable[[], str],
         clock: Callable[[], float] = time.time,
     ):
         self._fleet = fleet
+        self._room = fleet.waiting_room
+        self._timers = timers
         self._s3 = s3
         self._sfn = sfn
         self._http = http
         self._bucket = bucket
-        self._heartbeat_seconds = heartbeat_seconds
-        self._attempt_timeout_seconds = attempt_timeout_seconds
-        self._agent_stale_seconds = agent_stale_seconds
+        self._limits = limits
         self._agent_key = agent_key  # agents take tasks only from who holds it
         self._clock = clock
 
-    def dispatch(self, queued: PoolTask) -> str:
-        """Run one queued attempt on a GPU. Returns what happened; raises NoCapacity to retry later."""
-        task = self._fleet.task(task_id_for(queued.job_id, queued.attempt)) or self._lease(queued)
-        if task is None:
-            return "stale"
-        if task.state != "running":
-            return "already_done"
-        return self._push(task)
+    # ---- arrivals
 
-    def _lease(self, queued: PoolTask) -> Task | None:
+    def enqueue(self, queued: PoolTask) -> dict[str, str]:
+        """Put the attempt in its pool's waiting room, then pump the room. Idempotent by attempt."""
         now = self._clock()
-        candidates = self._fleet.candidates(
-            queued.pool, queued.service, queued.vram_mb, now, self._agent_stale_seconds
-        )
-        for gpu in candidates:
-            task = self._new_task(queued, gpu, now)
-            try:
-                self._fleet.lease(gpu, task)
-            except LeaseRefused as refused:
-                if refused.reason == "gpu_taken":
-                    continue  # someone else got the VRAM first: next best fit
-                if refused.reason == "task_exists":
-                    return self._fleet.task(task.task_id)
-                logger.info("attempt moved on before it was leased", job_id=queued.job_id, attempt=queued.attempt)
-                return None
-            logger.info("leased", job_id=task.job_id, attempt=task.attempt, task_id=task.task_id, gpu_id=gpu.gpu_id)
-            return task
-        raise NoCapacity(
-            f"no {queued.pool.value} GPU free for {queued.service} with {queued.vram_mb} MB "
-            f"({len(candidates)} fit but were taken)"
+        task = self._new_task(queued, now)
+        if self._fleet.enqueue(task):
+            logger.info("waiting", job_id=task.job_id, task_id=task.task_id, pool=task.pool.value,
+                        priority=task.priority.value, wait_s=round(task.wait_until - now, 1))
+            self._hold_to_wait_bound(task, now)  # first: whatever happens next, the bound holds
+            return self.pump(queued.pool)
+        known = self._fleet.task(task.task_id)
+        if known is not None and known.state is TaskState.WAITING:
+            self._hold_to_wait_bound(known, now)  # the first delivery may have died before its timer
+        if known is not None and known.state is TaskState.ASSIGNED:
+            return {known.task_id: self._push_alone(known)}  # a redelivery after a crash between lease and push
+        return self.pump(queued.pool)
+
+    def _hold_to_wait_bound(self, task: Task, now: float) -> None:
+        self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=task.wait_until), now)
+
+    def _new_task(self, queued: PoolTask, now: float) -> Task:
+        task_id = task_id_for(queued.job_id, queued.attempt)
+        deadline = datetime.fromisoformat(queued.deadline_at).timestamp()
+        return Task(
+            task_id=task_id, job_id=queued.job_id, attempt=queued.attempt, pool=queued.pool,
+            service=queued.service, input_key=queued.input_key,
+            result_key=result_key_for(queued.job_id, queued.attempt), vram_mb=queued.vram_mb,
+            priority=queued.priority, task_token=queued.task_token,
+            rank=WaitingEntry.rank_for(queued.priority, now, task_id), arrived_at=now,
+            wait_until=wait_bound(queued.priority, queued.pool, now, deadline), open_pool=queued.pool.value,
+            expires_at=int(max(deadline, now)) + self._limits.attempt_timeout_seconds + 86_400,
         )
 
-    def _new_task(self, queued: PoolTask, gpu: Gpu, now: float) -> Task:
-        return Task(
-            task_id=task_id_for(queued.job_id, queued.attempt),
-            job_id=queued.job_id,
-            attempt=queued.attempt,
-            pool=queued.pool,
-            gpu_id=gpu.gpu_id,
-            gpu_url=gpu.url,
-            service=queued.service,
-            input_key=queued.input_key,
-            result_key=result_key_for(queued.job_id, queued.attempt),
-            vram_mb=queued.vram_mb,
-            task_token=queued.task_token,
-            created_at=now,
-            expires_at=int(now) + self._attempt_timeout_seconds + 86_400,
-        )
+    # ---- the pump
+
+    def pump(self, pool: Pool) -> dict[str, str]:
+        """Start waiting tasks on free GPUs, front of the room first, until either runs out.
+        Returns what happened to each task it started (task id -> outcome)."""
+        outcomes: dict[str, str] = {}
+        shunned: set[str] = set()  # GPUs whose agent refused or failed a push in this pump: not again now
+        for _ in range(MAX_PASSES):
+            assigned = self._assign_front(pool, shunned)
+            for task in assigned:
+                outcome = outcomes[task.task_id] = self._push(task)
+                if outcome != "pushed":
+                    shunned.add(task.gpu_id or "")
+            # Go on only while a push freed a slot (failed) or handed a task back (refused).
+            if not assigned or all(outcomes[t.task_id] == "pushed" for t in assigned):
+                break
+        return outcomes
+
+    def _assign_front(self, pool: Pool, excluded: set[str]) -> list[Task]:
+        """One pass over the room, front to back: each entry, in order, to the best-fitting GPU with
+        room, until no GPU has a free slot or LOOK_AHEAD entries were read. An entry that fits no
+        free GPU now does not hold back a smaller one behind it."""
+        now = self._clock()
+        gpus = {g.gpu_id: g for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds)
+                if g.gpu_id not in excluded}
+        assigned: list[Task] = []
+        for entry in islice(self._room.front(pool), LOOK_AHEAD):
+            if not gpus:
+                break
+            task = self._assign(entry, gpus, now)
+            if task is not None:
+                assigned.append(task)
+        return assigned
+
+    def _assign(self, entry: WaitingEntry, gpus: dict[str, Gpu], now: float) -> Task | None:
+        """Assign one entry to the GPU that fits it best (least free VRAM that fits); keeps `gpus`, the
+        pass's view of the pool, up to date."""
+        fitting = sorted((g for g in gpus.values() if g.fits(entry.service, entry.vram_mb)),
+                         key=lambda g: (g.vram_free_mb, g.running, g.gpu_id))
+        for gpu in fitting:
+            try:
+                task = self._fleet.assign(gpu, entry, now)
+            except Refused as refused:
+                if refused.reason == GPU_TAKEN:  # another dispatcher got there first: look again
+                    fresh = self._fleet.get(gpu.gpu_id)
+                    if fresh is None or not fresh.is_available(now, self._limits.agent_stale_seconds):
+                        gpus.pop(gpu.gpu_id, None)
+                    else:
+                        gpus[gpu.gpu_id] = fresh
+                    continue
+                if refused.reason == ATTEMPT_MOVED_ON:
+                    logger.info("attempt moved on while waiting", job_id=entry.job_id, task_id=entry.task_id)
+                    self._fleet.close_waiting(entry, "abandoned", ErrorType.WAIT_EXPIRED.value)
+                return None  # assigned by someone else, expired, or abandoned
+            gpu.vram_free_mb -= entry.vram_mb
+            gpu.running += 1
+            if gpu.running >= gpu.slots:
+                gpus.pop(gpu.gpu_id)
+            logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id,
+                        waited_ms=int((now - entry.arrived_at) * 1000))
+            self._timers.set(self._liveness_timer(task, now), now)
+            return task
+        return None
+
+    # ---- pushing to an agent
 
     def _push(self, task: Task) -> str:
         agent_task = AgentTask(
@@ -117,8 +191,8 @@ class Dispatcher:
             service=task.service,
             input_url=self._presign("get_object", task.input_key),
             output_url=self._presign("put_object", task.result_key, ContentType="image/png"),
-            # Beat three times per heartbeat window, so one lost beat never fails an attempt.
-            heartbeat_interval_s=max(1.0, self._heartbeat_seconds / 3),
+            # Beat three times per liveness window, so one lost beat never fails an attempt.
+            heartbeat_interval_s=max(1.0, self._limits.heartbeat_seconds / 3),
         )
         try:
             response = self._http.post(
@@ -127,33 +201,107 @@ class Dispatcher:
                 timeout=PUSH_TIMEOUT,
             )
         except httpx.HTTPError as exc:
-            return self._fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} unreachable: {exc!r}")
+            return self.fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} unreachable: {exc!r}")
         if response.status_code in (200, 202):
+            self._fleet.mark_running(task, self._clock())
             logger.info("pushed", job_id=task.job_id, task_id=task.task_id, gpu_id=task.gpu_id)
             return "pushed"
         if response.status_code == 503:
-            # Draining, or its slots are full after all: give the VRAM back and retry elsewhere soon.
+            # Draining, or its slots are full after all: back to the room, in its place.
+            logger.info("agent refused the task", job_id=task.job_id, gpu_id=task.gpu_id, answer=response.text[:200])
             self._fleet.give_back(task)
-            raise NoCapacity(f"{task.gpu_id} refused the task: {response.text[:200]}")
+            return "refused"
         if response.status_code >= 500 or response.status_code in (401, 403):
             # Broken, or holding another agent key (a rotation half done): this GPU cannot take it.
-            return self._fail(task, ErrorType.GPU_UNREACHABLE,
-                              f"{task.gpu_id} answered {response.status_code}: {response.text[:200]}")
-        return self._fail(task, ErrorType.MODEL_ERROR, f"{task.gpu_id} rejected the task: {response.text[:500]}")
+            return self.fail(task, ErrorType.GPU_UNREACHABLE,
+                             f"{task.gpu_id} answered {response.status_code}: {response.text[:200]}")
+        return self.fail(task, ErrorType.MODEL_ERROR, f"{task.gpu_id} rejected the task: {response.text[:500]}")
 
-    def _fail(self, task: Task, error: ErrorType, cause: str) -> str:
-        logger.warning(
-            "attempt failed at push", job_id=task.job_id, task_id=task.task_id, error=error.value, cause=cause
-        )
+    def _push_alone(self, task: Task) -> str:
+        """A push outside a pump: if it frees the slot (failed) or hands the task back, pump the room."""
+        outcome = self._push(task)
+        if outcome != "pushed":
+            self.pump(task.pool)
+        return outcome
+
+    def fail(self, task: Task, error: ErrorType, cause: str) -> str:
+        """End a task on a GPU as failed and tell its execution, once."""
+        logger.warning("attempt failed", job_id=task.job_id, task_id=task.task_id, gpu_id=task.gpu_id,
+                       error=error.value, cause=cause)
         if self._fleet.release(task, "failed", error.value):
-            try:
-                self._sfn.send_task_failure(taskToken=task.task_token, error=error.state_machine_error, cause=cause)
-            except Exception as exc:
-                if error_code(exc) not in ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken"):
-                    raise
+            self._send_failure(task, error, cause)
         return error.value
+
+    def _send_failure(self, task: Task, error: ErrorType, cause: str) -> None:
+        try:
+            self._sfn.send_task_failure(taskToken=task.task_token, error=error.state_machine_error, cause=cause)
+        except Exception as exc:
+            if error_code(exc) not in _GONE:
+                raise
 
     def _presign(self, operation: str, key: str, **extra: str) -> str:
         return self._s3.generate_presigned_url(
             operation, Params={"Bucket": self._bucket, "Key": key, **extra}, ExpiresIn=INPUT_URL_SECONDS
         )
+
+    # ---- clocks
+
+    def on_timer(self, timer: Timer) -> str:
+        """A timer came due: a waiting task past its bound leaves the room; a silent task fails."""
+        now = self._clock()
+        if not TimerQueue.due(timer, now):
+            self._timers.set(timer, now)  # over SQS's longest delay: set again for the rest
+            return "not_due"
+        task = self._fleet.task(timer.task_id)
+        if task is None or task.state is TaskState.DONE:
+            return "over"
+        return self.check(task, now, rearm=True)
+
+    def check(self, task: Task, now: float, rearm: bool) -> str:
+        """Hold one open task to its clock; `rearm` sets its next timer when it is not due yet."""
+        if task.state is TaskState.WAITING:
+            if now < task.wait_until:
+                if rearm:
+                    self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=task.wait_until),
+                                     now)
+                return "waiting"
+            return self._expire(task)
+        if task.state is TaskState.ASSIGNED and now - (task.assigned_at or now) >= self._limits.heartbeat_seconds:
+            outcome = self._push_alone(task)  # the push was lost (a crash between lease and push): push again
+            if outcome == "pushed":
+                self._timers.set(self._liveness_timer(task, now), now)
+            return outcome
+        last_sign = task.beat_at or task.assigned_at or now
+        if now - last_sign >= self._limits.heartbeat_seconds:
+            outcome = self.fail(task, ErrorType.GPU_UNREACHABLE,
+                                f"{task.gpu_id} went silent: no heartbeat for {now - last_sign:.0f} s")
+            self.pump(task.pool)
+            return outcome
+        if rearm:
+            self._timers.set(self._liveness_timer(task, last_sign), now)
+        return "alive"
+
+    def _expire(self, task: Task) -> str:
+        closed = self._fleet.close_waiting(task.waiting_entry(), "failed", ErrorType.WAIT_EXPIRED.value)
+        if closed is None:
+            return "started"  # assigned meanwhile
+        waited = task.wait_until - task.arrived_at
+        cause = f"no {task.pool.value} GPU could start it within {waited:.0f} s ({task.priority.value} priority)"
+        logger.info("wait expired", job_id=task.job_id, task_id=task.task_id, cause=cause)
+        self._send_failure(task, ErrorType.WAIT_EXPIRED, cause)
+        return ErrorType.WAIT_EXPIRED.value
+
+    def _liveness_timer(self, task: Task, since: float) -> Timer:
+        return Timer(kind=TimerKind.LIVENESS, task_id=task.task_id, due_at=since + self._limits.heartbeat_seconds)
+
+    def sweep(self, pools: tuple[Pool, ...] = (Pool.LOCAL, Pool.CLOUD)) -> dict[str, int]:
+        """The safety net: pump every room, and hold every open task to its clock, in case a pump
+        or a timer was lost (a crashed invocation, a message past its retries)."""
+        now = self._clock()
+        counts: dict[str, int] = {}
+        for pool in pools:
+            self.pump(pool)
+            for task in self._fleet.open_tasks(pool):
+                outcome = self.check(task, now, rearm=False)
+                counts[outcome] = counts.get(outcome, 0) + 1
+        return counts

@@ -1,12 +1,15 @@
-"""The fleet: GPUs as their agents report them, and slot leases packed by free VRAM.
+"""The fleet: GPUs as their agents report them, and the tasks on them, packed by free VRAM and slots.
 
-A lease is one DynamoDB transaction that takes VRAM from the GPU, writes the task (with its token)
-and notes the GPU on the job, each under its own condition: a GPU is never oversubscribed, a
-duplicate delivery never leases twice, and a task for an attempt that has moved on never runs.
+Every change of a task's state is one DynamoDB transaction whose items each carry a condition:
+assigning a waiting task takes its entry out of the waiting room, VRAM and a slot from the GPU,
+moves the task to `assigned` and notes the GPU on the job's current attempt, all or nothing. So
+a GPU is never oversubscribed, a task never starts twice, a duplicate delivery never leases twice,
+and a task whose attempt has moved on never runs. Ending a task gives the VRAM back exactly once.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
@@ -15,7 +18,8 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from spillway.aws import error_code, from_item, to_item
-from spillway.models import AgentHeartbeat, JobStatus, Pool
+from spillway.models import AgentHeartbeat, JobStatus, Pool, Priority, TaskState
+from spillway.waiting_room import WaitingEntry, WaitingRoom
 
 
 class Gpu(BaseModel):
@@ -24,54 +28,75 @@ class Gpu(BaseModel):
     url: str
     vram_total_mb: int
     vram_free_mb: int
+    slots: int = 1
     running: int = 0
     services: list[str]
     draining: bool = False
     last_heartbeat: float  # epoch seconds
 
-    def can_take(self, service: str, vram_mb: int, now: float, stale_after: float) -> bool:
-        return (
-            not self.draining
-            and now - self.last_heartbeat <= stale_after
-            and service in self.services
-            and self.vram_free_mb >= vram_mb
-        )
+    def is_available(self, now: float, stale_after: float) -> bool:
+        return not self.draining and now - self.last_heartbeat <= stale_after and self.running < self.slots
+
+    def fits(self, service: str, vram_mb: int) -> bool:
+        return service in self.services and self.vram_free_mb >= vram_mb and self.running < self.slots
 
 
 class Task(BaseModel):
-    """One attempt of one job on one GPU. The token never leaves this record."""
+    """One attempt of one job on one pool. The token never leaves this record."""
 
     task_id: str
     job_id: str
     attempt: int
     pool: Pool
-    gpu_id: str
-    gpu_url: str
     service: str
     input_key: str
     result_key: str
     vram_mb: int
+    priority: Priority
     task_token: str
-    state: str = "running"  # running -> done, once
+    state: TaskState = TaskState.WAITING
+    rank: str  # its place in the pool's waiting room
+    arrived_at: float
+    wait_until: float
+    gpu_id: str | None = None
+    gpu_url: str | None = None
+    assigned_at: float | None = None
+    running_at: float | None = None
+    beat_at: float | None = None
     outcome: str | None = None
     error_type: str | None = None
-    created_at: float
+    open_pool: str | None = None  # set until the task is done: the sweeper's index of open tasks
     expires_at: int  # TTL: the token is useless after the attempt's timeout anyway
 
+    def waiting_entry(self) -> WaitingEntry:
+        return WaitingEntry(
+            pool=self.pool, rank=self.rank, task_id=self.task_id, job_id=self.job_id, attempt=self.attempt,
+            service=self.service, vram_mb=self.vram_mb, priority=self.priority, arrived_at=self.arrived_at,
+            wait_until=self.wait_until,
+        )
 
-class LeaseRefused(Exception):
-    """The lease did not happen; `reason` says which condition stopped it."""
+
+class Refused(Exception):
+    """A transaction did not happen; `reason` says which condition stopped it."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
-        self.reason = reason  # "gpu_taken" | "task_exists" | "attempt_moved_on"
+        self.reason = reason
+
+
+# Why an assignment was refused, by the item whose condition failed.
+ENTRY_GONE = "entry_gone"  # another dispatcher assigned it, or it expired
+GPU_TAKEN = "gpu_taken"  # the GPU's VRAM or slots went to someone else first
+ATTEMPT_MOVED_ON = "attempt_moved_on"  # the job is on a later attempt, or over
 
 
 class Fleet:
-    def __init__(self, fleet_table: Any, tasks_table: Any, jobs_table_name: str, dynamodb: Any):
+    def __init__(self, fleet_table: Any, tasks_table: Any, jobs_table_name: str, waiting_room: WaitingRoom,
+                 dynamodb: Any):
         self._gpus = fleet_table
         self._tasks = tasks_table
         self._jobs_table_name = jobs_table_name
+        self.waiting_room = waiting_room
         self._ddb = dynamodb  # the low-level client, for transactions
 
     # ---- agents report in
@@ -81,22 +106,16 @@ class Fleet:
         self._gpus.update_item(
             Key={"gpu_id": beat.gpu_id},
             UpdateExpression=(
-                "SET #pool = :pool, #url = :url, vram_total_mb = :total, services = :services, "
+                "SET #pool = :pool, #url = :url, vram_total_mb = :total, slots = :slots, services = :services, "
                 "draining = :draining, last_heartbeat = :now, "
                 "vram_free_mb = if_not_exists(vram_free_mb, :total), #running = if_not_exists(#running, :zero)"
             ),
             ExpressionAttributeNames={"#pool": "pool", "#url": "url", "#running": "running"},
-            ExpressionAttributeValues=to_item(
-                {
-                    ":pool": beat.pool.value,
-                    ":url": str(beat.url).rstrip("/"),
-                    ":total": beat.vram_total_mb,
-                    ":services": beat.services,
-                    ":draining": beat.draining,
-                    ":now": now,
-                    ":zero": 0,
-                }
-            ),
+            ExpressionAttributeValues=to_item({
+                ":pool": beat.pool.value, ":url": str(beat.url).rstrip("/"), ":total": beat.vram_total_mb,
+                ":slots": beat.slots, ":services": beat.services, ":draining": beat.draining, ":now": now,
+                ":zero": 0,
+            }),
         )
 
     def gpus(self, pool: Pool) -> list[Gpu]:
@@ -107,123 +126,221 @@ class Fleet:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
         return Gpu.model_validate(from_item(item)) if item else None
 
-    def candidates(self, pool: Pool, service: str, vram_mb: int, now: float, stale_after: float) -> list[Gpu]:
-        """GPUs that can take the task now, best fit first: the least free VRAM that still fits,
-        so big free GPUs stay free for big images."""
-        fit = [g for g in self.gpus(pool) if g.can_take(service, vram_mb, now, stale_after)]
-        return sorted(fit, key=lambda g: (g.vram_free_mb, g.running, g.gpu_id))
+    def available(self, pool: Pool, now: float, stale_after: float) -> list[Gpu]:
+        """GPUs of the pool that can take work now, best fit first: the least free VRAM, so that big
+        free GPUs stay free for big images."""
+        fresh = [g for g in self.gpus(pool) if g.is_available(now, stale_after)]
+        return sorted(fresh, key=lambda g: (g.vram_free_mb, g.running, g.gpu_id))
 
-    # ---- leases
+    # ---- a task's life
 
-    def lease(self, gpu: Gpu, task: Task) -> None:
-        """Take VRAM on `gpu` for `task`, write the task, and note it on the job: all or nothing."""
-        items = [
-            {
-                "Update": {
-                    "TableName": self._gpus.name,
-                    "Key": {"gpu_id": {"S": gpu.gpu_id}},
-                    "UpdateExpression": "SET vram_free_mb = vram_free_mb - :need, #running = #running + :one",
-                    "ConditionExpression": "vram_free_mb >= :need AND draining = :false",
-                    "ExpressionAttributeNames": {"#running": "running"},
-                    "ExpressionAttributeValues": {
-                        ":need": {"N": str(task.vram_mb)}, ":one": {"N": "1"}, ":false": {"BOOL": False},
-                    },
-                }
-            },
-            {
-                "Put": {
-                    "TableName": self._tasks.name,
-                    "Item": _typed(task.model_dump(mode="json", exclude_none=True)),
-                    "ConditionExpression": "attribute_not_exists(task_id)",
-                }
-            },
-            {
-                "Update": {
-                    "TableName": self._jobs_table_name,
-                    "Key": {"job_id": {"S": task.job_id}},
-                    "UpdateExpression": f"SET attempts[{task.attempt - 1}].gpu_id = :gpu, "
-                                        f"attempts[{task.attempt - 1}].task_id = :task",
-                    "ConditionExpression": "attempt = :n AND #status = :running",
-                    "ExpressionAttributeNames": {"#status": "status"},
-                    "ExpressionAttributeValues": {
-                        ":gpu": {"S": gpu.gpu_id}, ":task": {"S": task.task_id},
-                        ":n": {"N": str(task.attempt)}, ":running": {"S": JobStatus.RUNNING.value},
-                    },
-                }
-            },
-        ]
+    def enqueue(self, task: Task) -> bool:
+        """Write the task and its waiting-room entry; False if the task exists already (a redelivery)."""
         try:
-            self._ddb.transact_write_items(TransactItems=items)
-        except ClientError as exc:
-            if error_code(exc) != "TransactionCanceledException":
-                raise
-            reasons = [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
-            if len(reasons) == 3 and reasons[1] == "ConditionalCheckFailed":
-                raise LeaseRefused("task_exists") from None
-            if len(reasons) == 3 and reasons[2] == "ConditionalCheckFailed":
-                raise LeaseRefused("attempt_moved_on") from None
-            raise LeaseRefused("gpu_taken") from None
-
-    def release(self, task: Task, outcome: str, error_type: str | None = None) -> bool:
-        """End the task and give its VRAM back, exactly once. False if it had ended already."""
-        values: dict[str, Any] = {":running": {"S": "running"}, ":done": {"S": "done"}, ":outcome": {"S": outcome}}
-        update = "SET #state = :done, outcome = :outcome"
-        if error_type:
-            update += ", error_type = :error_type"
-            values[":error_type"] = {"S": error_type}
-        end_task = {
-            "Update": {
-                "TableName": self._tasks.name,
-                "Key": {"task_id": {"S": task.task_id}},
-                "UpdateExpression": update,
-                "ConditionExpression": "#state = :running",
-                "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": values,
-            }
-        }
-        return self._return_vram(task, end_task)
-
-    def give_back(self, task: Task) -> bool:
-        """Undo a lease the agent refused (draining, full): the attempt may lease again elsewhere."""
-        drop_task = {
-            "Delete": {
-                "TableName": self._tasks.name,
-                "Key": {"task_id": {"S": task.task_id}},
-                "ConditionExpression": "#state = :running",
-                "ExpressionAttributeNames": {"#state": "state"},
-                "ExpressionAttributeValues": {":running": {"S": "running"}},
-            }
-        }
-        return self._return_vram(task, drop_task)
-
-    def _return_vram(self, task: Task, task_write: dict[str, Any]) -> bool:
-        free_vram = {
-            "Update": {
-                "TableName": self._gpus.name,
-                "Key": {"gpu_id": {"S": task.gpu_id}},
-                "UpdateExpression": "SET vram_free_mb = vram_free_mb + :need, #running = #running - :one",
-                "ExpressionAttributeNames": {"#running": "running"},
-                "ExpressionAttributeValues": {":need": {"N": str(task.vram_mb)}, ":one": {"N": "1"}},
-            }
-        }
-        try:
-            self._ddb.transact_write_items(TransactItems=[task_write, free_vram])
-        except ClientError as exc:
-            if error_code(exc) == "TransactionCanceledException":
-                return False
-            raise
+            self._transact([
+                {"Put": {"TableName": self._tasks.name, "Item": task.model_dump(mode="json", exclude_none=True),
+                         "ConditionExpression": "attribute_not_exists(task_id)"}},
+                {"Put": self.waiting_room.put_request(task.waiting_entry())},
+            ], reasons=(ENTRY_GONE, ENTRY_GONE))
+        except Refused:
+            return False
         return True
 
-    # ---- tasks
+    def assign(self, gpu: Gpu, entry: WaitingEntry, now: float) -> Task:
+        """Take the entry out of the room and lease VRAM and a slot on `gpu` for it: all or nothing."""
+        n = entry.attempt - 1
+        self._transact([
+            {"Delete": {"TableName": self.waiting_room.table_name, "Key": entry.key,
+                        "ConditionExpression": "attribute_exists(task_id)"}},
+            _take_slot(self._gpus.name, gpu.gpu_id, entry.vram_mb),
+            _update(self._tasks.name, {"task_id": entry.task_id},
+                    "SET #state = :assigned, gpu_id = :gpu, gpu_url = :url, assigned_at = :now",
+                    "#state = :waiting", {"#state": "state"},
+                    {":assigned": TaskState.ASSIGNED.value, ":waiting": TaskState.WAITING.value,
+                     ":gpu": gpu.gpu_id, ":url": gpu.url, ":now": now}),
+            _update(self._jobs_table_name, {"job_id": entry.job_id},
+                    f"SET attempts[{n}].gpu_id = :gpu, attempts[{n}].task_id = :task, "
+                    f"attempts[{n}].assigned_at = :at",
+                    "attempt = :n AND #status = :running", {"#status": "status"},
+                    {":gpu": gpu.gpu_id, ":task": entry.task_id, ":n": entry.attempt,
+                     ":running": JobStatus.RUNNING.value, ":at": _iso(now)}),
+        ], reasons=(ENTRY_GONE, GPU_TAKEN, ENTRY_GONE, ATTEMPT_MOVED_ON))
+        task = self.task(entry.task_id)
+        assert task is not None
+        return task
+
+    def mark_running(self, task: Task, now: float) -> bool:
+        """The agent took the task: its liveness clock starts now. False if it ended meanwhile."""
+        try:
+            self._tasks.update_item(
+                Key={"task_id": task.task_id},
+                UpdateExpression="SET #state = :running, running_at = :now, beat_at = :now",
+                ConditionExpression="#state = :assigned",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues=to_item({":running": TaskState.RUNNING.value,
+                                                   ":assigned": TaskState.ASSIGNED.value, ":now": now}),
+            )
+        except self._tasks.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        n = task.attempt - 1
+        try:  # for the job's view only: a job that moved on keeps its record as it is
+            self._ddb.update_item(**_typed_request(_update(
+                self._jobs_table_name, {"job_id": task.job_id}, f"SET attempts[{n}].running_at = :at",
+                "attempt = :n", {}, {":at": _iso(now), ":n": task.attempt})["Update"]))
+        except ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise
+        return True
+
+    def beat(self, task_id: str, gpu_id: str, now: float) -> bool:
+        """The agent says the task still runs; False if it is over (the agent should stop it)."""
+        try:
+            self._tasks.update_item(
+                Key={"task_id": task_id},
+                UpdateExpression="SET beat_at = :now",
+                ConditionExpression="#state IN (:assigned, :running) AND gpu_id = :gpu",
+                ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues=to_item({":now": now, ":gpu": gpu_id,
+                                                   ":assigned": TaskState.ASSIGNED.value,
+                                                   ":running": TaskState.RUNNING.value}),
+            )
+        except self._tasks.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def release(self, task: Task, outcome: str, error_type: str | None = None) -> bool:
+        """End a task on a GPU and give its VRAM back, exactly once. False if it had ended already."""
+        values: dict[str, Any] = {":done": TaskState.DONE.value, ":outcome": outcome,
+                                  ":assigned": TaskState.ASSIGNED.value, ":running": TaskState.RUNNING.value}
+        update = "SET #state = :done, outcome = :outcome REMOVE open_pool"
+        if error_type:
+            update = "SET #state = :done, outcome = :outcome, error_type = :error_type REMOVE open_pool"
+            values[":error_type"] = error_type
+        try:
+            self._transact([
+                _update(self._tasks.name, {"task_id": task.task_id}, update,
+                        "#state IN (:assigned, :running)", {"#state": "state"}, values),
+                _free_slot(self._gpus.name, task),
+            ], reasons=(ENTRY_GONE, ENTRY_GONE))
+        except Refused:
+            return False
+        return True
+
+    def give_back(self, task: Task) -> bool:
+        """Undo an assignment the agent refused (draining, full): the task waits again, in its place."""
+        try:
+            self._transact([
+                _update(self._tasks.name, {"task_id": task.task_id},
+                        "SET #state = :waiting REMOVE gpu_id, gpu_url, assigned_at", "#state = :assigned",
+                        {"#state": "state"}, {":waiting": TaskState.WAITING.value,
+                                              ":assigned": TaskState.ASSIGNED.value}),
+                {"Put": self.waiting_room.put_request(task.waiting_entry())},
+                _free_slot(self._gpus.name, task),
+            ], reasons=(ENTRY_GONE, ENTRY_GONE, ENTRY_GONE))
+        except Refused:
+            return False
+        return True
+
+    def close_waiting(self, entry: WaitingEntry, outcome: str, error_type: str) -> Task | None:
+        """End a task that never got a GPU (its wait bound passed, or its attempt moved on): out of the
+        room, done. Returns the task, or None if it was no longer waiting."""
+        try:
+            self._transact([
+                {"Delete": {"TableName": self.waiting_room.table_name, "Key": entry.key,
+                            "ConditionExpression": "attribute_exists(task_id)"}},
+                _update(self._tasks.name, {"task_id": entry.task_id},
+                        "SET #state = :done, outcome = :outcome, error_type = :error REMOVE open_pool",
+                        "#state = :waiting", {"#state": "state"},
+                        {":done": TaskState.DONE.value, ":waiting": TaskState.WAITING.value,
+                         ":outcome": outcome, ":error": error_type}),
+            ], reasons=(ENTRY_GONE, ENTRY_GONE))
+        except Refused:
+            return None
+        return self.task(entry.task_id)
+
+    # ---- reading tasks
 
     def task(self, task_id: str) -> Task | None:
         item = self._tasks.get_item(Key={"task_id": task_id}, ConsistentRead=True).get("Item")
         return Task.model_validate(from_item(item)) if item else None
 
+    def open_tasks(self, pool: Pool) -> list[Task]:
+        """Every task of the pool not done yet (an eventually consistent index: for the sweeper)."""
+        query: dict[str, Any] = {"IndexName": "open-by-pool", "KeyConditionExpression": Key("open_pool").eq(pool.value)}
+        tasks: list[Task] = []
+        while True:
+            page = self._tasks.query(**query)
+            tasks += [Task.model_validate(from_item(i)) for i in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                return tasks
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # ---- plumbing
+
+    def _transact(self, items: list[dict[str, Any]], reasons: tuple[str, ...]) -> None:
+        """Run a transaction; on a failed condition raise Refused with the reason of the first item that failed."""
+        try:
+            self._ddb.transact_write_items(TransactItems=[_typed_item(i) for i in items])
+        except ClientError as exc:
+            codes = _cancelled_by(exc)
+            if not codes:
+                raise
+            for code, reason in zip(codes, reasons, strict=False):
+                if code == "ConditionalCheckFailed":
+                    raise Refused(reason) from None
+            raise Refused(reasons[0]) from None
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
+
+
+def _take_slot(table: str, gpu_id: str, vram_mb: int) -> dict[str, Any]:
+    return _update(table, {"gpu_id": gpu_id},
+                   "SET vram_free_mb = vram_free_mb - :need, #running = #running + :one",
+                   "vram_free_mb >= :need AND #running < slots AND draining = :false", {"#running": "running"},
+                   {":need": vram_mb, ":one": 1, ":false": False})
+
+
+def _free_slot(table: str, task: Task) -> dict[str, Any]:
+    return _update(table, {"gpu_id": task.gpu_id},
+                   "SET vram_free_mb = vram_free_mb + :need, #running = #running - :one", None,
+                   {"#running": "running"}, {":need": task.vram_mb, ":one": 1})
+
+
+def _update(table: str, key: dict[str, Any], expression: str, condition: str | None,
+            names: dict[str, str], values: dict[str, Any]) -> dict[str, Any]:
+    """A transaction's Update item, with plain Python values (serialized by `_typed_item`)."""
+    update: dict[str, Any] = {"TableName": table, "Key": key, "UpdateExpression": expression,
+                              "ExpressionAttributeValues": values}
+    if condition:
+        update["ConditionExpression"] = condition
+    if names:
+        update["ExpressionAttributeNames"] = names
+    return {"Update": update}
+
+
+def _typed_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A transaction item with plain values -> DynamoDB's typed wire format."""
+    (operation, request), = item.items()
+    return {operation: _typed_request(request)}
+
+
+def _typed_request(request: dict[str, Any]) -> dict[str, Any]:
+    return {field: _typed(value) if field in ("Key", "Item", "ExpressionAttributeValues") else value
+            for field, value in request.items()}
+
 
 def _typed(item: dict[str, Any]) -> dict[str, Any]:
-    """Plain JSON -> DynamoDB's typed wire format, for the low-level transaction API."""
+    """Plain JSON -> DynamoDB's typed wire format, for the low-level API."""
     return {k: _SERIALIZER.serialize(to_item(v)) for k, v in item.items()}
+
+
+def _cancelled_by(exc: ClientError) -> list[str]:
+    """The per-item cancellation codes of a cancelled transaction ([] for any other error)."""
+    if error_code(exc) != "TransactionCanceledException":
+        return []
+    return [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])] or ["None"]
 
 
 _SERIALIZER = TypeSerializer()

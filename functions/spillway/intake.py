@@ -24,6 +24,7 @@ from spillway.models import (
     UploadRequest,
     UploadTicket,
 )
+from spillway.priorities import deadline_for
 from spillway.settings import Settings
 
 UPLOAD_URL_SECONDS = 15 * 60
@@ -82,7 +83,8 @@ class Intake:
                 f"the input is {width}x{height} ({megapixels:.1f} MP); "
                 f"{service.name} takes at most {service.max_megapixels:g} MP"
             )
-        now = iso(self._clock())
+        submitted = self._clock()
+        now = iso(submitted)
         job = JobRecord(
             job_id=f"j-{self._new_id()}",
             status=JobStatus.QUEUED,
@@ -95,6 +97,7 @@ class Intake:
             vram_mb=service.vram_mb(width, height),
             created_at=now,
             updated_at=now,
+            deadline_at=iso(deadline_for(request.priority, submitted)),
             idempotency_key=request.idempotency_key,
         )
         self._jobs.create(job)
@@ -104,6 +107,7 @@ class Intake:
             input_key=job.input_key,
             priority=job.priority,
             vram_mb=job.vram_mb,
+            deadline_at=job.deadline_at,
         )
         try:
             self._sqs.send_message(

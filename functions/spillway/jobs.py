@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from boto3.dynamodb.conditions import Key
 from pydantic import BaseModel, Field
 
 from spillway.aws import from_item, to_item
-from spillway.models import AttemptView, JobFields, JobView, Pool
+from spillway.models import AttemptView, JobFields, JobStatus, JobView, Pool
 
 
 class Attempt(BaseModel):
     pool: Pool
     started_at: str
+    assigned_at: str | None = None
+    running_at: str | None = None
     ended_at: str | None = None
     outcome: str | None = None
     error: str | None = None
@@ -60,3 +63,41 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
         return JobRecord.model_validate(from_item(item)) if item else None
+
+    def with_status(self, status: JobStatus, created_before: str) -> list[JobRecord]:
+        """Jobs in `status` created before the given ISO time (the `by-status` index)."""
+        query: dict[str, Any] = {
+            "IndexName": "by-status",
+            "KeyConditionExpression": Key("status").eq(status.value) & Key("created_at").lt(created_before),
+        }
+        jobs: list[JobRecord] = []
+        while True:
+            page = self._table.query(**query)
+            jobs += [JobRecord.model_validate(from_item(i)) for i in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                return jobs
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def close(self, job_id: str, status: JobStatus, at: str, *, result_key: str | None = None,
+              error: str | None = None) -> bool:
+        """End an open job (the reconciler's write); False if it was final already."""
+        assert status.final
+        update = "SET #status = :status, finished_at = :at, updated_at = :at"
+        values: dict[str, Any] = {":status": status.value, ":at": at,
+                                  ":queued": JobStatus.QUEUED.value, ":running": JobStatus.RUNNING.value}
+        if result_key:
+            update += ", result_key = :result_key"
+            values[":result_key"] = result_key
+        if error:
+            update += ", #error = :error"
+            values[":error"] = error
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id}, UpdateExpression=update,
+                ConditionExpression="#status IN (:queued, :running)",
+                ExpressionAttributeNames={"#status": "status", **({"#error": "error"} if error else {})},
+                ExpressionAttributeValues=values,
+            )
+        except self._table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True

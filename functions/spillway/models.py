@@ -41,6 +41,15 @@ class JobStatus(StrEnum):
         return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
 
 
+class TaskState(StrEnum):
+    """One attempt on one pool: waiting for a GPU, then on one, then over (exactly once)."""
+
+    WAITING = "waiting"  # in the pool's waiting room; no GPU yet
+    ASSIGNED = "assigned"  # a GPU's VRAM is leased; the push to its agent is under way
+    RUNNING = "running"  # the agent has it; its heartbeats keep it alive
+    DONE = "done"  # over: succeeded, failed, or expired; the VRAM is back
+
+
 class Pool(StrEnum):
     LOCAL = "local"
     CLOUD = "cloud"
@@ -56,6 +65,7 @@ class ErrorType(StrEnum):
     INPUT_UNAVAILABLE = "InputUnavailable"  # the agent could not fetch the input
     OUTPUT_UPLOAD = "OutputUpload"  # the agent could not store the result
     DRAINING = "Draining"  # the agent is shutting down and gave the task back
+    WAIT_EXPIRED = "WaitExpired"  # no GPU of the pool could start it within its wait bound
 
     @property
     def state_machine_error(self) -> str:
@@ -103,7 +113,9 @@ class AttemptView(BaseModel):
     number: int
     pool: Pool
     gpu_id: str | None = None
-    started_at: str
+    started_at: str = Field(description="the attempt opened: the task entered the pool's waiting room")
+    assigned_at: str | None = Field(default=None, description="a GPU of the pool was leased for it")
+    running_at: str | None = Field(default=None, description="the GPU's agent took the task")
     ended_at: str | None = None
     outcome: Literal["succeeded", "failed"] | None = None
     error: str | None = None
@@ -123,6 +135,8 @@ class JobFields(BaseModel):
     vram_mb: int
     created_at: str
     updated_at: str
+    deadline_at: str = Field(description="the job is answered by then: done, or failed with a reason")
+    finished_at: str | None = Field(default=None, description="when it became SUCCEEDED or FAILED")
 
 
 class JobView(JobFields):
@@ -147,6 +161,14 @@ class DispatchInput(BaseModel):
     input_key: str
     priority: Priority
     vram_mb: int
+    deadline_at: str
+
+
+class ExecutionLimits(BaseModel):
+    """Clocks the dispatch execution enforces itself, computed at admission."""
+
+    task_timeout_seconds: int = Field(
+        gt=0, description="backstop of one Try*: the whole wait for a GPU plus the longest run")
 
 
 class PoolTask(BaseModel):
@@ -158,6 +180,8 @@ class PoolTask(BaseModel):
     service: str
     input_key: str
     vram_mb: int
+    priority: Priority
+    deadline_at: str
     task_token: str
 
 
@@ -196,6 +220,7 @@ class AgentHeartbeat(Strict):
     pool: Literal[Pool.LOCAL, Pool.CLOUD]
     url: AnyHttpUrl = Field(description="where the control plane reaches this agent (for local GPUs: the tunnel)")
     vram_total_mb: int = Field(gt=0)
+    slots: int = Field(default=1, gt=0, le=64, description="tasks this GPU runs at once")
     services: list[str]
     running: list[TaskId] = Field(default_factory=list)
     draining: bool = False
@@ -221,3 +246,19 @@ class CallbackAck(BaseModel):
     """The control plane's answer to an agent report. `current=False`: the task has moved on, stop it."""
 
     current: bool
+
+
+# --- control plane: timers -------------------------------------------------------------------
+
+
+class TimerKind(StrEnum):
+    WAIT_EXPIRY = "wait_expiry"  # a waiting task's wait bound has passed: it leaves the room
+    LIVENESS = "liveness"  # a task on a GPU must have beaten since; else its GPU went silent
+
+
+class Timer(BaseModel):
+    """A delayed message on the timers queue: look at this task again at `due_at`."""
+
+    kind: TimerKind
+    task_id: TaskId
+    due_at: float = Field(description="epoch seconds")

@@ -4,10 +4,16 @@ The token stays here: the agent names a task id, this code looks the token up. A
 task exactly once (a conditional write), and only then is the callback sent; a repeated report
 re-sends the first outcome, so a lost answer to the agent costs nothing. A task whose attempt
 has moved on (AWS says TaskTimedOut) answers `current: False` and the agent stops.
+
+A task heartbeat keeps the task's liveness clock (in the tasks table, see `dispatch`) going; it
+is not relayed to Step Functions, whose own clock would also count the wait for a GPU.
+A result frees a slot: `freed` is told, so the pool's waiting room moves on at once.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -15,7 +21,7 @@ from aws_lambda_powertools import Logger
 from spillway.aws import error_code
 from spillway.errors import Conflict, NotFound
 from spillway.fleet import Fleet, Task
-from spillway.models import AttemptOutput, CallbackAck, ErrorType, TaskHeartbeat, TaskResult
+from spillway.models import AttemptOutput, CallbackAck, ErrorType, TaskHeartbeat, TaskResult, TaskState
 
 logger = Logger(child=True)
 
@@ -23,25 +29,28 @@ _GONE = ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken")
 
 
 class TaskReports:
-    def __init__(self, fleet: Fleet, sfn: Any):
+    def __init__(self, fleet: Fleet, sfn: Any, freed: Callable[[Task], object] = lambda task: None,
+                 clock: Callable[[], float] = time.time):
         self._fleet = fleet
         self._sfn = sfn
+        self._freed = freed
+        self._clock = clock
 
     def heartbeat(self, task_id: str, beat: TaskHeartbeat) -> CallbackAck:
-        task = self._task(task_id, beat.gpu_id)
-        if task.state != "running":
-            return CallbackAck(current=False)
-        return self._callback(task, self._sfn.send_task_heartbeat, taskToken=task.task_token)
+        self._task(task_id, beat.gpu_id)
+        return CallbackAck(current=self._fleet.beat(task_id, beat.gpu_id, self._clock()))
 
     def result(self, task_id: str, result: TaskResult) -> CallbackAck:
         task = self._task(task_id, result.gpu_id)
         if result.outcome == "failed" and result.error_type is None:
             result = result.model_copy(update={"error_type": ErrorType.MODEL_ERROR})
         error_type = result.error_type.value if result.error_type else None
-        if not self._fleet.release(task, result.outcome, error_type):
+        released = self._fleet.release(task, result.outcome, error_type)
+        if not released:
             task = self._fleet.task(task_id) or task
-            if task.outcome is None:  # given back, never ran here
-                return CallbackAck(current=False)
+            if task.state is not TaskState.DONE or task.outcome not in ("succeeded", "failed") \
+                    or task.gpu_id != result.gpu_id:
+                return CallbackAck(current=False)  # given back, expired or abandoned: it never ran here
             logger.info("repeated result: re-sending the first outcome", task_id=task_id, outcome=task.outcome)
             result = result.model_copy(update={"outcome": task.outcome, "error_type": task.error_type})
         logger.info(
@@ -50,15 +59,19 @@ class TaskReports:
         )
         if result.outcome == "succeeded":
             output = AttemptOutput(
-                task_id=task.task_id, gpu_id=task.gpu_id, result_key=task.result_key, duration_ms=result.duration_ms
+                task_id=task.task_id, gpu_id=result.gpu_id, result_key=task.result_key, duration_ms=result.duration_ms
             )
-            return self._callback(task, self._sfn.send_task_success,
-                                  taskToken=task.task_token, output=output.model_dump_json())
-        error = ErrorType(result.error_type or ErrorType.MODEL_ERROR)
-        return self._callback(
-            task, self._sfn.send_task_failure, taskToken=task.task_token,
-            error=error.state_machine_error, cause=(result.message or error.value)[:32_000],
-        )
+            ack = self._callback(task, self._sfn.send_task_success,
+                                 taskToken=task.task_token, output=output.model_dump_json())
+        else:
+            error = ErrorType(result.error_type or ErrorType.MODEL_ERROR)
+            ack = self._callback(
+                task, self._sfn.send_task_failure, taskToken=task.task_token,
+                error=error.state_machine_error, cause=(result.message or error.value)[:32_000],
+            )
+        if released:
+            self._freed(task)  # after the callback: the job's answer does not wait for the next push
+        return ack
 
     def _task(self, task_id: str, gpu_id: str) -> Task:
         task = self._fleet.task(task_id)

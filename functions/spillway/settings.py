@@ -14,9 +14,11 @@ class Settings(BaseModel, frozen=True):
     jobs_table: str
     fleet_table: str
     tasks_table: str
+    waiting_room_table: str
     idempotency_table: str
     images_bucket: str
     intake_queue_urls: dict[Priority, str]
+    timers_queue_url: str
     dispatch_state_machine_arn: str
     agent_key_secret_arn: str
     heartbeat_seconds: int
@@ -31,9 +33,11 @@ class Settings(BaseModel, frozen=True):
                 jobs_table=env["JOBS_TABLE"],
                 fleet_table=env["FLEET_TABLE"],
                 tasks_table=env["TASKS_TABLE"],
+                waiting_room_table=env["WAITING_ROOM_TABLE"],
                 idempotency_table=env["IDEMPOTENCY_TABLE"],
                 images_bucket=env["IMAGES_BUCKET"],
                 intake_queue_urls={p: env[f"INTAKE_{p.value.upper()}_QUEUE_URL"] for p in Priority},
+                timers_queue_url=env["TIMERS_QUEUE_URL"],
                 dispatch_state_machine_arn=env["DISPATCH_STATE_MACHINE_ARN"],
                 agent_key_secret_arn=env["AGENT_KEY_SECRET_ARN"],
                 heartbeat_seconds=env["HEARTBEAT_SECONDS"],

@@ -25,9 +25,11 @@ def dev(argv: list[str]) -> int:
     parser.add_argument("--api-port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="a template parameter override, e.g. HeartbeatSeconds=10")
+    parser.add_argument("--model-seconds", type=float, default=0.0,
+                        help="each task takes at least this long on its GPU (the demo model is fast)")
     args = parser.parse_args(argv)
     serve_forever(EmbeddedStack(state_dir=args.state_dir, api_port=args.api_port,
-                                parameters=_parameters(args.parameter)))
+                                parameters=_parameters(args.parameter), model_seconds=args.model_seconds))
     return 0
 
 

@@ -349,9 +349,22 @@ def _http_api(p: Provisioner, logical: str, props: dict[str, Any]) -> None:
     p.created(logical, api_id, ApiId=api_id, ApiEndpoint=f"https://{api_id}.execute-api.{p.stack.region}.amazonaws.com")
 
 
+# Event patterns whose events nothing emits offline, and what covers for them there.
+_SILENT_SOURCES = {
+    "aws.states": "moto's Step Functions emits no execution status change events; the scheduled sweep "
+                  "reconciles every open job with its execution instead",
+}
+
+
 def _rule(p: Provisioner, logical: str, props: dict[str, Any]) -> None:
     if "ScheduleExpression" not in props:
-        raise NotImplementedError(f"{logical}: only scheduled EventBridge rules run offline")
+        sources = set((props.get("EventPattern") or {}).get("source", []))
+        if not sources or not sources <= set(_SILENT_SOURCES):
+            raise NotImplementedError(f"{logical}: only scheduled EventBridge rules run offline, and pattern "
+                                      f"rules on {sorted(_SILENT_SOURCES)}; not {sorted(sources) or 'this'}")
+        p.stack.offline[logical] = "; ".join(_SILENT_SOURCES[source] for source in sorted(sources))
+        p.created(logical, p.name_for(logical, props.get("Name"), 64), Arn=p.arn("events", f"rule/{logical}"))
+        return
     for target in props.get("Targets", []):
         p.stack.schedules.append(Schedule(_function_by_arn(p, target["Arn"]), props["ScheduleExpression"],
                                           target.get("Input")))

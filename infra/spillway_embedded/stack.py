@@ -27,7 +27,7 @@ from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.launcher import STACK_FILE
 from spillway_embedded.moto_server import MotoServer
 from spillway_embedded.provision import provision
-from spillway_embedded.runtime import Runtime
+from spillway_embedded.runtime import NoDelayRequestHandler, Runtime
 from spillway_embedded.template import translate
 from spillway_embedded.tunnel import Tunnel
 
@@ -78,6 +78,7 @@ class EmbeddedStack:
     parameters: dict[str, str] = field(default_factory=dict)
     gpus: tuple[GpuSpec, ...] = DEFAULT_GPUS
     agent_heartbeat_seconds: float = 2.0
+    model_seconds: float = 0.0  # the demo model takes at least this long per task
 
     def __post_init__(self) -> None:
         self._moto = MotoServer()
@@ -102,7 +103,8 @@ class EmbeddedStack:
         self.physical_ids = dict(stack.physical_ids)
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port)
         self._runtime.start()
-        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels), threaded=True)
+        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels), threaded=True,
+                                  request_handler=NoDelayRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         agent_key = self.client("secretsmanager").get_secret_value(
             SecretId=self.physical_ids["AgentKeySecret"]
@@ -167,7 +169,7 @@ class EmbeddedStack:
             "--gpu-id", spec.gpu_id, "--pool", spec.pool, "--listen", "127.0.0.1:0",
             "--vram-mb", str(spec.vram_mb), "--slots", str(spec.slots),
             "--control-url", self.api_url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
-            "--ready-file", str(ready_file),
+            "--ready-file", str(ready_file), "--min-run-seconds", str(self.model_seconds),
         ]
         if tunnel:
             command += ["--advertise-url", tunnel.url]  # the control plane reaches office GPUs through it

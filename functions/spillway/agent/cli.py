@@ -8,8 +8,11 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+from spillway.agent import model
 from spillway.agent.server import Agent, AgentConfig
 from spillway.models import Pool
 
@@ -33,7 +36,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between fleet heartbeats")
     parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds running tasks get on SIGTERM")
     parser.add_argument("--ready-file", type=Path, help="write {gpu_id, listen_url, pid} here once serving")
+    parser.add_argument("--min-run-seconds", type=float, default=0.0,
+                        help="the demo model takes at least this long per task, to stand for a heavier GPU model")
     return parser.parse_args(argv)
+
+
+def at_least(seconds: float, run: Callable[[str, bytes], bytes]) -> Callable[[str, bytes], bytes]:
+    """The model, made to take at least `seconds` (as a real model on a real GPU would)."""
+    if seconds <= 0:
+        return run
+
+    def run_for_a_while(service: str, image: bytes) -> bytes:
+        started = time.monotonic()
+        output = run(service, image)
+        time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+        return output
+
+    return run_for_a_while
 
 
 def main(argv: list[str]) -> int:
@@ -43,11 +62,12 @@ def main(argv: list[str]) -> int:
         print("spillway agent: set SPILLWAY_AGENT_KEY to the agent key (the stack's AgentKeySecret)", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.gpu_id} %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, heartbeats and signed URLs
     agent = Agent(AgentConfig(
         gpu_id=args.gpu_id, pool=Pool(args.pool), vram_mb=args.vram_mb, control_url=args.control_url,
         agent_key=agent_key, listen=args.listen, advertise_url=args.advertise_url, slots=args.slots,
         heartbeat_interval_s=args.heartbeat_interval, drain_timeout_s=args.drain_timeout, ready_file=args.ready_file,
-    ))
+    ), run_model=at_least(args.min_run_seconds, model.run))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -6,7 +6,6 @@ secret kept in Secrets Manager, instead of signing with IAM.
 
 import hmac
 import time
-from functools import cache
 from typing import Annotated
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -14,17 +13,11 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spillway import aws
-from spillway.fleet import Fleet
 from spillway.handlers.http import answer_errors_with_reasons, error_response
+from spillway.handlers.wiring import agent_key, fleet, reports
 from spillway.models import AgentHeartbeat, CallbackAck, TaskHeartbeat, TaskId, TaskResult
-from spillway.reports import TaskReports
-from spillway.settings import settings
-
-AGENT_KEY_CACHE_SECONDS = 300
 
 logger = Logger()
 tracer = Tracer()
@@ -33,21 +26,9 @@ app = APIGatewayHttpResolver(enable_validation=True)
 answer_errors_with_reasons(app)
 
 
-@cache
-def fleet() -> Fleet:
-    s = settings()
-    return Fleet(aws.table(s.fleet_table), aws.table(s.tasks_table), s.jobs_table, aws.client("dynamodb"))
-
-
-@cache
-def reports() -> TaskReports:
-    return TaskReports(fleet(), aws.client("stepfunctions"))
-
-
 def require_agent_key(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response:
-    expected = parameters.get_secret(settings().agent_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)
     presented = app.current_event.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if not presented or not hmac.compare_digest(presented.encode(), str(expected).encode()):
+    if not presented or not hmac.compare_digest(presented.encode(), agent_key().encode()):
         return error_response(401, "missing or wrong agent key")
     return next_middleware(app)
 

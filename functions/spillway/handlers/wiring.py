@@ -1,0 +1,64 @@
+"""The domain objects the handlers share, made once per container from the template's settings."""
+
+from functools import cache
+
+import httpx
+from aws_lambda_powertools.utilities import parameters
+
+from spillway import aws
+from spillway.admission import Admission
+from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
+from spillway.fleet import Fleet
+from spillway.jobs import JobStore
+from spillway.reconcile import Reconciler
+from spillway.reports import TaskReports
+from spillway.settings import settings
+from spillway.timers import TimerQueue
+from spillway.waiting_room import WaitingRoom
+
+AGENT_KEY_CACHE_SECONDS = 300
+
+
+def agent_key() -> str:
+    """The bearer key agents present to the control plane, and the control plane to agents."""
+    return str(parameters.get_secret(settings().agent_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS))
+
+
+@cache
+def fleet() -> Fleet:
+    s = settings()
+    return Fleet(aws.table(s.fleet_table), aws.table(s.tasks_table), s.jobs_table,
+                 WaitingRoom(aws.table(s.waiting_room_table)), aws.client("dynamodb"))
+
+
+@cache
+def dispatcher() -> Dispatcher:
+    s = settings()
+    return Dispatcher(
+        fleet=fleet(),
+        timers=TimerQueue(aws.client("sqs"), s.timers_queue_url),
+        s3=aws.client("s3"),
+        sfn=aws.client("stepfunctions"),
+        http=httpx.Client(timeout=PUSH_TIMEOUT),
+        bucket=s.images_bucket,
+        limits=Limits(heartbeat_seconds=s.heartbeat_seconds, attempt_timeout_seconds=s.attempt_timeout_seconds,
+                      agent_stale_seconds=s.agent_stale_seconds),
+        agent_key=agent_key,
+    )
+
+
+@cache
+def reports() -> TaskReports:
+    # A result frees a slot: pump that pool's waiting room at once.
+    return TaskReports(fleet(), aws.client("stepfunctions"), freed=lambda task: dispatcher().pump(task.pool))
+
+
+@cache
+def admission() -> Admission:
+    s = settings()
+    return Admission(aws.client("stepfunctions"), s.dispatch_state_machine_arn, s.attempt_timeout_seconds)
+
+
+@cache
+def reconciler() -> Reconciler:
+    return Reconciler(JobStore(aws.table(settings().jobs_table)), aws.client("stepfunctions"), admission())

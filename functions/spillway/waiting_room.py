@@ -1,0 +1,81 @@
+"""A waiting room per pool: the tasks that wait for a GPU, in the order they are to start.
+
+A DynamoDB table keyed by pool and rank, where the rank is the task's virtual arrival time (see
+`priorities`), so a query in key order reads the room front to back, strongly consistent. An
+entry holds what placement needs (service, VRAM) and no task token: tokens stay in the tasks table.
+An entry leaves the room in the same transaction that leases its GPU (see `Fleet.assign`), or
+when its wait bound passes; either happens once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+from pydantic import BaseModel
+
+from spillway.aws import from_item, to_item
+from spillway.models import Pool, Priority
+from spillway.priorities import virtual_arrival
+
+
+class WaitingEntry(BaseModel):
+    pool: Pool
+    rank: str  # the sort key: virtual arrival time, then the task id (unique, stable)
+    task_id: str
+    job_id: str
+    attempt: int
+    service: str
+    vram_mb: int
+    priority: Priority
+    arrived_at: float  # epoch seconds
+    wait_until: float  # epoch seconds: the wait bound
+
+    @staticmethod
+    def rank_for(priority: Priority, arrived_at: float, task_id: str) -> str:
+        # Fixed width so that text order is number order (epoch seconds stay below 10^13).
+        return f"{virtual_arrival(priority, arrived_at):017.3f}#{task_id}"
+
+    @property
+    def key(self) -> dict[str, str]:
+        return {"pool": self.pool.value, "rank": self.rank}
+
+
+class WaitingRoom:
+    def __init__(self, table: Any):
+        self._table = table
+
+    @property
+    def table_name(self) -> str:
+        return self._table.name
+
+    def front(self, pool: Pool, page: int = 25) -> Iterator[WaitingEntry]:
+        """The pool's room, front to back, read a page at a time as the caller goes on."""
+        query: dict[str, Any] = {"KeyConditionExpression": Key("pool").eq(pool.value), "ConsistentRead": True,
+                                 "Limit": page}
+        while True:
+            found = self._table.query(**query)
+            yield from (WaitingEntry.model_validate(from_item(i)) for i in found["Items"])
+            if "LastEvaluatedKey" not in found:
+                return
+            query["ExclusiveStartKey"] = found["LastEvaluatedKey"]
+
+    def get(self, pool: Pool, rank: str) -> WaitingEntry | None:
+        item = self._table.get_item(Key={"pool": pool.value, "rank": rank}, ConsistentRead=True).get("Item")
+        return WaitingEntry.model_validate(from_item(item)) if item else None
+
+    def depth(self, pool: Pool) -> int:
+        return self._table.query(KeyConditionExpression=Key("pool").eq(pool.value), Select="COUNT")["Count"]
+
+    def put_request(self, entry: WaitingEntry) -> dict[str, Any]:
+        """The entry as a transaction item (plain resource types; the caller serializes)."""
+        return {"TableName": self.table_name, "Item": to_item(entry.model_dump(mode="json"))}
+
+    def remove(self, entry: WaitingEntry) -> bool:
+        """Take the entry out of the room; False if someone else already did."""
+        try:
+            self._table.delete_item(Key=entry.key, ConditionExpression="attribute_exists(task_id)")
+        except self._table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True

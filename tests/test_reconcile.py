@@ -1,0 +1,84 @@
+"""A job's record never contradicts its execution: the reconciler closes what the execution could not."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from test_state_machine import admit, next_task, submitted_job
+
+from spillway import aws
+from spillway.handlers import sweeper
+from spillway.handlers.wiring import admission
+from spillway.jobs import JobStore
+from spillway.models import DispatchInput
+from spillway.reconcile import GRACE_SECONDS, Reconciler
+
+from conftest import Cloud
+from helpers import LambdaContext
+
+
+def reconciler(cloud: Cloud, later_by: float = 0.0) -> Reconciler:
+    return Reconciler(JobStore(aws.table(cloud.settings.jobs_table)), cloud.client("stepfunctions"), admission(),
+                      clock=lambda: time.time() + later_by)
+
+
+def contradicted_job(cloud: Cloud) -> tuple[DispatchInput, str]:
+    """A job whose execution failed to write its end: the record moves under the execution, so
+    RecordSuccess's fence fails, the execution fails on it, and the record is left RUNNING."""
+    job = submitted_job(cloud)
+    arn = admit(job)
+    task = next_task(cloud, "LocalQueue")
+    aws.table(cloud.settings.jobs_table).update_item(
+        Key={"job_id": job.job_id}, UpdateExpression="SET attempt = :n", ExpressionAttributeValues={":n": 3})
+    cloud.client("stepfunctions").send_task_success(
+        taskToken=task["task_token"],
+        output=json.dumps({"task_id": "t-1", "gpu_id": "local-0", "result_key": "results/x.png", "duration_ms": 5}))
+    assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
+    assert cloud.job_item(job.job_id)["status"] == "RUNNING", "the contradiction the reconciler is for"
+    return job, arn
+
+
+def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud: Cloud) -> None:
+    job, _ = contradicted_job(cloud)
+    assert reconciler(cloud).reconcile_id(job.job_id) == "reconciled"
+    item = cloud.job_item(job.job_id)
+    assert item["status"] == "FAILED"
+    assert item["error"].startswith("DynamoDB.ConditionalCheckFailedException"), item["error"]
+    assert item["finished_at"]
+    assert reconciler(cloud).reconcile_id(job.job_id) == "final", "once"
+
+
+def test_the_sweep_reconciles_every_open_job_past_the_grace_period(cloud: Cloud) -> None:
+    job, _ = contradicted_job(cloud)
+    assert reconciler(cloud).sweep() == {}, "within the grace period nothing is touched"
+    assert reconciler(cloud, later_by=GRACE_SECONDS + 1).sweep() == {"reconciled": 1}
+    assert cloud.job_item(job.job_id)["status"] == "FAILED"
+
+
+def test_a_running_execution_is_left_alone(cloud: Cloud) -> None:
+    job = submitted_job(cloud)
+    admit(job)
+    next_task(cloud, "LocalQueue")
+    assert reconciler(cloud).reconcile_id(job.job_id) == "running"
+    assert cloud.job_item(job.job_id)["status"] == "RUNNING"
+
+
+def test_the_sweep_admits_again_a_job_whose_intake_message_was_lost(cloud: Cloud) -> None:
+    job = submitted_job(cloud)  # recorded and its intake message taken off the queue, never admitted
+    assert reconciler(cloud).sweep() == {}, "within the grace period nothing is touched"
+    assert reconciler(cloud, later_by=GRACE_SECONDS + 1).sweep() == {"admitted": 1}
+    task = next_task(cloud, "LocalQueue")
+    assert task["job_id"] == job.job_id, "its execution runs"
+
+
+def test_an_execution_status_change_event_reconciles_that_job(cloud: Cloud) -> None:
+    job, arn = contradicted_job(cloud)
+    event = {
+        "version": "0", "id": "e-1", "detail-type": sweeper.EXECUTION_STATUS_CHANGE, "source": "aws.states",
+        "account": "123456789012", "time": "2026-11-26T00:00:00Z", "region": "us-east-1", "resources": [arn],
+        "detail": {"executionArn": arn, "stateMachineArn": cloud.settings.dispatch_state_machine_arn,
+                   "name": job.job_id, "status": "FAILED"},
+    }
+    assert sweeper.handler(event, LambdaContext("sweeper")) == {"jobs": {"reconciled": 1}}
+    assert cloud.job_item(job.job_id)["status"] == "FAILED"

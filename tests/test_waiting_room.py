@@ -1,0 +1,553 @@
+"""The waiting room: who starts first, what a freed slot pulls in, and the two clocks (the wait for a
+GPU, the liveness of a task on one). Time is an injected clock; timers are delivered by a fake of
+the timers queue when the test's time reaches them, as SQS would (never more than 15 min late).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from botocore.exceptions import ClientError
+
+from spillway import aws
+from spillway.dispatch import Dispatcher, Limits, task_id_for
+from spillway.fleet import Fleet, Task
+from spillway.models import Pool, PoolTask, Priority, TaskHeartbeat, TaskResult, TaskState, Timer, TimerKind
+from spillway.priorities import PRIORITY_CLASSES
+from spillway.reports import TaskReports
+from spillway.timers import MAX_DELAY_SECONDS
+
+from conftest import Cloud
+from helpers import (
+    AGENT_KEY,
+    Clock,
+    FakeAgents,
+    RecordingStepFunctions,
+    beat,
+    emptied,
+    fleet_for,
+    job_id_for,
+    module_stack,
+    pool_task,
+    running_job,
+    token_for,
+)
+from test_fleet import NOW
+
+HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
+HEAD_START = {p: c.head_start_s for p, c in PRIORITY_CLASSES.items()}
+SPILL_AFTER = {p: c.spill_after_s for p, c in PRIORITY_CLASSES.items()}
+DEADLINE = {p: c.deadline_s for p, c in PRIORITY_CLASSES.items()}
+
+
+class FakeTimers:
+    """The timers queue in the test's time: a timer set at `now` is delivered `min(due - now, 15 min)`
+    later (SQS's longest delay), by `deliver`. `lose` drops every timer in flight."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Timer]] = []  # (delivered at, timer)
+        self.log: list[tuple[Timer, float]] = []  # every set, with the time it was set
+
+    def set(self, timer: Timer, now: float) -> None:
+        self.log.append((timer, now))
+        self.pending.append((now + min(MAX_DELAY_SECONDS, max(0, math.ceil(timer.due_at - now))), timer))
+
+    def lose(self) -> None:
+        self.pending.clear()
+
+    def take_due(self, now: float) -> list[Timer]:
+        due = sorted((p for p in self.pending if p[0] <= now), key=lambda p: p[0])
+        self.pending = [p for p in self.pending if p[0] > now]
+        return [timer for _, timer in due]
+
+    def of(self, task_id: str) -> list[Timer]:
+        return [timer for _, timer in self.pending if timer.task_id == task_id]
+
+
+@dataclass
+class Room:
+    """A pool's waiting room with its dispatcher, agents, reports and clocks; tasks named by labels."""
+
+    cloud: Cloud
+    fleet: Fleet
+    dispatcher: Dispatcher
+    reports: TaskReports
+    agents: FakeAgents
+    sfn: RecordingStepFunctions
+    timers: FakeTimers
+    clock: Clock
+    ids: dict[str, str] = field(default_factory=dict)  # label -> task id
+    sent: dict[str, PoolTask] = field(default_factory=dict)  # label -> what the state machine sent
+    gpus: dict[str, tuple[Pool, int, int]] = field(default_factory=dict)
+
+    # ---- the world moves
+
+    def gpu(self, gpu_id: str, vram_mb: int = 8000, slots: int = 1, pool: Pool = Pool.LOCAL) -> None:
+        self.gpus[gpu_id] = (pool, vram_mb, slots)
+        self.fleet.heartbeat(beat(gpu_id, pool, vram_mb, slots), now=self.clock.now)
+
+    def advance(self, seconds: float) -> None:
+        """Time passes; the agents keep reporting their GPUs (tasks beat only when told: `beat`)."""
+        self.clock.advance(seconds)
+        for gpu_id, (pool, vram_mb, slots) in self.gpus.items():
+            self.fleet.heartbeat(beat(gpu_id, pool, vram_mb, slots), now=self.clock.now)
+
+    def arrive(self, label: str, priority: Priority = NORMAL, pool: Pool = Pool.LOCAL,
+               vram_mb: int = 2500) -> dict[str, str]:
+        """The state machine opens attempt 1 of a new job on `pool` and sends it to the pool's queue."""
+        job_id = job_id_for(len(self.ids) + 1)
+        self.ids[label] = task_id_for(job_id, 1)
+        running_job(self.cloud.settings, job_id, pool=pool)
+        self.sent[label] = pool_task(job_id, self.clock.now, pool=pool, priority=priority, vram_mb=vram_mb)
+        return self.redeliver(label)
+
+    def redeliver(self, label: str) -> dict[str, str]:
+        """SQS delivers the pool queue's message (again)."""
+        outcomes = self.dispatcher.enqueue(self.sent[label])
+        return {self.label(task_id): outcome for task_id, outcome in outcomes.items()}
+
+    def finish(self, label: str) -> None:
+        """The agent reports success (the callback route, with `freed` pumping the pool as in production)."""
+        task = self.task(label)
+        assert task.gpu_id is not None, f"{label} is not on a GPU"
+        self.reports.result(task.task_id, TaskResult(gpu_id=task.gpu_id, outcome="succeeded", duration_ms=1))
+
+    def beat(self, label: str) -> bool:
+        task = self.task(label)
+        return self.reports.heartbeat(task.task_id, TaskHeartbeat(gpu_id=task.gpu_id or "none")).current
+
+    def deliver(self) -> list[tuple[str, str]]:
+        """Deliver every timer due by now; (label, outcome) of each, in order."""
+        delivered: list[tuple[str, str]] = []
+        for _ in range(10):  # a delivery may set a timer that is due at once
+            due = self.timers.take_due(self.clock.now)
+            if not due:
+                return delivered
+            delivered += [(self.label(t.task_id), self.dispatcher.on_timer(t)) for t in due]
+        raise AssertionError(f"timers keep coming due at once: {delivered}")
+
+    # ---- what is
+
+    def task(self, label: str) -> Task:
+        task = self.fleet.task(self.ids[label])
+        assert task is not None
+        return task
+
+    def label(self, task_id: str) -> str:
+        return next(label for label, known in self.ids.items() if known == task_id)
+
+    def started(self) -> list[str]:
+        """Labels of the tasks pushed to an agent, in push order."""
+        return [self.label(task_id) for task_id in self.agents.task_ids()]
+
+    def waiting(self, pool: Pool = Pool.LOCAL) -> list[str]:
+        return [self.label(e.task_id) for e in self.fleet.waiting_room.front(pool)]
+
+    def on_gpu(self, gpu_id: str) -> list[str]:
+        """Labels of the tasks assigned to or running on the GPU."""
+        pool = self.gpus[gpu_id][0]
+        return sorted(self.label(t.task_id) for t in self.fleet.open_tasks(pool)
+                      if t.gpu_id == gpu_id and t.state in (TaskState.ASSIGNED, TaskState.RUNNING))
+
+    def free(self, gpu_id: str) -> tuple[int, int]:
+        gpu = self.fleet.get(gpu_id)
+        assert gpu is not None
+        return gpu.vram_free_mb, gpu.running
+
+    def failures(self) -> list[tuple[str, str, str]]:
+        """(label, error, cause) of every SendTaskFailure, in order."""
+        by_token = {token_for(self.task(label).job_id): label for label in self.ids}
+        return [(by_token[c["taskToken"]], c["error"], c["cause"]) for name, c in self.sfn.calls if name == "failure"]
+
+
+@pytest.fixture(scope="module")
+def stack(translated: dict) -> Iterator[Cloud]:
+    yield from module_stack(translated)
+
+
+def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
+    cloud = emptied(stack)
+    s = cloud.settings
+    clock, agents, sfn, timers = Clock(NOW), FakeAgents(), RecordingStepFunctions(), FakeTimers()
+    fleet = fleet_for(s)
+    dispatcher = Dispatcher(
+        fleet=fleet, timers=timers, s3=aws.client("s3"), sfn=sfn, http=agents.client(), bucket=s.images_bucket,
+        limits=Limits(heartbeat_seconds=heartbeat_seconds or s.heartbeat_seconds,
+                      attempt_timeout_seconds=s.attempt_timeout_seconds, agent_stale_seconds=s.agent_stale_seconds),
+        agent_key=lambda: AGENT_KEY, clock=clock,
+    )
+    reports = TaskReports(fleet, sfn, freed=lambda task: dispatcher.pump(task.pool), clock=clock)
+    return Room(cloud, fleet, dispatcher, reports, agents, sfn, timers, clock)
+
+
+@pytest.fixture
+def room(stack: Cloud) -> Room:
+    return make_room(stack)
+
+
+@pytest.fixture
+def heartbeat_s(stack: Cloud) -> int:
+    return stack.settings.heartbeat_seconds
+
+
+# ---- ordering: priority with aging
+
+
+def start_order(room: Room, arrivals: list[tuple[str, Priority, float]]) -> list[str]:
+    """Every arrival waits (no GPU yet); then one GPU with one slot works through the room, each
+    result pulling in the next. The cloud pool, whose tasks wait until their deadline: none expires."""
+    for label, priority, at in sorted(arrivals, key=lambda a: a[2]):
+        room.clock.now = NOW + at
+        assert room.arrive(label, priority, Pool.CLOUD) == {}
+    room.gpu("cloud-0", slots=1, pool=Pool.CLOUD)
+    room.dispatcher.pump(Pool.CLOUD)
+    for _ in arrivals:
+        room.finish(room.started()[-1])
+    return room.started()
+
+
+H, N, L = HEAD_START[HIGH], HEAD_START[NORMAL], HEAD_START[LOW]
+
+ORDERING = {
+    # under contention, the class decides
+    "high-before-normal-before-low": ([("low", LOW, 0), ("normal", NORMAL, 1), ("high", HIGH, 2)],
+                                      ["high", "normal", "low"]),
+    "high-before-low-that-came-just-before": ([("low", LOW, 0), ("high", HIGH, 1)], ["high", "low"]),
+    # within a class, first come first served
+    "fcfs-high": ([("h1", HIGH, 0), ("h2", HIGH, 1), ("h3", HIGH, 2)], ["h1", "h2", "h3"]),
+    "fcfs-normal": ([("n1", NORMAL, 0), ("n2", NORMAL, 0.5), ("n3", NORMAL, 30)], ["n1", "n2", "n3"]),
+    "fcfs-low": ([("l1", LOW, 0), ("l2", LOW, 1), ("l3", LOW, 2)], ["l1", "l2", "l3"]),
+    "fcfs-within-each-class": ([("l1", LOW, 0), ("h1", HIGH, 1), ("l2", LOW, 2), ("h2", HIGH, 3)],
+                               ["h1", "h2", "l1", "l2"]),
+    # aging: a head start is worth so many seconds of waiting, no more
+    "high-within-its-head-start-over-normal": ([("normal", NORMAL, 0), ("high", HIGH, H - N - 1)],
+                                               ["high", "normal"]),
+    "normal-waited-longer-than-the-head-start-gap": ([("normal", NORMAL, 0), ("high", HIGH, H - N + 1)],
+                                                     ["normal", "high"]),
+    "high-within-its-head-start-over-low": ([("low", LOW, 0), ("high", HIGH, H - L - 1)], ["high", "low"]),
+    "low-waited-longer-than-the-high-head-start": ([("low", LOW, 0), ("high", HIGH, H - L + 1)], ["low", "high"]),
+    "low-waited-longer-than-the-normal-head-start": ([("low", LOW, 0), ("normal", NORMAL, N - L + 1)],
+                                                     ["low", "normal"]),
+    "an-aged-low-outranks-every-newcomer": (
+        [("low", LOW, 0), ("normal", NORMAL, H - L + 1), ("high", HIGH, H - L + 1), ("high2", HIGH, H - L + 2)],
+        ["low", "high", "high2", "normal"]),
+}
+
+
+@pytest.mark.parametrize(("arrivals", "expected"), ORDERING.values(), ids=ORDERING.keys())
+def test_the_room_starts_tasks_by_class_with_aging_first_come_first_served_within_a_class(
+    room: Room, arrivals: list[tuple[str, Priority, float]], expected: list[str]
+) -> None:
+    assert start_order(room, arrivals) == expected
+    assert room.waiting(Pool.CLOUD) == []
+    assert room.sfn.failures() == []
+
+
+# ---- pumping by capacity
+
+
+def test_a_release_starts_the_next_waiting_task_at_once(room: Room) -> None:
+    room.gpu("local-0", slots=1)
+    assert room.arrive("a") == {"a": "pushed"}
+    assert room.arrive("b") == {}, "the only slot is taken"
+    assert room.waiting() == ["b"]
+    room.advance(2)
+    room.finish("a")  # the callback route; nobody polls, no timer fires
+    assert room.started() == ["a", "b"]
+    assert (room.waiting(), room.task("b").state, room.task("b").running_at) == ([], TaskState.RUNNING, NOW + 2)
+    assert room.free("local-0") == (8000 - 2500, 1)
+
+
+PLACEMENTS = {
+    "too-big-for-the-free-gpu-does-not-block-a-small-one": (
+        [("local-0", 6000, 2)], [("big", 8000), ("small", 2000)], {"big": None, "small": "local-0"}),
+    "too-big-for-what-is-left-does-not-block-a-small-one": (
+        [("local-0", 6000, 3)], [("filler", 4000), ("mid", 3000), ("small", 2000)],
+        {"filler": "local-0", "mid": None, "small": "local-0"}),
+    "best-fit-keeps-the-big-gpu-for-the-big-image": (
+        [("local-big", 16000, 1), ("local-small", 4000, 1)], [("small", 3000), ("big", 10000)],
+        {"small": "local-small", "big": "local-big"}),
+    "small-tasks-fill-the-small-gpu-first": (
+        [("local-big", 16000, 2), ("local-small", 4000, 2)], [("s1", 2000), ("s2", 2000), ("s3", 2000)],
+        {"s1": "local-small", "s2": "local-small", "s3": "local-big"}),
+}
+
+
+@pytest.mark.parametrize(("gpus", "arrivals", "placed"), PLACEMENTS.values(), ids=PLACEMENTS.keys())
+def test_tasks_are_packed_by_free_vram_and_one_that_fits_nowhere_blocks_nobody(
+    room: Room, gpus: list[tuple[str, int, int]], arrivals: list[tuple[str, int]], placed: dict[str, str | None]
+) -> None:
+    for gpu_id, vram_mb, slots in gpus:
+        room.gpu(gpu_id, vram_mb, slots)
+    for label, vram_mb in arrivals:
+        room.arrive(label, vram_mb=vram_mb)
+        room.advance(1)
+    assert {label: room.task(label).gpu_id for label in placed} == placed
+    assert room.waiting() == [label for label, gpu_id in placed.items() if gpu_id is None]
+    for gpu_id, vram_mb, _ in gpus:
+        used = sum(v for label, v in arrivals if placed[label] == gpu_id)
+        assert room.free(gpu_id) == (vram_mb - used, len(room.on_gpu(gpu_id)))
+
+
+def test_a_full_front_of_tasks_that_fit_nowhere_does_not_block_a_small_one_behind_it(room: Room) -> None:
+    for n in range(30):  # more than a page of the room
+        room.arrive(f"big-{n}", vram_mb=20_000)  # no GPU yet; none of the pool's GPUs will ever fit these
+        room.advance(0.01)
+    room.arrive("small", vram_mb=2000)
+    room.gpu("local-0", vram_mb=8000)
+    room.dispatcher.pump(Pool.LOCAL)
+    assert room.started() == ["small"]
+
+
+@pytest.mark.parametrize("slots", [1, 2, 3])
+def test_an_agent_never_gets_more_tasks_than_its_slots(room: Room, slots: int) -> None:
+    room.gpu("local-0", vram_mb=80_000, slots=slots)  # VRAM for all of them: only the slots limit
+    labels = [f"t{n}" for n in range(slots + 3)]
+    for n, label in enumerate(labels, start=1):
+        room.arrive(label, vram_mb=1000)
+        assert len(room.on_gpu("local-0")) == min(n, slots)
+        room.advance(1)
+    while room.started()[-1] != labels[-1] or room.on_gpu("local-0"):
+        room.finish(room.on_gpu("local-0")[0])
+        assert len(room.on_gpu("local-0")) <= slots
+        assert room.free("local-0")[1] == len(room.on_gpu("local-0")) <= slots
+    assert room.started() == labels, "and first come, first served"
+    assert room.free("local-0") == (80_000, 0)
+
+
+# ---- the wait for a GPU is bounded
+
+
+WAITS = [(Pool.LOCAL, p, SPILL_AFTER[p]) for p in Priority] + [(Pool.CLOUD, p, DEADLINE[p]) for p in Priority]
+
+
+@pytest.mark.parametrize(("pool", "priority", "wait_s"), WAITS,
+                         ids=[f"{pool.value}-{p.value}" for pool, p, _ in WAITS])
+def test_a_task_past_its_wait_bound_leaves_the_room_with_wait_expired(
+    room: Room, pool: Pool, priority: Priority, wait_s: float
+) -> None:
+    assert room.arrive("a", priority, pool) == {}, "no GPU in the pool"
+    (timer,) = room.timers.of(room.ids["a"])
+    assert (timer.kind, timer.due_at) == (TimerKind.WAIT_EXPIRY, NOW + wait_s)
+    deliveries = []
+    while room.clock.now < NOW + wait_s:  # SQS delivers a long timer early, every 15 minutes at most
+        room.clock.now = min(NOW + wait_s, room.clock.now + MAX_DELAY_SECONDS)
+        deliveries += room.deliver()
+    assert deliveries[-1] == ("a", "WaitExpired")
+    assert {outcome for _, outcome in deliveries[:-1]} <= {"not_due"}
+    ((label, error, cause),) = room.failures()
+    assert (label, error) == ("a", "Spillway.WaitExpired")
+    assert pool.value in cause and f"{wait_s:.0f} s" in cause, cause
+    assert room.waiting(pool) == []
+    task = room.task("a")
+    assert (task.state, task.outcome, task.error_type) == (TaskState.DONE, "failed", "WaitExpired")
+    assert room.fleet.open_tasks(pool) == []
+
+
+def test_a_task_started_before_its_wait_timer_fires_is_left_alone(room: Room, heartbeat_s: int) -> None:
+    room.gpu("local-0", slots=1)
+    room.arrive("first")
+    room.arrive("second")  # waits for the only slot
+    wait_until = room.task("second").wait_until
+    room.advance(1)
+    room.finish("first")  # "second" starts
+    while room.clock.now < wait_until:  # its agent beats, a little more often than the liveness window
+        room.advance(min(heartbeat_s - 1, wait_until - room.clock.now))
+        assert room.beat("second") is True
+        delivered = room.deliver()
+        assert {outcome for label, outcome in delivered if label == "second"} <= {"alive"}, delivered
+    assert room.clock.now == wait_until
+    assert Timer(kind=TimerKind.WAIT_EXPIRY, task_id=room.ids["second"], due_at=wait_until) in [
+        timer for timer, _ in room.timers.log], "it was set when second had to wait"
+    assert TimerKind.WAIT_EXPIRY not in {t.kind for t in room.timers.of(room.ids["second"])}, "and was delivered"
+    assert room.failures() == []
+    assert room.task("second").state is TaskState.RUNNING
+    assert room.fleet.waiting_room.depth(Pool.LOCAL) == 0
+
+
+def test_a_task_whose_first_delivery_died_before_its_timer_is_still_held_to_its_wait_bound(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def throttled(*args: object) -> list:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "Query")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(room.fleet, "available", throttled)
+        with pytest.raises(ClientError):
+            room.arrive("a", HIGH)  # in the room, then the pump died: the poller's message comes back
+    assert room.redeliver("a") == {}, "no GPU: it waits"
+    assert room.task("a").state is TaskState.WAITING
+    room.advance(SPILL_AFTER[HIGH])
+    assert room.deliver() == [("a", "WaitExpired"), ("a", "over")], "expired once; a second timer is harmless"
+    assert [error for _, error, _ in room.failures()] == ["Spillway.WaitExpired"]
+
+
+def test_a_task_handed_back_by_a_refusing_agent_is_still_held_to_its_wait_bound(stack: Cloud) -> None:
+    room = make_room(stack, heartbeat_seconds=60)  # the template's default: longer than a high task's spill bound
+    room.gpu("local-0")
+    room.agents.answer = 503  # draining
+    assert room.arrive("a", HIGH) == {"a": "refused"}
+    assert room.waiting() == ["a"]
+    room.advance(SPILL_AFTER[HIGH])
+    assert room.deliver() == [("a", "WaitExpired")]
+
+
+def test_a_timer_delivered_early_is_set_again_for_the_rest(room: Room) -> None:
+    room.arrive("a", NORMAL, Pool.CLOUD)
+    (timer,) = room.timers.of(room.ids["a"])
+    room.clock.now = timer.due_at - 2
+    assert room.dispatcher.on_timer(timer) == "not_due"
+    assert room.timers.log[-1] == (timer, timer.due_at - 2)
+    assert room.timers.of(room.ids["a"]) == [timer, timer]  # the original (not yet taken) and the new one
+    assert room.task("a").state is TaskState.WAITING
+    assert room.failures() == []
+
+
+# ---- liveness: a task on a GPU beats, or its GPU went silent
+
+
+def test_a_silent_task_fails_as_gpu_unreachable_frees_its_gpu_and_the_next_task_starts(
+    room: Room, heartbeat_s: int
+) -> None:
+    room.gpu("cloud-0", slots=1, pool=Pool.CLOUD)
+    assert room.arrive("silent", NORMAL, Pool.CLOUD) == {"silent": "pushed"}
+    assert room.arrive("next", NORMAL, Pool.CLOUD) == {}, "the only slot is taken"
+    room.advance(heartbeat_s - 1)
+    assert room.deliver() == [], "not yet"
+    room.advance(1)
+    assert room.deliver() == [("silent", "GpuUnreachable")]
+    ((label, error, cause),) = room.failures()
+    assert (label, error) == ("silent", "Spillway.GpuUnreachable")
+    assert f"cloud-0 went silent: no heartbeat for {heartbeat_s} s" in cause, cause
+    task = room.task("silent")
+    assert (task.state, task.outcome, task.error_type) == (TaskState.DONE, "failed", "GpuUnreachable")
+    assert room.started() == ["silent", "next"], "its slot went to the next waiting task at once"
+    assert room.task("next").state is TaskState.RUNNING
+    assert room.free("cloud-0") == (8000 - 2500, 1)
+
+
+@pytest.mark.parametrize("windows", [1, 4])
+def test_a_task_that_keeps_beating_is_left_alone_until_it_stops(room: Room, heartbeat_s: int, windows: int) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD)
+    room.arrive("a", NORMAL, Pool.CLOUD)
+    for _ in range(windows * heartbeat_s):  # a beat every second, for `windows` liveness windows
+        room.advance(1)
+        assert room.beat("a") is True
+        assert {outcome for _, outcome in room.deliver()} <= {"alive"}
+    assert room.task("a").state is TaskState.RUNNING and room.failures() == []
+    room.advance(heartbeat_s - 1)  # then it stops beating
+    assert {outcome for _, outcome in room.deliver()} <= {"alive"}
+    room.advance(1)
+    assert ("a", "GpuUnreachable") in room.deliver()
+    assert f"no heartbeat for {heartbeat_s} s" in room.failures()[0][2]
+
+
+def test_an_assigned_task_whose_push_was_lost_is_pushed_again_by_its_timer(room: Room, heartbeat_s: int) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD)
+    room.agents.answer = RuntimeError("the poller's invocation died between lease and push")
+    with pytest.raises(RuntimeError):
+        room.arrive("a", NORMAL, Pool.CLOUD)
+    room.agents.answer = 202
+    assert (room.task("a").state, room.started()) == (TaskState.ASSIGNED, [])
+    room.advance(heartbeat_s - 1)
+    assert room.deliver() == []
+    room.advance(1)
+    assert room.deliver() == [("a", "pushed")]
+    assert room.started() == ["a"]
+    assert room.task("a").state is TaskState.RUNNING
+    assert room.free("cloud-0") == (8000 - 2500, 1), "the same lease, not a second one"
+
+
+def test_a_task_pushed_again_by_its_timer_is_still_held_to_its_liveness_clock(room: Room, heartbeat_s: int) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD)
+    room.agents.answer = RuntimeError("the poller's invocation died between lease and push")
+    with pytest.raises(RuntimeError):
+        room.arrive("a", NORMAL, Pool.CLOUD)  # the cloud pool: its wait timer is an hour away
+    room.agents.answer = 202
+    room.advance(heartbeat_s)
+    assert dict(room.deliver())["a"] == "pushed"
+    room.advance(heartbeat_s)  # the agent never beats
+    assert ("a", "GpuUnreachable") in room.deliver()
+
+
+@pytest.mark.parametrize("answer", [500, httpx.ConnectError("tunnel down")], ids=["broken", "unreachable"])
+def test_a_slot_freed_by_a_failed_push_again_starts_the_next_waiting_task(
+    room: Room, heartbeat_s: int, answer: int | Exception
+) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD, slots=1)
+    room.agents.answer = RuntimeError("the poller's invocation died between lease and push")
+    with pytest.raises(RuntimeError):
+        room.arrive("a", NORMAL, Pool.CLOUD)
+    room.agents.answer = 202
+    assert room.arrive("next", NORMAL, Pool.CLOUD) == {}, "the only slot is a's"
+    room.agents.script = [answer]  # the push again fails; the agent takes the next one
+    room.advance(heartbeat_s)
+    assert room.deliver() == [("a", "GpuUnreachable")]
+    assert room.started()[-1] == "next"
+    assert room.task("next").state is TaskState.RUNNING
+
+
+# ---- the sweep: a safety net for lost timers
+
+
+def silent_running(room: Room, heartbeat_s: int) -> None:  # and another task waits for its slot
+    room.arrive("a")
+    room.arrive("next")
+    room.advance(heartbeat_s)
+
+
+def beating(room: Room, heartbeat_s: int) -> None:
+    room.arrive("a")
+    room.advance(heartbeat_s - 1)
+    room.beat("a")
+    room.advance(1)
+
+
+def lost_push(room: Room, heartbeat_s: int) -> None:
+    room.agents.answer = RuntimeError("the poller's invocation died between lease and push")
+    with pytest.raises(RuntimeError):
+        room.arrive("a")
+    room.agents.answer = 202
+    room.advance(heartbeat_s)
+
+
+def waiting_past_bound(room: Room, heartbeat_s: int) -> None:
+    room.gpus.clear()
+    room.fleet.heartbeat(beat("local-0", draining=True), now=room.clock.now)  # takes no work
+    room.arrive("a", HIGH)
+    room.advance(SPILL_AFTER[HIGH])
+
+
+def waiting_within_bound(room: Room, heartbeat_s: int) -> None:
+    room.gpus.clear()
+    room.fleet.heartbeat(beat("local-0", draining=True), now=room.clock.now)
+    room.arrive("a", LOW)
+    room.advance(SPILL_AFTER[LOW] - 1)
+
+
+SWEEPS = {
+    "silent-running": (silent_running, {"GpuUnreachable": 1, "waiting": 1}, TaskState.DONE, ["a", "next"]),
+    "beating-running": (beating, {"alive": 1}, TaskState.RUNNING, ["a"]),
+    "assigned-push-lost": (lost_push, {"pushed": 1}, TaskState.RUNNING, ["a"]),
+    "waiting-past-its-bound": (waiting_past_bound, {"WaitExpired": 1}, TaskState.DONE, []),
+    "waiting-within-its-bound": (waiting_within_bound, {"waiting": 1}, TaskState.WAITING, []),
+}
+
+
+@pytest.mark.parametrize(("setup", "counts", "state", "started"), SWEEPS.values(), ids=SWEEPS.keys())
+def test_the_sweep_holds_an_open_task_whose_timer_was_lost_to_its_clock(
+    room: Room, heartbeat_s: int, setup, counts: dict[str, int], state: TaskState, started: list[str]
+) -> None:
+    room.gpu("local-0", slots=1)
+    setup(room, heartbeat_s)
+    room.timers.lose()
+    assert room.dispatcher.sweep() == counts
+    assert room.task("a").state is state
+    assert room.started() == started
+    expected_errors = [e for e in ("GpuUnreachable", "WaitExpired") if e in counts]
+    assert [(label, error) for label, error, _ in room.failures()] == [
+        ("a", f"Spillway.{e}") for e in expected_errors]

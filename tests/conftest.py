@@ -18,7 +18,12 @@ from moto import mock_aws
 from spillway import aws
 from spillway import settings as settings_module
 from spillway.settings import Settings, settings
+from spillway_embedded import moto_patches
 from spillway_embedded.provision import Stack
+
+# The embedded stack's moto runs patched (serialized DynamoDB writes, item-level transaction rollback,
+# cached state machine programs); the in-process mock_aws tests run on the same moto.
+moto_patches.apply()
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
@@ -76,7 +81,7 @@ def clear_caches() -> None:
                 value.cache_clear()
 
 
-HANDLERS = ("admit", "api", "callback", "poller")
+HANDLERS = ("wiring", "admit", "api", "callback", "poller", "timers", "sweeper")
 
 
 @pytest.fixture(scope="session")

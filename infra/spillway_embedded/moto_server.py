@@ -1,12 +1,28 @@
-"""moto's server on loopback, with its Step Functions interpreter on."""
+"""moto's server on loopback, in a process of its own, patched, with its Step Functions interpreter on.
+
+`MotoServer().start()` runs `python -m spillway_embedded.moto_server --port P` and returns its endpoint once
+it answers; `stop()` ends it. A process of its own gives moto (DynamoDB, SQS, the Step Functions
+interpreter) a core of its own, away from the local Lambda runtime and its GIL.
+"""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
 
 import httpx
-from moto.server import ThreadedMotoServer
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # holds spillway_embedded/: importable by the child
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -16,25 +32,146 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class MotoServer:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
+                 start_timeout: float = 30.0, stop_timeout: float = 10.0):
         self._host = host
         self._port = port
-        self._server: ThreadedMotoServer | None = None
+        self._log_path = log_path
+        self._own_log = False
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._process: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+
+    @property
+    def log_path(self) -> Path | None:
+        return self._log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
 
     def start(self) -> str:
         port = self._port or free_port(self._host)
         # moto's interpreter calls its own service integrations (DynamoDB, SQS ...) at
-        # http://localhost:$MOTO_PORT: it must be this server's port, set before the first execution.
+        # http://localhost:$MOTO_PORT: the child sets it for itself; here it only keeps the old contract.
         os.environ["MOTO_PORT"] = str(port)
-        self._server = ThreadedMotoServer(ip_address=self._host, port=port, verbose=False)
-        self._server.start()
-        endpoint = f"http://{self._host}:{port}"
-        httpx.post(f"{endpoint}/moto-api/config", json={"stepfunctions": {"execute_state_machine": True}},
-                   timeout=10).raise_for_status()
-        self.endpoint = endpoint
-        return endpoint
+        if self._log_path is None:
+            fd, name = tempfile.mkstemp(prefix="spillway-moto-", suffix=".log")
+            os.close(fd)
+            self._log_path, self._own_log = Path(name), True
+        env = os.environ | {
+            "MOTO_PORT": str(port),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
+        }
+        command = [sys.executable, "-m", "spillway_embedded.moto_server", "--host", self._host, "--port", str(port),
+                   "--parent-pid", str(os.getpid())]
+        with self._log_path.open("wb") as log:
+            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                             env=env)
+        self.endpoint = f"http://{self._host}:{port}"
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        return self.endpoint
+
+    def _wait_until_serving(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self._start_timeout
+        while True:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto's server exited with {self._process.returncode} before it served; "
+                                   f"{self._log_path}:\n{self.log_tail()}")
+            try:
+                httpx.get(f"{self.endpoint}/moto-api/config", timeout=1.0).raise_for_status()
+                return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"moto's server did not answer at {self.endpoint} within "
+                                   f"{self._start_timeout:.0f}s; {self._log_path}:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self._log_path is None:
+            return ""
+        try:
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        process, self._process = self._process, None
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()  # SIGTERM: the child exits at once
+                try:
+                    process.wait(timeout=self._stop_timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=self._stop_timeout)
+            clean = process.returncode in (0, -signal.SIGTERM)
+            if self._own_log and clean and self._log_path is not None:
+                self._log_path.unlink(missing_ok=True)
+                self._log_path, self._own_log = None, False
+
+
+# ---------------------------------------------------------------- the child: python -m spillway_embedded.moto_server
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m spillway_embedded.moto_server",
+                                     description="moto's server, patched, with its Step Functions interpreter on.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    args = parser.parse_args(argv)
+
+    # Before the first execution: the interpreter reaches DynamoDB, SQS ... at localhost:$MOTO_PORT.
+    os.environ["MOTO_PORT"] = str(args.port)
+
+    from moto.moto_api._internal.models import moto_api_backend
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    from spillway_embedded import moto_patches
+
+    moto_patches.apply()
+    moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
+
+    class RequestHandler(MotoRequestHandler):
+        # TCP_NODELAY: without it a reused connection's small response waits ~40 ms (Nagle + delayed ACK).
+        disable_nagle_algorithm = True
+
+        def log_request(self, code: Any = "-", size: Any = "-") -> None:
+            pass  # one line per AWS call is noise; errors are still logged
+
+    server = make_server(args.host, args.port, DomainDispatcherApplication(create_backend_app), threaded=True,
+                         request_handler=RequestHandler)
+
+    def exit_now(*_: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, exit_now)
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops this server when it is done
+    # with it (its agents may still be draining through the API), so ignore SIGINT here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if args.parent_pid:
+        threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), name="parent-watch", daemon=True).start()
+    print(f"moto serving on http://{args.host}:{args.port} (pid {os.getpid()})", flush=True)
+    with contextlib.suppress(SystemExit):
+        server.serve_forever()
+    server.server_close()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Never outlive the stack that started this server (a parent killed with SIGKILL cannot stop it)."""
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

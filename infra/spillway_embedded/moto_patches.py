@@ -1,0 +1,262 @@
+"""Patches to moto 5.2.x that the embedded stack (and the in-process tests) need.
+
+`apply()` patches moto in the current process; it is idempotent.
+
+1. DynamoDB requests are serialized by one process-wide lock. moto's server runs every request on its
+   own thread, and its conditional writes are a read, a check and a write with nothing in between:
+   two concurrent `ConditionExpression` updates of one item can both pass. Reads take the lock too: an
+   `UpdateExpression` changes the stored item in place, so an unlocked reader could see it half-way (or
+   iterate its attributes while they change size). The lock is taken by the request handlers (so a
+   write's `ReturnValues` and a read's serialization see one consistent state) and by the backend's
+   write methods (for callers inside moto that skip the handlers). It is an RLock: a transaction calls
+   `put_item`/`update_item`/`delete_item` under it. The work it serializes holds the GIL anyway.
+2. `TransactWriteItems` no longer deep-copies every table it touches (O(table size) per call) nor
+   restores whole tables on failure (which erased concurrent writes to other items): it snapshots the
+   items it is about to write and restores exactly those. moto's own implementation still runs.
+3. Step Functions: the parsed program of a definition is cached, instead of being parsed again (40-120 ms
+   of CPU) for every execution. moto's interpreter keeps execution state in the execution's
+   `Environment`, not in the program's components (it already shares one program among the iterations of
+   a Map state); the one exception, a lazily drawn `heap_key`, is drawn before the program is shared.
+4. Step Functions: a callback (SendTaskSuccess ...) no longer fails while another execution is starting.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+DYNAMODB_LOCK = threading.RLock()
+PROGRAM_CACHE_SIZE = 64
+
+# Handler methods (one per API action) run under the lock, reads included; see the module docstring.
+_LOCKED_HANDLER_ACTIONS = (
+    "put_item", "update_item", "delete_item", "batch_write_item", "transact_write_items",
+    "get_item", "batch_get_item", "query", "scan", "transact_get_items",
+)
+# The backend's batch_write_item is an empty stub: moto's handler does the batch, locked above.
+_LOCKED_BACKEND_METHODS = ("put_item", "update_item", "delete_item")
+
+_applied = False
+_apply_lock = threading.Lock()
+_tls = threading.local()  # .in_transaction: this thread is inside a patched transact_write_items
+
+
+def apply() -> None:
+    """Patch moto in this process (once; later calls do nothing)."""
+    global _applied
+    with _apply_lock:
+        if _applied:
+            return
+        _patch_dynamodb()
+        _patch_stepfunctions()
+        _applied = True
+
+
+# ---------------------------------------------------------------- DynamoDB
+
+
+def _locked(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with DYNAMODB_LOCK:
+            return method(*args, **kwargs)
+
+    locked.__spillway_patched__ = True  # type: ignore[attr-defined]
+    return locked
+
+
+def _patch_dynamodb() -> None:
+    import moto.dynamodb.models as models
+    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb.responses import DynamoHandler
+
+    for name in _LOCKED_HANDLER_ACTIONS:
+        setattr(DynamoHandler, name, _locked(getattr(DynamoHandler, name)))
+    for name in _LOCKED_BACKEND_METHODS:
+        setattr(DynamoDBBackend, name, _locked(getattr(DynamoDBBackend, name)))
+    DynamoDBBackend.transact_write_items = _item_level_transaction(DynamoDBBackend.transact_write_items)
+    # moto's transact_write_items begins with `copy.deepcopy(self.tables[name])` for every table it
+    # touches, and on failure puts those copies back in `self.tables`. Inside a patched transaction that
+    # copy is the table itself, so its restore is a no-op; the items are snapshotted and restored by
+    # _item_level_transaction instead. If a later moto stops copying tables that way, this just stops
+    # applying and moto's own (slower, still serialized) behaviour remains.
+    models.copy = _TableCopyShim(models.Table)  # type: ignore[attr-defined]
+
+
+class _TableCopyShim:
+    """Stands for the `copy` module inside moto.dynamodb.models."""
+
+    def __init__(self, table_type: type) -> None:
+        self._table_type = table_type
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+    def deepcopy(self, value: Any, memo: dict[int, Any] | None = None) -> Any:
+        if getattr(_tls, "in_transaction", False) and isinstance(value, self._table_type):
+            return value
+        return copy.deepcopy(value, memo)
+
+
+_ABSENT = object()
+
+
+def _item_level_transaction(transact_write_items: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(transact_write_items)
+    def transaction(self: Any, transact_items: list[dict[str, Any]]) -> None:
+        with DYNAMODB_LOCK:
+            snapshots, stream_lengths = _snapshot(self, transact_items)
+            _tls.in_transaction = True
+            try:
+                return transact_write_items(self, transact_items)
+            except BaseException:
+                _restore(snapshots, stream_lengths)
+                raise
+            finally:
+                _tls.in_transaction = False
+
+    transaction.__spillway_patched__ = True  # type: ignore[attr-defined]
+    return transaction
+
+
+def _snapshot(backend: Any, transact_items: list[dict[str, Any]]) -> tuple[list[tuple[Any, ...]], dict[int, Any]]:
+    """Deep copies (or _ABSENT) of the items a transaction may write, before it writes any.
+
+    moto reads every operation's item with `get_item(table_name, key)` (the same key derivation as
+    here) before writing it, so an operation whose key cannot be read here writes nothing.
+    """
+    snapshots: list[tuple[Any, ...]] = []
+    seen: set[tuple[int, Any, Any]] = set()
+    stream_lengths: dict[int, Any] = {}
+    for entry in transact_items if isinstance(transact_items, list) else []:
+        try:
+            op_type, op = next(iter(entry.items()))
+            if op_type not in ("Put", "Update", "Delete"):
+                continue  # ConditionCheck writes nothing
+            table = backend.get_table(op["TableName"])
+            if op_type == "Put":
+                attrs = op["Item"]
+                key = {table.hash_key_attr: attrs[table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = attrs[table.range_key_attr]
+            else:
+                key = op["Key"]
+            hash_value, range_value = backend.get_keys_value(table, key)
+        except Exception:  # a missing table or key: moto answers this operation with an error, unwritten
+            continue
+        if (id(table), hash_value, range_value) in seen:
+            continue  # moto refuses two operations on one item; the first snapshot is the original
+        seen.add((id(table), hash_value, range_value))
+        current = table.get_item(hash_value, range_value)
+        snapshots.append((table, hash_value, range_value, _ABSENT if current is None else copy.deepcopy(current)))
+        if table.stream_shard is not None and id(table) not in stream_lengths:
+            stream_lengths[id(table)] = (table.stream_shard, table.stream_shard.items, len(table.stream_shard.items))
+    return snapshots, stream_lengths
+
+
+def _restore(snapshots: list[tuple[Any, ...]], stream_lengths: dict[int, Any]) -> None:
+    """Put every snapshotted item back as it was. Indexes need nothing: moto computes a GSI or LSI
+    query from `table.items` each time, it stores no index entries of its own."""
+    for table, hash_value, range_value, item in reversed(snapshots):
+        if range_value is not None:
+            bucket = table.items[hash_value]
+            if item is _ABSENT:
+                bucket.pop(range_value, None)
+                if not bucket:
+                    del table.items[hash_value]
+            else:
+                bucket[range_value] = item
+        elif item is _ABSENT:
+            table.items.pop(hash_value, None)
+        else:
+            table.items[hash_value] = item
+    # moto's table-level restore also dropped the stream records of the cancelled writes.
+    for shard, records, length in stream_lengths.values():
+        if shard.items is records:  # not handed to a Lambda event source mapping meanwhile
+            del records[length:]
+
+
+# ---------------------------------------------------------------- Step Functions
+
+
+def _patch_stepfunctions() -> None:
+    from moto.stepfunctions.parser.backend.execution_worker import ExecutionWorker
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    def _get_evaluation_entrypoint(self: Any) -> Any:
+        return parsed_program(self._evaluation_details.state_machine_details.definition)
+
+    _get_evaluation_entrypoint.__spillway_patched__ = True  # type: ignore[attr-defined]
+    ExecutionWorker._get_evaluation_entrypoint = _get_evaluation_entrypoint
+
+    # SendTaskSuccess/Failure/Heartbeat (and the map-run calls) look for the token in every execution's
+    # `exec_worker.env`, which is None until the execution's thread has its program and environment: one
+    # execution just starting made every callback fail with AttributeError (a 500). Such an execution
+    # cannot hold a token yet, so it is skipped.
+    get_executions = StepFunctionsParserBackend._get_executions
+
+    @functools.wraps(get_executions)
+    def _get_executions(self: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        return [execution for execution in get_executions(self, *args, **kwargs)
+                if execution.exec_worker is not None and execution.exec_worker.env is not None]
+
+    _get_executions.__spillway_patched__ = True  # type: ignore[attr-defined]
+    StepFunctionsParserBackend._get_executions = _get_executions
+
+
+_programs: OrderedDict[str, Any] = OrderedDict()  # definition -> program, least recently used first
+_programs_lock = threading.Lock()
+_parse_lock = threading.Lock()
+
+
+def parsed_program(definition: str) -> Any:
+    """The evaluation program of a state machine definition, parsed once per distinct definition.
+
+    A bounded LRU like functools.lru_cache, but single-flight: a burst of executions of a definition not
+    parsed yet waits for one parse instead of each parsing it (lru_cache lets concurrent misses all run)."""
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+    with _programs_lock:
+        if (program := _programs.get(definition)) is not None:
+            _programs.move_to_end(definition)
+            return program
+    with _parse_lock:
+        with _programs_lock:
+            if (program := _programs.get(definition)) is not None:
+                return program
+        program = AmazonStateLanguageParser.parse(definition)[0]  # raises as moto would: nothing cached
+        _draw_heap_keys(program)
+        with _programs_lock:
+            _programs[definition] = program
+            while len(_programs) > PROGRAM_CACHE_SIZE:
+                _programs.popitem(last=False)
+    return program
+
+
+def _draw_heap_keys(program: Any) -> None:
+    """Draw every component's `heap_key` now, before the program is shared.
+
+    The key names a component's per-execution values (a Retry's attempt count, its backoff) in the
+    execution's heap; moto draws it lazily, so two executions reaching a Retrier at once could draw two
+    keys and one would lose its attempt count."""
+    from moto.stepfunctions.parser.asl.component.eval_component import EvalComponent
+
+    seen: set[int] = set()
+    pending: list[Any] = [program]
+    while pending:
+        value = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, EvalComponent):
+            _ = value.heap_key
+        if isinstance(value, list | tuple | set | frozenset):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif type(value).__module__.startswith("moto.stepfunctions.parser.asl.") and hasattr(value, "__dict__"):
+            pending.extend(vars(value).values())  # components, and holders such as States (not a Component)

@@ -1,0 +1,368 @@
+"""moto as the embedded stack runs it: its own process, DynamoDB writes serialized, item-level transaction
+rollback, state machine programs parsed once (spillway_embedded.moto_patches; conftest applies it here too)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from moto import mock_aws
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.dynamodb.models import dynamodb_backends
+from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+
+from spillway_embedded import moto_patches
+from spillway_embedded.moto_server import MotoServer
+
+REGION = "us-east-1"
+ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/sfn"
+NO_RETRIES = Config(retries={"max_attempts": 0, "total_max_attempts": 1}, max_pool_connections=20)
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    server = MotoServer()
+    endpoint = server.start()
+    yield endpoint
+    server.stop()
+
+
+def ddb_client(endpoint: str | None = None) -> Any:
+    return boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint, config=NO_RETRIES)
+
+
+def create_table(ddb: Any, name: str, gsi: bool = False) -> None:
+    extra: dict[str, Any] = {}
+    attributes = [{"AttributeName": "pk", "AttributeType": "S"}]
+    if gsi:
+        attributes.append({"AttributeName": "kind", "AttributeType": "S"})
+        extra["GlobalSecondaryIndexes"] = [{
+            "IndexName": "by-kind", "KeySchema": [{"AttributeName": "kind", "KeyType": "HASH"}],
+            "Projection": {"ProjectionType": "ALL"},
+        }]
+    ddb.create_table(TableName=name, KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                     AttributeDefinitions=attributes, BillingMode="PAY_PER_REQUEST", **extra)
+
+
+def n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
+
+
+def s(value: str) -> dict[str, str]:
+    return {"S": value}
+
+
+# ---------------------------------------------------------------- concurrency, against moto's own process
+
+TOTAL_VRAM = 200
+THREADS, OPS = 8, 40
+
+
+def test_concurrent_leases_and_releases_never_oversubscribe_nor_lose_a_write(moto_endpoint: str) -> None:
+    """8 threads lease VRAM (a transaction: conditional decrement + new task), release it (a transaction:
+    running -> done + VRAM back), borrow it with plain conditional updates, and count on an item of their
+    own in the same table. Unpatched moto lets two conditional writes pass at once (VRAM below zero) and
+    a cancelled transaction restores whole tables, erasing other threads' writes."""
+    ddb = ddb_client(moto_endpoint)
+    gpus, tasks = f"gpus-{uuid.uuid4().hex[:8]}", f"tasks-{uuid.uuid4().hex[:8]}"
+    create_table(ddb, gpus)
+    create_table(ddb, tasks)
+    ddb.put_item(TableName=gpus, Item={"pk": s("gpu"), "vram_free_mb": n(TOTAL_VRAM)})
+    gpu_key = {"pk": s("gpu")}
+    negatives: list[int] = []
+    unexpected: list[str] = []
+    views: list[dict[str, Any]] = []
+
+    def worker(index: int) -> None:
+        client = ddb_client(moto_endpoint)
+        rng = random.Random(index)
+        counter_key = {"pk": s(f"counter-{index}")}
+        client.put_item(TableName=gpus, Item={**counter_key, "count": n(0)})
+        view: dict[str, Any] = {"running": {}, "done": set(), "cancelled": set(), "count": 0}
+        views.append(view)
+        for op in range(OPS):
+            need = rng.choice((30, 50, 70))
+            try:
+                roll = rng.random()
+                if roll < 0.5 or not view["running"]:
+                    task_id = f"t-{index}-{op}"
+                    try:
+                        client.transact_write_items(TransactItems=[
+                            {"Update": {"TableName": gpus, "Key": gpu_key,
+                                        "UpdateExpression": "SET vram_free_mb = vram_free_mb - :need",
+                                        "ConditionExpression": "vram_free_mb >= :need",
+                                        "ExpressionAttributeValues": {":need": n(need)}}},
+                            {"Put": {"TableName": tasks,
+                                     "Item": {"pk": s(task_id), "state": s("running"), "need": n(need)},
+                                     "ConditionExpression": "attribute_not_exists(pk)"}},
+                        ])
+                        view["running"][task_id] = need
+                    except client.exceptions.TransactionCanceledException:
+                        view["cancelled"].add(task_id)
+                elif roll < 0.8:
+                    task_id, held = rng.choice(sorted(view["running"].items()))
+                    client.transact_write_items(TransactItems=[
+                        {"Update": {"TableName": tasks, "Key": {"pk": s(task_id)},
+                                    "UpdateExpression": "SET #state = :done",
+                                    "ConditionExpression": "#state = :running",
+                                    "ExpressionAttributeNames": {"#state": "state"},
+                                    "ExpressionAttributeValues": {":done": s("done"), ":running": s("running")}}},
+                        {"Update": {"TableName": gpus, "Key": gpu_key,
+                                    "UpdateExpression": "SET vram_free_mb = vram_free_mb + :need",
+                                    "ExpressionAttributeValues": {":need": n(held)}}},
+                    ])
+                    del view["running"][task_id]
+                    view["done"].add(task_id)
+                else:
+                    try:  # borrow and give back with plain conditional updates
+                        left = client.update_item(
+                            TableName=gpus, Key=gpu_key, UpdateExpression="SET vram_free_mb = vram_free_mb - :need",
+                            ConditionExpression="vram_free_mb >= :need", ExpressionAttributeValues={":need": n(need)},
+                            ReturnValues="UPDATED_NEW")["Attributes"]["vram_free_mb"]["N"]
+                        if int(left) < 0:
+                            negatives.append(int(left))
+                        client.update_item(TableName=gpus, Key=gpu_key,
+                                           UpdateExpression="SET vram_free_mb = vram_free_mb + :need",
+                                           ExpressionAttributeValues={":need": n(need)})
+                    except client.exceptions.ConditionalCheckFailedException:
+                        pass
+                # a compare-and-set on this thread's own item: only a lost write can make it fail
+                client.update_item(TableName=gpus, Key=counter_key, UpdateExpression="SET #c = #c + :one",
+                                   ConditionExpression="#c = :seen", ExpressionAttributeNames={"#c": "count"},
+                                   ExpressionAttributeValues={":one": n(1), ":seen": n(view["count"])})
+                view["count"] += 1
+            except Exception as error:  # reported below, with the thread and the op
+                unexpected.append(f"thread {index} op {op}: {error!r}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    assert unexpected == []
+    assert negatives == []
+    free = int(ddb.get_item(TableName=gpus, Key=gpu_key, ConsistentRead=True)["Item"]["vram_free_mb"]["N"])
+    stored = {item["pk"]["S"]: item for item in ddb.scan(TableName=tasks)["Items"]}
+    running = {pk: int(item["need"]["N"]) for pk, item in stored.items() if item["state"]["S"] == "running"}
+    assert 0 <= free <= TOTAL_VRAM
+    assert free + sum(running.values()) == TOTAL_VRAM
+    for view in views:  # every task is what its thread was told, and cancelled leases left no task behind
+        assert all(running.get(task_id) == need for task_id, need in view["running"].items())
+        assert all(stored[task_id]["state"]["S"] == "done" for task_id in view["done"])
+        assert not view["cancelled"] & stored.keys()
+    assert len(stored) == sum(len(v["running"]) + len(v["done"]) for v in views)
+    counters = {item["pk"]["S"]: int(item["count"]["N"]) for item in ddb.scan(TableName=gpus)["Items"]
+                if item["pk"]["S"].startswith("counter-")}
+    assert sorted(counters.values()) == [OPS] * THREADS
+
+
+# ---------------------------------------------------------------- rollback, in-process
+
+
+def test_a_cancelled_transaction_restores_exactly_the_items_it_wrote(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2nd operation's condition fails: the 1st operation's update and the new item are undone, the
+    reasons are moto's, the index agrees with the items, and a write that landed on another item of the
+    same table while the transaction ran (simulated here, it cannot happen under the lock) stays."""
+    with mock_aws():
+        ddb = ddb_client()
+        create_table(ddb, "gpus", gsi=True)
+        ddb.put_item(TableName="gpus", Item={"pk": s("a"), "kind": s("local"), "vram": n(100)})
+        ddb.put_item(TableName="gpus", Item={"pk": s("b"), "kind": s("local"), "vram": n(10)})
+        ddb.put_item(TableName="gpus", Item={"pk": s("other"), "kind": s("cloud"), "vram": n(1)})
+        backend = dynamodb_backends[DEFAULT_ACCOUNT_ID][REGION]
+        table = backend.get_table("gpus")
+
+        read_item = backend.get_item
+
+        def concurrent_write_while_reading_b(table_name: str, key: dict[str, Any], *args: Any) -> Any:
+            if key == {"pk": s("b")}:
+                backend.update_item("gpus", {"pk": s("other")}, "SET vram = :v", {}, {":v": n(2)})
+            return read_item(table_name, key, *args)
+
+        monkeypatch.setattr(backend, "get_item", concurrent_write_while_reading_b)
+        with pytest.raises(ClientError) as cancelled:
+            ddb.transact_write_items(TransactItems=[
+                {"Update": {"TableName": "gpus", "Key": {"pk": s("a")},
+                            "UpdateExpression": "SET vram = vram - :need, kind = :kind",
+                            "ExpressionAttributeValues": {":need": n(40), ":kind": s("cloud")}}},
+                {"Put": {"TableName": "gpus", "Item": {"pk": s("new"), "kind": s("local"), "vram": n(5)},
+                         "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Update": {"TableName": "gpus", "Key": {"pk": s("b")},
+                            "UpdateExpression": "SET vram = vram - :need", "ConditionExpression": "vram >= :need",
+                            "ExpressionAttributeValues": {":need": n(40)},
+                            "ReturnValuesOnConditionCheckFailure": "ALL_OLD"}},
+            ])
+        monkeypatch.undo()
+
+        error = cancelled.value.response
+        assert error["Error"]["Code"] == "TransactionCanceledException"
+        assert [r["Code"] for r in error["CancellationReasons"]] == ["None", "None", "ConditionalCheckFailed"]
+        assert error["CancellationReasons"][2]["Item"]["vram"] == n(10)
+
+        def item(pk: str) -> dict[str, Any] | None:
+            return ddb.get_item(TableName="gpus", Key={"pk": s(pk)}).get("Item")
+
+        assert item("a") == {"pk": s("a"), "kind": s("local"), "vram": n(100)}
+        assert item("new") is None
+        assert item("b") == {"pk": s("b"), "kind": s("local"), "vram": n(10)}
+        assert item("other") == {"pk": s("other"), "kind": s("cloud"), "vram": n(2)}  # the concurrent write
+        assert backend.get_table("gpus") is table  # no table swapped for a copy
+
+        def by_kind(kind: str) -> list[str]:
+            found = ddb.query(TableName="gpus", IndexName="by-kind", KeyConditionExpression="kind = :k",
+                              ExpressionAttributeValues={":k": s(kind)})["Items"]
+            return sorted(i["pk"]["S"] for i in found)
+
+        assert by_kind("local") == ["a", "b"]
+        assert by_kind("cloud") == ["other"]
+
+        # and a transaction that passes still writes everything
+        ddb.transact_write_items(TransactItems=[
+            {"Update": {"TableName": "gpus", "Key": {"pk": s("a")}, "UpdateExpression": "SET vram = vram - :need",
+                        "ConditionExpression": "vram >= :need", "ExpressionAttributeValues": {":need": n(40)}}},
+            {"Delete": {"TableName": "gpus", "Key": {"pk": s("b")}}},
+        ])
+        assert item("a")["vram"] == n(60)
+        assert item("b") is None
+
+
+def test_a_transaction_that_names_one_item_twice_is_refused_and_writes_nothing() -> None:
+    with mock_aws():
+        ddb = ddb_client()
+        create_table(ddb, "gpus")
+        ddb.put_item(TableName="gpus", Item={"pk": s("a"), "vram": n(100)})
+        update = {"Update": {"TableName": "gpus", "Key": {"pk": s("a")}, "UpdateExpression": "SET vram = :v",
+                             "ExpressionAttributeValues": {":v": n(1)}}}
+        with pytest.raises(ClientError) as refused:
+            ddb.transact_write_items(TransactItems=[update, update])
+        assert refused.value.response["Error"]["Code"] == "ValidationException"
+        assert ddb.get_item(TableName="gpus", Key={"pk": s("a")})["Item"]["vram"] == n(100)
+
+
+# ---------------------------------------------------------------- Step Functions: one parse per definition
+
+
+@pytest.fixture
+def sfn_world() -> Iterator[tuple[Any, Any]]:
+    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+        yield (boto3.client("stepfunctions", region_name=REGION), boto3.client("dynamodb", region_name=REGION))
+
+
+def wait_for(sfn: Any, arn: str, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (execution := sfn.describe_execution(executionArn=arn))["status"] == "RUNNING":
+        assert time.monotonic() < deadline, f"{arn} still running after {timeout}s"
+        time.sleep(0.01)
+    return execution
+
+
+def test_executions_of_one_definition_parse_it_once(
+    sfn_world: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sfn, ddb = sfn_world
+    create_table(ddb, "marks")
+    marker = uuid.uuid4().hex  # a definition no other test parsed: the process-wide cache misses once
+    definition = json.dumps({"StartAt": "Mark", "States": {
+        "Mark": {"Type": "Task", "Resource": "arn:aws:states:::dynamodb:putItem",
+                 "Parameters": {"TableName": "marks", "Item": {"pk": {"S.$": "$.id"}, "marker": {"S": marker}}},
+                 "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 2, "IntervalSeconds": 1}],
+                 "ResultPath": None, "Next": "Done"},
+        "Done": {"Type": "Succeed"}}})
+    machine = sfn.create_state_machine(name="mark", definition=definition, roleArn=ROLE)["stateMachineArn"]
+    parses: list[str] = []
+    parse = AmazonStateLanguageParser.parse
+
+    def counting_parse(text: str) -> Any:
+        parses.append(text)
+        return parse(text)
+
+    monkeypatch.setattr(AmazonStateLanguageParser, "parse", staticmethod(counting_parse))
+    arns = [sfn.start_execution(stateMachineArn=machine, name=f"e{i}", input=json.dumps({"id": f"e{i}"}))[
+        "executionArn"] for i in range(2)]
+    assert [wait_for(sfn, arn)["status"] for arn in arns] == ["SUCCEEDED", "SUCCEEDED"]
+    assert parses.count(definition) == 1
+    for i in range(2):
+        assert ddb.get_item(TableName="marks", Key={"pk": {"S": f"e{i}"}})["Item"]["marker"] == {"S": marker}
+
+
+def test_a_shared_program_has_its_heap_keys_drawn_before_executions_share_it() -> None:
+    from moto.stepfunctions.parser.asl.component.common.retry.max_attempts_decl import MaxAttemptsDecl
+
+    definition = json.dumps({"StartAt": "P", "States": {"P": {
+        "Type": "Task", "Resource": "arn:aws:states:::dynamodb:getItem", "End": True,
+        "Parameters": {"TableName": "t", "Key": {"pk": {"S": uuid.uuid4().hex}}},
+        "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 3}]}}})
+    program = moto_patches.parsed_program(definition)
+    assert moto_patches.parsed_program(definition) is program
+    found: list[Any] = []
+    pending, seen = [program], set()
+    while pending:
+        value = pending.pop()
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, MaxAttemptsDecl):
+            found.append(value)
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list | tuple):
+            pending.extend(value)
+        elif hasattr(value, "__dict__") and not isinstance(value, type):
+            pending.extend(vars(value).values())
+    assert found
+    assert all(decl._EvalComponent__heap_key is not None for decl in found)
+
+
+def test_a_callback_succeeds_while_another_execution_is_still_starting(
+    sfn_world: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto looks for a task token in every running execution's environment, which an execution builds
+    only after parsing its definition: unpatched, that window made SendTaskSuccess fail for everyone."""
+    sfn, _ = sfn_world
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="callbacks")["QueueUrl"]
+    waiting = json.dumps({"StartAt": "Wait", "States": {"Wait": {
+        "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken", "End": True,
+        "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}}}}})
+    starting = json.dumps({"StartAt": "Done", "Comment": uuid.uuid4().hex, "States": {"Done": {"Type": "Succeed"}}})
+    # moto looks through state machines in creation order: the starting one first
+    starter = sfn.create_state_machine(name="starter", definition=starting, roleArn=ROLE)["stateMachineArn"]
+    waiter = sfn.create_state_machine(name="waiter", definition=waiting, roleArn=ROLE)["stateMachineArn"]
+
+    waiter_run = sfn.start_execution(stateMachineArn=waiter, name="w")["executionArn"]
+    deadline = time.monotonic() + 10
+    while not (messages := sqs.receive_message(QueueUrl=queue).get("Messages")):
+        assert time.monotonic() < deadline, "the waiter never sent its token"
+        time.sleep(0.01)
+    token = json.loads(messages[0]["Body"])["token"]
+
+    parsing, release = threading.Event(), threading.Event()
+    parse = AmazonStateLanguageParser.parse
+
+    def slow_parse(text: str) -> Any:
+        if text == starting:
+            parsing.set()
+            release.wait(timeout=10)
+        return parse(text)
+
+    monkeypatch.setattr(AmazonStateLanguageParser, "parse", staticmethod(slow_parse))
+    starter_run = sfn.start_execution(stateMachineArn=starter, name="s")["executionArn"]
+    try:
+        assert parsing.wait(timeout=10)  # the starter is RUNNING, without an environment yet
+        sfn.send_task_success(taskToken=token, output=json.dumps({"ok": True}))
+    finally:
+        release.set()
+    assert wait_for(sfn, waiter_run)["status"] == "SUCCEEDED"
+    assert wait_for(sfn, starter_run)["status"] == "SUCCEEDED"

@@ -18,12 +18,13 @@ import httpx
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
+from spillway.aws import from_item
 from spillway.rooms import render_room
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 pytestmark = pytest.mark.embedded
 
-MODEL_SECONDS = 1.0
+MODEL_SECONDS = 2.5
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 # A pump that read the room's front just before a task arrived may still start what it read: the
 # order is strict from the moment a task is in the room, less this much for decisions in flight.
@@ -82,7 +83,7 @@ def table_items(stack: StackInfo, logical_id: str) -> list[dict[str, Any]]:
     items, query = [], {"TableName": stack.resources[logical_id], "ConsistentRead": True}
     while True:
         page = ddb.scan(**query)
-        items += [{k: _DESERIALIZER.deserialize(v) for k, v in i.items()} for i in page["Items"]]
+        items += [from_item({k: _DESERIALIZER.deserialize(v) for k, v in i.items()}) for i in page["Items"]]
         if "LastEvaluatedKey" not in page:
             return items
         query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -130,9 +131,9 @@ def test_a_burst_beyond_the_fleets_slots_is_a_backlog_not_a_failure(stack: Stack
 
 
 def test_high_priority_starts_before_low_and_low_still_finishes(stack: StackInfo, inputs: list[str]) -> None:
-    office_slots = int(sum(g["slots"] for g in table_items(stack, "FleetTable") if g["pool"] == "local"))
+    office_slots = sum(g["slots"] for g in table_items(stack, "FleetTable") if g["pool"] == "local")
     lows = submit_all(stack, [{"service": "remove_furniture", "input_key": inputs[i % len(inputs)],
-                               "priority": "low"} for i in range(2 * office_slots)])
+                               "priority": "low"} for i in range(3 * office_slots)])
     wait_until(lambda: len(table_items(stack, "WaitingRoomTable")) >= office_slots // 2, 60,
                "the low jobs fill every office slot and queue behind them")
     highs = submit_all(stack, [{"service": "remove_furniture", "input_key": inputs[i % len(inputs)],
@@ -149,8 +150,8 @@ def test_high_priority_starts_before_low_and_low_still_finishes(stack: StackInfo
               if low["priority"] == "low" and low["pool"] == high["pool"] and "assigned_at" in low
               and high["arrived_at"] + IN_FLIGHT_S < low["assigned_at"] < high["assigned_at"]]
     assert jumped == [], "low tasks started while a high one waited"
-    high_waits = [float(t["assigned_at"] - t["arrived_at"]) for t in waiting_highs]
-    low_waits = [float(t["assigned_at"] - t["arrived_at"]) for t in tasks if t["priority"] == "low"]
+    high_waits = [t["assigned_at"] - t["arrived_at"] for t in waiting_highs]
+    low_waits = [t["assigned_at"] - t["arrived_at"] for t in tasks if t["priority"] == "low"]
     assert max(high_waits) < max(low_waits), (high_waits, low_waits)
     assert_fleet_at_rest(stack)
 

@@ -27,9 +27,12 @@ def dev(argv: list[str]) -> int:
                         help="a template parameter override, e.g. HeartbeatSeconds=10")
     parser.add_argument("--model-seconds", type=float, default=0.0,
                         help="each task takes at least this long on its GPU (the demo model is fast)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="print each invocation's metrics (EMF, what CloudWatch would ingest)")
     args = parser.parse_args(argv)
     serve_forever(EmbeddedStack(state_dir=args.state_dir, api_port=args.api_port,
-                                parameters=_parameters(args.parameter), model_seconds=args.model_seconds))
+                                parameters=_parameters(args.parameter), model_seconds=args.model_seconds,
+                                emit_metrics=args.metrics))
     return 0
 
 

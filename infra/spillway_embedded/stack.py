@@ -79,6 +79,7 @@ class EmbeddedStack:
     gpus: tuple[GpuSpec, ...] = DEFAULT_GPUS
     agent_heartbeat_seconds: float = 2.0
     model_seconds: float = 0.0  # the demo model takes at least this long per task
+    emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
 
     def __post_init__(self) -> None:
         self._moto = MotoServer()
@@ -97,6 +98,8 @@ class EmbeddedStack:
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
         }.items():
             os.environ.setdefault(name, value)
+        if not self.emit_metrics:  # offline, EMF blobs on stdout are noise between the jobs' lines
+            os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
         stack = provision(
             translate(TEMPLATE, self.parameters), endpoint_url=self.endpoint, region=REGION, stack_name=STACK_NAME
         )

@@ -25,8 +25,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check functions infra tests bench
 	$(BIN)/cfn-lint template.yaml
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+bench: $(STAMP)  ## load benchmark on fresh embedded stacks (prints figures, asserts nothing); BENCH_ARGS=--quick
+	$(BIN)/python bench/load.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .spillway .pytest_cache

@@ -10,12 +10,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import patch
 
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from moto import mock_aws
+from moto import backends, mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
 from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
@@ -366,3 +367,25 @@ def test_a_callback_succeeds_while_another_execution_is_still_starting(
         release.set()
     assert wait_for(sfn, waiter_run)["status"] == "SUCCEEDED"
     assert wait_for(sfn, starter_run)["status"] == "SUCCEEDED"
+
+
+def test_step_functions_integrations_reuse_one_client_and_parse_each_json_path_once() -> None:
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_dynamodb
+    from moto.stepfunctions.parser.asl.utils import json_path
+
+    client = state_task_service_dynamodb.boto_client_for("us-east-1", "dynamodb")
+    assert state_task_service_dynamodb.boto_client_for("us-east-1", "dynamodb") is client
+    assert state_task_service_dynamodb.boto_client_for("eu-west-1", "dynamodb") is not client
+    assert json_path.parse("$.attempt.number") is json_path.parse("$.attempt.number")
+    assert json_path.extract_json("$.attempt.number", {"attempt": {"number": 2}}) == 2
+
+
+def test_the_server_finds_a_hosts_backend_once() -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication
+
+    dispatcher = DomainDispatcherApplication(create_app=lambda service: None)
+    host = "dynamodb.us-east-1.amazonaws.com"
+    with patch.object(backends, "list_of_moto_modules", wraps=backends.list_of_moto_modules) as modules:
+        backend = dispatcher.get_backend_for_host(host)
+        assert dispatcher.get_backend_for_host(host) == backend == "dynamodb"
+    assert modules.call_count == 1

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from itertools import islice
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain, islice
 from typing import Any
 
 import httpx
@@ -91,13 +91,16 @@ class Dispatcher:
         now = self._clock()
         task = self._new_task(queued, now)
         if self._fleet.enqueue(task):
-            logger.info("waiting", job_id=task.job_id, task_id=task.task_id, pool=task.pool.value,
-                        priority=task.priority.value, wait_s=round(task.wait_until - now, 1))
-            self._hold_to_wait_bound(task, now)  # first: whatever happens next, the bound holds
-            return self.pump(queued.pool)
+            outcomes = self.pump(queued.pool)
+            if outcomes.get(task.task_id) != "pushed":  # it waits (or waits again): hold it to its bound
+                logger.info("waiting", job_id=task.job_id, task_id=task.task_id, pool=task.pool.value,
+                            priority=task.priority.value, wait_s=round(task.wait_until - now, 1))
+                self._hold_to_wait_bound(task, now)
+            return outcomes
         known = self._fleet.task(task.task_id)
         if known is not None and known.state is TaskState.WAITING:
-            self._hold_to_wait_bound(known, now)  # the first delivery may have died before its timer
+            # The first delivery died before its timer was set (the message came back): set it now.
+            self._hold_to_wait_bound(known, now)
         if known is not None and known.state is TaskState.ASSIGNED:
             return {known.task_id: self._push_alone(known)}  # a redelivery after a crash between lease and push
         return self.pump(queued.pool)
@@ -141,10 +144,14 @@ class Dispatcher:
         room, until no GPU has a free slot or LOOK_AHEAD entries were read. An entry that fits no
         free GPU now does not hold back a smaller one behind it."""
         now = self._clock()
+        entries = islice(self._room.front(pool), LOOK_AHEAD)
+        first = next(entries, None)
+        if first is None:
+            return []  # an empty room: no need to look at the fleet
         gpus = {g.gpu_id: g for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds)
                 if g.gpu_id not in excluded}
         assigned: list[Task] = []
-        for entry in islice(self._room.front(pool), LOOK_AHEAD):
+        for entry in chain([first], entries):
             if not gpus:
                 break
             task = self._assign(entry, gpus, now)

@@ -170,26 +170,25 @@ class Fleet:
         return task
 
     def mark_running(self, task: Task, now: float) -> bool:
-        """The agent took the task: its liveness clock starts now. False if it ended meanwhile."""
-        try:
-            self._tasks.update_item(
-                Key={"task_id": task.task_id},
-                UpdateExpression="SET #state = :running, running_at = :now, beat_at = :now",
-                ConditionExpression="#state = :assigned",
-                ExpressionAttributeNames={"#state": "state"},
-                ExpressionAttributeValues=to_item({":running": TaskState.RUNNING.value,
-                                                   ":assigned": TaskState.ASSIGNED.value, ":now": now}),
-            )
-        except self._tasks.meta.client.exceptions.ConditionalCheckFailedException:
-            return False
+        """The agent took the task: its liveness clock starts now, and the job's attempt shows it.
+        False if the task ended meanwhile."""
+        start = _update(self._tasks.name, {"task_id": task.task_id},
+                        "SET #state = :running, running_at = :now, beat_at = :now", "#state = :assigned",
+                        {"#state": "state"}, {":running": TaskState.RUNNING.value,
+                                              ":assigned": TaskState.ASSIGNED.value, ":now": now})
         n = task.attempt - 1
-        try:  # for the job's view only: a job that moved on keeps its record as it is
-            self._ddb.update_item(**_typed_request(_update(
-                self._jobs_table_name, {"job_id": task.job_id}, f"SET attempts[{n}].running_at = :at",
-                "attempt = :n", {}, {":at": _iso(now), ":n": task.attempt})["Update"]))
-        except ClientError as exc:
-            if error_code(exc) != "ConditionalCheckFailedException":
-                raise
+        note = _update(self._jobs_table_name, {"job_id": task.job_id}, f"SET attempts[{n}].running_at = :at",
+                       "attempt = :n", {}, {":at": _iso(now), ":n": task.attempt})
+        try:
+            self._transact([start, note], reasons=(ENTRY_GONE, ATTEMPT_MOVED_ON))
+        except Refused as refused:
+            if refused.reason == ENTRY_GONE:
+                return False
+            # The job moved on (its record stays as it is); the task still runs until told otherwise.
+            try:
+                self._transact([start], reasons=(ENTRY_GONE,))
+            except Refused:
+                return False
         return True
 
     def beat(self, task_id: str, gpu_id: str, now: float) -> bool:

@@ -729,7 +729,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steady-rate", type=float, default=3.0, help="jobs/s")
     parser.add_argument("--steady-seconds", type=float, help="default 60")
     parser.add_argument("--poll-batch", type=int, default=25, help="GETs per polling round")
-    parser.add_argument("--poll-interval", type=float, default=0.5, help="seconds between polling rounds (burst)")
+    parser.add_argument("--poll-interval", type=float, default=2.0,
+                        help="seconds between polling rounds (burst); latencies come from server timestamps")
     parser.add_argument("--steady-poll-interval", type=float, default=0.25)
     parser.add_argument("--idle-poll-interval", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=1)

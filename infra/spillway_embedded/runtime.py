@@ -79,6 +79,13 @@ class Invoker:
         self._handler: Handler = getattr(importlib.import_module(module_name), attribute)
         self._lock = threading.Lock()
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for an invocation under way to end; False if it did not within `timeout`."""
+        if not self._lock.acquire(timeout=timeout):
+            return False
+        self._lock.release()
+        return True
+
     def __call__(self, event: dict[str, Any]) -> Any:
         with self._lock:
             context = LambdaContext(self.function, self._region, self._account_id)
@@ -246,7 +253,7 @@ class QueuePoller:
 
     MAX_PER_RECEIVE = 10
 
-    def __init__(self, source: QueueSource, invoker: Invoker, sqs: Any, region: str, wait_seconds: int = 1):
+    def __init__(self, source: QueueSource, invoker: Invoker, sqs: Any, region: str, wait_seconds: int = 20):
         self._source = source
         self._invoke = invoker
         self._sqs = sqs
@@ -429,8 +436,11 @@ class Runtime:
         self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        # An invocation under way finishes; the threads are daemons: a poller blocked in a long poll
+        # (20 s, as Lambda's event source mappings poll) ends with moto.
+        deadline = time.monotonic() + 10
+        for invoker in self.invokers.values():
+            invoker.wait_idle(timeout=max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:

@@ -77,7 +77,7 @@ class EmbeddedStack:
     api_port: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
     gpus: tuple[GpuSpec, ...] = DEFAULT_GPUS
-    agent_heartbeat_seconds: float = 2.0
+    agent_heartbeat_seconds: float = 5.0  # AgentStaleSeconds (30) is six beats
     model_seconds: float = 0.0  # the demo model takes at least this long per task
     emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
 

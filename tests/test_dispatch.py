@@ -10,7 +10,7 @@ import pytest
 
 from spillway.dispatch import Dispatcher, task_id_for
 from spillway.fleet import Fleet
-from spillway.models import ErrorType, Pool, PoolTask, TaskState
+from spillway.models import ErrorType, Pool, PoolTask, Priority, TaskState
 
 from conftest import Cloud
 from helpers import (
@@ -256,3 +256,19 @@ def test_a_stale_or_draining_agent_gets_no_work(cloud: Cloud, fleet: Fleet, disp
     assert agents.pushed == []
     fleet.heartbeat(beat("local-0", vram_mb=6000, slots=4), now=clock.now)
     assert dispatcher.pump(Pool.LOCAL) == {task_id_for(task.job_id, 1): "pushed"}
+
+
+def test_a_batch_enters_the_room_together_and_starts_in_the_rooms_order(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents
+) -> None:
+    """A poller's batch of arrivals is pumped once: with one free slot the high one starts, though it
+    came last in the batch; the low ones wait, each held to its wait bound."""
+    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=1), now=NOW)
+    lows = [pool_task(job_id_for(n), NOW, priority=Priority.LOW) for n in (1, 2)]
+    high = pool_task(job_id_for(3), NOW, priority=Priority.HIGH)
+    for task in (*lows, high):
+        running_job(cloud.settings, task.job_id)
+    outcomes = dispatcher.enqueue_batch([*lows, high])
+    assert outcomes == {task_id_for(high.job_id, 1): "pushed"}
+    assert agents.task_ids() == [task_id_for(high.job_id, 1)]
+    assert [e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)] == [task_id_for(t.job_id, 1) for t in lows]

@@ -87,23 +87,34 @@ class Dispatcher:
     # ---- arrivals
 
     def enqueue(self, queued: PoolTask) -> dict[str, str]:
-        """Put the attempt in its pool's waiting room, then pump the room. Idempotent by attempt."""
+        """One attempt into its pool's waiting room, then pump the room (see `enqueue_batch`)."""
+        return self.enqueue_batch([queued])
+
+    def enqueue_batch(self, batch: list[PoolTask]) -> dict[str, str]:
+        """Put attempts in their pools' waiting rooms, then pump each room once, so that a batch starts
+        in the room's order, not in the order it arrived. Idempotent by attempt. Returns what happened
+        to each task the pumps started (task id -> outcome)."""
         now = self._clock()
-        task = self._new_task(queued, now)
-        if self._fleet.enqueue(task):
-            outcomes = self.pump(queued.pool)
+        waiting: list[Task] = []
+        outcomes: dict[str, str] = {}
+        for queued in batch:
+            task = self._new_task(queued, now)
+            if self._fleet.enqueue(task):
+                waiting.append(task)
+                continue
+            known = self._fleet.task(task.task_id)  # a redelivery
+            if known is not None and known.state is TaskState.WAITING:
+                waiting.append(known)  # the first delivery may have died before it set the wait timer
+            elif known is not None and known.state is TaskState.ASSIGNED:
+                outcomes[known.task_id] = self._push_alone(known)  # it died between lease and push
+        for pool in sorted({queued.pool for queued in batch}):
+            outcomes |= self.pump(pool)
+        for task in waiting:
             if outcomes.get(task.task_id) != "pushed":  # it waits (or waits again): hold it to its bound
                 logger.info("waiting", job_id=task.job_id, task_id=task.task_id, pool=task.pool.value,
                             priority=task.priority.value, wait_s=round(task.wait_until - now, 1))
                 self._hold_to_wait_bound(task, now)
-            return outcomes
-        known = self._fleet.task(task.task_id)
-        if known is not None and known.state is TaskState.WAITING:
-            # The first delivery died before its timer was set (the message came back): set it now.
-            self._hold_to_wait_bound(known, now)
-        if known is not None and known.state is TaskState.ASSIGNED:
-            return {known.task_id: self._push_alone(known)}  # a redelivery after a crash between lease and push
-        return self.pump(queued.pool)
+        return outcomes
 
     def _hold_to_wait_bound(self, task: Task, now: float) -> None:
         self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=task.wait_until), now)

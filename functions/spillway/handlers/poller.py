@@ -8,7 +8,6 @@ A message never waits on the queue for a GPU: the room holds it, so the queue is
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway.handlers.wiring import dispatcher
@@ -20,17 +19,21 @@ metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
-@tracer.capture_method
-def record_handler(record: SQSRecord) -> None:
-    queued = PoolTask.model_validate_json(record.body)
-    logger.append_keys(job_id=queued.job_id, attempt=queued.attempt, pool=queued.pool.value)
-    outcomes = dispatcher().enqueue(queued)
-    metrics.add_metric(name="TasksEnqueued", unit=MetricUnit.Count, value=1)
-    metrics.add_metric(name="TasksStarted", unit=MetricUnit.Count, value=sum(o == "pushed" for o in outcomes.values()))
-
-
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
-    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    # Each record is parsed on its own (a malformed one fails alone); the batch then enters the rooms
+    # together and each room is pumped once, so the batch starts in the rooms' order.
+    arrivals: list[PoolTask] = []
+    response = process_partial_response(
+        event=event, record_handler=lambda record: arrivals.append(PoolTask.model_validate_json(record.body)),
+        processor=processor, context=context,
+    )
+    if arrivals:
+        outcomes = dispatcher().enqueue_batch(arrivals)
+        logger.info("enqueued", tasks=len(arrivals), started=sum(o == "pushed" for o in outcomes.values()))
+        metrics.add_metric(name="TasksEnqueued", unit=MetricUnit.Count, value=len(arrivals))
+        metrics.add_metric(name="TasksStarted", unit=MetricUnit.Count,
+                           value=sum(o == "pushed" for o in outcomes.values()))
+    return response

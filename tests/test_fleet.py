@@ -28,7 +28,8 @@ def waiting_task(job: int, vram_mb: int = 3000, attempt: int = 1, arrived_at: fl
         task_id=task_id, job_id=job_id, attempt=attempt, pool=pool, service="remove_furniture",
         input_key="uploads/in.png", result_key=result_key_for(job_id, attempt), vram_mb=vram_mb,
         priority=priority, task_token=f"token-{job}", rank=WaitingEntry.rank_for(priority, arrived_at, task_id),
-        arrived_at=arrived_at, wait_until=arrived_at + 60, open_pool=pool.value, expires_at=int(NOW) + 86_400,
+        arrived_at=arrived_at, wait_until=arrived_at + 60, deadline=arrived_at + 3600, open_pool=pool.value,
+        expires_at=int(NOW) + 86_400,
     )
 
 

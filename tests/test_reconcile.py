@@ -12,7 +12,7 @@ from spillway.handlers import sweeper
 from spillway.handlers.wiring import admission
 from spillway.jobs import JobStore
 from spillway.models import DispatchInput
-from spillway.reconcile import GRACE_SECONDS, Reconciler
+from spillway.reconcile import GRACE_SECONDS, INTAKE_GRACE_SECONDS, Reconciler
 
 from conftest import Cloud
 from helpers import LambdaContext
@@ -67,7 +67,8 @@ def test_a_running_execution_is_left_alone(cloud: Cloud) -> None:
 def test_the_sweep_admits_again_a_job_whose_intake_message_was_lost(cloud: Cloud) -> None:
     job = submitted_job(cloud)  # recorded and its intake message taken off the queue, never admitted
     assert reconciler(cloud).sweep() == {}, "within the grace period nothing is touched"
-    assert reconciler(cloud, later_by=GRACE_SECONDS + 1).sweep() == {"admitted": 1}
+    assert reconciler(cloud, later_by=GRACE_SECONDS + 1).sweep() == {"no_execution": 1}, "an intake backlog"
+    assert reconciler(cloud, later_by=INTAKE_GRACE_SECONDS + 1).sweep() == {"admitted": 1}
     task = next_task(cloud, "LocalQueue")
     assert task["job_id"] == job.job_id, "its execution runs"
 

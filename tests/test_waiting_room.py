@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from spillway import aws
-from spillway.dispatch import Dispatcher, Limits, task_id_for
+from spillway.dispatch import SPILL_RECHECK_S, Dispatcher, Limits, task_id_for
 from spillway.fleet import Fleet, Task
 from spillway.models import Pool, PoolTask, Priority, TaskHeartbeat, TaskResult, TaskState, Timer, TimerKind
 from spillway.priorities import PRIORITY_CLASSES
@@ -330,12 +330,14 @@ WAITS = [(Pool.LOCAL, p, SPILL_AFTER[p]) for p in Priority] + [(Pool.CLOUD, p, D
 def test_a_task_past_its_wait_bound_leaves_the_room_with_wait_expired(
     room: Room, pool: Pool, priority: Priority, wait_s: float
 ) -> None:
+    if pool is Pool.LOCAL:
+        room.gpu("cloud-0", pool=Pool.CLOUD)  # the next pool could start it: past the bound it spills
     assert room.arrive("a", priority, pool) == {}, "no GPU in the pool"
     (timer,) = room.timers.of(room.ids["a"])
     assert (timer.kind, timer.due_at) == (TimerKind.WAIT_EXPIRY, NOW + wait_s)
     deliveries = []
     while room.clock.now < NOW + wait_s:  # SQS delivers a long timer early, every 15 minutes at most
-        room.clock.now = min(NOW + wait_s, room.clock.now + MAX_DELAY_SECONDS)
+        room.advance(min(NOW + wait_s, room.clock.now + MAX_DELAY_SECONDS) - room.clock.now)
         deliveries += room.deliver()
     assert deliveries[-1] == ("a", "WaitExpired")
     assert {outcome for _, outcome in deliveries[:-1]} <= {"not_due"}
@@ -346,6 +348,42 @@ def test_a_task_past_its_wait_bound_leaves_the_room_with_wait_expired(
     task = room.task("a")
     assert (task.state, task.outcome, task.error_type) == (TaskState.DONE, "failed", "WaitExpired")
     assert room.fleet.open_tasks(pool) == []
+
+
+def mine(delivered: list[tuple[str, str]], label: str = "a") -> list[str]:
+    return [outcome for of, outcome in delivered if of == label]
+
+
+def test_past_its_spill_bound_a_task_waits_on_while_the_next_pool_could_not_start_it_either(room: Room) -> None:
+    """Spilling to a pool that is just as full only adds an attempt: the task waits on, looks again
+    every SPILL_RECHECK_S, and spills as soon as the cloud has room (or fails at its deadline)."""
+    room.gpu("cloud-0", pool=Pool.CLOUD, slots=1)
+    room.arrive("cloud-job", HIGH, Pool.CLOUD)  # takes the only cloud slot
+    room.arrive("a", HIGH)  # no office GPU at all
+    room.advance(SPILL_AFTER[HIGH])
+    assert room.beat("cloud-job")
+    assert mine(room.deliver()) == ["waiting"], "the cloud could not start it either"
+    room.advance(SPILL_RECHECK_S)
+    assert room.beat("cloud-job")
+    assert mine(room.deliver()) == ["waiting"]
+    room.finish("cloud-job")
+    room.advance(SPILL_RECHECK_S)
+    assert mine(room.deliver()) == ["WaitExpired"], "the cloud has room now: it spills"
+    ((label, error, cause),) = room.failures()
+    assert (label, error) == ("a", "Spillway.WaitExpired") and "local" in cause
+
+
+def test_a_task_with_nowhere_to_go_fails_at_its_deadline_with_a_reason(room: Room) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD, slots=1)
+    room.arrive("cloud-job", LOW, Pool.CLOUD)  # holds the only cloud slot throughout
+    room.arrive("a", HIGH)
+    while room.clock.now < NOW + DEADLINE[HIGH]:
+        room.advance(min(MAX_DELAY_SECONDS, NOW + DEADLINE[HIGH] - room.clock.now))
+        assert room.beat("cloud-job")  # the cloud job keeps running, beating
+        outcomes = {outcome for label, outcome in room.deliver() if label == "a"}
+        assert outcomes <= {"waiting", "WaitExpired"}
+    ((label, error, cause),) = room.failures()
+    assert (label, error) == ("a", "Spillway.WaitExpired") and "its deadline" in cause, cause
 
 
 def test_a_task_started_before_its_wait_timer_fires_is_left_alone(room: Room, heartbeat_s: int) -> None:
@@ -359,7 +397,7 @@ def test_a_task_started_before_its_wait_timer_fires_is_left_alone(room: Room, he
         room.advance(min(heartbeat_s - 1, wait_until - room.clock.now))
         assert room.beat("second") is True
         delivered = room.deliver()
-        assert {outcome for label, outcome in delivered if label == "second"} <= {"alive"}, delivered
+        assert {outcome for label, outcome in delivered if label == "second"} <= {"alive", "started"}, delivered
     assert room.clock.now == wait_until
     assert Timer(kind=TimerKind.WAIT_EXPIRY, task_id=room.ids["second"], due_at=wait_until) in [
         timer for timer, _ in room.timers.log], "it was set when second had to wait"
@@ -372,6 +410,7 @@ def test_a_task_started_before_its_wait_timer_fires_is_left_alone(room: Room, he
 def test_a_task_whose_first_delivery_died_before_its_timer_is_still_held_to_its_wait_bound(
     room: Room, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD)  # past its bound it has somewhere to go
     def throttled(*args: object) -> list:
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "Query")
 
@@ -388,6 +427,7 @@ def test_a_task_whose_first_delivery_died_before_its_timer_is_still_held_to_its_
 
 def test_a_task_handed_back_by_a_refusing_agent_is_still_held_to_its_wait_bound(stack: Cloud) -> None:
     room = make_room(stack, heartbeat_seconds=60)  # the template's default: longer than a high task's spill bound
+    room.gpu("cloud-0", pool=Pool.CLOUD)  # past its bound it has somewhere to go
     room.gpu("local-0")
     room.agents.answer = 503  # draining
     assert room.arrive("a", HIGH) == {"a": "refused"}
@@ -520,6 +560,7 @@ def waiting_past_bound(room: Room, heartbeat_s: int) -> None:
     room.fleet.heartbeat(beat("local-0", draining=True), now=room.clock.now)  # takes no work
     room.arrive("a", HIGH)
     room.advance(SPILL_AFTER[HIGH])
+    room.gpu("cloud-0", pool=Pool.CLOUD)  # the next pool has room: past its bound it goes there
 
 
 def waiting_within_bound(room: Room, heartbeat_s: int) -> None:
@@ -551,3 +592,67 @@ def test_the_sweep_holds_an_open_task_whose_timer_was_lost_to_its_clock(
     expected_errors = [e for e in ("GpuUnreachable", "WaitExpired") if e in counts]
     assert [(label, error) for label, error, _ in room.failures()] == [
         ("a", f"Spillway.{e}") for e in expected_errors]
+
+
+# ---- what the review found: lost notices, endless runs, returning GPUs, throttled transactions
+
+
+def test_a_failure_notice_lost_on_the_way_is_sent_again_by_the_timer_and_the_sweep(
+    room: Room, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD)
+    room.arrive("a", HIGH)  # no office GPU: past its bound it leaves the room
+    room.advance(SPILL_AFTER[HIGH])
+    throttled = ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "SendTaskFailure")
+    with monkeypatch.context() as patch:
+        patch.setattr(room.sfn, "send_task_failure", lambda **_: (_ for _ in ()).throw(throttled))
+        with pytest.raises(ClientError):
+            room.deliver()  # the timer's invocation fails: SQS will deliver the message again
+    task = room.task("a")
+    assert (task.state, task.open_pool) == (TaskState.DONE, "local"), "done, its execution not told yet"
+    assert [t.task_id for t in room.fleet.open_tasks(Pool.LOCAL)] == [task.task_id], "the sweep still sees it"
+    assert room.dispatcher.sweep() == {"told": 1}
+    ((label, error, cause),) = room.failures()
+    assert (label, error) == ("a", "Spillway.WaitExpired") and "local" in cause
+    assert room.fleet.open_tasks(Pool.LOCAL) == [] and room.task("a").open_pool is None
+
+
+def test_a_task_that_beats_but_never_ends_fails_at_the_attempt_timeout(room: Room, heartbeat_s: int) -> None:
+    room.gpu("local-0", slots=1)
+    room.arrive("a")
+    room.arrive("next")
+    timeout_s = room.dispatcher._limits.attempt_timeout_seconds
+    while room.clock.now < NOW + timeout_s:
+        room.advance(min(heartbeat_s - 1, NOW + timeout_s - room.clock.now))
+        assert room.beat("a")  # its agent is alive: only the model hangs
+        room.deliver()
+    ((label, error, cause),) = room.failures()
+    assert (label, error) == ("a", "Spillway.ModelError") and "attempt timeout" in cause, cause
+    assert room.on_gpu("local-0") == ["next"], "its slot went to the next task"
+
+
+@pytest.mark.parametrize(("before", "after", "pulls"), [
+    (None, {}, True),
+    ({}, {}, False),
+    ({"draining": True}, {}, True),
+    ({}, {"draining": True}, False),
+    ({"silent_for": 31}, {}, True),
+], ids=["new", "fresh-again", "no-longer-draining", "starts-draining", "back-from-silence"])
+def test_a_gpu_that_can_take_work_again_says_so_on_its_heartbeat(
+    room: Room, before: dict | None, after: dict, pulls: bool
+) -> None:
+    if before is not None:
+        room.fleet.heartbeat(beat("local-0", draining=before.get("draining", False)), now=NOW)
+        room.clock.advance(before.get("silent_for", 1))
+    assert room.fleet.heartbeat(beat("local-0", **after), now=room.clock.now, stale_after=30) is pulls
+
+
+def test_a_throttled_transaction_is_an_error_not_a_refusal(room: Room, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a failed condition is a refusal: a throttled enqueue must fail its delivery (SQS retries it),
+    not pass for "already there" and drop the attempt."""
+    cancelled = ClientError({"Error": {"Code": "TransactionCanceledException", "Message": "cancelled"},
+                             "CancellationReasons": [{"Code": "ThrottlingError"}, {"Code": "None"}]},
+                            "TransactWriteItems")
+    monkeypatch.setattr(room.fleet._ddb, "transact_write_items", lambda **_: (_ for _ in ()).throw(cancelled))
+    with pytest.raises(ClientError):
+        room.arrive("a")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from spillway.models import DispatchInput, ExecutionLimits
+from spillway.priorities import job_clock
 
 
 class Admission:
@@ -40,5 +40,6 @@ class Admission:
     def limits(self, job: DispatchInput) -> ExecutionLimits:
         """A Try* state's backstop: the longest a task may wait (the job's deadline) plus the longest
         run. The control plane's own clocks (wait bound, liveness) end an attempt well before it."""
-        left = datetime.fromisoformat(job.deadline_at).timestamp() - self._clock()
-        return ExecutionLimits(task_timeout_seconds=int(max(left, 0)) + self._attempt_timeout_seconds)
+        now = self._clock()
+        _, deadline = job_clock(job.priority, job.submitted_at, job.deadline_at, now)
+        return ExecutionLimits(task_timeout_seconds=int(max(deadline - now, 0)) + self._attempt_timeout_seconds)

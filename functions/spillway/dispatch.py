@@ -20,17 +20,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from itertools import chain, islice
 from typing import Any
 
 import httpx
 from aws_lambda_powertools import Logger
 
-from spillway.aws import error_code
+from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
 from spillway.models import AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
-from spillway.priorities import wait_bound
+from spillway.priorities import NEXT_POOL, job_clock, wait_bound
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingEntry
 
@@ -41,7 +40,7 @@ PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
-_GONE = ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken")
+SPILL_RECHECK_S = 5  # a task past its spill bound, with nowhere better to go, looks again this often
 
 
 def task_id_for(job_id: str, attempt: int) -> str:
@@ -77,7 +76,7 @@ class Dispatcher:
         self._room = fleet.waiting_room
         self._timers = timers
         self._s3 = s3
-        self._sfn = sfn
+        self._callbacks = Callbacks(sfn)
         self._http = http
         self._bucket = bucket
         self._limits = limits
@@ -103,6 +102,9 @@ class Dispatcher:
                 waiting.append(task)
                 continue
             known = self._fleet.task(task.task_id)  # a redelivery
+            if known is not None and known.task_token != queued.task_token:
+                self._fleet.renew_token(known.task_id, queued.task_token)  # the send was retried: a new token
+                known = self._fleet.task(known.task_id)
             if known is not None and known.state is TaskState.WAITING:
                 waiting.append(known)  # the first delivery may have died before it set the wait timer
             elif known is not None and known.state is TaskState.ASSIGNED:
@@ -121,14 +123,16 @@ class Dispatcher:
 
     def _new_task(self, queued: PoolTask, now: float) -> Task:
         task_id = task_id_for(queued.job_id, queued.attempt)
-        deadline = datetime.fromisoformat(queued.deadline_at).timestamp()
+        submitted, deadline = job_clock(queued.priority, queued.submitted_at, queued.deadline_at, now)
         return Task(
             task_id=task_id, job_id=queued.job_id, attempt=queued.attempt, pool=queued.pool,
             service=queued.service, input_key=queued.input_key,
             result_key=result_key_for(queued.job_id, queued.attempt), vram_mb=queued.vram_mb,
             priority=queued.priority, task_token=queued.task_token,
-            rank=WaitingEntry.rank_for(queued.priority, now, task_id), arrived_at=now,
-            wait_until=wait_bound(queued.priority, queued.pool, now, deadline), open_pool=queued.pool.value,
+            # Ranked by the job's age, not the attempt's: a job that waited elsewhere keeps its place.
+            rank=WaitingEntry.rank_for(queued.priority, min(submitted, now), task_id), arrived_at=now,
+            wait_until=wait_bound(queued.priority, queued.pool, now, deadline), deadline=deadline,
+            open_pool=queued.pool.value,
             expires_at=int(max(deadline, now)) + self._limits.attempt_timeout_seconds + 86_400,
         )
 
@@ -246,16 +250,15 @@ class Dispatcher:
         """End a task on a GPU as failed and tell its execution, once."""
         logger.warning("attempt failed", job_id=task.job_id, task_id=task.task_id, gpu_id=task.gpu_id,
                        error=error.value, cause=cause)
-        if self._fleet.release(task, "failed", error.value):
-            self._send_failure(task, error, cause)
+        if self._fleet.release(task, "failed", error.value, cause=cause):
+            self._tell(task, error, cause)
         return error.value
 
-    def _send_failure(self, task: Task, error: ErrorType, cause: str) -> None:
-        try:
-            self._sfn.send_task_failure(taskToken=task.task_token, error=error.state_machine_error, cause=cause)
-        except Exception as exc:
-            if error_code(exc) not in _GONE:
-                raise
+    def _tell(self, task: Task, error: ErrorType, cause: str) -> None:
+        """Tell the execution the control plane failed its task. Until this has gone through, the task
+        stays in the open index, and its timer or the sweep tells it again."""
+        self._callbacks.failed(task.task_token, error, cause)
+        self._fleet.told(task.task_id)
 
     def _presign(self, operation: str, key: str, **extra: str) -> str:
         return self._s3.generate_presigned_url(
@@ -267,23 +270,25 @@ class Dispatcher:
     def on_timer(self, timer: Timer) -> str:
         """A timer came due: a waiting task past its bound leaves the room; a silent task fails."""
         now = self._clock()
+        task = self._fleet.task(timer.task_id)
+        if task is None or (task.state is TaskState.DONE and task.open_pool is None):
+            return "over"
         if not TimerQueue.due(timer, now):
             self._timers.set(timer, now)  # over SQS's longest delay: set again for the rest
             return "not_due"
-        task = self._fleet.task(timer.task_id)
-        if task is None or task.state is TaskState.DONE:
-            return "over"
+        if timer.kind is TimerKind.WAIT_EXPIRY and task.state in (TaskState.ASSIGNED, TaskState.RUNNING):
+            return "started"  # its liveness timer holds it now
+        if timer.kind is TimerKind.LIVENESS and task.state is TaskState.WAITING:
+            return "waiting"  # handed back to the room: its wait timer holds it, the next GPU sets a new one
         return self.check(task, now, rearm=True)
 
     def check(self, task: Task, now: float, rearm: bool) -> str:
-        """Hold one open task to its clock; `rearm` sets its next timer when it is not due yet."""
+        """Hold one open task to its clocks; `rearm` sets its next timer when it is not due yet."""
+        if task.state is TaskState.DONE:  # failed by the control plane, its execution not told yet
+            self._tell(task, ErrorType(task.error_type or ErrorType.MODEL_ERROR), task.cause or "")
+            return "told"
         if task.state is TaskState.WAITING:
-            if now < task.wait_until:
-                if rearm:
-                    self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=task.wait_until),
-                                     now)
-                return "waiting"
-            return self._expire(task)
+            return self._check_wait(task, now, rearm)
         if task.state is TaskState.ASSIGNED and now - (task.assigned_at or now) >= self._limits.heartbeat_seconds:
             outcome = self._push_alone(task)  # the push was lost (a crash between lease and push): push again
             if outcome == "pushed":
@@ -295,22 +300,54 @@ class Dispatcher:
                                 f"{task.gpu_id} went silent: no heartbeat for {now - last_sign:.0f} s")
             self.pump(task.pool)
             return outcome
+        running_for = now - (task.running_at or now)
+        if running_for >= self._limits.attempt_timeout_seconds:  # beating, but the model never ends
+            outcome = self.fail(task, ErrorType.MODEL_ERROR,
+                                f"{task.gpu_id} ran it for {running_for:.0f} s, past the attempt timeout "
+                                f"({self._limits.attempt_timeout_seconds} s)")
+            self.pump(task.pool)
+            return outcome
         if rearm:
             self._timers.set(self._liveness_timer(task, last_sign), now)
         return "alive"
 
-    def _expire(self, task: Task) -> str:
-        closed = self._fleet.close_waiting(task.waiting_entry(), "failed", ErrorType.WAIT_EXPIRED.value)
+    def _check_wait(self, task: Task, now: float, rearm: bool) -> str:
+        """A waiting task past its bound leaves the room, unless the next pool could not start it either:
+        then moving it would only add an attempt, so it waits on (looking again every SPILL_RECHECK_S)
+        until its deadline."""
+        due = task.wait_until
+        if now >= due:
+            next_pool = NEXT_POOL.get(task.pool)
+            if next_pool is None or now >= task.deadline or self._could_start(next_pool, task, now):
+                return self._expire(task, now)
+            due = min(now + SPILL_RECHECK_S, task.deadline)
+        if rearm:
+            self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=due), now)
+        return "waiting"
+
+    def _could_start(self, pool: Pool, task: Task, now: float) -> bool:
+        """Would the pool start this task now: nothing waits in its room, and a GPU has room for it."""
+        if next(self._room.front(pool, page=1), None) is not None:
+            return False
+        return any(g.fits(task.service, task.vram_mb)
+                   for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds))
+
+    def _expire(self, task: Task, now: float) -> str:
+        waited = f"{now - task.arrived_at:.0f} s" + (", its deadline" if now >= task.deadline else "")
+        cause = f"no {task.pool.value} GPU could start it within {waited} ({task.priority.value} priority)"
+        closed = self._fleet.close_waiting(task.waiting_entry(), "failed", ErrorType.WAIT_EXPIRED.value, cause)
         if closed is None:
             return "started"  # assigned meanwhile
-        waited = task.wait_until - task.arrived_at
-        cause = f"no {task.pool.value} GPU could start it within {waited:.0f} s ({task.priority.value} priority)"
         logger.info("wait expired", job_id=task.job_id, task_id=task.task_id, cause=cause)
-        self._send_failure(task, ErrorType.WAIT_EXPIRED, cause)
+        self._tell(task, ErrorType.WAIT_EXPIRED, cause)
         return ErrorType.WAIT_EXPIRED.value
 
-    def _liveness_timer(self, task: Task, since: float) -> Timer:
-        return Timer(kind=TimerKind.LIVENESS, task_id=task.task_id, due_at=since + self._limits.heartbeat_seconds)
+    def _liveness_timer(self, task: Task, last_sign: float) -> Timer:
+        """Due when the task would have been silent for a window, or run past the attempt timeout."""
+        due = last_sign + self._limits.heartbeat_seconds
+        if task.running_at is not None:
+            due = min(due, task.running_at + self._limits.attempt_timeout_seconds)
+        return Timer(kind=TimerKind.LIVENESS, task_id=task.task_id, due_at=due)
 
     def sweep(self, pools: tuple[Pool, ...] = (Pool.LOCAL, Pool.CLOUD)) -> dict[str, int]:
         """The safety net: pump every room, and hold every open task to its clock, in case a pump

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
@@ -58,6 +58,7 @@ class Task(BaseModel):
     rank: str  # its place in the pool's waiting room
     arrived_at: float
     wait_until: float
+    deadline: float  # the job's, epoch seconds
     gpu_id: str | None = None
     gpu_url: str | None = None
     assigned_at: float | None = None
@@ -65,7 +66,8 @@ class Task(BaseModel):
     beat_at: float | None = None
     outcome: str | None = None
     error_type: str | None = None
-    open_pool: str | None = None  # set until the task is done: the sweeper's index of open tasks
+    cause: str | None = None  # why the control plane failed it, kept until its execution has been told
+    open_pool: str | None = None  # set until the task is done and its execution told: the sweeper's index
     expires_at: int  # TTL: the token is useless after the attempt's timeout anyway
 
     def waiting_entry(self) -> WaitingEntry:
@@ -101,9 +103,11 @@ class Fleet:
 
     # ---- agents report in
 
-    def heartbeat(self, beat: AgentHeartbeat, now: float) -> None:
-        """Register a GPU on its first heartbeat; refresh it on every later one."""
-        self._gpus.update_item(
+    def heartbeat(self, beat: AgentHeartbeat, now: float, stale_after: float = float("inf")) -> bool:
+        """Register a GPU on its first heartbeat; refresh it on every later one. True if the GPU can take
+        work now and could not before (new, back from silence, no longer draining): its pool's room
+        should be pumped."""
+        before = self._gpus.update_item(
             Key={"gpu_id": beat.gpu_id},
             UpdateExpression=(
                 "SET #pool = :pool, #url = :url, vram_total_mb = :total, slots = :slots, services = :services, "
@@ -116,11 +120,23 @@ class Fleet:
                 ":slots": beat.slots, ":services": beat.services, ":draining": beat.draining, ":now": now,
                 ":zero": 0,
             }),
-        )
+            ReturnValues="ALL_OLD",
+        ).get("Attributes")
+        if beat.draining:
+            return False
+        return before is None or bool(before.get("draining")) or now - float(before["last_heartbeat"]) > stale_after
 
     def gpus(self, pool: Pool) -> list[Gpu]:
-        items = self._gpus.query(IndexName="by-pool", KeyConditionExpression=Key("pool").eq(pool.value))["Items"]
-        return [Gpu.model_validate(from_item(i)) for i in items]
+        """The pool's GPUs, read consistently: a pump right after a release must see the slot it freed
+        (the by-pool index is eventually consistent). A fleet is tens of items: one page."""
+        query: dict[str, Any] = {"FilterExpression": Attr("pool").eq(pool.value), "ConsistentRead": True}
+        gpus: list[Gpu] = []
+        while True:
+            page = self._gpus.scan(**query)
+            gpus += [Gpu.model_validate(from_item(i)) for i in page["Items"]]
+            if "LastEvaluatedKey" not in page:
+                return gpus
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
@@ -207,14 +223,22 @@ class Fleet:
             return False
         return True
 
-    def release(self, task: Task, outcome: str, error_type: str | None = None) -> bool:
-        """End a task on a GPU and give its VRAM back, exactly once. False if it had ended already."""
+    def release(self, task: Task, outcome: str, error_type: str | None = None, cause: str | None = None) -> bool:
+        """End a task on a GPU and give its VRAM back, exactly once. False if it had ended already.
+
+        With a `cause`, the control plane itself failed it and must still tell its execution: the task
+        stays in the open index until `told` (so a lost notice is sent again by its timer or the sweep)."""
         values: dict[str, Any] = {":done": TaskState.DONE.value, ":outcome": outcome,
                                   ":assigned": TaskState.ASSIGNED.value, ":running": TaskState.RUNNING.value}
-        update = "SET #state = :done, outcome = :outcome REMOVE open_pool"
+        update = "SET #state = :done, outcome = :outcome"
         if error_type:
-            update = "SET #state = :done, outcome = :outcome, error_type = :error_type REMOVE open_pool"
+            update += ", error_type = :error_type"
             values[":error_type"] = error_type
+        if cause:
+            update += ", cause = :cause"
+            values[":cause"] = cause[:2000]
+        else:
+            update += " REMOVE open_pool"
         try:
             self._transact([
                 _update(self._tasks.name, {"task_id": task.task_id}, update,
@@ -222,6 +246,23 @@ class Fleet:
                 _free_slot(self._gpus.name, task),
             ], reasons=(ENTRY_GONE, ENTRY_GONE))
         except Refused:
+            return False
+        return True
+
+    def told(self, task_id: str) -> None:
+        """Its execution has been told how the task ended: it leaves the open index."""
+        self._tasks.update_item(Key={"task_id": task_id}, UpdateExpression="REMOVE open_pool")
+
+    def renew_token(self, task_id: str, token: str) -> bool:
+        """A redelivered attempt came with another token (the state machine retried the send): keep the
+        newest, which is the one its execution waits on. False if the task is over."""
+        try:
+            self._tasks.update_item(
+                Key={"task_id": task_id}, UpdateExpression="SET task_token = :token",
+                ConditionExpression="#state <> :done", ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues={":token": token, ":done": TaskState.DONE.value},
+            )
+        except self._tasks.meta.client.exceptions.ConditionalCheckFailedException:
             return False
         return True
 
@@ -240,18 +281,25 @@ class Fleet:
             return False
         return True
 
-    def close_waiting(self, entry: WaitingEntry, outcome: str, error_type: str) -> Task | None:
+    def close_waiting(self, entry: WaitingEntry, outcome: str, error_type: str, cause: str | None = None
+                      ) -> Task | None:
         """End a task that never got a GPU (its wait bound passed, or its attempt moved on): out of the
-        room, done. Returns the task, or None if it was no longer waiting."""
+        room, done. With a `cause`, its execution must still be told (see `release`). Returns the task,
+        or None if it was no longer waiting."""
+        update = "SET #state = :done, outcome = :outcome, error_type = :error"
+        values: dict[str, Any] = {":done": TaskState.DONE.value, ":waiting": TaskState.WAITING.value,
+                                  ":outcome": outcome, ":error": error_type}
+        if cause:
+            update += ", cause = :cause"
+            values[":cause"] = cause[:2000]
+        else:
+            update += " REMOVE open_pool"
         try:
             self._transact([
                 {"Delete": {"TableName": self.waiting_room.table_name, "Key": entry.key,
                             "ConditionExpression": "attribute_exists(task_id)"}},
-                _update(self._tasks.name, {"task_id": entry.task_id},
-                        "SET #state = :done, outcome = :outcome, error_type = :error REMOVE open_pool",
-                        "#state = :waiting", {"#state": "state"},
-                        {":done": TaskState.DONE.value, ":waiting": TaskState.WAITING.value,
-                         ":outcome": outcome, ":error": error_type}),
+                _update(self._tasks.name, {"task_id": entry.task_id}, update, "#state = :waiting",
+                        {"#state": "state"}, values),
             ], reasons=(ENTRY_GONE, ENTRY_GONE))
         except Refused:
             return None
@@ -277,17 +325,15 @@ class Fleet:
     # ---- plumbing
 
     def _transact(self, items: list[dict[str, Any]], reasons: tuple[str, ...]) -> None:
-        """Run a transaction; on a failed condition raise Refused with the reason of the first item that failed."""
+        """Run a transaction; on a failed condition raise Refused with the reason of the first item whose
+        condition failed. Any other cancellation (throttling, a conflicting transaction) raises as it is."""
         try:
             self._ddb.transact_write_items(TransactItems=[_typed_item(i) for i in items])
         except ClientError as exc:
-            codes = _cancelled_by(exc)
-            if not codes:
-                raise
-            for code, reason in zip(codes, reasons, strict=False):
+            for code, reason in zip(_cancelled_by(exc), reasons, strict=False):
                 if code == "ConditionalCheckFailed":
                     raise Refused(reason) from None
-            raise Refused(reasons[0]) from None
+            raise  # throttled, a conflict with another transaction, ...: not a refusal, the caller retries
 
 
 def _iso(epoch: float) -> str:

@@ -107,6 +107,7 @@ class Intake:
             input_key=job.input_key,
             priority=job.priority,
             vram_mb=job.vram_mb,
+            submitted_at=job.created_at,
             deadline_at=job.deadline_at,
         )
         try:

@@ -135,7 +135,8 @@ class JobFields(BaseModel):
     vram_mb: int
     created_at: str
     updated_at: str
-    deadline_at: str = Field(description="the job is answered by then: done, or failed with a reason")
+    deadline_at: str | None = Field(default=None, description="the job is answered by then: done, or failed "
+                                                              "with a reason (absent on jobs older than deadlines)")
     finished_at: str | None = Field(default=None, description="when it became SUCCEEDED or FAILED")
 
 
@@ -161,7 +162,9 @@ class DispatchInput(BaseModel):
     input_key: str
     priority: Priority
     vram_mb: int
-    deadline_at: str
+    # Absent from executions started before deadlines existed: the priority's defaults apply.
+    submitted_at: str | None = None
+    deadline_at: str | None = None
 
 
 class ExecutionLimits(BaseModel):
@@ -181,7 +184,8 @@ class PoolTask(BaseModel):
     input_key: str
     vram_mb: int
     priority: Priority
-    deadline_at: str
+    submitted_at: str | None = Field(default=None, description="when the job was submitted: its age ranks it")
+    deadline_at: str | None = None
     task_token: str
 
 

@@ -37,12 +37,24 @@ def deadline_for(priority: Priority, submitted_at: datetime) -> datetime:
     return submitted_at + timedelta(seconds=PRIORITY_CLASSES[priority].deadline_s)
 
 
+def job_clock(priority: Priority, submitted_at: str | None, deadline_at: str | None, now: float) -> tuple[float, float]:
+    """(submitted, deadline) in epoch seconds; a job from before deadlines counts from `now`."""
+    submitted = datetime.fromisoformat(submitted_at).timestamp() if submitted_at else now
+    if deadline_at:
+        return submitted, datetime.fromisoformat(deadline_at).timestamp()
+    return submitted, submitted + PRIORITY_CLASSES[priority].deadline_s
+
+
+# Where a task goes when it waited past its spill bound; the last pool holds it until the deadline.
+NEXT_POOL: dict[Pool, Pool] = {Pool.LOCAL: Pool.CLOUD}
+
+
 def wait_bound(priority: Priority, pool: Pool, arrived_at: float, deadline_at: float) -> float:
     """Until when a task may wait for a GPU of `pool` (epoch seconds).
 
     The office pool has a next pool to spill to, so its tasks wait at most their class's spill
     bound; the last pool holds a task until the job's deadline. Never the attempt's heartbeat.
     """
-    if pool is Pool.LOCAL:
+    if pool in NEXT_POOL:
         return min(arrived_at + PRIORITY_CLASSES[priority].spill_after_s, deadline_at)
     return max(deadline_at, arrived_at + 1)

@@ -26,8 +26,12 @@ from spillway.models import DispatchInput, JobStatus
 
 logger = Logger(child=True)
 
-# An open job younger than this is left alone: its execution may simply not have written yet.
-GRACE_SECONDS = 60
+# An open job younger than this is left alone: its execution may simply not have written yet (on
+# AWS the EventBridge rule reconciles an ended execution within seconds; this is the safety net).
+GRACE_SECONDS = 5 * 60
+# A job still QUEUED this long after submit lost its intake message (an intake backlog is not that).
+INTAKE_GRACE_SECONDS = 15 * 60
+MAX_PER_SWEEP = 200  # oldest first; the next sweep goes on
 
 
 class Reconciler:
@@ -46,11 +50,11 @@ class Reconciler:
         except Exception as exc:
             if error_code(exc) != "ExecutionDoesNotExist":
                 raise
-            if job.status is JobStatus.QUEUED:
+            if job.status is JobStatus.QUEUED and self._age(job) > INTAKE_GRACE_SECONDS:
                 self._admission.start(_dispatch_input(job))
                 logger.warning("admitted again: its intake message was lost", job_id=job.job_id)
                 return "admitted"
-            return "no_execution"
+            return "no_execution"  # yet: its intake message is on its way
         status = execution["status"]
         if status in ("RUNNING", "PENDING_REDRIVE"):
             return "running"
@@ -73,18 +77,28 @@ class Reconciler:
         return self.reconcile(job) if job else "unknown"
 
     def sweep(self) -> dict[str, int]:
-        """Every job open for longer than the grace period."""
-        older_than = datetime.fromtimestamp(self._clock() - GRACE_SECONDS, UTC).isoformat(timespec="milliseconds")
+        """Every job open for longer than the grace period, oldest first, each on its own: one that
+        cannot be reconciled now (throttled, say) is left to the next sweep."""
+        older_than = _iso(datetime.fromtimestamp(self._clock() - GRACE_SECONDS, UTC))
         counts: dict[str, int] = {}
-        for status in (JobStatus.QUEUED, JobStatus.RUNNING):
-            for job in self._jobs.with_status(status, created_before=older_than):
+        jobs = [job for status in (JobStatus.QUEUED, JobStatus.RUNNING)
+                for job in self._jobs.with_status(status, created_before=older_than)]
+        for job in sorted(jobs, key=lambda j: j.created_at)[:MAX_PER_SWEEP]:
+            try:
                 outcome = self.reconcile(job)
-                counts[outcome] = counts.get(outcome, 0) + 1
+            except Exception:
+                logger.exception("could not reconcile the job now", job_id=job.job_id)
+                outcome = "error"
+            counts[outcome] = counts.get(outcome, 0) + 1
         return counts
+
+    def _age(self, job: JobRecord) -> float:
+        return self._clock() - datetime.fromisoformat(job.created_at).timestamp()
 
 
 def _dispatch_input(job: JobRecord) -> DispatchInput:
-    return DispatchInput.model_validate(job.model_dump(include=set(DispatchInput.model_fields)))
+    fields = job.model_dump(include=set(DispatchInput.model_fields))
+    return DispatchInput.model_validate(fields | {"submitted_at": job.created_at})
 
 
 def _iso(moment: datetime | None) -> str:

@@ -18,21 +18,19 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from spillway.aws import error_code
+from spillway.callbacks import Callbacks
 from spillway.errors import Conflict, NotFound
 from spillway.fleet import Fleet, Task
 from spillway.models import AttemptOutput, CallbackAck, ErrorType, TaskHeartbeat, TaskResult, TaskState
 
 logger = Logger(child=True)
 
-_GONE = ("TaskTimedOut", "TaskDoesNotExist", "InvalidToken")
-
 
 class TaskReports:
     def __init__(self, fleet: Fleet, sfn: Any, freed: Callable[[Task], object] = lambda task: None,
                  clock: Callable[[], float] = time.time):
         self._fleet = fleet
-        self._sfn = sfn
+        self._callbacks = Callbacks(sfn)
         self._freed = freed
         self._clock = clock
 
@@ -45,8 +43,7 @@ class TaskReports:
         if result.outcome == "failed" and result.error_type is None:
             result = result.model_copy(update={"error_type": ErrorType.MODEL_ERROR})
         error_type = result.error_type.value if result.error_type else None
-        released = self._fleet.release(task, result.outcome, error_type)
-        if not released:
+        if not self._fleet.release(task, result.outcome, error_type):
             task = self._fleet.task(task_id) or task
             if task.state is not TaskState.DONE or task.outcome not in ("succeeded", "failed") \
                     or task.gpu_id != result.gpu_id:
@@ -57,21 +54,24 @@ class TaskReports:
             "task ended", job_id=task.job_id, task_id=task_id, gpu_id=task.gpu_id,
             outcome=result.outcome, error_type=result.error_type, duration_ms=result.duration_ms,
         )
-        if result.outcome == "succeeded":
-            output = AttemptOutput(
-                task_id=task.task_id, gpu_id=result.gpu_id, result_key=task.result_key, duration_ms=result.duration_ms
-            )
-            ack = self._callback(task, self._sfn.send_task_success,
-                                 taskToken=task.task_token, output=output.model_dump_json())
-        else:
-            error = ErrorType(result.error_type or ErrorType.MODEL_ERROR)
-            ack = self._callback(
-                task, self._sfn.send_task_failure, taskToken=task.task_token,
-                error=error.state_machine_error, cause=(result.message or error.value)[:32_000],
-            )
-        if released:
-            self._freed(task)  # after the callback: the job's answer does not wait for the next push
-        return ack
+        try:
+            if result.outcome == "succeeded":
+                output = AttemptOutput(task_id=task.task_id, gpu_id=result.gpu_id, result_key=task.result_key,
+                                       duration_ms=result.duration_ms)
+                current = self._callbacks.succeeded(task.task_token, output)
+            else:
+                error = ErrorType(result.error_type or ErrorType.MODEL_ERROR)
+                current = self._callbacks.failed(task.task_token, error, result.message or error.value)
+        finally:
+            # The slot is free whatever the callback did (a retried report finds it released already).
+            # The report is recorded either way: a failed pump leaves the room to the next one or the sweep.
+            try:
+                self._freed(task)
+            except Exception:
+                logger.exception("pumping after a freed slot failed", job_id=task.job_id, task_id=task.task_id)
+        if not current:
+            logger.info("attempt has moved on", job_id=task.job_id, task_id=task.task_id)
+        return CallbackAck(current=current)
 
     def _task(self, task_id: str, gpu_id: str) -> Task:
         task = self._fleet.task(task_id)
@@ -80,14 +80,3 @@ class TaskReports:
         if task.gpu_id != gpu_id:
             raise Conflict(f"task {task_id} runs on {task.gpu_id}, not on {gpu_id}")
         return task
-
-    @staticmethod
-    def _callback(task: Task, send: Any, **kwargs: Any) -> CallbackAck:
-        try:
-            send(**kwargs)
-        except Exception as exc:
-            if error_code(exc) in _GONE:
-                logger.info("attempt has moved on", job_id=task.job_id, task_id=task.task_id, code=error_code(exc))
-                return CallbackAck(current=False)
-            raise
-        return CallbackAck(current=True)

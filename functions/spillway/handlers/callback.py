@@ -16,8 +16,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway.handlers.http import answer_errors_with_reasons, error_response
-from spillway.handlers.wiring import agent_key, fleet, reports
+from spillway.handlers.wiring import agent_key, dispatcher, fleet, reports
 from spillway.models import AgentHeartbeat, CallbackAck, TaskHeartbeat, TaskId, TaskResult
+from spillway.settings import settings
 
 logger = Logger()
 tracer = Tracer()
@@ -38,7 +39,8 @@ app.use(middlewares=[require_agent_key])
 
 @app.post("/v1/agent/heartbeat", summary="An agent reports its GPU (registers on the first beat)")
 def agent_heartbeat(beat: Annotated[AgentHeartbeat, Body()]) -> CallbackAck:
-    fleet().heartbeat(beat, now=time.time())
+    if fleet().heartbeat(beat, now=time.time(), stale_after=settings().agent_stale_seconds):
+        dispatcher().pump(beat.pool)  # a GPU that can take work again pulls from its room at once
     return CallbackAck(current=True)
 
 

@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from spillway import aws
-from spillway.dispatch import SPILL_RECHECK_S, Dispatcher, Limits, task_id_for
+from spillway.dispatch import Dispatcher, Limits, task_id_for
 from spillway.fleet import Fleet, Task
 from spillway.models import Pool, PoolTask, Priority, TaskHeartbeat, TaskResult, TaskState, Timer, TimerKind
 from spillway.priorities import PRIORITY_CLASSES
@@ -354,23 +354,41 @@ def mine(delivered: list[tuple[str, str]], label: str = "a") -> list[str]:
     return [outcome for of, outcome in delivered if of == label]
 
 
-def test_past_its_spill_bound_a_task_waits_on_while_the_next_pool_could_not_start_it_either(room: Room) -> None:
-    """Spilling to a pool that is just as full only adds an attempt: the task waits on, looks again
-    every SPILL_RECHECK_S, and spills as soon as the cloud has room (or fails at its deadline)."""
+def test_past_its_spill_bound_a_task_waits_on_until_the_next_pool_has_room_and_pulls_it(room: Room) -> None:
+    """Spilling to a pool that is just as full only adds an attempt: the task waits on, without polling,
+    and the cloud pulls it as soon as a slot frees there."""
     room.gpu("cloud-0", pool=Pool.CLOUD, slots=1)
     room.arrive("cloud-job", HIGH, Pool.CLOUD)  # takes the only cloud slot
     room.arrive("a", HIGH)  # no office GPU at all
     room.advance(SPILL_AFTER[HIGH])
     assert room.beat("cloud-job")
     assert mine(room.deliver()) == ["waiting"], "the cloud could not start it either"
-    room.advance(SPILL_RECHECK_S)
-    assert room.beat("cloud-job")
-    assert mine(room.deliver()) == ["waiting"]
-    room.finish("cloud-job")
-    room.advance(SPILL_RECHECK_S)
-    assert mine(room.deliver()) == ["WaitExpired"], "the cloud has room now: it spills"
+    (timer,) = [t for t in room.timers.of(room.ids["a"])]
+    assert timer.due_at == NOW + DEADLINE[HIGH], "no polling: its next timer is its deadline"
+    assert room.failures() == []
+    room.finish("cloud-job")  # the cloud's slot frees; its room is empty: it pulls "a"
     ((label, error, cause),) = room.failures()
     assert (label, error) == ("a", "Spillway.WaitExpired") and "local" in cause
+
+
+def test_the_next_pool_pulls_only_what_waits_past_its_bound_front_first_as_many_as_fit(
+    room: Room, heartbeat_s: int
+) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD, slots=2)
+    room.arrive("cloud-1", HIGH, Pool.CLOUD)
+    room.arrive("cloud-2", HIGH, Pool.CLOUD)  # the cloud is full
+    room.arrive("old-normal")
+    room.arrive("high", HIGH)
+    while room.clock.now < NOW + SPILL_AFTER[Priority.NORMAL]:  # the cloud tasks run on, beating
+        room.advance(min(heartbeat_s - 1, NOW + SPILL_AFTER[Priority.NORMAL] - room.clock.now))
+        assert room.beat("cloud-1") and room.beat("cloud-2")
+        room.deliver()
+    room.arrive("fresh")  # within its bound
+    room.finish("cloud-1")  # one cloud slot frees: one task moves, the front one past its bound
+    assert [label for label, _, _ in room.failures()] == ["high"]
+    room.finish("cloud-2")
+    assert [label for label, _, _ in room.failures()] == ["high", "old-normal"]
+    assert room.waiting() == ["fresh"]
 
 
 def test_a_task_with_nowhere_to_go_fails_at_its_deadline_with_a_reason(room: Room) -> None:

@@ -29,7 +29,7 @@ from aws_lambda_powertools import Logger
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
 from spillway.models import AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
-from spillway.priorities import NEXT_POOL, job_clock, wait_bound
+from spillway.priorities import NEXT_POOL, SPILLS_INTO, job_clock, wait_bound
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingEntry
 
@@ -40,7 +40,6 @@ PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
-SPILL_RECHECK_S = 5  # a task past its spill bound, with nowhere better to go, looks again this often
 
 
 def task_id_for(job_id: str, attempt: int) -> str:
@@ -139,12 +138,13 @@ class Dispatcher:
     # ---- the pump
 
     def pump(self, pool: Pool) -> dict[str, str]:
-        """Start waiting tasks on free GPUs, front of the room first, until either runs out.
-        Returns what happened to each task it started (task id -> outcome)."""
+        """Start waiting tasks on free GPUs, front of the room first, until either runs out; then, if
+        the room is empty and GPUs are still free, take over what waits past its spill bound in the
+        pools that spill into this one. Returns what happened to each task it started (id -> outcome)."""
         outcomes: dict[str, str] = {}
         shunned: set[str] = set()  # GPUs whose agent refused or failed a push in this pump: not again now
         for _ in range(MAX_PASSES):
-            assigned = self._assign_front(pool, shunned)
+            assigned, room_empty = self._assign_front(pool, shunned)
             for task in assigned:
                 outcome = outcomes[task.task_id] = self._push(task)
                 if outcome != "pushed":
@@ -152,27 +152,58 @@ class Dispatcher:
             # Go on only while a push freed a slot (failed) or handed a task back (refused).
             if not assigned or all(outcomes[t.task_id] == "pushed" for t in assigned):
                 break
+        if room_empty and pool in SPILLS_INTO:
+            self._take_spills(pool, shunned)
         return outcomes
 
-    def _assign_front(self, pool: Pool, excluded: set[str]) -> list[Task]:
+    def _assign_front(self, pool: Pool, excluded: set[str]) -> tuple[list[Task], bool]:
         """One pass over the room, front to back: each entry, in order, to the best-fitting GPU with
         room, until no GPU has a free slot or LOOK_AHEAD entries were read. An entry that fits no
-        free GPU now does not hold back a smaller one behind it."""
+        free GPU now does not hold back a smaller one behind it. Returns the tasks assigned, and
+        whether the room is empty now."""
         now = self._clock()
         entries = islice(self._room.front(pool), LOOK_AHEAD)
         first = next(entries, None)
         if first is None:
-            return []  # an empty room: no need to look at the fleet
-        gpus = {g.gpu_id: g for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds)
-                if g.gpu_id not in excluded}
+            return [], True  # an empty room: no need to look at the fleet
+        gpus = self._free_gpus(pool, now, excluded)
         assigned: list[Task] = []
+        read = 0
         for entry in chain([first], entries):
+            read += 1
             if not gpus:
-                break
+                return assigned, False
             task = self._assign(entry, gpus, now)
             if task is not None:
                 assigned.append(task)
-        return assigned
+        return assigned, read == len(assigned) and read < LOOK_AHEAD
+
+    def _free_gpus(self, pool: Pool, now: float, excluded: set[str]) -> dict[str, Gpu]:
+        return {g.gpu_id: g for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds)
+                if g.gpu_id not in excluded}
+
+    def _take_spills(self, pool: Pool, excluded: set[str]) -> None:
+        """This pool's room is empty and some of its GPUs are free: the tasks that wait past their spill
+        bound in the pools that spill into it leave their rooms (WaitExpired), front first, as many as
+        fit here now; their executions send them here as their next attempt. Event-driven: a task
+        past its bound does not poll for room elsewhere, the pool with room pulls it."""
+        now = self._clock()
+        gpus = self._free_gpus(pool, now, excluded)
+        for source in SPILLS_INTO[pool]:
+            for entry in islice(self._room.front(source), LOOK_AHEAD):
+                if not gpus:
+                    return
+                if entry.wait_until > now:
+                    continue  # within its bound: its own pool may still start it
+                fitting = [g for g in gpus.values() if g.fits(entry.service, entry.vram_mb)]
+                task = self._fleet.task(entry.task_id) if fitting else None
+                if task is None or task.state is not TaskState.WAITING or self._expire(task, now) == "started":
+                    continue
+                gpu = min(fitting, key=lambda g: (g.vram_free_mb, g.running, g.gpu_id))
+                gpu.vram_free_mb -= entry.vram_mb
+                gpu.running += 1
+                if gpu.running >= gpu.slots:
+                    gpus.pop(gpu.gpu_id)
 
     def _assign(self, entry: WaitingEntry, gpus: dict[str, Gpu], now: float) -> Task | None:
         """Assign one entry to the GPU that fits it best (least free VRAM that fits); keeps `gpus`, the
@@ -313,14 +344,14 @@ class Dispatcher:
 
     def _check_wait(self, task: Task, now: float, rearm: bool) -> str:
         """A waiting task past its bound leaves the room, unless the next pool could not start it either:
-        then moving it would only add an attempt, so it waits on (looking again every SPILL_RECHECK_S)
-        until its deadline."""
+        then moving it would only add an attempt, so it waits on, until the next pool has room (and pulls
+        it) or its deadline."""
         due = task.wait_until
         if now >= due:
             next_pool = NEXT_POOL.get(task.pool)
             if next_pool is None or now >= task.deadline or self._could_start(next_pool, task, now):
                 return self._expire(task, now)
-            due = min(now + SPILL_RECHECK_S, task.deadline)
+            due = task.deadline  # until then, the next pool pulls it when it has room (`_take_spills`)
         if rearm:
             self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=due), now)
         return "waiting"

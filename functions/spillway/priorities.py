@@ -47,6 +47,9 @@ def job_clock(priority: Priority, submitted_at: str | None, deadline_at: str | N
 
 # Where a task goes when it waited past its spill bound; the last pool holds it until the deadline.
 NEXT_POOL: dict[Pool, Pool] = {Pool.LOCAL: Pool.CLOUD}
+SPILLS_INTO: dict[Pool, tuple[Pool, ...]] = {
+    target: tuple(p for p, n in NEXT_POOL.items() if n is target) for target in set(NEXT_POOL.values())
+}
 
 
 def wait_bound(priority: Priority, pool: Pool, arrived_at: float, deadline_at: float) -> float:

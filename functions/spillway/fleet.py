@@ -17,7 +17,7 @@ from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
-from spillway.aws import error_code, from_item, to_item
+from spillway.aws import error_code, from_item, paged_items, to_item
 from spillway.models import AgentHeartbeat, JobStatus, Pool, Priority, TaskState
 from spillway.waiting_room import WaitingEntry, WaitingRoom
 
@@ -129,14 +129,8 @@ class Fleet:
     def gpus(self, pool: Pool) -> list[Gpu]:
         """The pool's GPUs, read consistently: a pump right after a release must see the slot it freed
         (the by-pool index is eventually consistent). A fleet is tens of items: one page."""
-        query: dict[str, Any] = {"FilterExpression": Attr("pool").eq(pool.value), "ConsistentRead": True}
-        gpus: list[Gpu] = []
-        while True:
-            page = self._gpus.scan(**query)
-            gpus += [Gpu.model_validate(from_item(i)) for i in page["Items"]]
-            if "LastEvaluatedKey" not in page:
-                return gpus
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items = paged_items(self._gpus.scan, FilterExpression=Attr("pool").eq(pool.value), ConsistentRead=True)
+        return [Gpu.model_validate(from_item(i)) for i in items]
 
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
@@ -313,14 +307,9 @@ class Fleet:
 
     def open_tasks(self, pool: Pool) -> list[Task]:
         """Every task of the pool not done yet (an eventually consistent index: for the sweeper)."""
-        query: dict[str, Any] = {"IndexName": "open-by-pool", "KeyConditionExpression": Key("open_pool").eq(pool.value)}
-        tasks: list[Task] = []
-        while True:
-            page = self._tasks.query(**query)
-            tasks += [Task.model_validate(from_item(i)) for i in page["Items"]]
-            if "LastEvaluatedKey" not in page:
-                return tasks
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        items = paged_items(self._tasks.query, IndexName="open-by-pool",
+                            KeyConditionExpression=Key("open_pool").eq(pool.value))
+        return [Task.model_validate(from_item(i)) for i in items]
 
     # ---- plumbing
 

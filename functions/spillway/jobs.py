@@ -12,7 +12,7 @@ from typing import Any
 from boto3.dynamodb.conditions import Key
 from pydantic import BaseModel, Field
 
-from spillway.aws import from_item, to_item
+from spillway.aws import from_item, paged_items, to_item
 from spillway.models import AttemptView, JobFields, JobStatus, JobView, Pool
 
 
@@ -66,17 +66,9 @@ class JobStore:
 
     def with_status(self, status: JobStatus, created_before: str) -> list[JobRecord]:
         """Jobs in `status` created before the given ISO time (the `by-status` index)."""
-        query: dict[str, Any] = {
-            "IndexName": "by-status",
-            "KeyConditionExpression": Key("status").eq(status.value) & Key("created_at").lt(created_before),
-        }
-        jobs: list[JobRecord] = []
-        while True:
-            page = self._table.query(**query)
-            jobs += [JobRecord.model_validate(from_item(i)) for i in page["Items"]]
-            if "LastEvaluatedKey" not in page:
-                return jobs
-            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        condition = Key("status").eq(status.value) & Key("created_at").lt(created_before)
+        items = paged_items(self._table.query, IndexName="by-status", KeyConditionExpression=condition)
+        return [JobRecord.model_validate(from_item(i)) for i in items]
 
     def close(self, job_id: str, status: JobStatus, at: str, *, result_key: str | None = None,
               error: str | None = None) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 from boto3.dynamodb.conditions import Key
 from pydantic import BaseModel
 
-from spillway.aws import from_item, to_item
+from spillway.aws import from_item, paged_items, to_item
 from spillway.models import Pool, Priority
 from spillway.priorities import virtual_arrival
 
@@ -52,14 +52,9 @@ class WaitingRoom:
 
     def front(self, pool: Pool, page: int = 25) -> Iterator[WaitingEntry]:
         """The pool's room, front to back, read a page at a time as the caller goes on."""
-        query: dict[str, Any] = {"KeyConditionExpression": Key("pool").eq(pool.value), "ConsistentRead": True,
-                                 "Limit": page}
-        while True:
-            found = self._table.query(**query)
-            yield from (WaitingEntry.model_validate(from_item(i)) for i in found["Items"])
-            if "LastEvaluatedKey" not in found:
-                return
-            query["ExclusiveStartKey"] = found["LastEvaluatedKey"]
+        items = paged_items(self._table.query, KeyConditionExpression=Key("pool").eq(pool.value),
+                            ConsistentRead=True, Limit=page)
+        return (WaitingEntry.model_validate(from_item(i)) for i in items)
 
     def get(self, pool: Pool, rank: str) -> WaitingEntry | None:
         item = self._table.get_item(Key={"pool": pool.value, "rank": rank}, ConsistentRead=True).get("Item")

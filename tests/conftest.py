@@ -103,3 +103,21 @@ def cloud(monkeypatch: pytest.MonkeyPatch, translated: dict[str, Any]) -> Iterat
         clear_caches()
         yield Cloud(settings=settings(), physical=dict(stack.physical_ids), stack=stack)
     clear_caches()
+
+
+@pytest.fixture(scope="module")
+def shared_stack(translated: dict[str, Any]) -> Iterator[Cloud]:
+    """The template's resources provisioned once for a whole test module (`cloud` provisions them for
+    every test, 1-5 s each): for modules whose tests start from `shared_cloud`."""
+    from helpers import module_stack
+
+    yield from module_stack(translated)
+
+
+@pytest.fixture
+def shared_cloud(shared_stack: Cloud) -> Cloud:
+    """The module's shared stack, emptied of what an earlier test left."""
+    from helpers import emptied
+
+    return emptied(shared_stack)
+

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from spillway import aws
@@ -13,7 +11,7 @@ from spillway.models import Pool, Priority, TaskState
 from spillway.waiting_room import WaitingEntry
 
 from conftest import Cloud
-from helpers import beat, emptied, fleet_for, job_id_for, module_stack, running_job
+from helpers import beat, fleet_for, job_id_for, running_job
 
 NOW = 1_000_000.0
 STALE = 30  # agent_stale_seconds, as the tests pass it
@@ -33,15 +31,10 @@ def waiting_task(job: int, vram_mb: int = 3000, attempt: int = 1, arrived_at: fl
     )
 
 
-@pytest.fixture(scope="module")
-def stack(translated: dict) -> Iterator[Cloud]:
-    yield from module_stack(translated)
-
-
 @pytest.fixture
-def cloud(stack: Cloud) -> Cloud:
-    """conftest's `cloud`, but one stack for the module, emptied before each test."""
-    return emptied(stack)
+def cloud(shared_cloud: Cloud) -> Cloud:
+    """One stack for the module, emptied before each test (see conftest)."""
+    return shared_cloud
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,10 +19,8 @@ from helpers import (
     RecordingStepFunctions,
     beat,
     dispatcher_for,
-    emptied,
     fleet_for,
     job_id_for,
-    module_stack,
     pool_task,
     running_job,
     token_for,
@@ -31,15 +28,10 @@ from helpers import (
 from test_fleet import NOW
 
 
-@pytest.fixture(scope="module")
-def stack(translated: dict) -> Iterator[Cloud]:
-    yield from module_stack(translated)
-
-
 @pytest.fixture
-def cloud(stack: Cloud) -> Cloud:
-    """conftest's `cloud`, but one stack for the module, emptied before each test."""
-    return emptied(stack)
+def cloud(shared_cloud: Cloud) -> Cloud:
+    """One stack for the module, emptied before each test (see conftest)."""
+    return shared_cloud
 
 
 @pytest.fixture

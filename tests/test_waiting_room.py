@@ -6,7 +6,6 @@ the timers queue when the test's time reaches them, as SQS would (never more tha
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -31,7 +30,6 @@ from helpers import (
     emptied,
     fleet_for,
     job_id_for,
-    module_stack,
     pool_task,
     running_job,
     token_for,
@@ -164,11 +162,6 @@ class Room:
         return [(by_token[c["taskToken"]], c["error"], c["cause"]) for name, c in self.sfn.calls if name == "failure"]
 
 
-@pytest.fixture(scope="module")
-def stack(translated: dict) -> Iterator[Cloud]:
-    yield from module_stack(translated)
-
-
 def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
     cloud = emptied(stack)
     s = cloud.settings
@@ -185,13 +178,13 @@ def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
 
 
 @pytest.fixture
-def room(stack: Cloud) -> Room:
-    return make_room(stack)
+def room(shared_stack: Cloud) -> Room:
+    return make_room(shared_stack)
 
 
 @pytest.fixture
-def heartbeat_s(stack: Cloud) -> int:
-    return stack.settings.heartbeat_seconds
+def heartbeat_s(shared_stack: Cloud) -> int:
+    return shared_stack.settings.heartbeat_seconds
 
 
 # ---- ordering: priority with aging
@@ -443,8 +436,8 @@ def test_a_task_whose_first_delivery_died_before_its_timer_is_still_held_to_its_
     assert [error for _, error, _ in room.failures()] == ["Spillway.WaitExpired"]
 
 
-def test_a_task_handed_back_by_a_refusing_agent_is_still_held_to_its_wait_bound(stack: Cloud) -> None:
-    room = make_room(stack, heartbeat_seconds=60)  # the template's default: longer than a high task's spill bound
+def test_a_task_handed_back_by_a_refusing_agent_is_still_held_to_its_wait_bound(shared_stack: Cloud) -> None:
+    room = make_room(shared_stack, heartbeat_seconds=60)  # the template's default, past a high task's spill bound
     room.gpu("cloud-0", pool=Pool.CLOUD)  # past its bound it has somewhere to go
     room.gpu("local-0")
     room.agents.answer = 503  # draining

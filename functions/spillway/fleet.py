@@ -228,11 +228,7 @@ class Fleet:
         if error_type:
             update += ", error_type = :error_type"
             values[":error_type"] = error_type
-        if cause:
-            update += ", cause = :cause"
-            values[":cause"] = cause[:2000]
-        else:
-            update += " REMOVE open_pool"
+        update = _awaiting_notice(update, values, cause)
         try:
             self._transact([
                 _update(self._tasks.name, {"task_id": task.task_id}, update,
@@ -283,11 +279,7 @@ class Fleet:
         update = "SET #state = :done, outcome = :outcome, error_type = :error"
         values: dict[str, Any] = {":done": TaskState.DONE.value, ":waiting": TaskState.WAITING.value,
                                   ":outcome": outcome, ":error": error_type}
-        if cause:
-            update += ", cause = :cause"
-            values[":cause"] = cause[:2000]
-        else:
-            update += " REMOVE open_pool"
+        update = _awaiting_notice(update, values, cause)
         try:
             self._transact([
                 {"Delete": {"TableName": self.waiting_room.table_name, "Key": entry.key,
@@ -323,6 +315,15 @@ class Fleet:
                 if code == "ConditionalCheckFailed":
                     raise Refused(reason) from None
             raise  # throttled, a conflict with another transaction, ...: not a refusal, the caller retries
+
+
+def _awaiting_notice(update: str, values: dict[str, Any], cause: str | None) -> str:
+    """End a task's update: with a cause (the control plane failed it), keep it in the open index
+    until its execution has been told; without, it leaves the index now."""
+    if not cause:
+        return update + " REMOVE open_pool"
+    values[":cause"] = cause[:2000]
+    return update + ", cause = :cause"
 
 
 def _iso(epoch: float) -> str:

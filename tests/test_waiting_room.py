@@ -667,3 +667,11 @@ def test_a_throttled_transaction_is_an_error_not_a_refusal(room: Room, monkeypat
     monkeypatch.setattr(room.fleet._ddb, "transact_write_items", lambda **_: (_ for _ in ()).throw(cancelled))
     with pytest.raises(ClientError):
         room.arrive("a")
+
+
+def test_a_task_whose_first_push_failed_is_over_not_held_to_a_wait_bound(room: Room) -> None:
+    room.gpu("local-0")
+    room.agents.answer = httpx.ConnectError("connection refused")
+    assert room.arrive("a") == {"a": "GpuUnreachable"}
+    assert TimerKind.WAIT_EXPIRY not in {t.kind for t in room.timers.of(room.ids["a"])}
+    assert [(label, error) for label, error, _ in room.failures()] == [("a", "Spillway.GpuUnreachable")]

@@ -111,7 +111,7 @@ class Dispatcher:
         for pool in sorted({queued.pool for queued in batch}):
             outcomes |= self.pump(pool)
         for task in waiting:
-            if outcomes.get(task.task_id) != "pushed":  # it waits (or waits again): hold it to its bound
+            if outcomes.get(task.task_id, "refused") == "refused":  # it waits (or again): hold it to its bound
                 logger.info("waiting", job_id=task.job_id, task_id=task.task_id, pool=task.pool.value,
                             priority=task.priority.value, wait_s=round(task.wait_until - now, 1))
                 self._hold_to_wait_bound(task, now)

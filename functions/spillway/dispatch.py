@@ -40,6 +40,7 @@ PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
+SPILL_LOOK_AHEAD = 25  # entries of another pool's room a pump reads for tasks past their bound: its front
 
 
 def task_id_for(job_id: str, attempt: int) -> str:
@@ -190,7 +191,7 @@ class Dispatcher:
         now = self._clock()
         gpus = self._free_gpus(pool, now, excluded)
         for source in SPILLS_INTO[pool]:
-            for entry in islice(self._room.front(source), LOOK_AHEAD):
+            for entry in islice(self._room.front(source), SPILL_LOOK_AHEAD):
                 if not gpus:
                     return
                 if entry.wait_until > now:

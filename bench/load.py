@@ -190,14 +190,20 @@ class Job:
         self.post_seconds: float | None = None  # client-side POST round trip
         self.sent_late: float | None = None  # steady mode: how late the POST left after its slot
         self.view: dict[str, Any] | None = None  # the last GET /v1/jobs/{id}
+        self.throttled = 0  # submits answered 429 and retried
         self.unsettled_gets = 0  # GETs that showed a final status before finished_at and every attempt's end
         self.execution: dict[str, Any] | None = None
 
     def submit(self, clients: Clients) -> None:
         started = time.perf_counter()
+        body = {"service": self.service, "input_key": self.input_key, "priority": self.priority}
         try:
-            response = clients.get().post("/v1/jobs", json={
-                "service": self.service, "input_key": self.input_key, "priority": self.priority})
+            for backoff in (0.5, 1.0, 2.0, 4.0, 8.0, None):  # a throttled submit (429) is retried, as clients do
+                response = clients.get().post("/v1/jobs", json=body)
+                if response.status_code != 429 or backoff is None:
+                    break
+                self.throttled += 1
+                time.sleep(backoff)
         except httpx.HTTPError as exc:
             self.rejected = f"{type(exc).__name__}: {exc}"[:160]
             return

@@ -13,6 +13,7 @@ import pytest
 from moto import mock_aws
 from werkzeug.test import Client
 
+from spillway_embedded import runtime
 from spillway_embedded.provision import Function, QueueSource, Route, Stack
 from spillway_embedded.runtime import HttpApi, Invoker, QueuePoller, rate_seconds
 
@@ -90,6 +91,30 @@ def test_a_raising_handler_is_a_500_not_a_dead_server(http: Client) -> None:
     assert response.status_code == 500 and response.json == {"message": "Internal Server Error"}
     runtime_handlers.answer = {"statusCode": 204, "body": ""}
     assert http.post("/v1/jobs", json={}).status_code == 204
+
+
+def test_a_function_busy_for_longer_than_a_caller_waits_is_throttled_with_a_429(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As API Gateway answers when Lambda throttles: requests do not queue behind a busy function
+    without bound (offline, each function runs one invocation at a time)."""
+    monkeypatch.setattr(runtime, "THROTTLE_AFTER_S", 0.2)
+    busy = invoker()
+    http = Client(HttpApi(Stack(name="t", region=REGION, functions={"Recorder": FUNCTION},
+                                routes=[Route("POST", "/v1/jobs", "Recorder")]), {"Recorder": busy}, api_id="a"))
+    running, release = threading.Event(), threading.Event()
+    runtime_handlers.answer = lambda event: (running.set(), release.wait(10), {"statusCode": 202})[-1]
+    first = threading.Thread(target=lambda: http.post("/v1/jobs", json={}))
+    first.start()
+    try:
+        assert running.wait(10)
+        throttled = http.post("/v1/jobs", json={})
+        assert throttled.status_code == 429 and throttled.get_json() == {"message": "Too Many Requests"}
+    finally:
+        release.set()
+        first.join(10)
+    runtime_handlers.answer = {"statusCode": 202}
+    assert http.post("/v1/jobs", json={}).status_code == 202, "free again: served"
 
 
 def test_binary_bodies_travel_base64_both_ways(http: Client) -> None:

@@ -41,6 +41,8 @@ from spillway_embedded.provision import Function, QueueSource, Route, Schedule, 
 log = logging.getLogger("embedded.runtime")  # not under Powertools' "spillway" logger
 
 Handler = Callable[[dict[str, Any], Any], Any]
+# A request that waits this long for its function (busy with earlier ones) is throttled (429).
+THROTTLE_AFTER_S = 10.0
 
 
 @dataclass
@@ -86,8 +88,12 @@ class Invoker:
         self._lock.release()
         return True
 
-    def __call__(self, event: dict[str, Any]) -> Any:
-        with self._lock:
+    def __call__(self, event: dict[str, Any], wait: float | None = None) -> Any:
+        """Invoke once the function is free; with `wait`, raise Throttled if it is not free by then
+        (as Lambda throttles a function whose concurrency is used up)."""
+        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+            raise Throttled(self.function.logical_id)
+        try:
             context = LambdaContext(self.function, self._region, self._account_id)
             started = time.monotonic()
             try:
@@ -97,6 +103,12 @@ class Invoker:
                 if elapsed > self.function.timeout:
                     log.warning("%s ran %.1fs, over its %ss timeout; Lambda would have stopped it",
                                 self.function.logical_id, elapsed, self.function.timeout)
+        finally:
+            self._lock.release()
+
+
+class Throttled(Exception):
+    """The function was busy for longer than a synchronous caller waits."""
 
 
 # ---------------------------------------------------------------- HTTP API
@@ -149,7 +161,11 @@ class HttpApi:
         route, path_parameters = matched
         event = self._event(request, route, path_parameters)
         try:
-            result = self._invokers[route.function](event)
+            result = self._invokers[route.function](event, wait=THROTTLE_AFTER_S)
+        except Throttled:
+            # API Gateway's answer when the function's concurrency is used up: the caller retries later.
+            # Without it, requests queue behind a busy function without bound, and retries pile up.
+            return _json(429, {"message": "Too Many Requests"})
         except Exception:
             log.error("%s %s: %s raised\n%s", request.method, request.path, route.function, traceback.format_exc())
             return _json(500, {"message": "Internal Server Error"})

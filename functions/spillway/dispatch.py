@@ -200,17 +200,12 @@ class Dispatcher:
                 task = self._fleet.task(entry.task_id) if fitting else None
                 if task is None or task.state is not TaskState.WAITING or self._expire(task, now) == "started":
                     continue
-                gpu = min(fitting, key=lambda g: (g.vram_free_mb, g.running, g.gpu_id))
-                gpu.vram_free_mb -= entry.vram_mb
-                gpu.running += 1
-                if gpu.running >= gpu.slots:
-                    gpus.pop(gpu.gpu_id)
+                _take_slot(gpus, min(fitting, key=lambda g: g.best_fit), entry.vram_mb)
 
     def _assign(self, entry: WaitingEntry, gpus: dict[str, Gpu], now: float) -> Task | None:
         """Assign one entry to the GPU that fits it best (least free VRAM that fits); keeps `gpus`, the
         pass's view of the pool, up to date."""
-        fitting = sorted((g for g in gpus.values() if g.fits(entry.service, entry.vram_mb)),
-                         key=lambda g: (g.vram_free_mb, g.running, g.gpu_id))
+        fitting = sorted((g for g in gpus.values() if g.fits(entry.service, entry.vram_mb)), key=lambda g: g.best_fit)
         for gpu in fitting:
             try:
                 task = self._fleet.assign(gpu, entry, now)
@@ -226,10 +221,7 @@ class Dispatcher:
                     logger.info("attempt moved on while waiting", job_id=entry.job_id, task_id=entry.task_id)
                     self._fleet.close_waiting(entry, "abandoned", ErrorType.WAIT_EXPIRED.value)
                 return None  # assigned by someone else, expired, or abandoned
-            gpu.vram_free_mb -= entry.vram_mb
-            gpu.running += 1
-            if gpu.running >= gpu.slots:
-                gpus.pop(gpu.gpu_id)
+            _take_slot(gpus, gpu, entry.vram_mb)
             logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id,
                         waited_ms=int((now - entry.arrived_at) * 1000))
             self._timers.set(self._liveness_timer(task, now), now)
@@ -392,3 +384,11 @@ class Dispatcher:
                 outcome = self.check(task, now, rearm=False)
                 counts[outcome] = counts.get(outcome, 0) + 1
         return counts
+
+
+def _take_slot(gpus: dict[str, Gpu], gpu: Gpu, vram_mb: int) -> None:
+    """A pass's view of its pool: `gpu` now holds one task more; a full GPU leaves the view."""
+    gpu.vram_free_mb -= vram_mb
+    gpu.running += 1
+    if gpu.running >= gpu.slots:
+        gpus.pop(gpu.gpu_id)

@@ -40,6 +40,12 @@ class Gpu(BaseModel):
     def fits(self, service: str, vram_mb: int) -> bool:
         return service in self.services and self.vram_free_mb >= vram_mb and self.running < self.slots
 
+    @property
+    def best_fit(self) -> tuple[int, int, str]:
+        """Sort key, best first: the least free VRAM (big free GPUs stay free for big images), then
+        the fewest running tasks."""
+        return self.vram_free_mb, self.running, self.gpu_id
+
 
 class Task(BaseModel):
     """One attempt of one job on one pool. The token never leaves this record."""
@@ -140,7 +146,7 @@ class Fleet:
         """GPUs of the pool that can take work now, best fit first: the least free VRAM, so that big
         free GPUs stay free for big images."""
         fresh = [g for g in self.gpus(pool) if g.is_available(now, stale_after)]
-        return sorted(fresh, key=lambda g: (g.vram_free_mb, g.running, g.gpu_id))
+        return sorted(fresh, key=lambda g: g.best_fit)
 
     # ---- a task's life
 

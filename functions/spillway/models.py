@@ -66,6 +66,7 @@ class ErrorType(StrEnum):
     OUTPUT_UPLOAD = "OutputUpload"  # the agent could not store the result
     DRAINING = "Draining"  # the agent is shutting down and gave the task back
     WAIT_EXPIRED = "WaitExpired"  # no GPU of the pool could start it within its wait bound
+    POOL_REFUSED = "PoolRefused"  # the pool would not take it (FaaS at capacity or throttling): never ran
 
     @property
     def state_machine_error(self) -> str:

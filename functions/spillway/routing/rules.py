@@ -1,0 +1,104 @@
+"""The routing rules as data: which pools in which order, what each failure kind leads to, who may
+use FaaS and for how much. Loaded from `rules.toml` beside this module, with the deployed stack's
+overrides (a JSON document) merged over it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from spillway.models import ErrorType, Pool, Priority, Segment
+
+RULES_FILE = Path(__file__).with_name("rules.toml")
+MICRO = 1_000_000  # money is kept in integer micro-dollars: DynamoDB conditions compare it exactly
+
+
+class FailureAction(StrEnum):
+    FAIL_JOB = "fail_job"  # no GPU will do better: the job fails at once
+    ANOTHER_GPU = "another_gpu"  # the GPU is to blame: never it again; its pool first if another can
+    SAME_POOL = "same_pool"  # the GPU is not to blame: the same pool again
+    NEXT_POOL = "next_pool"  # never reached a GPU: the next pool, not counted as an attempt
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SegmentRule(Rules):
+    """A FaaS-eligible segment: every field it names must match the job (absent = any)."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,40}$")
+    regions: list[str] | None = None
+    tiers: list[str] | None = None
+    services: list[str] | None = None
+    priorities: list[Priority] | None = None
+    daily_budget_usd: float | None = Field(default=None, ge=0, description="this segment's own cap per day")
+
+    def matches(self, segment: Segment, service: str, priority: Priority) -> bool:
+        return all(allowed is None or value in allowed for allowed, value in (
+            (self.regions, segment.region), (self.tiers, segment.customer_tier),
+            (self.services, service), (self.priorities, priority)))
+
+
+class FaasRules(Rules):
+    price_per_second_usd: float = Field(gt=0)
+    max_seconds: int = Field(gt=0, le=3600, description="a run is stopped and billed at most this long")
+    expected_seconds: float = Field(gt=0, description="cold start plus a run, as routing expects it")
+    daily_budget_usd: float = Field(ge=0)
+    last_resort: bool = True
+    segments: list[SegmentRule] = Field(default_factory=list)
+
+    @property
+    def reservation_micro(self) -> int:
+        """What one call may cost at most: reserved before it, settled to the billed cost after."""
+        return round(self.max_seconds * self.price_per_second_usd * MICRO)
+
+    def segment_for(self, segment: Segment, service: str, priority: Priority) -> SegmentRule | None:
+        return next((rule for rule in self.segments if rule.matches(segment, service, priority)), None)
+
+
+class RoutingRules(Rules):
+    pool_order: list[Pool] = Field(min_length=1)
+    pool_failures_before_moving_on: int = Field(ge=1)
+    on_failure: dict[ErrorType, FailureAction]
+    gpu_hour_usd: dict[Pool, float]
+    faas: FaasRules
+
+    @model_validator(mode="after")
+    def _complete(self) -> RoutingRules:
+        if Pool.FAAS in self.pool_order:
+            raise ValueError("faas is not in pool_order: it serves the segments of [faas] only")
+        unmapped = sorted(set(ErrorType) - set(self.on_failure))
+        if unmapped:
+            raise ValueError(f"on_failure says nothing of {', '.join(unmapped)}")
+        return self
+
+    def action_for(self, error: ErrorType) -> FailureAction:
+        return self.on_failure[error]
+
+
+def load(overrides: str | dict[str, Any] | None = None) -> RoutingRules:
+    """The rules file, with `overrides` (JSON text or a dict, e.g. from an SSM parameter) merged over it."""
+    base = tomllib.loads(RULES_FILE.read_text())
+    extra = json.loads(overrides) if isinstance(overrides, str) else (overrides or {})
+    return RoutingRules.model_validate(_merged(base, extra))
+
+
+@cache
+def default_rules() -> RoutingRules:
+    return load()
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return merged

@@ -41,6 +41,7 @@ INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
 SPILL_LOOK_AHEAD = 25  # entries of another pool's room a pump reads for tasks past their bound: its front
+SUSPECT_SECONDS = 30  # a GPU a push could not reach gets no new work for this long (heartbeats or not)
 
 
 def task_id_for(job_id: str, attempt: int) -> str:
@@ -132,7 +133,7 @@ class Dispatcher:
             # Ranked by the job's age, not the attempt's: a job that waited elsewhere keeps its place.
             rank=WaitingEntry.rank_for(queued.priority, min(submitted, now), task_id), arrived_at=now,
             wait_until=wait_bound(queued.priority, queued.pool, now, deadline), deadline=deadline,
-            open_pool=queued.pool.value,
+            open_pool=queued.pool.value, avoid=queued.avoid_gpus,
             expires_at=int(max(deadline, now)) + self._limits.attempt_timeout_seconds + 86_400,
         )
 
@@ -196,7 +197,7 @@ class Dispatcher:
                     return
                 if entry.wait_until > now:
                     continue  # within its bound: its own pool may still start it
-                fitting = [g for g in gpus.values() if g.fits(entry.service, entry.vram_mb)]
+                fitting = [g for g in gpus.values() if g.fits(entry.service, entry.vram_mb) and entry.may_use(g.gpu_id)]
                 task = self._fleet.task(entry.task_id) if fitting else None
                 if task is None or task.state is not TaskState.WAITING or self._expire(task, now) == "started":
                     continue
@@ -205,7 +206,8 @@ class Dispatcher:
     def _assign(self, entry: WaitingEntry, gpus: dict[str, Gpu], now: float) -> Task | None:
         """Assign one entry to the GPU that fits it best (least free VRAM that fits); keeps `gpus`, the
         pass's view of the pool, up to date."""
-        fitting = sorted((g for g in gpus.values() if g.fits(entry.service, entry.vram_mb)), key=lambda g: g.best_fit)
+        fitting = sorted((g for g in gpus.values() if g.fits(entry.service, entry.vram_mb) and entry.may_use(g.gpu_id)),
+                         key=lambda g: g.best_fit)
         for gpu in fitting:
             try:
                 task = self._fleet.assign(gpu, entry, now)
@@ -247,6 +249,7 @@ class Dispatcher:
                 timeout=PUSH_TIMEOUT,
             )
         except httpx.HTTPError as exc:
+            self._fleet.mark_suspect(task.gpu_id or "", self._clock() + SUSPECT_SECONDS)
             return self.fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} unreachable: {exc!r}")
         if response.status_code in (200, 202):
             self._fleet.mark_running(task, self._clock())
@@ -353,7 +356,7 @@ class Dispatcher:
         """Would the pool start this task now: nothing waits in its room, and a GPU has room for it."""
         if next(self._room.front(pool, page=1), None) is not None:
             return False
-        return any(g.fits(task.service, task.vram_mb)
+        return any(g.fits(task.service, task.vram_mb) and g.gpu_id not in task.avoid
                    for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds))
 
     def _expire(self, task: Task, now: float) -> str:

@@ -33,9 +33,14 @@ class Gpu(BaseModel):
     services: list[str]
     draining: bool = False
     last_heartbeat: float  # epoch seconds
+    suspect_until: float = 0  # a push to it could not connect: no new work until then (epoch seconds)
+
+    def is_healthy(self, now: float, stale_after: float) -> bool:
+        """Could take work when a slot frees: heard from lately, not draining, not suspect."""
+        return not self.draining and now - self.last_heartbeat <= stale_after and now >= self.suspect_until
 
     def is_available(self, now: float, stale_after: float) -> bool:
-        return not self.draining and now - self.last_heartbeat <= stale_after and self.running < self.slots
+        return self.is_healthy(now, stale_after) and self.running < self.slots
 
     def fits(self, service: str, vram_mb: int) -> bool:
         return service in self.services and self.vram_free_mb >= vram_mb and self.running < self.slots
@@ -75,12 +80,13 @@ class Task(BaseModel):
     cause: str | None = None  # why the control plane failed it, kept until its execution has been told
     open_pool: str | None = None  # set until the task is done and its execution told: the sweeper's index
     expires_at: int  # TTL: the token is useless after the attempt's timeout anyway
+    avoid: list[str] = []  # GPUs that failed this job: never again
 
     def waiting_entry(self) -> WaitingEntry:
         return WaitingEntry(
             pool=self.pool, rank=self.rank, task_id=self.task_id, job_id=self.job_id, attempt=self.attempt,
             service=self.service, vram_mb=self.vram_mb, priority=self.priority, arrived_at=self.arrived_at,
-            wait_until=self.wait_until,
+            wait_until=self.wait_until, avoid=self.avoid,
         )
 
 
@@ -137,6 +143,19 @@ class Fleet:
         (the by-pool index is eventually consistent). A fleet is tens of items: one page."""
         items = paged_items(self._gpus.scan, FilterExpression=Attr("pool").eq(pool.value), ConsistentRead=True)
         return [Gpu.model_validate(from_item(i)) for i in items]
+
+    def all_gpus(self) -> list[Gpu]:
+        return [Gpu.model_validate(from_item(i)) for i in paged_items(self._gpus.scan, ConsistentRead=True)]
+
+    def mark_suspect(self, gpu_id: str, until: float) -> None:
+        """A push to the GPU could not connect (its link is down, its agent gone): no new work for it
+        until then, though its heartbeats may still arrive (an office can call out with its tunnel cut)."""
+        try:
+            self._gpus.update_item(Key={"gpu_id": gpu_id}, UpdateExpression="SET suspect_until = :until",
+                                   ConditionExpression="attribute_exists(gpu_id)",
+                                   ExpressionAttributeValues=to_item({":until": until}))
+        except self._gpus.meta.client.exceptions.ConditionalCheckFailedException:
+            pass  # not registered (any more): nothing to keep work from
 
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")

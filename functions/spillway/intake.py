@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from spillway import imageinfo
@@ -28,6 +28,8 @@ from spillway.priorities import deadline_for
 from spillway.settings import Settings
 
 UPLOAD_URL_SECONDS = 15 * 60
+SHORTEST_DEADLINE = timedelta(seconds=30)  # a job cannot be answered sooner than a GPU can run it
+LONGEST_DEADLINE = timedelta(days=7)
 RESULT_URL_SECONDS = 60 * 60
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
 
@@ -85,6 +87,10 @@ class Intake:
             )
         submitted = self._clock()
         now = iso(submitted)
+        deadline = request.deadline_at or deadline_for(request.priority, submitted)
+        if not submitted + SHORTEST_DEADLINE <= deadline <= submitted + LONGEST_DEADLINE:
+            raise Invalid(f"deadline_at {request.deadline_at.isoformat()} is not between "
+                          f"{SHORTEST_DEADLINE.seconds} s and {LONGEST_DEADLINE.days} days from now ({now})")
         job = JobRecord(
             job_id=f"j-{self._new_id()}",
             status=JobStatus.QUEUED,
@@ -97,7 +103,7 @@ class Intake:
             vram_mb=service.vram_mb(width, height),
             created_at=now,
             updated_at=now,
-            deadline_at=iso(deadline_for(request.priority, submitted)),
+            deadline_at=iso(deadline.astimezone(UTC)),
             idempotency_key=request.idempotency_key,
         )
         self._jobs.create(job)

@@ -7,25 +7,68 @@ current attempt, always on condition that the attempt is still the current one.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
 from pydantic import BaseModel, Field
 
 from spillway.aws import from_item, paged_items, to_item
-from spillway.models import AttemptView, JobFields, JobStatus, JobView, Pool
+from spillway.models import AttemptOutcome, AttemptView, ErrorType, JobFields, JobStatus, JobView, Pool
+from spillway.routing.rules import default_rules
 
 
 class Attempt(BaseModel):
     pool: Pool
+    route: str | None = None  # why the routing policy sent it there
     started_at: str
     assigned_at: str | None = None
     running_at: str | None = None
     ended_at: str | None = None
-    outcome: str | None = None
+    outcome: AttemptOutcome | None = None
     error: str | None = None
+    failure: str | None = None  # the Catch's {"Error", "Cause"} as JSON text, as the state machine stored it
     gpu_id: str | None = None
     task_id: str | None = None
+    cost_usd: float | None = None  # billed by the pool itself (FaaS); else GPU time at the pool's price
+
+    @property
+    def reason(self) -> str | None:
+        """The failure's cause in words (Step Functions' Cause), else its error name."""
+        if self.failure:
+            try:
+                cause = json.loads(self.failure).get("Cause")
+            except ValueError:
+                cause = None
+            if cause:
+                return str(cause)
+        return self.error
+
+    @property
+    def error_type(self) -> ErrorType | None:
+        """The failure kind the routing policy acts on; a failure from outside Spillway (a backstop timeout,
+        a Step Functions error) counts as the GPU's."""
+        if self.outcome not in (AttemptOutcome.FAILED, AttemptOutcome.SPILLED) or not self.error:
+            return None
+        name = self.error.removeprefix("Spillway.")
+        if name in ErrorType.__members__.values():
+            return ErrorType(name)
+        return ErrorType.GPU_UNREACHABLE if self.error == "States.Timeout" else ErrorType.MODEL_ERROR
+
+    def view(self, number: int) -> AttemptView:
+        started, assigned, running, ended = (_epoch(t) for t in (self.started_at, self.assigned_at,
+                                                                 self.running_at, self.ended_at))
+        wait_end = assigned or running or ended
+        cost = self.cost_usd
+        if cost is None:
+            cost = (ended - running) * default_rules().gpu_hour_usd.get(self.pool, 0) / 3600 \
+                if running and ended else 0.0
+        return AttemptView(
+            number=number, **self.model_dump(exclude={"task_id", "failure", "cost_usd"}), reason=self.reason,
+            wait_ms=_ms(wait_end - started) if started and wait_end else None,
+            run_ms=_ms(ended - running) if running and ended else None, cost_usd=round(cost, 6),
+        )
 
 
 class JobRecord(JobFields):
@@ -36,14 +79,19 @@ class JobRecord(JobFields):
     idempotency_key: str | None = None
 
     def view(self, result_url: str | None = None) -> JobView:
+        attempts = [a.view(n) for n, a in enumerate(self.attempts, start=1)]
         return JobView(
             **self.model_dump(exclude={"attempt", "attempts", "idempotency_key"}),
-            attempts=[
-                AttemptView(number=n, **a.model_dump(exclude={"task_id"}))
-                for n, a in enumerate(self.attempts, start=1)
-            ],
-            result_url=result_url,
+            attempts=attempts, cost_usd=round(sum(a.cost_usd for a in attempts), 6), result_url=result_url,
         )
+
+
+def _epoch(moment: str | None) -> float | None:
+    return datetime.fromisoformat(moment).timestamp() if moment else None
+
+
+def _ms(seconds: float) -> int:
+    return max(0, round(seconds * 1000))
 
 
 class JobStore:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 JobId = Annotated[str, StringConstraints(pattern=r"^j-[0-9a-f]{32}$")]
 TaskId = Annotated[str, StringConstraints(pattern=r"^t-[0-9a-f]{32}$")]
@@ -100,6 +100,9 @@ class JobRequest(Strict):
     input_key: InputKey = Field(description="the `input_key` of a finished upload")
     priority: Priority = Priority.NORMAL
     segment: Segment = Field(default_factory=Segment)
+    deadline_at: AwareDatetime | None = Field(
+        default=None, description="answer by then (ISO 8601 with a zone), done or failed with a reason; "
+                                  "default: the priority's deadline (high 10 min, normal 1 h, low 24 h)")
     idempotency_key: IdempotencyKey | None = Field(
         default=None, description="resubmitting with the same key returns the same job, never a second one"
     )
@@ -110,16 +113,27 @@ class JobAccepted(BaseModel):
     status: JobStatus
 
 
+class AttemptOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # it reached a GPU and failed there: it counts against the job's attempts
+    SPILLED = "spilled"  # it never reached a GPU (waited past its bound, the pool refused it): not counted
+
+
 class AttemptView(BaseModel):
     number: int
     pool: Pool
     gpu_id: str | None = None
+    route: str | None = Field(default=None, description="why the routing policy sent it to this pool")
     started_at: str = Field(description="the attempt opened: the task entered the pool's waiting room")
     assigned_at: str | None = Field(default=None, description="a GPU of the pool was leased for it")
     running_at: str | None = Field(default=None, description="the GPU's agent took the task")
     ended_at: str | None = None
-    outcome: Literal["succeeded", "failed"] | None = None
-    error: str | None = None
+    outcome: AttemptOutcome | None = None
+    error: str | None = Field(default=None, description="the kind of failure, e.g. `Spillway.GpuUnreachable`")
+    reason: str | None = Field(default=None, description="what went wrong, in words")
+    wait_ms: int | None = Field(default=None, description="from opening to a GPU (or to its end, if none)")
+    run_ms: int | None = Field(default=None, description="on the GPU, from its start to its end")
+    cost_usd: float = Field(default=0.0, description="what the attempt cost: GPU time at its pool's price")
 
 
 class JobFields(BaseModel):
@@ -143,6 +157,7 @@ class JobFields(BaseModel):
 
 class JobView(JobFields):
     attempts: list[AttemptView]
+    cost_usd: float = Field(description="the sum of its attempts' costs")
     result_key: str | None = None
     result_url: str | None = Field(default=None, description="presigned GET of the result, when SUCCEEDED")
     error: str | None = None
@@ -179,7 +194,7 @@ class PoolTask(BaseModel):
     """The body the state machine sends to a pool queue, with its task token."""
 
     job_id: JobId
-    attempt: int = Field(ge=1, le=3)
+    attempt: int = Field(ge=1, le=6, description="the job's attempt counter: attempts and spills alike")
     pool: Pool
     service: str
     input_key: str
@@ -187,6 +202,8 @@ class PoolTask(BaseModel):
     priority: Priority
     submitted_at: str | None = Field(default=None, description="when the job was submitted: its age ranks it")
     deadline_at: str | None = None
+    avoid_gpus: list[str] = Field(default_factory=list, description="GPUs that failed this job: never again")
+    faas_segment: str | None = Field(default=None, description="the FaaS segment whose budget pays (faas only)")
     task_token: str
 
 

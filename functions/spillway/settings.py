@@ -24,6 +24,15 @@ class Settings(BaseModel, frozen=True):
     heartbeat_seconds: int
     attempt_timeout_seconds: int
     agent_stale_seconds: int
+    max_attempts: int
+    budget_table: str
+    faas_queue_url: str
+    routing_rules_parameter: str
+    faas_base_url: str
+    faas_endpoint_id: str  # empty: no FaaS pool
+    faas_api_key_secret_arn: str
+    webhook_key_secret_arn: str
+    public_api_url: str
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -43,6 +52,15 @@ class Settings(BaseModel, frozen=True):
                 heartbeat_seconds=env["HEARTBEAT_SECONDS"],
                 attempt_timeout_seconds=env["ATTEMPT_TIMEOUT_SECONDS"],
                 agent_stale_seconds=env["AGENT_STALE_SECONDS"],
+                max_attempts=env["MAX_ATTEMPTS"],
+                budget_table=env["BUDGET_TABLE"],
+                faas_queue_url=env["FAAS_QUEUE_URL"],
+                routing_rules_parameter=env["ROUTING_RULES_PARAMETER"],
+                faas_base_url=env["FAAS_BASE_URL"],
+                faas_endpoint_id=env["FAAS_ENDPOINT_ID"],
+                faas_api_key_secret_arn=env["FAAS_API_KEY_SECRET_ARN"],
+                webhook_key_secret_arn=env["WEBHOOK_KEY_SECRET_ARN"],
+                public_api_url=env["PUBLIC_API_URL"],
             )
         except KeyError as missing:
             raise RuntimeError(f"environment variable {missing} is not set; the template sets it") from None

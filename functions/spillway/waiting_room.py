@@ -31,6 +31,10 @@ class WaitingEntry(BaseModel):
     priority: Priority
     arrived_at: float  # epoch seconds
     wait_until: float  # epoch seconds: the wait bound
+    avoid: list[str] = []  # GPUs that failed this job: it never goes to them again
+
+    def may_use(self, gpu_id: str) -> bool:
+        return gpu_id not in self.avoid
 
     @staticmethod
     def rank_for(priority: Priority, arrived_at: float, task_id: str) -> str:
@@ -60,8 +64,11 @@ class WaitingRoom:
         item = self._table.get_item(Key={"pool": pool.value, "rank": rank}, ConsistentRead=True).get("Item")
         return WaitingEntry.model_validate(from_item(item)) if item else None
 
-    def depth(self, pool: Pool) -> int:
-        return self._table.query(KeyConditionExpression=Key("pool").eq(pool.value), Select="COUNT")["Count"]
+    def depth(self, pool: Pool, at_most: int = 1_000) -> int:
+        """How many wait in the pool's room, counted up to `at_most` (one page: routing asks "is there
+        a queue", not its exact length)."""
+        return self._table.query(KeyConditionExpression=Key("pool").eq(pool.value), Select="COUNT",
+                                 Limit=at_most)["Count"]
 
     def put_request(self, entry: WaitingEntry) -> dict[str, Any]:
         """The entry as a transaction item (plain resource types; the caller serializes)."""

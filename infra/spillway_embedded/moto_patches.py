@@ -24,18 +24,22 @@
    every evaluation (16%). boto3 clients are thread-safe; parsed JSONPaths are not mutated by `find`.
 6. The server's dispatcher remembers which backend serves a host, instead of scanning every moto module
    on each request (7% of the server's CPU).
+7. Step Functions: a `lambda:invoke` Task calls the Lambda Invoke API at $SPILLWAY_LAMBDA_ENDPOINT (the
+   embedded runtime, which runs the real handlers) when it is set: moto's own Lambda needs Docker.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 DYNAMODB_LOCK = threading.RLock()
+LAMBDA_ENDPOINT_VARIABLE = "SPILLWAY_LAMBDA_ENDPOINT"
 PROGRAM_CACHE_SIZE = 64
 
 # Handler methods (one per API action) run under the lock, reads included; see the module docstring.
@@ -287,6 +291,16 @@ def _patch_integrations() -> None:
 
     @functools.lru_cache(maxsize=64)
     def _client(region: str, service: str, port: str, stubbed: bool) -> Any:
+        lambda_endpoint = os.environ.get(LAMBDA_ENDPOINT_VARIABLE)
+        if service == "lambda" and lambda_endpoint:
+            # moto runs no Lambda code without Docker: `lambda:invoke` Tasks reach the embedded runtime,
+            # which serves Lambda's Invoke API with the real handlers.
+            import boto3
+            from botocore.config import Config
+
+            return boto3.client("lambda", endpoint_url=lambda_endpoint, region_name=region,
+                                aws_access_key_id="testing", aws_secret_access_key="testing",
+                                config=Config(read_timeout=900, retries={"total_max_attempts": 1}))
         return build_client(region, service)
 
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:

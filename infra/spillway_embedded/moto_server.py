@@ -22,6 +22,8 @@ from typing import Any
 
 import httpx
 
+from spillway_embedded import moto_patches
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # holds spillway_embedded/: importable by the child
 
 
@@ -33,8 +35,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class MotoServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
-                 start_timeout: float = 30.0, stop_timeout: float = 10.0):
+                 start_timeout: float = 30.0, stop_timeout: float = 10.0, lambda_endpoint: str = ""):
         self._host = host
+        self._lambda_endpoint = lambda_endpoint  # where `lambda:invoke` Tasks are served (the runtime)
         self._port = port
         self._log_path = log_path
         self._own_log = False
@@ -63,6 +66,7 @@ class MotoServer:
         env = os.environ | {
             "MOTO_PORT": str(port),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")])),
+            moto_patches.LAMBDA_ENDPOINT_VARIABLE: self._lambda_endpoint,
         }
         command = [sys.executable, "-m", "spillway_embedded.moto_server", "--host", self._host, "--port", str(port),
                    "--parent-pid", str(os.getpid())]

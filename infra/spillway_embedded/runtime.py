@@ -5,7 +5,9 @@
 - SQS event sources are polled with their batch size and batching window; a batch is deleted when
   the handler returns, except the records it names in `batchItemFailures` (ReportBatchItemFailures),
   and nothing is deleted when it raises, so the messages come back after their visibility timeout;
-- `rate(...)` schedules invoke their function on time.
+- `rate(...)` schedules invoke their function on time;
+- Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`) is served on a port of its own,
+  for the `lambda:invoke` Tasks of the state machines (moto's interpreter is pointed at it).
 
 Each function runs one invocation at a time (like reserved concurrency 1): Powertools keeps
 per-invocation state in module globals, which is safe in Lambda's one-event-per-container model
@@ -221,6 +223,44 @@ class HttpApi:
         return event
 
 
+class LambdaApi:
+    """A WSGI app that plays Lambda's Invoke API (RequestResponse) for the template's functions, as the
+    Step Functions `lambda:invoke` integration calls it. A handler that raises answers as Lambda does:
+    200 with `X-Amz-Function-Error: Unhandled` and the error as the payload."""
+
+    _PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations$")
+
+    def __init__(self, invokers: dict[str, Invoker]):
+        self._invokers = invokers
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        return self._respond(Request(environ))(environ, start_response)
+
+    def _respond(self, request: Request) -> Response:
+        found = self._PATH.match(request.path)
+        invoker = self._find(found.group("name")) if found and request.method == "POST" else None
+        if invoker is None:
+            response = _json(404, {"Type": "User", "message": f"Function not found: {request.path}"})
+            response.headers["x-amzn-ErrorType"] = "ResourceNotFoundException"
+            return response
+        try:
+            result = invoker(json.loads(request.get_data() or b"null"))
+        except Exception as exc:
+            log.error("%s raised\n%s", invoker.function.logical_id, traceback.format_exc())
+            response = _json(200, {"errorMessage": str(exc), "errorType": type(exc).__name__,
+                                   "stackTrace": traceback.format_exc().splitlines()})
+            response.headers["X-Amz-Function-Error"] = "Unhandled"
+            return response
+        return _json(200, result)
+
+    def _find(self, name: str) -> Invoker | None:
+        for invoker in self._invokers.values():
+            function = invoker.function
+            if name in (function.name, function.arn, function.logical_id) or name.startswith(function.arn + ":"):
+                return invoker
+        return None
+
+
 # The agents beat every few seconds: a line for each would bury the rest of `spillway dev`'s output.
 _HEARTBEAT_ROUTES = re.compile(r"^/v1/agent/(heartbeat|tasks/[^/]+/heartbeat)$")
 
@@ -404,8 +444,10 @@ class Scheduler:
 
 
 class Runtime:
-    def __init__(self, stack: Stack, *, endpoint_url: str, region: str, api_port: int = 0, host: str = "127.0.0.1"):
+    def __init__(self, stack: Stack, *, endpoint_url: str, region: str, api_port: int = 0, lambda_port: int = 0,
+                 host: str = "127.0.0.1"):
         self._stack = stack
+        self._lambda_port = lambda_port
         self._endpoint_url = endpoint_url
         self._region = region
         self._host = host
@@ -413,11 +455,16 @@ class Runtime:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: Any = None
+        self._lambda_server: Any = None
         self.invokers: dict[str, Invoker] = {}
 
     @property
     def api_url(self) -> str:
         return f"http://{self._host}:{self._server.server_port}"
+
+    @property
+    def lambda_url(self) -> str:
+        return f"http://{self._host}:{self._lambda_server.server_port}"
 
     def start(self) -> None:
         # What Lambda gives every function: its variables from the template, credentials, region.
@@ -436,6 +483,9 @@ class Runtime:
         self._server = make_server(self._host, self._api_port, HttpApi(self._stack, self.invokers, api_id),
                                    threaded=True, request_handler=NoDelayRequestHandler)
         self._spawn("http-api", self._server.serve_forever)
+        self._lambda_server = make_server(self._host, self._lambda_port, LambdaApi(self.invokers), threaded=True,
+                                          request_handler=NoDelayRequestHandler)
+        self._spawn("lambda-api", self._lambda_server.serve_forever)
 
         sqs = boto3.client("sqs", endpoint_url=self._endpoint_url, region_name=self._region)
         for source in self._stack.queue_sources:
@@ -450,8 +500,9 @@ class Runtime:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
+        for server in (self._server, self._lambda_server):
+            if server is not None:
+                server.shutdown()
         # An invocation under way finishes; the threads are daemons: a poller blocked in a long poll
         # (20 s, as Lambda's event source mappings poll) ends with moto.
         deadline = time.monotonic() + 10

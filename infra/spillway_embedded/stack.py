@@ -25,7 +25,7 @@ from werkzeug.serving import make_server
 
 from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.launcher import STACK_FILE
-from spillway_embedded.moto_server import MotoServer
+from spillway_embedded.moto_server import MotoServer, free_port
 from spillway_embedded.provision import provision
 from spillway_embedded.runtime import NoDelayRequestHandler, Runtime
 from spillway_embedded.template import translate
@@ -82,7 +82,10 @@ class EmbeddedStack:
     emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
 
     def __post_init__(self) -> None:
-        self._moto = MotoServer()
+        # The runtime serves Lambda's Invoke API for the state machine's `lambda:invoke` Tasks; moto's
+        # interpreter learns where at its start, before the runtime exists.
+        self._lambda_port = free_port()
+        self._moto = MotoServer(lambda_endpoint=f"http://127.0.0.1:{self._lambda_port}")
         self._runtime: Runtime | None = None
         self._chaos: Any = None
         self._agents: list[AgentProcess] = []
@@ -104,7 +107,8 @@ class EmbeddedStack:
             translate(TEMPLATE, self.parameters), endpoint_url=self.endpoint, region=REGION, stack_name=STACK_NAME
         )
         self.physical_ids = dict(stack.physical_ids)
-        self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port)
+        self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port,
+                                lambda_port=self._lambda_port)
         self._runtime.start()
         self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels), threaded=True,
                                   request_handler=NoDelayRequestHandler)

@@ -50,7 +50,7 @@ def intake() -> Intake:
 
 idempotency = IdempotencyConfig(
     event_key_jmespath="idempotency_key",
-    payload_validation_jmespath="[service, input_key, priority, segment]",
+    payload_validation_jmespath="[service, input_key, priority, segment, deadline_at]",
     expires_after_seconds=24 * 3600,
 )
 

@@ -7,16 +7,20 @@ from aws_lambda_powertools.utilities import parameters
 
 from spillway import aws
 from spillway.admission import Admission
+from spillway.budget import BudgetLedger
 from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
 from spillway.fleet import Fleet
 from spillway.jobs import JobStore
 from spillway.reconcile import Reconciler
 from spillway.reports import TaskReports
+from spillway.routing import rules
+from spillway.routing.router import Router
 from spillway.settings import settings
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingRoom
 
 AGENT_KEY_CACHE_SECONDS = 300
+RULES_CACHE_SECONDS = 60  # a change of the routing rules parameter is live within a minute
 
 
 def agent_key() -> str:
@@ -62,3 +66,26 @@ def admission() -> Admission:
 @cache
 def reconciler() -> Reconciler:
     return Reconciler(JobStore(aws.table(settings().jobs_table)), aws.client("stepfunctions"), admission())
+
+
+def routing_rules() -> rules.RoutingRules:
+    """The rules file with the stack's overrides (an SSM parameter holding JSON) merged over it."""
+    overrides = parameters.get_parameter(settings().routing_rules_parameter, max_age=RULES_CACHE_SECONDS)
+    return _rules_with(str(overrides))
+
+
+@cache
+def _rules_with(overrides: str) -> rules.RoutingRules:
+    return rules.load(overrides)
+
+
+@cache
+def budget() -> BudgetLedger:
+    return BudgetLedger(aws.table(settings().budget_table), aws.client("dynamodb"))
+
+
+@cache
+def router() -> Router:
+    s = settings()
+    return Router(JobStore(aws.table(s.jobs_table)), fleet(), budget(), routing_rules, max_attempts=s.max_attempts,
+                  stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id))

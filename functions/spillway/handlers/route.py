@@ -1,0 +1,30 @@
+"""The dispatch state machine's Route step (`lambda:invoke`): where the job's next attempt goes."""
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
+
+from spillway.handlers.wiring import router
+from spillway.models import JobId
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class RouteRequest(BaseModel):
+    job_id: JobId
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict, context: LambdaContext) -> dict:
+    request = RouteRequest.model_validate(event)
+    logger.append_keys(job_id=request.job_id)
+    route = router().route(request.job_id)
+    logger.info("routed", action=route.action.value, pool=route.pool and route.pool.value, reason=route.reason)
+    metrics.add_dimension(name="Pool", value=route.pool.value if route.pool else "none")
+    metrics.add_metric(name="Routes", unit=MetricUnit.Count, value=1)
+    return route.model_dump(mode="json")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,7 +83,7 @@ def clear_caches() -> None:
                 value.cache_clear()
 
 
-HANDLERS = ("wiring", "admit", "api", "callback", "poller", "timers", "sweeper")
+HANDLERS = ("wiring", "admit", "api", "callback", "poller", "timers", "sweeper", "route")
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +103,24 @@ def cloud(monkeypatch: pytest.MonkeyPatch, translated: dict[str, Any]) -> Iterat
         for name, value in stack.environment().items():
             monkeypatch.setenv(name, value)
         clear_caches()
-        yield Cloud(settings=settings(), physical=dict(stack.physical_ids), stack=stack)
+        with lambda_api(stack) as endpoint:  # the state machine's `lambda:invoke` Tasks run the real handlers
+            monkeypatch.setenv(moto_patches.LAMBDA_ENDPOINT_VARIABLE, endpoint)
+            yield Cloud(settings=settings(), physical=dict(stack.physical_ids), stack=stack)
     clear_caches()
+
+
+@contextlib.contextmanager
+def lambda_api(stack: Stack) -> Iterator[str]:
+    """Lambda's Invoke API for the stack's functions, on a loopback port, as the embedded runtime serves it."""
+    from spillway_embedded.runtime import Invoker, serve_lambda_api
+
+    server = serve_lambda_api({name: Invoker(f, REGION, stack.account_id) for name, f in stack.functions.items()})
+    thread = threading.Thread(target=server.serve_forever, name="lambda-api", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ from spillway import aws
 from spillway.handlers.wiring import admission
 from spillway.intake import Intake
 from spillway.jobs import JobStore
-from spillway.models import DispatchInput, JobRequest
+from spillway.models import DispatchInput, JobRequest, Pool
 from spillway.rooms import render_room
 
 from conftest import Cloud
+from helpers import beat, fleet_for
 
 
 def admit(job: DispatchInput) -> str:
@@ -40,7 +41,26 @@ def next_task(cloud: Cloud, queue: str, timeout: float = 20.0) -> dict:
     raise AssertionError(f"no task reached {queue} in {timeout}s")
 
 
+def register(cloud: Cloud, *gpus: tuple[str, Pool]) -> None:
+    """GPUs as their agents' first heartbeats register them: the routing step routes to what it sees."""
+    fleet = fleet_for(cloud.settings)
+    for gpu_id, pool in gpus:
+        fleet.heartbeat(beat(gpu_id, pool, vram_mb=24_000), now=time.time())
+
+
+def ran_on(cloud: Cloud, job_id: str, gpu_id: str) -> None:
+    """What the pool's dispatcher writes when it assigns the attempt to a GPU (see Fleet.assign)."""
+    item = cloud.job_item(job_id)
+    aws.table(cloud.settings.jobs_table).update_item(
+        Key={"job_id": job_id}, UpdateExpression=f"SET attempts[{item['attempt'] - 1}].gpu_id = :gpu",
+        ExpressionAttributeValues={":gpu": gpu_id})
+
+
+OFFICE_AND_CLOUD = (("local-0", Pool.LOCAL), ("local-1", Pool.LOCAL), ("cloud-0", Pool.CLOUD))
+
+
 def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
+    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     execution_arn = admit(job)
     assert admit(job) == execution_arn, "a repeated start of the same job finds the same execution"
@@ -51,6 +71,7 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
     task = next_task(cloud, "LocalQueue")
     assert (task["job_id"], task["attempt"], task["pool"]) == (job.job_id, 1, "local")
     assert (task["priority"], task["deadline_at"]) == ("normal", job.deadline_at), "what the waiting room needs"
+    assert task["avoid_gpus"] == []
     cloud.client("stepfunctions").send_task_success(
         taskToken=task["task_token"],
         output=json.dumps({"task_id": "t-1", "gpu_id": "local-0", "result_key": "results/x.png", "duration_ms": 5}),
@@ -63,29 +84,39 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
     assert item["result_key"] == "results/x.png"
     assert item["finished_at"] >= item["created_at"]
     assert [(a["pool"], a["outcome"], a["gpu_id"]) for a in item["attempts"]] == [("local", "succeeded", "local-0")]
+    assert item["attempts"][0]["route"] == "local: first choice", "the routing step says why it went there"
 
 
-def test_failed_local_attempt_falls_back_to_cloud(cloud: Cloud) -> None:
+def test_an_unreachable_office_gpu_sends_the_job_to_another_office_gpu(cloud: Cloud) -> None:
+    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     sfn = cloud.client("stepfunctions")
-    local = next_task(cloud, "LocalQueue")
-    sfn.send_task_failure(taskToken=local["task_token"], error="Spillway.GpuUnreachable", cause="tunnel down")
+    first = next_task(cloud, "LocalQueue")
+    ran_on(cloud, job.job_id, "local-0")
+    sfn.send_task_failure(taskToken=first["task_token"], error="Spillway.GpuUnreachable", cause="tunnel down")
 
-    remote = next_task(cloud, "CloudQueue")
-    assert (remote["attempt"], remote["pool"]) == (2, "cloud")
+    second = next_task(cloud, "LocalQueue")
+    assert (second["attempt"], second["pool"], second["avoid_gpus"]) == (2, "local", ["local-0"])
+    ran_on(cloud, job.job_id, "local-1")
+    sfn.send_task_failure(taskToken=second["task_token"], error="Spillway.GpuUnreachable", cause="tunnel down too")
+
+    third = next_task(cloud, "CloudQueue")
+    assert (third["attempt"], third["pool"]) == (3, "cloud"), "two office GPUs failed it: the office is left"
     sfn.send_task_success(
-        taskToken=remote["task_token"],
-        output=json.dumps({"task_id": "t-2", "gpu_id": "cloud-0", "result_key": "results/y.png", "duration_ms": 5}),
+        taskToken=third["task_token"],
+        output=json.dumps({"task_id": "t-3", "gpu_id": "cloud-0", "result_key": "results/y.png", "duration_ms": 5}),
     )
     assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
     item = cloud.job_item(job.job_id)
-    assert [(a["pool"], a["outcome"]) for a in item["attempts"]] == [("local", "failed"), ("cloud", "succeeded")]
+    assert [(a["pool"], a["outcome"]) for a in item["attempts"]] == [
+        ("local", "failed"), ("local", "failed"), ("cloud", "succeeded")]
     assert item["attempts"][0]["error"] == "Spillway.GpuUnreachable"
-    assert item["attempt"] == 2
+    assert json.loads(item["attempts"][1]["failure"])["Cause"] == "tunnel down too"
 
 
 def test_bad_input_fails_the_job_without_another_attempt(cloud: Cloud) -> None:
+    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     local = next_task(cloud, "LocalQueue")
@@ -95,13 +126,15 @@ def test_bad_input_fails_the_job_without_another_attempt(cloud: Cloud) -> None:
     assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
     item = cloud.job_item(job.job_id)
     assert item["status"] == "FAILED"
-    assert item["error"] == "Spillway.BadInput"
+    assert item["error"] == "BadInput: not an image"
     assert len(item["attempts"]) == 1
     assert cloud.queue_messages("CloudQueue") == []
 
 
-def test_a_wait_past_the_office_bound_spills_to_the_cloud(cloud: Cloud) -> None:
-    """The waiting room fails a local task whose wait bound passed with WaitExpired: the job goes on to the cloud."""
+def test_a_wait_past_the_office_bound_spills_to_the_cloud_without_counting(cloud: Cloud) -> None:
+    """The waiting room fails a local task whose wait bound passed with WaitExpired: the job goes on to
+    the cloud, and the spill is not one of its 3 attempts."""
+    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     cloud.client("stepfunctions").send_task_failure(
@@ -109,7 +142,8 @@ def test_a_wait_past_the_office_bound_spills_to_the_cloud(cloud: Cloud) -> None:
         cause="no local GPU could start it within 30 s (normal priority)")
     remote = next_task(cloud, "CloudQueue")
     assert (remote["attempt"], remote["pool"]) == (2, "cloud")
-    assert cloud.job_item(job.job_id)["attempts"][0]["error"] == "Spillway.WaitExpired"
+    attempt = cloud.job_item(job.job_id)["attempts"][0]
+    assert (attempt["outcome"], attempt["error"]) == ("spilled", "Spillway.WaitExpired")
 
 
 def test_the_wait_for_a_gpu_is_not_bounded_by_a_step_functions_heartbeat(cloud: Cloud) -> None:
@@ -117,7 +151,7 @@ def test_the_wait_for_a_gpu_is_not_bounded_by_a_step_functions_heartbeat(cloud: 
     backstop reaching past the job's deadline."""
     definition = json.loads(cloud.client("stepfunctions").describe_state_machine(
         stateMachineArn=cloud.settings.dispatch_state_machine_arn)["definition"])
-    for name in ("TryLocal", "TryCloud"):
+    for name in ("TryLocal", "TryCloud", "TryFaaS"):
         state = definition["States"][name]
         assert "HeartbeatSeconds" not in state and "HeartbeatSecondsPath" not in state, name
         assert state["TimeoutSecondsPath"] == "$.limits.task_timeout_seconds"
@@ -138,13 +172,32 @@ def test_every_aws_integration_retries_transient_errors(cloud: Cloud) -> None:
             f"{name} must not retry what is not transient"
 
 
-def test_both_pools_failing_fails_the_job_with_the_last_reason(cloud: Cloud) -> None:
+def test_three_failed_attempts_fail_the_job_with_every_reason(cloud: Cloud) -> None:
+    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     sfn = cloud.client("stepfunctions")
-    sfn.send_task_failure(taskToken=next_task(cloud, "LocalQueue")["task_token"], error="Spillway.ModelError")
-    sfn.send_task_failure(taskToken=next_task(cloud, "CloudQueue")["task_token"], error="Spillway.OutputUpload")
+    for queue, gpu_id, error, cause in (("LocalQueue", "local-0", "Spillway.ModelError", "crashed"),
+                                        ("LocalQueue", "local-1", "Spillway.ModelError", "crashed again"),
+                                        ("CloudQueue", "cloud-0", "Spillway.OutputUpload", "S3 said 503")):
+        task = next_task(cloud, queue)
+        ran_on(cloud, job.job_id, gpu_id)
+        sfn.send_task_failure(taskToken=task["task_token"], error=error, cause=cause)
     assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
     item = cloud.job_item(job.job_id)
-    assert (item["status"], item["error"]) == ("FAILED", "Spillway.OutputUpload")
-    assert [a["outcome"] for a in item["attempts"]] == ["failed", "failed"]
+    assert item["status"] == "FAILED"
+    for part in ("3 attempts failed", "local/local-0: ModelError (crashed)", "local/local-1", "crashed again",
+                 "cloud/cloud-0: OutputUpload (S3 said 503)"):
+        assert part in item["error"]
+    assert [a["outcome"] for a in item["attempts"]] == ["failed", "failed", "failed"]
+
+
+def test_a_job_no_gpu_can_ever_run_fails_at_once_with_why(cloud: Cloud) -> None:
+    register(cloud, ("local-0", Pool.LOCAL))  # 24 GB: the job below needs more
+    job = submitted_job(cloud)
+    aws.table(cloud.settings.jobs_table).update_item(
+        Key={"job_id": job.job_id}, UpdateExpression="SET vram_mb = :big", ExpressionAttributeValues={":big": 60_000})
+    admit(job)
+    assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
+    item = cloud.job_item(job.job_id)
+    assert "60000 MB" in item["error"] and item["attempts"] == []

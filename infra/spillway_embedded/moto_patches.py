@@ -26,6 +26,8 @@
    on each request (7% of the server's CPU).
 7. Step Functions: a `lambda:invoke` Task calls the Lambda Invoke API at $SPILLWAY_LAMBDA_ENDPOINT (the
    embedded runtime, which runs the real handlers) when it is set: moto's own Lambda needs Docker.
+8. Step Functions: SendTaskFailure keeps its `cause` (moto's response handler dropped it, so a Catch
+   saw `"Cause": null` and a job lost the reason its attempt failed).
 """
 
 from __future__ import annotations
@@ -219,6 +221,23 @@ def _patch_stepfunctions() -> None:
     _get_executions.__spillway_patched__ = True  # type: ignore[attr-defined]
     StepFunctionsParserBackend._get_executions = _get_executions
 
+    # SendTaskFailure's `cause` was dropped by moto's response handler: a Catch saw `"Cause": null`, so a
+    # job lost the reason its attempt failed.
+    import inspect
+
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    def send_task_failure(self: Any) -> Any:
+        backend = self.stepfunction_backend  # the interpreter's backend takes a cause; the plain one does not
+        cause = {"cause": self._get_param("cause")} \
+            if "cause" in inspect.signature(backend.send_task_failure).parameters else {}
+        backend.send_task_failure(self._get_param("taskToken"), error=self._get_param("error"), **cause)
+        return EmptyResult()
+
+    send_task_failure.__spillway_patched__ = True  # type: ignore[attr-defined]
+    StepFunctionResponse.send_task_failure = send_task_failure
+
 
 _programs: OrderedDict[str, Any] = OrderedDict()  # definition -> program, least recently used first
 _programs_lock = threading.Lock()
@@ -290,8 +309,7 @@ def _patch_integrations() -> None:
     build_client = boto_client.boto_client_for
 
     @functools.lru_cache(maxsize=64)
-    def _client(region: str, service: str, port: str, stubbed: bool) -> Any:
-        lambda_endpoint = os.environ.get(LAMBDA_ENDPOINT_VARIABLE)
+    def _client(region: str, service: str, port: str, stubbed: bool, lambda_endpoint: str | None) -> Any:
         if service == "lambda" and lambda_endpoint:
             # moto runs no Lambda code without Docker: `lambda:invoke` Tasks reach the embedded runtime,
             # which serves Lambda's Invoke API with the real handlers.
@@ -308,13 +326,18 @@ def _patch_integrations() -> None:
         from moto.settings import moto_server_port
 
         # moto's own function ignores state_credentials (every client signs as the same fake user).
-        return _client(region, service, str(moto_server_port()), botocore_stubber.enabled)
+        return _client(region, service, str(moto_server_port()), botocore_stubber.enabled,
+                       os.environ.get(LAMBDA_ENDPOINT_VARIABLE))
 
     boto_client_for.__spillway_patched__ = True  # type: ignore[attr-defined]
     boto_client.boto_client_for = boto_client_for
-    # Each integration module imported the function by name: patch the name where it stands.
-    for module_info in pkgutil.iter_modules(services.__path__, services.__name__ + "."):
-        module = importlib.import_module(module_info.name)
+    # Each integration module imported the function by name: patch the name where it stands (the Lambda
+    # integration's helpers live one package up).
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
+
+    modules = [importlib.import_module(m.name)
+               for m in pkgutil.iter_modules(services.__path__, services.__name__ + ".")] + [lambda_eval_utils]
+    for module in modules:
         if getattr(module, "boto_client_for", None) is build_client:
             module.boto_client_for = boto_client_for
 

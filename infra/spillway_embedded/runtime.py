@@ -261,6 +261,11 @@ class LambdaApi:
         return None
 
 
+def serve_lambda_api(invokers: dict[str, Invoker], host: str = "127.0.0.1", port: int = 0) -> Any:
+    """A server (not yet serving: call `serve_forever`) of Lambda's Invoke API for these functions."""
+    return make_server(host, port, LambdaApi(invokers), threaded=True, request_handler=NoDelayRequestHandler)
+
+
 # The agents beat every few seconds: a line for each would bury the rest of `spillway dev`'s output.
 _HEARTBEAT_ROUTES = re.compile(r"^/v1/agent/(heartbeat|tasks/[^/]+/heartbeat)$")
 
@@ -483,8 +488,7 @@ class Runtime:
         self._server = make_server(self._host, self._api_port, HttpApi(self._stack, self.invokers, api_id),
                                    threaded=True, request_handler=NoDelayRequestHandler)
         self._spawn("http-api", self._server.serve_forever)
-        self._lambda_server = make_server(self._host, self._lambda_port, LambdaApi(self.invokers), threaded=True,
-                                          request_handler=NoDelayRequestHandler)
+        self._lambda_server = serve_lambda_api(self.invokers, self._host, self._lambda_port)
         self._spawn("lambda-api", self._lambda_server.serve_forever)
 
         sqs = boto3.client("sqs", endpoint_url=self._endpoint_url, region_name=self._region)

@@ -1,6 +1,6 @@
 """The dispatch state machine's Route step (`lambda:invoke`): where the job's next attempt goes."""
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics, Tracer, single_metric
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
@@ -25,6 +25,7 @@ def handler(event: dict, context: LambdaContext) -> dict:
     logger.append_keys(job_id=request.job_id)
     route = router().route(request.job_id)
     logger.info("routed", action=route.action.value, pool=route.pool and route.pool.value, reason=route.reason)
-    metrics.add_dimension(name="Pool", value=route.pool.value if route.pool else "none")
-    metrics.add_metric(name="Routes", unit=MetricUnit.Count, value=1)
+    with single_metric(name="AttemptsRouted", unit=MetricUnit.Count, value=1,
+                       default_dimensions=metrics.default_dimensions) as metric:
+        metric.add_dimension(name="Pool", value=route.pool.value if route.pool else "none")
     return route.model_dump(mode="json")

@@ -1,4 +1,5 @@
-"""The RunPod adapter against a real local HTTP server speaking RunPod's serverless shapes."""
+"""The RunPod adapter against a real local HTTP server speaking RunPod's serverless shapes; billing
+arithmetic."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -15,12 +17,14 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from spillway.faas.billing import billed_seconds, cost_micro, reservation_micro, seconds_for
 from spillway.faas.provider import (
     FaasFailureKind,
     FaasRefused,
     FaasRejected,
     FaasRequest,
     FaasState,
+    FaasStatus,
     FaasUnavailable,
 )
 from spillway.faas.runpod import TIMEOUT, RunPodProvider, parse_status
@@ -346,3 +350,66 @@ def test_every_call_carries_explicit_timeouts(provider: RunPodProvider, runpod: 
 
     assert (TIMEOUT.connect, TIMEOUT.read) == (2.0, 10.0)
     assert sent_timeouts == [{"connect": 2.0, "read": 10.0, "write": 10.0, "pool": 2.0}] * 3
+
+
+# ---- billing
+
+
+def final(execution_ms: int | None, state: FaasState = FaasState.COMPLETED) -> FaasStatus:
+    return FaasStatus(job_id=JOB, state=state, delay_ms=5000, execution_ms=execution_ms)
+
+
+@pytest.mark.parametrize("execution_ms, overhead_s, price, seconds, micro", [
+    (1000, 0, "0.00031", 1, 310),
+    (1001, 0, "0.00031", 2, 620),  # a started second is a billed second
+    (0, 0, "0.00031", 0, 0),
+    (3391, 0, Decimal("0.00019"), 4, 760),
+    (12_345, 5, "0.00031", 18, 5580),  # overhead: the job's share of cold start and idle timeout
+    (2300, 0.7, "0.00031", 3, 930),  # exactly 3 s: not a fourth
+    (3000, 0, "0.0001305", 3, 392),  # 391.5 micro-dollars, rounded up
+    (3000, 0, 0.00031, 3, 930),  # a float price is read through its text
+    (600_000, 0, "0.00076", 600, 456_000),
+])
+def test_a_job_costs_its_billed_seconds_at_the_price(execution_ms: int, overhead_s: float, price: Any,
+                                                     seconds: int, micro: int) -> None:
+    assert billed_seconds(final(execution_ms), overhead_s) == seconds
+    assert cost_micro(final(execution_ms), price, overhead_s) == micro
+
+
+def test_the_queue_wait_is_not_billed() -> None:
+    quick = FaasStatus(job_id=JOB, state=FaasState.COMPLETED, delay_ms=0, execution_ms=2000)
+    waited = FaasStatus(job_id=JOB, state=FaasState.COMPLETED, delay_ms=60_000, execution_ms=2000)
+    assert cost_micro(quick, "0.00031") == cost_micro(waited, "0.00031") == 620
+
+
+@pytest.mark.parametrize("state", [FaasState.CANCELLED, FaasState.TIMED_OUT, FaasState.FAILED])
+def test_a_cost_the_status_does_not_tell_is_unknown(state: FaasState) -> None:
+    assert billed_seconds(final(None, state)) is None
+    assert cost_micro(final(None, state), "0.00031") is None
+
+
+def test_a_job_still_under_way_has_no_cost_yet() -> None:
+    with pytest.raises(ValueError, match="not known yet"):
+        cost_micro(final(1000, FaasState.IN_PROGRESS), "0.00031")
+
+
+@pytest.mark.parametrize("max_seconds, price, micro", [
+    (30, "0.00031", 9300),
+    (30.2, "0.00031", 9610),
+    (35, "0.0001305", 4568),  # 4567.5, rounded up
+    (0, "0.00031", 0),
+])
+def test_the_reservation_covers_the_most_a_job_can_cost(max_seconds: float, price: str, micro: int) -> None:
+    assert reservation_micro(max_seconds, price) == micro
+    # Nothing the job is billed within its bound costs more than was reserved.
+    assert cost_micro(final(int(max_seconds * 1000)), price) <= micro
+
+
+def test_float_noise_never_bills_an_extra_second() -> None:
+    assert 0.1 * 3 * 10 > 3
+    assert seconds_for(0.1 * 3 * 10) == 3
+
+
+def test_prices_and_durations_are_never_negative() -> None:
+    with pytest.raises(ValueError):
+        reservation_micro(10, "-0.1")

@@ -1,5 +1,5 @@
 """The RunPod adapter against a real local HTTP server speaking RunPod's serverless shapes; billing
-arithmetic."""
+arithmetic; webhook tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from spillway.faas.provider import (
     FaasUnavailable,
 )
 from spillway.faas.runpod import TIMEOUT, RunPodProvider, parse_status
+from spillway.faas.webhook import verify, webhook_token, webhook_url
 from spillway.models import ErrorType
 
 ENDPOINT = "ep-abc123"
@@ -413,3 +415,38 @@ def test_float_noise_never_bills_an_extra_second() -> None:
 def test_prices_and_durations_are_never_negative() -> None:
     with pytest.raises(ValueError):
         reservation_micro(10, "-0.1")
+
+
+# ---- webhook tokens
+
+WEBHOOK_KEY = b"k" * 32
+
+
+def test_a_webhook_url_carries_the_tasks_token() -> None:
+    url = webhook_url("https://api.example.com/", TASK, WEBHOOK_KEY)
+
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", "api.example.com", f"/v1/faas/webhook/{TASK}")
+    (token,) = parse_qs(parts.query)["token"]
+    assert verify(WEBHOOK_KEY, TASK, token)
+    assert "=" not in token and "+" not in token and "/" not in token  # URL-safe as it is
+
+
+def test_verify_accepts_the_tasks_token_only() -> None:
+    token = webhook_token(WEBHOOK_KEY, TASK)
+    other_task = "t-" + "1" * 32
+
+    assert verify(WEBHOOK_KEY, TASK, token) is True
+    assert verify(WEBHOOK_KEY, TASK, token[:-1] + ("A" if token[-1] != "A" else "B")) is False
+    assert verify(WEBHOOK_KEY, TASK, webhook_token(WEBHOOK_KEY, other_task)) is False  # another task's
+    assert verify(WEBHOOK_KEY, other_task, token) is False
+    assert verify(b"x" * 32, TASK, token) is False  # another key (a rotated one)
+    assert verify(WEBHOOK_KEY, TASK, "") is False
+    assert verify(WEBHOOK_KEY, TASK, None) is False
+    assert verify(WEBHOOK_KEY, TASK, "é" * 43) is False  # not even ASCII: refused, not an exception
+    assert verify(b"", TASK, token) is False
+
+
+def test_a_webhook_key_must_be_long_enough() -> None:
+    with pytest.raises(ValueError):
+        webhook_token(b"short", TASK)

@@ -142,6 +142,7 @@ def test_a_retried_reserve_is_idempotent_even_when_the_caps_are_now_full(ledger:
     first = ledger.reserve("r1", 3 * DOLLAR, [day_cap(3)])
     assert ledger.reserve("r1", 3 * DOLLAR, [day_cap(3)]) == first  # the cap is full, the retry still answers
     assert ledger.reserve("r1", 3 * DOLLAR, [day_cap(2)]) == first  # even if the cap was lowered meanwhile
+    assert ledger.reserve("r1", 2 * DOLLAR, [day_cap(10)]) == first  # the first amount stands
     assert committed(ledger) == 3 * DOLLAR
 
 

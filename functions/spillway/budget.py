@@ -126,7 +126,7 @@ class BudgetLedger:
         if any(c.cap_micro == 0 or amount_micro > c.cap_micro for c in caps):
             # Cannot fit even on an empty day (or FaaS is off): no write. A retry of a reservation
             # made earlier under a larger cap still gets that reservation back.
-            return self.reservation(reservation_id)
+            return self._earlier(reservation_id, amount_micro)
 
         now = self._clock()
         day = datetime.fromtimestamp(now, self._tz).date().isoformat()
@@ -162,7 +162,7 @@ class BudgetLedger:
                         scopes=reservation.scopes)
             return reservation
         if failed[0]:
-            return self.reservation(reservation_id)  # a retry: the first answer stands
+            return self._earlier(reservation_id, amount_micro)
         logger.info("budget refused", reservation_id=reservation_id, amount_micro=amount_micro,
                     over=[s for s, f in zip(reservation.scopes, failed[1:], strict=False) if f])
         return None
@@ -226,6 +226,15 @@ class BudgetLedger:
         return self.view(segment, day).settled_micro
 
     # ---- plumbing
+
+    def _earlier(self, reservation_id: str, amount_micro: int) -> Reservation | None:
+        """A retried reserve: the first answer stands, even if this one asks for another amount."""
+        earlier = self.reservation(reservation_id)
+        if earlier is not None and earlier.amount_micro != amount_micro:
+            logger.warning("reserve retried with another amount: the first reservation stands",
+                           reservation_id=reservation_id, reserved_micro=earlier.amount_micro,
+                           asked_micro=amount_micro)
+        return earlier
 
     def _open(self, reservation_id: str, action: str) -> Reservation | None:
         reservation = self.reservation(reservation_id)

@@ -20,6 +20,21 @@ from typing import Any
 STACK_FILE = "stack.json"
 
 
+def wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float, what: str = "process") -> str:
+    """The `listen_url` a child process writes (atomically) once it serves; fails early if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                return json.loads(path.read_text())["listen_url"]
+            except (ValueError, KeyError):
+                pass  # being written
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it served")
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not serve within {timeout}s")
+
+
 @dataclass(frozen=True)
 class StackInfo:
     """What `spillway dev` writes to its state folder once everything is up."""

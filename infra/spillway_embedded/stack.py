@@ -24,7 +24,7 @@ import boto3
 from werkzeug.serving import make_server
 
 from spillway_embedded.chaos import ChaosControl
-from spillway_embedded.launcher import STACK_FILE
+from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
 from spillway_embedded.moto_server import MotoServer
 from spillway_embedded.provision import provision
 from spillway_embedded.runtime import NoDelayRequestHandler, Runtime
@@ -185,26 +185,12 @@ class EmbeddedStack:
 
     def _await_agent(self, agent: AgentProcess, timeout: float = 60) -> None:
         try:
-            agent.listen_url = self._wait_for_ready_file(agent.ready_file, agent.process, timeout)
+            agent.listen_url = wait_for_ready_file(agent.ready_file, agent.process, timeout, "agent")
         except (RuntimeError, TimeoutError) as failed:
             raise RuntimeError(f"{agent.spec.gpu_id}: {failed}; see {agent.log_path}") from None
         if agent.tunnel:
             host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
             agent.tunnel.target = (host, int(port))
-
-    @staticmethod
-    def _wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists():
-                try:
-                    return json.loads(path.read_text())["listen_url"]
-                except (ValueError, KeyError):
-                    pass  # being written
-            if process.poll() is not None:
-                raise RuntimeError(f"agent exited with {process.returncode} before it served")
-            time.sleep(0.05)
-        raise TimeoutError(f"agent did not serve within {timeout}s")
 
     def _wait_for_fleet(self, timeout: float) -> None:
         """Every agent has registered through the API: the stack is usable end to end."""

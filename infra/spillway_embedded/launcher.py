@@ -45,6 +45,10 @@ class StackInfo:
     region: str
     resources: dict[str, str]  # logical id -> physical id (queue URL, table name, bucket, ARN ...)
     gpus: list[dict[str, Any]]
+    fleet_file: str | None = None  # the fleet the stack runs (see fleet_file.py)
+    faas_url: str | None = None  # the stand-in FaaS provider's base URL (RunPod's API under /v2); None: no FaaS
+    faas_endpoint_id: str | None = None
+    faas: dict[str, Any] | None = None  # the fleet's [faas] settings (concurrency, price, ...)
 
     @classmethod
     def read(cls, path: Path) -> StackInfo:
@@ -56,6 +60,13 @@ class StackInfo:
 
     def restore_tunnels(self, *gpu_ids: str) -> None:
         self._chaos("restore", gpu_ids)
+
+    def faas_chaos(self, mode: str, slow_seconds: float = 0.0) -> dict[str, Any]:
+        """Make the FaaS provider "normal", "slow" (each run takes slow_seconds longer), "fail" or "refuse"."""
+        import httpx
+
+        body = {"mode": mode, "slow_seconds": slow_seconds}
+        return httpx.post(f"{self.chaos_url}/faas", json=body, timeout=5).raise_for_status().json()
 
     def _chaos(self, action: str, gpu_ids: tuple[str, ...]) -> None:
         import httpx

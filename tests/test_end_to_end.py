@@ -111,3 +111,16 @@ def test_bad_requests_over_http_get_a_reason(api: httpx.Client) -> None:
     response = api.post("/v1/jobs", content=b"{oops", headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and "JSON" in response.json()["message"]
     assert api.get("/v1/nowhere").status_code == 404
+
+
+def test_the_stack_runs_the_fleets_faas_provider_and_its_chaos_switch(stack: StackInfo) -> None:
+    assert stack.faas is not None and stack.faas["concurrency"] == 30 and stack.faas_endpoint_id == "spillway-dev"
+    assert stack.fleet_file and stack.fleet_file.endswith("fleets/default.toml")
+    assert sorted(g["gpu_id"] for g in stack.gpus) == ["cloud-0", "cloud-1"] + [f"local-{i}" for i in range(5)]
+    health = httpx.get(f"{stack.faas_url}/v2/{stack.faas_endpoint_id}/health", timeout=TIMEOUT)
+    assert health.status_code == 401, "the provider wants the stack's FaaS key"
+    try:
+        assert stack.faas_chaos("refuse")["mode"] == "refuse"
+        assert httpx.get(f"{stack.faas_url}/chaos", timeout=TIMEOUT).json()["mode"] == "refuse"
+    finally:
+        stack.faas_chaos("normal")

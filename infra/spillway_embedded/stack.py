@@ -2,8 +2,8 @@
 
 moto's server (with its Step Functions interpreter) stands for AWS; the template, translated by
 aws-sam-translator, is provisioned into it; the local runtime invokes the Lambda handlers as the
-template wires them; real agent processes stand for the GPUs, the office ones behind a tunnel
-that can be cut.
+template wires them; real agent processes stand for the GPUs of the fleet file, the office ones
+behind a tunnel that can be cut; a stand-in FaaS provider process for the fleet's [faas].
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,7 +24,11 @@ from typing import Any
 import boto3
 from werkzeug.serving import make_server
 
+from spillway.catalog import SERVICES
+from spillway.models import Pool
 from spillway_embedded.chaos import ChaosControl
+from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
+from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
 from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
 from spillway_embedded.moto_server import MotoServer
 from spillway_embedded.provision import provision
@@ -35,26 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 REGION = "us-east-1"
 STACK_NAME = "spillway-dev"
-
-
-@dataclass(frozen=True)
-class GpuSpec:
-    gpu_id: str
-    pool: str
-    vram_mb: int
-    slots: int = 2
-
-
-# The office: five GPUs of mixed sizes behind one tunnel; the cloud: two big rented ones.
-DEFAULT_GPUS = (
-    GpuSpec("local-0", "local", 6_000),
-    GpuSpec("local-1", "local", 6_000),
-    GpuSpec("local-2", "local", 8_000),
-    GpuSpec("local-3", "local", 8_000),
-    GpuSpec("local-4", "local", 12_000),
-    GpuSpec("cloud-0", "cloud", 24_000, slots=4),
-    GpuSpec("cloud-1", "cloud", 24_000, slots=4),
-)
 
 
 @dataclass
@@ -76,7 +61,10 @@ class EmbeddedStack:
     state_dir: Path
     api_port: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
-    gpus: tuple[GpuSpec, ...] = DEFAULT_GPUS
+    # The GPUs and the FaaS endpoint; wired by the control plane (template parameters) later.
+    fleet: Fleet = field(default_factory=lambda: load_fleet(DEFAULT_FLEET))
+    # What clients of the FaaS provider present; wired by the control plane (the template's secret) later.
+    faas_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
     agent_heartbeat_seconds: float = 5.0  # AgentStaleSeconds (30) is six beats
     model_seconds: float = 0.0  # the demo model takes at least this long per task
     emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
@@ -86,14 +74,28 @@ class EmbeddedStack:
         self._runtime: Runtime | None = None
         self._chaos: Any = None
         self._agents: list[AgentProcess] = []
+        self._faas: FaasProviderProcess | None = None
         self.endpoint = ""
         self.physical_ids: dict[str, str] = {}
+        for spec in self.gpus:
+            if set(spec.services) != set(SERVICES):  # refused, not silently ignored
+                raise ValueError(f"{spec.gpu_id}: the agent runs every service ({sorted(SERVICES)}); a GPU "
+                                 "limited to some needs `spillway agent --services`, which does not exist yet")
+
+    @property
+    def gpus(self) -> tuple[GpuSpec, ...]:
+        return self.fleet.gpus()
 
     # ---- lifecycle
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.fleet.faas:  # launched first: it imports the model while moto starts
+            self._faas = FaasProviderProcess(self._faas_config(self.fleet.faas), self.state_dir / "faas")
+            self._faas.start()
         self.endpoint = self._moto.start()
+        if self._faas:
+            self._faas.wait_ready(timeout=60)  # its URL is known before the template's parameters are
         for name, value in {
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
         }.items():
@@ -106,7 +108,7 @@ class EmbeddedStack:
         self.physical_ids = dict(stack.physical_ids)
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port)
         self._runtime.start()
-        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels), threaded=True,
+        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels, lambda: self.faas_url), threaded=True,
                                   request_handler=NoDelayRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         agent_key = self.client("secretsmanager").get_secret_value(
@@ -132,6 +134,8 @@ class EmbeddedStack:
             if agent.tunnel:
                 agent.tunnel.stop()
         self._agents.clear()
+        if self._faas:
+            self._faas.stop()
         if self._chaos is not None:
             self._chaos.shutdown()
         if self._runtime:
@@ -152,6 +156,24 @@ class EmbeddedStack:
     def chaos_url(self) -> str:
         return f"http://127.0.0.1:{self._chaos.server_port}"
 
+    # The FaaS provider (None without [faas]); wired by the control plane (template parameters, secret) later.
+
+    @property
+    def faas_url(self) -> str | None:
+        """Its base URL; RunPod's API is under /v2/{faas_endpoint_id}/."""
+        return self._faas.url if self._faas and self._faas.url else None
+
+    @property
+    def faas_endpoint_id(self) -> str | None:
+        return self.fleet.faas.endpoint_id if self.fleet.faas else None
+
+    def _faas_config(self, faas: FaasSettings) -> ProviderConfig:
+        return ProviderConfig(
+            endpoint_id=faas.endpoint_id, api_key=self.faas_api_key, concurrency=faas.concurrency,
+            cold_start_seconds=faas.cold_start_seconds, idle_seconds=faas.idle_seconds,
+            price_per_second_usd=faas.price_per_second_usd, execution_timeout_seconds=faas.max_seconds,
+        )
+
     def tunnels(self) -> dict[str, Tunnel]:
         """The office tunnel, by the local GPU behind it."""
         return {a.spec.gpu_id: a.tunnel for a in self._agents if a.tunnel}
@@ -164,12 +186,12 @@ class EmbeddedStack:
         folder.mkdir(parents=True, exist_ok=True)
         ready_file = folder / f"{spec.gpu_id}.json"
         ready_file.unlink(missing_ok=True)
-        tunnel = Tunnel(listen=("127.0.0.1", 0), target=None) if spec.pool == "local" else None
+        tunnel = Tunnel(listen=("127.0.0.1", 0), target=None) if spec.pool is Pool.LOCAL else None
         if tunnel:
             tunnel.start()
         command = [
             sys.executable, "-m", "spillway.cli", "agent",
-            "--gpu-id", spec.gpu_id, "--pool", spec.pool, "--listen", "127.0.0.1:0",
+            "--gpu-id", spec.gpu_id, "--pool", spec.pool.value, "--listen", "127.0.0.1:0",
             "--vram-mb", str(spec.vram_mb), "--slots", str(spec.slots),
             "--control-url", self.api_url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
             "--ready-file", str(ready_file), "--min-run-seconds", str(self.model_seconds),
@@ -212,10 +234,15 @@ class EmbeddedStack:
             "region": REGION,
             "resources": self.physical_ids,
             "gpus": [
-                {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool, "vram_mb": a.spec.vram_mb,
-                 "listen_url": a.listen_url, "advertised_url": a.advertised_url, "pid": a.process.pid}
+                {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool.value, "vram_mb": a.spec.vram_mb, "slots": a.spec.slots,
+                 "services": list(a.spec.services), "listen_url": a.listen_url, "advertised_url": a.advertised_url,
+                 "pid": a.process.pid}
                 for a in self._agents
             ],
+            "fleet_file": str(self.fleet.source) if self.fleet.source else None,
+            "faas_url": self.faas_url,
+            "faas_endpoint_id": self.faas_endpoint_id,
+            "faas": self.fleet.faas.model_dump(mode="json") if self.fleet.faas else None,
         }
         tmp = self.state_dir / (STACK_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2))
@@ -237,8 +264,11 @@ def serve_forever(stack: EmbeddedStack) -> None:
         signal.signal(sig, lambda *_: stopping.set())
     try:
         stack.start()
-        print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n"
-              f"  chaos:        {stack.chaos_url}  (POST /tunnels/cut, /tunnels/restore)\n"
+        faas = (f"  FaaS:         {stack.faas_url}/v2/{stack.faas_endpoint_id}  (RunPod's API)\n"
+                if stack.faas_url else "  FaaS:         none in this fleet\n")
+        print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n{faas}"
+              f"  chaos:        {stack.chaos_url}  (POST /tunnels/cut, /tunnels/restore, /faas)\n"
+              f"  fleet:        {stack.fleet.source or 'given in code'}\n"
               f"  state folder: {stack.state_dir}\nCtrl-C to stop.", flush=True)
         stopping.wait()
     finally:

@@ -18,7 +18,8 @@ The shapes follow RunPod's queue-based endpoints (docs.runpod.io/serverless/endp
 appear once known: `workerId` when a worker takes the job, `delayTime` (ms from submit to execution,
 a cold start included) once it runs, `executionTime` (ms) once it ended. Every /v2 route needs
 `Authorization: Bearer <key>` (or the bare key, as RunPod also takes); errors are `{"error": reason}`
-with 400 (bad body), 401 (key), 404 (endpoint or job), 503 (/run refused, see chaos).
+with 400 (bad body), 401 (key), 404 (endpoint or job), 503 (/run refused, see chaos). In /health,
+`failed` counts FAILED and TIMED_OUT jobs, `initializing` the workers in a cold start.
 
 Our own extensions, not RunPod's:
 

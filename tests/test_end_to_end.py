@@ -87,15 +87,16 @@ def test_a_room_photo_is_emptied_end_to_end(stack: StackInfo, api: httpx.Client)
 def test_a_cut_tunnel_fails_the_local_attempt_at_once_and_the_job_moves_to_the_cloud(
     stack: StackInfo, api: httpx.Client
 ) -> None:
-    stack.cut_tunnels()
+    stack.cut_tunnels(pool="local")
     try:
         view = answered(api, submit(api, render_room(12)))
     finally:
         stack.restore_tunnels()
     assert view["status"] == "SUCCEEDED", view
-    local, cloud = view["attempts"]
+    *office, cloud = view["attempts"]
     # GpuUnreachable, not States.Timeout: the push failed on the reset link, no heartbeat window waited out.
-    assert (local["pool"], local["outcome"], local["error"]) == ("local", "failed", "Spillway.GpuUnreachable")
+    assert 1 <= len(office) <= 2, "another office GPU at most, then the cloud"
+    assert {(a["pool"], a["outcome"], a["error"]) for a in office} == {("local", "failed", "Spillway.GpuUnreachable")}
     assert (cloud["pool"], cloud["outcome"]) == ("cloud", "succeeded") and cloud["gpu_id"].startswith("cloud-")
 
 
@@ -103,7 +104,7 @@ def test_a_corrupt_image_fails_at_once_without_burning_attempts(stack: StackInfo
     header_only = render_room(3)[:200]  # a valid PNG header: the API accepts it, the model cannot decode it
     view = answered(api, submit(api, header_only))
     assert view["status"] == "FAILED"
-    assert view["error"] == "Spillway.BadInput"
+    assert view["error"].startswith("BadInput: ")
     assert len(view["attempts"]) == 1
 
 
@@ -111,3 +112,16 @@ def test_bad_requests_over_http_get_a_reason(api: httpx.Client) -> None:
     response = api.post("/v1/jobs", content=b"{oops", headers={"Content-Type": "application/json"})
     assert response.status_code == 422 and "JSON" in response.json()["message"]
     assert api.get("/v1/nowhere").status_code == 404
+
+
+def test_the_stack_runs_the_fleets_faas_provider_and_its_chaos_switch(stack: StackInfo) -> None:
+    assert stack.faas is not None and stack.faas["concurrency"] == 30 and stack.faas_endpoint_id == "spillway-dev"
+    assert stack.fleet_file and stack.fleet_file.endswith("fleets/default.toml")
+    assert sorted(g["gpu_id"] for g in stack.gpus) == ["cloud-0", "cloud-1"] + [f"local-{i}" for i in range(5)]
+    health = httpx.get(f"{stack.faas_url}/v2/{stack.faas_endpoint_id}/health", timeout=TIMEOUT)
+    assert health.status_code == 401, "the provider wants the stack's FaaS key"
+    try:
+        assert stack.faas_chaos("refuse")["mode"] == "refuse"
+        assert httpx.get(f"{stack.faas_url}/chaos", timeout=TIMEOUT).json()["mode"] == "refuse"
+    finally:
+        stack.faas_chaos("normal")

@@ -15,6 +15,10 @@ class Invalid(SpillwayError):
     status = 422
 
 
+class Unauthorized(SpillwayError):
+    status = 401
+
+
 class Conflict(SpillwayError):
     status = 409
 

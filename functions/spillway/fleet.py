@@ -9,7 +9,7 @@ and a task whose attempt has moved on never runs. Ending a task gives the VRAM b
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import contextlib
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from spillway.aws import error_code, from_item, paged_items, to_item
+from spillway.jobs import iso_at
 from spillway.models import AgentHeartbeat, JobStatus, Pool, Priority, TaskState
 from spillway.waiting_room import WaitingEntry, WaitingRoom
 
@@ -150,12 +151,10 @@ class Fleet:
     def mark_suspect(self, gpu_id: str, until: float) -> None:
         """A push to the GPU could not connect (its link is down, its agent gone): no new work for it
         until then, though its heartbeats may still arrive (an office can call out with its tunnel cut)."""
-        try:
+        with contextlib.suppress(self._gpus.meta.client.exceptions.ConditionalCheckFailedException):  # not registered
             self._gpus.update_item(Key={"gpu_id": gpu_id}, UpdateExpression="SET suspect_until = :until",
                                    ConditionExpression="attribute_exists(gpu_id)",
                                    ExpressionAttributeValues=to_item({":until": until}))
-        except self._gpus.meta.client.exceptions.ConditionalCheckFailedException:
-            pass  # not registered (any more): nothing to keep work from
 
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
@@ -198,7 +197,7 @@ class Fleet:
                     f"attempts[{n}].assigned_at = :at",
                     "attempt = :n AND #status = :running", {"#status": "status"},
                     {":gpu": gpu.gpu_id, ":task": entry.task_id, ":n": entry.attempt,
-                     ":running": JobStatus.RUNNING.value, ":at": _iso(now)}),
+                     ":running": JobStatus.RUNNING.value, ":at": iso_at(now)}),
         ], reasons=(ENTRY_GONE, GPU_TAKEN, ENTRY_GONE, ATTEMPT_MOVED_ON))
         task = self.task(entry.task_id)
         assert task is not None
@@ -213,7 +212,7 @@ class Fleet:
                                               ":assigned": TaskState.ASSIGNED.value, ":now": now})
         n = task.attempt - 1
         note = _update(self._jobs_table_name, {"job_id": task.job_id}, f"SET attempts[{n}].running_at = :at",
-                       "attempt = :n", {}, {":at": _iso(now), ":n": task.attempt})
+                       "attempt = :n", {}, {":at": iso_at(now), ":n": task.attempt})
         try:
             self._transact([start, note], reasons=(ENTRY_GONE, ATTEMPT_MOVED_ON))
         except Refused as refused:
@@ -320,7 +319,9 @@ class Fleet:
 
     def task(self, task_id: str) -> Task | None:
         item = self._tasks.get_item(Key={"task_id": task_id}, ConsistentRead=True).get("Item")
-        return Task.model_validate(from_item(item)) if item else None
+        if item is None or item.get("pool") == Pool.FAAS.value:  # a FaaS task is no GPU's (see faas.dispatcher)
+            return None
+        return Task.model_validate(from_item(item))
 
     def open_tasks(self, pool: Pool) -> list[Task]:
         """Every task of the pool not done yet (an eventually consistent index: for the sweeper)."""
@@ -349,10 +350,6 @@ def _awaiting_notice(update: str, values: dict[str, Any], cause: str | None) -> 
         return update + " REMOVE open_pool"
     values[":cause"] = cause[:2000]
     return update + ", cause = :cause"
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def _take_slot(table: str, gpu_id: str, vram_mb: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ current attempt, always on condition that the attempt is still the current one.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from boto3.dynamodb.conditions import Key
@@ -84,6 +84,11 @@ class JobRecord(JobFields):
             **self.model_dump(exclude={"attempt", "attempts", "idempotency_key"}),
             attempts=attempts, cost_usd=round(sum(a.cost_usd for a in attempts), 6), result_url=result_url,
         )
+
+
+def iso_at(epoch: float) -> str:
+    """Epoch seconds as the job record writes times (ISO 8601, UTC, milliseconds)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")
 
 
 def _epoch(moment: str | None) -> float | None:

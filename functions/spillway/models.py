@@ -276,6 +276,7 @@ class CallbackAck(BaseModel):
 class TimerKind(StrEnum):
     WAIT_EXPIRY = "wait_expiry"  # a waiting task's wait bound has passed: it leaves the room
     LIVENESS = "liveness"  # a task on a GPU must have beaten since; else its GPU went silent
+    FAAS_STATUS = "faas_status"  # ask the FaaS provider how the task's job stands (its webhook may be lost)
 
 
 class Timer(BaseModel):

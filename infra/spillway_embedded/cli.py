@@ -17,12 +17,36 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
     return parameters
 
 
+def _rules(path: Path | None) -> dict:
+    """Routing-rule overrides from a TOML or JSON file, checked against the rules before the stack starts."""
+    import json
+    import tomllib
+
+    from spillway.routing import rules
+
+    if path is None:
+        return {}
+    try:
+        text = path.read_text()
+        overrides = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        rules.load(overrides)
+    except (OSError, ValueError) as unusable:
+        raise ValueError(f"{path}: {unusable}") from None
+    return overrides
+
+
 def dev(argv: list[str]) -> int:
+    from spillway_embedded.fleet_file import DEFAULT_FLEET, load_fleet
     from spillway_embedded.stack import EmbeddedStack, serve_forever
 
     parser = argparse.ArgumentParser(prog="spillway dev", description="Run the whole system on this machine.")
     parser.add_argument("--state-dir", type=Path, default=Path(".spillway/dev"), help="logs and stack.json go here")
     parser.add_argument("--api-port", type=int, default=8080, help="0 picks a free port")
+    parser.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, metavar="FILE",
+                        help="the GPUs and the FaaS endpoint, as TOML (default: the office, the cloud and FaaS)")
+    parser.add_argument("--rules", type=Path, metavar="FILE",
+                        help="overrides of the routing rules (functions/spillway/routing/rules.toml), as TOML or JSON: "
+                             "FaaS segments, the budget, pool order ...")
     parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="a template parameter override, e.g. HeartbeatSeconds=10")
     parser.add_argument("--model-seconds", type=float, default=0.0,
@@ -30,9 +54,13 @@ def dev(argv: list[str]) -> int:
     parser.add_argument("--metrics", action="store_true",
                         help="print each invocation's metrics (EMF, what CloudWatch would ingest)")
     args = parser.parse_args(argv)
-    serve_forever(EmbeddedStack(state_dir=args.state_dir, api_port=args.api_port,
-                                parameters=_parameters(args.parameter), model_seconds=args.model_seconds,
-                                emit_metrics=args.metrics))
+    try:  # a bad fleet or bad rules are named by file and field before anything starts
+        stack = EmbeddedStack(state_dir=args.state_dir, api_port=args.api_port, fleet=load_fleet(args.fleet),
+                              routing_rules=_rules(args.rules), parameters=_parameters(args.parameter),
+                              model_seconds=args.model_seconds, emit_metrics=args.metrics)
+    except ValueError as unusable:
+        raise SystemExit(f"spillway dev: {unusable}") from None
+    serve_forever(stack)
     return 0
 
 
@@ -53,7 +81,7 @@ def demo(argv: list[str]) -> int:
     try:
         with stack as info:
             print(f"Up. API at {info.api_url}  (logs: {stack.log_path})", flush=True)
-            link = None if args.steady else (lambda up: info.restore_tunnels() if up else info.cut_tunnels())
+            link = None if args.steady else (lambda up: info.restore_tunnels() if up else info.cut_tunnels(pool="local"))
             ok = demo_client.run(info.api_url, args.out, args.jobs, say=lambda line: print(line, flush=True),
                                  link=link)
     except Exception as exc:

@@ -20,6 +20,21 @@ from typing import Any
 STACK_FILE = "stack.json"
 
 
+def wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float, what: str = "process") -> str:
+    """The `listen_url` a child process writes (atomically) once it serves; fails early if it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                return json.loads(path.read_text())["listen_url"]
+            except (ValueError, KeyError):
+                pass  # being written
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode} before it served")
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} did not serve within {timeout}s")
+
+
 @dataclass(frozen=True)
 class StackInfo:
     """What `spillway dev` writes to its state folder once everything is up."""
@@ -30,22 +45,33 @@ class StackInfo:
     region: str
     resources: dict[str, str]  # logical id -> physical id (queue URL, table name, bucket, ARN ...)
     gpus: list[dict[str, Any]]
+    fleet_file: str | None = None  # the fleet the stack runs (see fleet_file.py)
+    faas_url: str | None = None  # the stand-in FaaS provider's base URL (RunPod's API under /v2); None: no FaaS
+    faas_endpoint_id: str | None = None
+    faas: dict[str, Any] | None = None  # the fleet's [faas] settings (concurrency, price, ...)
 
     @classmethod
     def read(cls, path: Path) -> StackInfo:
         return cls(**json.loads(path.read_text()))
 
-    def cut_tunnels(self, *gpu_ids: str) -> None:
-        """Drop the office link in front of these local GPUs (all of them if none is named)."""
-        self._chaos("cut", gpu_ids)
+    def cut_tunnels(self, *gpu_ids: str, pool: str | None = None) -> None:
+        """Drop the link in front of these GPUs; none named: every GPU of `pool` (of every pool if None)."""
+        self._chaos("cut", gpu_ids, pool)
 
-    def restore_tunnels(self, *gpu_ids: str) -> None:
-        self._chaos("restore", gpu_ids)
+    def restore_tunnels(self, *gpu_ids: str, pool: str | None = None) -> None:
+        self._chaos("restore", gpu_ids, pool)
 
-    def _chaos(self, action: str, gpu_ids: tuple[str, ...]) -> None:
+    def faas_chaos(self, mode: str, slow_seconds: float = 0.0) -> dict[str, Any]:
+        """Make the FaaS provider "normal", "slow" (each run takes slow_seconds longer), "fail" or "refuse"."""
         import httpx
 
-        body = {"gpu_ids": list(gpu_ids)} if gpu_ids else {}
+        body = {"mode": mode, "slow_seconds": slow_seconds}
+        return httpx.post(f"{self.chaos_url}/faas", json=body, timeout=5).raise_for_status().json()
+
+    def _chaos(self, action: str, gpu_ids: tuple[str, ...], pool: str | None) -> None:
+        import httpx
+
+        body = {"gpu_ids": list(gpu_ids)} if gpu_ids else ({"pool": pool} if pool else {})
         httpx.post(f"{self.chaos_url}/tunnels/{action}", json=body, timeout=5).raise_for_status()
 
     def boto3_client(self, service: str) -> Any:

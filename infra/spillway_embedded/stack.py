@@ -2,8 +2,8 @@
 
 moto's server (with its Step Functions interpreter) stands for AWS; the template, translated by
 aws-sam-translator, is provisioned into it; the local runtime invokes the Lambda handlers as the
-template wires them; real agent processes stand for the GPUs, the office ones behind a tunnel
-that can be cut.
+template wires them; real agent processes stand for the GPUs of the fleet file, the office ones
+behind a tunnel that can be cut; a stand-in FaaS provider process for the fleet's [faas].
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,8 +24,12 @@ from typing import Any
 import boto3
 from werkzeug.serving import make_server
 
+from spillway.catalog import SERVICES
+from spillway.models import Pool
 from spillway_embedded.chaos import ChaosControl
-from spillway_embedded.launcher import STACK_FILE
+from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
+from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
+from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
 from spillway_embedded.moto_server import MotoServer, free_port
 from spillway_embedded.provision import provision
 from spillway_embedded.runtime import NoDelayRequestHandler, Runtime
@@ -35,26 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
 REGION = "us-east-1"
 STACK_NAME = "spillway-dev"
-
-
-@dataclass(frozen=True)
-class GpuSpec:
-    gpu_id: str
-    pool: str
-    vram_mb: int
-    slots: int = 2
-
-
-# The office: five GPUs of mixed sizes behind one tunnel; the cloud: two big rented ones.
-DEFAULT_GPUS = (
-    GpuSpec("local-0", "local", 6_000),
-    GpuSpec("local-1", "local", 6_000),
-    GpuSpec("local-2", "local", 8_000),
-    GpuSpec("local-3", "local", 8_000),
-    GpuSpec("local-4", "local", 12_000),
-    GpuSpec("cloud-0", "cloud", 24_000, slots=4),
-    GpuSpec("cloud-1", "cloud", 24_000, slots=4),
-)
 
 
 @dataclass
@@ -76,7 +61,11 @@ class EmbeddedStack:
     state_dir: Path
     api_port: int = 0
     parameters: dict[str, str] = field(default_factory=dict)
-    gpus: tuple[GpuSpec, ...] = DEFAULT_GPUS
+    # The GPUs and the FaaS endpoint; wired by the control plane (template parameters) later.
+    fleet: Fleet = field(default_factory=lambda: load_fleet(DEFAULT_FLEET))
+    # What clients of the FaaS provider present; wired by the control plane (the template's secret) later.
+    faas_api_key: str = field(default_factory=lambda: secrets.token_urlsafe(32), repr=False)
+    routing_rules: dict[str, Any] = field(default_factory=dict)  # overrides of the routing rules (budget, segments)
     agent_heartbeat_seconds: float = 5.0  # AgentStaleSeconds (30) is six beats
     model_seconds: float = 0.0  # the demo model takes at least this long per task
     emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
@@ -89,28 +78,47 @@ class EmbeddedStack:
         self._runtime: Runtime | None = None
         self._chaos: Any = None
         self._agents: list[AgentProcess] = []
+        self._faas: FaasProviderProcess | None = None
         self.endpoint = ""
         self.physical_ids: dict[str, str] = {}
+        for spec in self.gpus:
+            if set(spec.services) != set(SERVICES):  # refused, not silently ignored
+                raise ValueError(f"{spec.gpu_id}: the agent runs every service ({sorted(SERVICES)}); a GPU "
+                                 "limited to some needs `spillway agent --services`, which does not exist yet")
+
+    @property
+    def gpus(self) -> tuple[GpuSpec, ...]:
+        return self.fleet.gpus()
 
     # ---- lifecycle
 
     def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.fleet.faas:  # launched first: it imports the model while moto starts
+            self._faas = FaasProviderProcess(self._faas_config(self.fleet.faas), self.state_dir / "faas")
+            self._faas.start()
         self.endpoint = self._moto.start()
+        if self._faas:
+            self._faas.wait_ready(timeout=60)  # its URL is known before the template's parameters are
         for name, value in {
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION,
         }.items():
             os.environ.setdefault(name, value)
         if not self.emit_metrics:  # offline, EMF blobs on stdout are noise between the jobs' lines
             os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+        # The API's port is known before the template's parameters: the FaaS provider's webhooks call it.
+        self.api_port = self.api_port or free_port()
         stack = provision(
-            translate(TEMPLATE, self.parameters), endpoint_url=self.endpoint, region=REGION, stack_name=STACK_NAME
+            translate(TEMPLATE, self._faas_parameters() | self.parameters), endpoint_url=self.endpoint, region=REGION,
+            stack_name=STACK_NAME,
         )
         self.physical_ids = dict(stack.physical_ids)
+        self.client("ssm").put_parameter(Name=self.physical_ids["RoutingRulesParameter"], Overwrite=True,
+                                         Value=json.dumps(self._routing_overrides()))
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port,
                                 lambda_port=self._lambda_port)
         self._runtime.start()
-        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels), threaded=True,
+        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of), threaded=True,
                                   request_handler=NoDelayRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         agent_key = self.client("secretsmanager").get_secret_value(
@@ -136,6 +144,8 @@ class EmbeddedStack:
             if agent.tunnel:
                 agent.tunnel.stop()
         self._agents.clear()
+        if self._faas:
+            self._faas.stop()
         if self._chaos is not None:
             self._chaos.shutdown()
         if self._runtime:
@@ -156,9 +166,49 @@ class EmbeddedStack:
     def chaos_url(self) -> str:
         return f"http://127.0.0.1:{self._chaos.server_port}"
 
+    # The FaaS provider (None without [faas]); wired by the control plane (template parameters, secret) later.
+
+    @property
+    def faas_url(self) -> str | None:
+        """Its base URL; RunPod's API is under /v2/{faas_endpoint_id}/."""
+        return self._faas.url if self._faas and self._faas.url else None
+
+    @property
+    def faas_endpoint_id(self) -> str | None:
+        return self.fleet.faas.endpoint_id if self.fleet.faas else None
+
+    def _faas_parameters(self) -> dict[str, str]:
+        """The template's FaaS parameters, for this stack's provider (none: the FaaS pool is off)."""
+        if not self.faas_url:
+            return {}
+        return {"FaasBaseUrl": self.faas_url, "FaasEndpointId": self.faas_endpoint_id or "",
+                "FaasApiKey": self.faas_api_key, "PublicApiUrl": f"http://127.0.0.1:{self.api_port}"}
+
+    def _routing_overrides(self) -> dict[str, Any]:
+        """The routing rules' FaaS prices and limits are the fleet's (one source: the fleet file), with the
+        stack's own overrides (`spillway dev --rules`) on top."""
+        overrides: dict[str, Any] = {}
+        if self.fleet.faas:
+            overrides["faas"] = {"price_per_second_usd": self.fleet.faas.price_per_second_usd,
+                                 "max_seconds": int(self.fleet.faas.max_seconds),
+                                 "cold_start_seconds": self.fleet.faas.cold_start_seconds}
+        for key, value in self.routing_rules.items():
+            overrides[key] = overrides.get(key, {}) | value if isinstance(value, dict) else value
+        return overrides
+
+    def _faas_config(self, faas: FaasSettings) -> ProviderConfig:
+        return ProviderConfig(
+            endpoint_id=faas.endpoint_id, api_key=self.faas_api_key, concurrency=faas.concurrency,
+            cold_start_seconds=faas.cold_start_seconds, idle_seconds=faas.idle_seconds,
+            price_per_second_usd=faas.price_per_second_usd, execution_timeout_seconds=faas.max_seconds,
+        )
+
     def tunnels(self) -> dict[str, Tunnel]:
-        """The office tunnel, by the local GPU behind it."""
+        """Each GPU's network path (the office link, the cloud's network), by the GPU behind it."""
         return {a.spec.gpu_id: a.tunnel for a in self._agents if a.tunnel}
+
+    def _pool_of(self, gpu_id: str) -> str | None:
+        return next((a.spec.pool.value for a in self._agents if a.spec.gpu_id == gpu_id), None)
 
     # ---- agents
 
@@ -168,18 +218,19 @@ class EmbeddedStack:
         folder.mkdir(parents=True, exist_ok=True)
         ready_file = folder / f"{spec.gpu_id}.json"
         ready_file.unlink(missing_ok=True)
-        tunnel = Tunnel(listen=("127.0.0.1", 0), target=None) if spec.pool == "local" else None
-        if tunnel:
-            tunnel.start()
+        # The control plane reaches every GPU through a link that chaos can cut: the office's tunnel, or
+        # the cloud provider's network.
+        tunnel = Tunnel(listen=("127.0.0.1", 0), target=None)
+        tunnel.start()
         command = [
             sys.executable, "-m", "spillway.cli", "agent",
-            "--gpu-id", spec.gpu_id, "--pool", spec.pool, "--listen", "127.0.0.1:0",
+            "--gpu-id", spec.gpu_id, "--pool", spec.pool.value, "--listen", "127.0.0.1:0",
             "--vram-mb", str(spec.vram_mb), "--slots", str(spec.slots),
             "--control-url", self.api_url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
             "--ready-file", str(ready_file), "--min-run-seconds", str(self.model_seconds),
         ]
         if tunnel:
-            command += ["--advertise-url", tunnel.url]  # the control plane reaches office GPUs through it
+            command += ["--advertise-url", tunnel.url]  # the control plane reaches the GPU through it
         log_path = folder / f"{spec.gpu_id}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
@@ -189,26 +240,12 @@ class EmbeddedStack:
 
     def _await_agent(self, agent: AgentProcess, timeout: float = 60) -> None:
         try:
-            agent.listen_url = self._wait_for_ready_file(agent.ready_file, agent.process, timeout)
+            agent.listen_url = wait_for_ready_file(agent.ready_file, agent.process, timeout, "agent")
         except (RuntimeError, TimeoutError) as failed:
             raise RuntimeError(f"{agent.spec.gpu_id}: {failed}; see {agent.log_path}") from None
         if agent.tunnel:
             host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
             agent.tunnel.target = (host, int(port))
-
-    @staticmethod
-    def _wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists():
-                try:
-                    return json.loads(path.read_text())["listen_url"]
-                except (ValueError, KeyError):
-                    pass  # being written
-            if process.poll() is not None:
-                raise RuntimeError(f"agent exited with {process.returncode} before it served")
-            time.sleep(0.05)
-        raise TimeoutError(f"agent did not serve within {timeout}s")
 
     def _wait_for_fleet(self, timeout: float) -> None:
         """Every agent has registered through the API: the stack is usable end to end."""
@@ -230,10 +267,15 @@ class EmbeddedStack:
             "region": REGION,
             "resources": self.physical_ids,
             "gpus": [
-                {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool, "vram_mb": a.spec.vram_mb,
-                 "listen_url": a.listen_url, "advertised_url": a.advertised_url, "pid": a.process.pid}
+                {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool.value, "vram_mb": a.spec.vram_mb, "slots": a.spec.slots,
+                 "services": list(a.spec.services), "listen_url": a.listen_url, "advertised_url": a.advertised_url,
+                 "pid": a.process.pid}
                 for a in self._agents
             ],
+            "fleet_file": str(self.fleet.source) if self.fleet.source else None,
+            "faas_url": self.faas_url,
+            "faas_endpoint_id": self.faas_endpoint_id,
+            "faas": self.fleet.faas.model_dump(mode="json") if self.fleet.faas else None,
         }
         tmp = self.state_dir / (STACK_FILE + ".tmp")
         tmp.write_text(json.dumps(info, indent=2))
@@ -255,8 +297,11 @@ def serve_forever(stack: EmbeddedStack) -> None:
         signal.signal(sig, lambda *_: stopping.set())
     try:
         stack.start()
-        print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n"
-              f"  chaos:        {stack.chaos_url}  (POST /tunnels/cut, /tunnels/restore)\n"
+        faas = (f"  FaaS:         {stack.faas_url}/v2/{stack.faas_endpoint_id}  (RunPod's API)\n"
+                if stack.faas_url else "  FaaS:         none in this fleet\n")
+        print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n{faas}"
+              f"  chaos:        {stack.chaos_url}  (POST /tunnels/cut, /tunnels/restore, /faas)\n"
+              f"  fleet:        {stack.fleet.source or 'given in code'}\n"
               f"  state folder: {stack.state_dir}\nCtrl-C to stop.", flush=True)
         stopping.wait()
     finally:

@@ -1,4 +1,5 @@
-"""Pool queues -> the pool's waiting room, which is pumped at once (the "poller").
+"""Pool queues -> the pool's waiting room, which is pumped at once (the "poller"); the faas queue -> the
+FaaS provider (see `spillway.faas.dispatcher`).
 
 The state machine sends each attempt to its pool's queue with a task token; this puts it in the
 waiting room (DynamoDB, ordered by priority with aging) and starts whatever the free GPUs can take.
@@ -10,8 +11,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spillway.handlers.wiring import dispatcher
-from spillway.models import PoolTask
+from spillway.handlers.wiring import dispatcher, faas_dispatcher
+from spillway.models import Pool, PoolTask
 
 logger = Logger()
 tracer = Tracer()
@@ -30,6 +31,11 @@ def handler(event: dict, context: LambdaContext) -> dict:
         event=event, record_handler=lambda record: arrivals.append(PoolTask.model_validate_json(record.body)),
         processor=processor, context=context,
     )
+    faas = [a for a in arrivals if a.pool is Pool.FAAS]
+    if faas:
+        outcomes = faas_dispatcher().enqueue_batch(faas)
+        logger.info("sent to faas", tasks=len(faas), outcomes=outcomes)
+    arrivals = [a for a in arrivals if a.pool is not Pool.FAAS]
     if arrivals:
         outcomes = dispatcher().enqueue_batch(arrivals)
         logger.info("enqueued", tasks=len(arrivals), started=sum(o == "pushed" for o in outcomes.values()))

@@ -8,7 +8,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spillway.handlers.wiring import dispatcher, reconciler
+from spillway.handlers.wiring import dispatcher, faas_dispatcher, reconciler
+from spillway.settings import settings
 
 logger = Logger()
 tracer = Tracer()
@@ -28,6 +29,8 @@ def handler(event: EventBridgeEvent, context: LambdaContext) -> dict:
                     outcome=outcome)
         return {"jobs": {outcome: 1}}
     tasks = dispatcher().sweep()
+    if settings().faas_endpoint_id:
+        tasks |= {f"faas_{k}": v for k, v in faas_dispatcher().sweep().items()}
     jobs = reconciler().sweep()
     metrics.add_metric(name="JobsReconciled", unit=MetricUnit.Count, value=jobs.get("reconciled", 0))
     if jobs.get("reconciled") or jobs.get("admitted"):

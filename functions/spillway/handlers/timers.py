@@ -1,4 +1,5 @@
-"""The timers queue -> a waiting task past its wait bound leaves the room; a silent task fails.
+"""The timers queue -> a waiting task past its wait bound leaves the room; a silent task fails; a FaaS
+job whose webhook never came is asked how it stands.
 
 See `spillway.timers`: each message is a delayed "look at this task again".
 """
@@ -9,8 +10,8 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spillway.handlers.wiring import dispatcher
-from spillway.models import ErrorType, Timer
+from spillway.handlers.wiring import dispatcher, faas_dispatcher
+from spillway.models import ErrorType, Timer, TimerKind
 
 logger = Logger()
 tracer = Tracer()
@@ -21,6 +22,9 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @tracer.capture_method
 def record_handler(record: SQSRecord) -> None:
     timer = Timer.model_validate_json(record.body)
+    if timer.kind is TimerKind.FAAS_STATUS:
+        faas_dispatcher().on_timer(timer)
+        return
     outcome = dispatcher().on_timer(timer)
     if outcome in (ErrorType.WAIT_EXPIRED, ErrorType.GPU_UNREACHABLE):
         metrics.add_metric(name=f"Tasks{outcome}", unit=MetricUnit.Count, value=1)

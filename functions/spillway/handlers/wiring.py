@@ -8,6 +8,9 @@ from aws_lambda_powertools.utilities import parameters
 from spillway import aws
 from spillway.admission import Admission
 from spillway.budget import BudgetLedger
+from spillway.faas.dispatcher import FaasDispatcher
+from spillway.faas.runpod import TIMEOUT as FAAS_TIMEOUT
+from spillway.faas.runpod import RunPodProvider
 from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
 from spillway.fleet import Fleet
 from spillway.jobs import JobStore
@@ -19,7 +22,7 @@ from spillway.settings import settings
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingRoom
 
-AGENT_KEY_CACHE_SECONDS = 300
+AGENT_KEY_CACHE_SECONDS = 300  # also the FaaS API key's and the webhook key's: a rotation is live within it
 RULES_CACHE_SECONDS = 60  # a change of the routing rules parameter is live within a minute
 
 
@@ -89,3 +92,22 @@ def router() -> Router:
     s = settings()
     return Router(JobStore(aws.table(s.jobs_table)), fleet(), budget(), routing_rules, max_attempts=s.max_attempts,
                   stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id))
+
+
+def webhook_key() -> bytes:
+    """Signs the per-task webhook URLs the FaaS provider calls back."""
+    return str(parameters.get_secret(settings().webhook_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)).encode()
+
+
+@cache
+def faas_dispatcher() -> FaasDispatcher:
+    s = settings()
+    provider = RunPodProvider(
+        s.faas_base_url, s.faas_endpoint_id, http=httpx.Client(timeout=FAAS_TIMEOUT),
+        api_key=lambda: str(parameters.get_secret(s.faas_api_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)))
+    return FaasDispatcher(
+        tasks=aws.table(s.tasks_table), jobs=aws.table(s.jobs_table), provider=provider, budget=budget(),
+        timers=TimerQueue(aws.client("sqs"), s.timers_queue_url), s3=aws.client("s3"),
+        sfn=aws.client("stepfunctions"), bucket=s.images_bucket, rules=routing_rules, endpoint_id=s.faas_endpoint_id,
+        public_api_url=s.public_api_url, webhook_key=webhook_key,
+    )

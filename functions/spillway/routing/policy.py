@@ -27,6 +27,7 @@ from spillway.fleet import Gpu
 from spillway.models import ErrorType, Pool, Priority, Segment
 from spillway.routing.rules import FailureAction, RoutingRules
 
+
 class RouteAction(StrEnum):
     RUN = "run"
     FAIL = "fail"

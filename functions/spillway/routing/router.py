@@ -76,7 +76,8 @@ class Router:
         gpus = self._fleet.all_gpus()
         return FleetSnapshot(
             gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.is_healthy(now, self._stale_after)},
-            waiting={pool: self._fleet.waiting_room.depth(pool, at_most=QUEUE_PEEK) for pool in (Pool.LOCAL, Pool.CLOUD)},
+            waiting={pool: self._fleet.waiting_room.depth(pool, at_most=QUEUE_PEEK)
+                     for pool in (Pool.LOCAL, Pool.CLOUD)},
         )
 
     def _budget_left(self, rules: RoutingRules) -> FaasBudget:

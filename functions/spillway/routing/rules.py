@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from spillway.faas import billing
 from spillway.models import ErrorType, Pool, Priority, Segment
 
 RULES_FILE = Path(__file__).with_name("rules.toml")
@@ -49,7 +50,8 @@ class SegmentRule(Rules):
 
 class FaasRules(Rules):
     price_per_second_usd: float = Field(gt=0)
-    max_seconds: int = Field(gt=0, le=3600, description="a run is stopped and billed at most this long")
+    max_seconds: int = Field(gt=5, le=3600, description="a run is stopped past this (the provider's execution timeout)")
+    cold_start_seconds: float = Field(ge=0, description="billed on top of a run when a worker starts cold")
     expected_seconds: float = Field(gt=0, description="cold start plus a run, as routing expects it")
     daily_budget_usd: float = Field(ge=0)
     last_resort: bool = True
@@ -57,8 +59,9 @@ class FaasRules(Rules):
 
     @property
     def reservation_micro(self) -> int:
-        """What one call may cost at most: reserved before it, settled to the billed cost after."""
-        return round(self.max_seconds * self.price_per_second_usd * MICRO)
+        """What one call may cost at most (a cold start and a run to its timeout): reserved before it,
+        settled to the billed cost after."""
+        return billing.reservation_micro(self.max_seconds + self.cold_start_seconds, self.price_per_second_usd)
 
     def segment_for(self, segment: Segment, service: str, priority: Priority) -> SegmentRule | None:
         return next((rule for rule in self.segments if rule.matches(segment, service, priority)), None)

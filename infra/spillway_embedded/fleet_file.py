@@ -1,0 +1,151 @@
+"""The fleet as data: the GPUs the embedded stack runs agents for, and the FaaS endpoint it stands up.
+
+A TOML file (`fleets/default.toml` is the company's world; `spillway dev --fleet FILE` takes
+another), validated here so that a mistake is named by file and field, not found at run time:
+
+    [pools.local]                 # a pool of GPUs, by the control plane's pool name: local or cloud
+    slots = 2                     # tasks each GPU runs at once, unless a GPU says otherwise
+    services = ["remove_furniture", "upscale_2x"]   # what its GPUs run (default: every service)
+    gpus = [{ id = "local-0", vram_mb = 6000 }, { id = "local-4", vram_mb = 12000, slots = 3 }]
+
+    [faas]                        # optional: the stand-in FaaS provider (see faas_provider.py)
+    endpoint_id = "spillway-dev"
+    price_per_second_usd = 0.00076
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from spillway.catalog import SERVICES
+from spillway.models import Pool
+
+DEFAULT_FLEET = Path(__file__).resolve().parent / "fleets" / "default.toml"
+# The pools of GPUs with agents, by the control plane's names (Pool); FaaS is [faas]: a provider, not GPUs.
+GpuPool = Literal["local", "cloud"]
+
+
+class FleetFileError(ValueError):
+    """A fleet file that cannot be used; the message names the file and the field."""
+
+
+def _known_service(name: str) -> str:
+    if name not in SERVICES:
+        raise ValueError(f"no service {name!r}; the services are {sorted(SERVICES)}")
+    return name
+
+
+ServiceName = Annotated[str, AfterValidator(_known_service)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)  # a typo is an error, not a silent default
+
+
+class GpuEntry(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    vram_mb: int = Field(gt=0)
+    slots: int | None = Field(default=None, ge=1, le=64)  # the pool's otherwise
+    services: list[ServiceName] | None = Field(default=None, min_length=1)  # the pool's otherwise
+
+
+class PoolEntry(_Strict):
+    slots: int = Field(default=2, ge=1, le=64)
+    services: list[ServiceName] = Field(default_factory=lambda: list(SERVICES), min_length=1)
+    gpus: list[GpuEntry] = Field(min_length=1)
+
+
+class FaasSettings(_Strict):
+    """The pay-per-request GPU service, as the stand-in provider runs it and the control plane budgets it."""
+
+    endpoint_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9-]{0,62}$")
+    concurrency: int = Field(default=30, ge=1, le=1000, description="workers: jobs run at once")
+    cold_start_seconds: float = Field(default=2.0, ge=0, le=600, description="a cold worker's start, billed")
+    idle_seconds: float = Field(default=60.0, ge=0, description="a worker idle longer is cold again")
+    price_per_second_usd: float = Field(gt=0, le=1)
+    # The endpoint's execution timeout: over 5 s, as RunPod requires of a job's executionTimeout.
+    max_seconds: float = Field(default=120.0, gt=5, le=3600, description="the longest a run may execute")
+
+    @property
+    def max_billed_seconds(self) -> int:
+        """The most one request can cost, in billed seconds: a cold start and a run to the timeout."""
+        return math.ceil(self.cold_start_seconds + self.max_seconds)
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU as the stack launches its agent: the file's entry with its pool's defaults applied."""
+
+    gpu_id: str
+    pool: Pool
+    vram_mb: int
+    slots: int
+    services: tuple[str, ...]
+
+
+class Fleet(_Strict):
+    pools: dict[GpuPool, PoolEntry] = Field(min_length=1)
+    faas: FaasSettings | None = None
+    _source: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _unique_gpu_ids(self) -> Fleet:
+        seen: dict[str, str] = {}
+        for pool, entry in self.pools.items():
+            for gpu in entry.gpus:
+                if gpu.id in seen:
+                    raise ValueError(f"pools.{pool}: GPU id {gpu.id!r} is already in pools.{seen[gpu.id]}")
+                seen[gpu.id] = pool
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    def gpus(self) -> tuple[GpuSpec, ...]:
+        return tuple(
+            GpuSpec(gpu.id, Pool(pool), gpu.vram_mb, gpu.slots or entry.slots, tuple(gpu.services or entry.services))
+            for pool, entry in self.pools.items() for gpu in entry.gpus
+        )
+
+
+def load_fleet(path: Path) -> Fleet:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FleetFileError(f"{path}: no such fleet file") from None
+    except (OSError, UnicodeDecodeError) as unreadable:
+        raise FleetFileError(f"{path}: cannot be read: {unreadable}") from None
+    except tomllib.TOMLDecodeError as bad:
+        raise FleetFileError(f"{path}: not valid TOML: {bad}") from None
+    try:
+        fleet = Fleet.model_validate(data)
+    except ValidationError as invalid:
+        problems = "\n".join(f"  {_where(e['loc'])}{_what(e)}" for e in invalid.errors())
+        raise FleetFileError(f"{path}: {invalid.error_count()} problem(s):\n{problems}") from None
+    fleet._source = path
+    return fleet
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """('pools', 'local', 'gpus', 2, 'vram_mb') -> 'pools.local.gpus[2].vram_mb: '; a whole-file check names its own."""
+    where = ""
+    for part in loc:
+        if isinstance(part, int):
+            where += f"[{part}]"
+        elif part != "[key]":  # pydantic's marker for a dict key's own error
+            where += f".{part}" if where else part
+    return f"{where}: " if where else ""
+
+
+def _what(error: Any) -> str:
+    value = error.get("input")
+    if error["type"] in ("value_error", "extra_forbidden") or not isinstance(value, str | int | float | bool):
+        return error["msg"].removeprefix("Value error, ")  # our own messages name the value
+    return f"{error['msg']} (got {value!r})"

@@ -21,26 +21,6 @@ def admit(job: DispatchInput) -> str:
     return admission().start(job)
 
 
-def submitted_job(cloud: Cloud) -> DispatchInput:
-    """A job as the API records it, ready to be admitted."""
-    s3 = aws.client("s3")
-    s3.put_object(Bucket=cloud.settings.images_bucket, Key="uploads/" + "a" * 32 + ".png", Body=render_room(3))
-    intake = Intake(cloud.settings, JobStore(aws.table(cloud.settings.jobs_table)), s3, aws.client("sqs"))
-    accepted = intake.submit(JobRequest(service="remove_furniture", input_key="uploads/" + "a" * 32 + ".png"))
-    (message,) = cloud.queue_messages("IntakeNormalQueue")
-    return DispatchInput.model_validate(message | {"job_id": accepted.job_id})
-
-
-def next_task(cloud: Cloud, queue: str, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        messages = cloud.queue_messages(queue)
-        if messages:
-            return messages[0]
-        time.sleep(0.05)
-    raise AssertionError(f"no task reached {queue} in {timeout}s")
-
-
 def register(cloud: Cloud, *gpus: tuple[str, Pool]) -> None:
     """GPUs as their agents' first heartbeats register them: the routing step routes to what it sees."""
     fleet = fleet_for(cloud.settings)
@@ -59,8 +39,28 @@ def ran_on(cloud: Cloud, job_id: str, gpu_id: str) -> None:
 OFFICE_AND_CLOUD = (("local-0", Pool.LOCAL), ("local-1", Pool.LOCAL), ("cloud-0", Pool.CLOUD))
 
 
-def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
+def submitted_job(cloud: Cloud) -> DispatchInput:
+    """A job as the API records it, ready to be admitted, and a fleet (two office GPUs, one cloud) to route to."""
     register(cloud, *OFFICE_AND_CLOUD)
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=cloud.settings.images_bucket, Key="uploads/" + "a" * 32 + ".png", Body=render_room(3))
+    intake = Intake(cloud.settings, JobStore(aws.table(cloud.settings.jobs_table)), s3, aws.client("sqs"))
+    accepted = intake.submit(JobRequest(service="remove_furniture", input_key="uploads/" + "a" * 32 + ".png"))
+    (message,) = cloud.queue_messages("IntakeNormalQueue")
+    return DispatchInput.model_validate(message | {"job_id": accepted.job_id})
+
+
+def next_task(cloud: Cloud, queue: str, timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        messages = cloud.queue_messages(queue)
+        if messages:
+            return messages[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no task reached {queue} in {timeout}s")
+
+
+def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
     job = submitted_job(cloud)
     execution_arn = admit(job)
     assert admit(job) == execution_arn, "a repeated start of the same job finds the same execution"
@@ -88,7 +88,6 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
 
 
 def test_an_unreachable_office_gpu_sends_the_job_to_another_office_gpu(cloud: Cloud) -> None:
-    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     sfn = cloud.client("stepfunctions")
@@ -116,7 +115,6 @@ def test_an_unreachable_office_gpu_sends_the_job_to_another_office_gpu(cloud: Cl
 
 
 def test_bad_input_fails_the_job_without_another_attempt(cloud: Cloud) -> None:
-    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     local = next_task(cloud, "LocalQueue")
@@ -134,7 +132,6 @@ def test_bad_input_fails_the_job_without_another_attempt(cloud: Cloud) -> None:
 def test_a_wait_past_the_office_bound_spills_to_the_cloud_without_counting(cloud: Cloud) -> None:
     """The waiting room fails a local task whose wait bound passed with WaitExpired: the job goes on to
     the cloud, and the spill is not one of its 3 attempts."""
-    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     cloud.client("stepfunctions").send_task_failure(
@@ -173,7 +170,6 @@ def test_every_aws_integration_retries_transient_errors(cloud: Cloud) -> None:
 
 
 def test_three_failed_attempts_fail_the_job_with_every_reason(cloud: Cloud) -> None:
-    register(cloud, *OFFICE_AND_CLOUD)
     job = submitted_job(cloud)
     admit(job)
     sfn = cloud.client("stepfunctions")
@@ -193,8 +189,7 @@ def test_three_failed_attempts_fail_the_job_with_every_reason(cloud: Cloud) -> N
 
 
 def test_a_job_no_gpu_can_ever_run_fails_at_once_with_why(cloud: Cloud) -> None:
-    register(cloud, ("local-0", Pool.LOCAL))  # 24 GB: the job below needs more
-    job = submitted_job(cloud)
+    job = submitted_job(cloud)  # every GPU has 24 GB: the job below needs more
     aws.table(cloud.settings.jobs_table).update_item(
         Key={"job_id": job.job_id}, UpdateExpression="SET vram_mb = :big", ExpressionAttributeValues={":big": 60_000})
     admit(job)

@@ -48,9 +48,9 @@ _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 def test_the_template_translates_to_plain_cloudformation(translated: dict[str, Any]) -> None:
     assert "Transform" not in translated
     types = Counter(resource["Type"] for resource in translated["Resources"].values())
-    assert types["AWS::Lambda::Function"] == 6
+    assert types["AWS::Lambda::Function"] == 8
     assert types["AWS::StepFunctions::StateMachine"] == 1
-    assert types["AWS::Lambda::EventSourceMapping"] == 6  # three intake queues, two pools, the timers
+    assert types["AWS::Lambda::EventSourceMapping"] == 7  # three intake queues, three pools, the timers
     assert not [t for t in types if t.startswith("AWS::Serverless::")]
 
 
@@ -69,11 +69,12 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
         ("POST", "/v1/agent/heartbeat", "AgentCallbackFunction"),
         ("POST", "/v1/agent/tasks/{task_id}/heartbeat", "AgentCallbackFunction"),
         ("POST", "/v1/agent/tasks/{task_id}/result", "AgentCallbackFunction"),
+        ("POST", "/v1/faas/webhook/{task_id}", "FaasWebhookFunction"),
     }
     by_queue = {s.queue_url: s for s in cloud.stack.queue_sources}
     for priority, url in cloud.settings.intake_queue_urls.items():
         assert by_queue[url].function == "AdmitFunction", priority
-    for pool in ("LocalQueue", "CloudQueue"):
+    for pool in ("LocalQueue", "CloudQueue", "FaasQueue"):
         assert by_queue[cloud.physical[pool]].function == "PoolPollerFunction"
     assert by_queue[cloud.settings.timers_queue_url].function == "TimerFunction"
     assert [(s.function, s.expression) for s in cloud.stack.schedules] == [("SweeperFunction", "rate(1 minute)")]

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from spillway import aws
-from spillway.dispatch import Dispatcher, Limits, task_id_for
+from spillway.dispatch import SUSPECT_SECONDS, Dispatcher, Limits, task_id_for
 from spillway.fleet import Fleet, Task
 from spillway.models import Pool, PoolTask, Priority, TaskHeartbeat, TaskResult, TaskState, Timer, TimerKind
 from spillway.priorities import PRIORITY_CLASSES
@@ -95,12 +95,13 @@ class Room:
             self.fleet.heartbeat(beat(gpu_id, pool, vram_mb, slots), now=self.clock.now)
 
     def arrive(self, label: str, priority: Priority = NORMAL, pool: Pool = Pool.LOCAL,
-               vram_mb: int = 2500) -> dict[str, str]:
+               vram_mb: int = 2500, avoid: tuple[str, ...] = ()) -> dict[str, str]:
         """The state machine opens attempt 1 of a new job on `pool` and sends it to the pool's queue."""
         job_id = job_id_for(len(self.ids) + 1)
         self.ids[label] = task_id_for(job_id, 1)
         running_job(self.cloud.settings, job_id, pool=pool)
-        self.sent[label] = pool_task(job_id, self.clock.now, pool=pool, priority=priority, vram_mb=vram_mb)
+        self.sent[label] = pool_task(job_id, self.clock.now, pool=pool, priority=priority, vram_mb=vram_mb,
+                                     avoid_gpus=avoid)
         return self.redeliver(label)
 
     def redeliver(self, label: str) -> dict[str, str]:
@@ -538,8 +539,36 @@ def test_a_slot_freed_by_a_failed_push_again_starts_the_next_waiting_task(
     room.agents.script = [answer]  # the push again fails; the agent takes the next one
     room.advance(heartbeat_s)
     assert room.deliver() == [("a", "GpuUnreachable")]
+    if isinstance(answer, Exception):
+        # A GPU a push could not reach is suspect for a while, heartbeats or not: no new work for it yet.
+        assert "next" not in room.started() and room.waiting(Pool.CLOUD) == ["next"]
+        room.advance(SUSPECT_SECONDS)
+        room.dispatcher.sweep()
     assert room.started()[-1] == "next"
     assert room.task("next").state is TaskState.RUNNING
+
+
+def test_a_task_never_goes_to_a_gpu_that_failed_its_job(room: Room) -> None:
+    room.gpu("local-0", vram_mb=6000)  # the best fit ...
+    room.gpu("local-1", vram_mb=12000)
+    room.arrive("again", avoid=("local-0",))  # ... but it failed this job before
+    assert room.on_gpu("local-1") == ["again"] and room.on_gpu("local-0") == []
+    room.arrive("only-there", avoid=("local-0", "local-1"))
+    assert room.waiting() == ["only-there"], "no GPU it may use: it waits (its bound spills it on)"
+
+
+def test_a_gpu_a_push_could_not_reach_gets_no_work_until_its_suspect_window_passes(room: Room) -> None:
+    room.gpu("local-0", vram_mb=6000)
+    room.gpu("local-1", vram_mb=12000)
+    room.agents.script = [httpx.ConnectError("tunnel down")]
+    room.arrive("a")  # best fit: local-0, whose link is cut
+    assert room.failures()[0][:2] == ("a", "Spillway.GpuUnreachable")
+    room.arrive("b")
+    room.arrive("c")
+    assert room.on_gpu("local-1") == ["b"] and room.waiting() == ["c"], "local-0 is suspect, heartbeats or not"
+    room.advance(SUSPECT_SECONDS)
+    room.dispatcher.sweep()
+    assert room.on_gpu("local-0") == ["c"], "past its window it is tried again"
 
 
 # ---- the sweep: a safety net for lost timers

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from spillway import aws
-from spillway.dispatch import SUSPECT_SECONDS, Dispatcher, Limits, task_id_for
+from spillway.dispatch import Dispatcher, Limits, task_id_for
 from spillway.fleet import Fleet, Task
 from spillway.models import Pool, PoolTask, Priority, TaskHeartbeat, TaskResult, TaskState, Timer, TimerKind
 from spillway.priorities import PRIORITY_CLASSES
@@ -542,7 +542,7 @@ def test_a_slot_freed_by_a_failed_push_again_starts_the_next_waiting_task(
     if isinstance(answer, Exception):
         # A GPU a push could not reach is suspect for a while, heartbeats or not: no new work for it yet.
         assert "next" not in room.started() and room.waiting(Pool.CLOUD) == ["next"]
-        room.advance(SUSPECT_SECONDS)
+        room.advance(room.cloud.settings.suspect_seconds)
         room.dispatcher.sweep()
     assert room.started()[-1] == "next"
     assert room.task("next").state is TaskState.RUNNING
@@ -566,7 +566,7 @@ def test_a_gpu_a_push_could_not_reach_gets_no_work_until_its_suspect_window_pass
     room.arrive("b")
     room.arrive("c")
     assert room.on_gpu("local-1") == ["b"] and room.waiting() == ["c"], "local-0 is suspect, heartbeats or not"
-    room.advance(SUSPECT_SECONDS)
+    room.advance(room.cloud.settings.suspect_seconds)
     room.dispatcher.sweep()
     assert room.on_gpu("local-0") == ["c"], "past its window it is tried again"
 

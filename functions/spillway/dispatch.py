@@ -41,7 +41,6 @@ INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
 SPILL_LOOK_AHEAD = 25  # entries of another pool's room a pump reads for tasks past their bound: its front
-SUSPECT_SECONDS = 30  # a GPU a push could not reach gets no new work for this long (heartbeats or not)
 
 
 def task_id_for(job_id: str, attempt: int) -> str:
@@ -58,6 +57,7 @@ class Limits:
     heartbeat_seconds: int  # the liveness window of a task on a GPU
     attempt_timeout_seconds: int
     agent_stale_seconds: int  # a GPU whose agent has not reported for this long gets no new work
+    suspect_seconds: int = 30  # a GPU a push could not reach gets no new work for this long (heartbeats or not)
 
 
 class Dispatcher:
@@ -249,7 +249,7 @@ class Dispatcher:
                 timeout=PUSH_TIMEOUT,
             )
         except httpx.HTTPError as exc:
-            self._fleet.mark_suspect(task.gpu_id or "", self._clock() + SUSPECT_SECONDS)
+            self._fleet.mark_suspect(task.gpu_id or "", self._clock() + self._limits.suspect_seconds)
             return self.fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} unreachable: {exc!r}")
         if response.status_code in (200, 202):
             self._fleet.mark_running(task, self._clock())

@@ -137,7 +137,11 @@ class Fleet:
         ).get("Attributes")
         if beat.draining:
             return False
-        return before is None or bool(before.get("draining")) or now - float(before["last_heartbeat"]) > stale_after
+        if before is None or bool(before.get("draining")):
+            return True
+        last = float(before["last_heartbeat"])
+        suspect_ended = last < float(before.get("suspect_until", 0)) <= now  # its suspect window passed since
+        return now - last > stale_after or suspect_ended
 
     def gpus(self, pool: Pool) -> list[Gpu]:
         """The pool's GPUs, read consistently: a pump right after a release must see the slot it freed

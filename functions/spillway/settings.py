@@ -24,6 +24,7 @@ class Settings(BaseModel, frozen=True):
     heartbeat_seconds: int
     attempt_timeout_seconds: int
     agent_stale_seconds: int
+    suspect_seconds: int
     max_attempts: int
     budget_table: str
     faas_queue_url: str
@@ -52,6 +53,7 @@ class Settings(BaseModel, frozen=True):
                 heartbeat_seconds=env["HEARTBEAT_SECONDS"],
                 attempt_timeout_seconds=env["ATTEMPT_TIMEOUT_SECONDS"],
                 agent_stale_seconds=env["AGENT_STALE_SECONDS"],
+                suspect_seconds=env["SUSPECT_SECONDS"],
                 max_attempts=env["MAX_ATTEMPTS"],
                 budget_table=env["BUDGET_TABLE"],
                 faas_queue_url=env["FAAS_QUEUE_URL"],

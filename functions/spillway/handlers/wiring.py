@@ -49,7 +49,7 @@ def dispatcher() -> Dispatcher:
         http=httpx.Client(timeout=PUSH_TIMEOUT),
         bucket=s.images_bucket,
         limits=Limits(heartbeat_seconds=s.heartbeat_seconds, attempt_timeout_seconds=s.attempt_timeout_seconds,
-                      agent_stale_seconds=s.agent_stale_seconds),
+                      agent_stale_seconds=s.agent_stale_seconds, suspect_seconds=s.suspect_seconds),
         agent_key=agent_key,
     )
 

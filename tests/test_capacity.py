@@ -35,8 +35,10 @@ IN_FLIGHT_S = 0.5
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    args = ["--api-port", "0", "--model-seconds", str(MODEL_SECONDS)]
-    with LaunchedStack(tmp_path_factory.mktemp("capacity"), args) as info:
+    folder = tmp_path_factory.mktemp("capacity")
+    (folder / "rules.toml").write_text("[faas]\ndaily_budget_usd = 0  # FaaS off: this measures the office and the cloud\n")
+    args = ["--api-port", "0", "--model-seconds", str(MODEL_SECONDS), "--rules", str(folder / "rules.toml")]
+    with LaunchedStack(folder, args) as info:
         yield info
 
 
@@ -130,6 +132,31 @@ def test_a_burst_beyond_the_fleets_slots_is_a_backlog_not_a_failure(stack: Stack
     mine = [e["name"] for e in executions if e["name"] in set(job_ids)]
     assert sorted(mine) == sorted(job_ids), "one execution each, none missing, none twice"
     assert_fleet_at_rest(stack)
+
+
+def test_jobs_past_their_office_wait_bound_spill_to_the_free_cloud_without_a_failed_attempt(
+    stack: StackInfo, inputs: list[str]
+) -> None:
+    office_slots = sum(g["slots"] for g in table_items(stack, "FleetTable") if g["pool"] == "local")
+    # Low jobs fill the office and queue (they wait up to 10 min there); then high ones, which may wait 5 s:
+    # more than the office can start in that time, so the rest spill to the free cloud.
+    lows = submit_all(stack, [{"service": "upscale_2x", "input_key": inputs[i % len(inputs)], "priority": "low"}
+                              for i in range(2 * office_slots)])
+    highs = submit_all(stack, [{"service": "upscale_2x", "input_key": inputs[i % len(inputs)], "priority": "high"}
+                               for i in range(5 * office_slots)])
+    views = answered(stack, lows + highs)
+    assert {v["status"] for v in views.values()} == {"SUCCEEDED"}
+    attempts = [a for v in views.values() for a in v["attempts"]]
+    assert not [a for a in attempts if a["outcome"] == "failed"], "a spill is not a failed attempt"
+    spilled = [v for v in views.values() if v["attempts"][0]["outcome"] == "spilled"]
+    assert spilled, "the backlog spilled over"
+    for view in spilled:
+        first, then = view["attempts"]
+        assert (first["pool"], first["error"]) == ("local", "Spillway.WaitExpired")
+        assert "high priority" in first["reason"] and first["gpu_id"] is None
+        assert (then["pool"], then["outcome"]) == ("cloud", "succeeded") and "spilled over from local" in then["route"]
+    on_cloud = [v for v in views.values() if v["attempts"][-1]["pool"] == "cloud"]
+    assert len(on_cloud) == len(spilled), "the cloud took only what the office could not start in time"
 
 
 def test_high_priority_starts_before_low_and_low_still_finishes(stack: StackInfo, inputs: list[str]) -> None:

@@ -118,7 +118,7 @@ CASES = [
          [failed(L, "local-0", E.GPU_UNREACHABLE), failed(C, "cloud-0", E.MODEL_ERROR)], pool=L,
          avoid=["cloud-0", "local-0"]),
     Case("budget spent: the eligible job is served by local/cloud", US_HIGH, gpus=BUSY_OFFICE + BUSY_CLOUD,
-         budget=FaasBudget(left_micro=1_000), pool=L),
+         budget=FaasBudget(left_micro=1_000), pool=L, reason_has=("budget of us-priority is spent",)),
     Case("the segment's cap spent while the day has room: no faas", US_HIGH, gpus=BUSY_OFFICE + BUSY_CLOUD,
          budget=FaasBudget(left_micro=10**9, segment_left_micro={"us-priority": 0}), pool=L),
     Case("the reservation lost the race for the last dollars: decide again without faas", US_HIGH,
@@ -126,7 +126,7 @@ CASES = [
     Case("faas refused it (at capacity): back to local/cloud, not counted", US_HIGH,
          [failed(F, None, E.POOL_REFUSED)], gpus=BUSY_OFFICE + BUSY_CLOUD, pool=L),
     Case("budget spent, every GPU down: waits for one, says why", US_HIGH, down={g.gpu_id for g in OFFICE + CLOUD},
-         budget=FaasBudget(left_micro=0), pool=C, reason_has=("budget is spent",)),
+         budget=FaasBudget(left_micro=0), pool=C, reason_has=("budget of us-priority is spent", "come back")),
 ]
 
 

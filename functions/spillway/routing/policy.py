@@ -136,11 +136,17 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
     def to_faas(because: str) -> Route:
         return run(Pool.FAAS, f"faas for segment {segment.name}: {because}{why}", segment.name)
 
-    if faas_open and rules.faas.last_resort and counted and len(counted) == max_attempts - 1:
-        return to_faas("its last attempt goes where it is most likely to succeed")
     serving = [p for p in pools if fleet.candidates(p, job, avoid)]
-    if faas_open and not any(fleet.starts_now(p, job, avoid) for p in serving):
-        return to_faas("no other pool could start it now" if serving else "no other pool can run it")
+    if rules.faas.last_resort and counted and len(counted) == max_attempts - 1:
+        wants_faas = "its last attempt goes where it is most likely to succeed"
+    elif not any(fleet.starts_now(p, job, avoid) for p in serving):
+        wants_faas = "no other pool could start it now" if serving else "no other pool can run it"
+    else:
+        wants_faas = ""
+    if segment is not None and wants_faas:
+        if faas_open:
+            return to_faas(wants_faas)
+        why += f" (FaaS would have taken it, but the budget of {segment.name} is spent)"
     if serving:
         pool = serving[0]
         if last_action is FailureAction.NEXT_POOL and last.pool is not Pool.FAAS:
@@ -154,7 +160,7 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
     # Nothing healthy can take it now. Wait in the last pool that has such a GPU at all, down or not
     # (it holds the task until the deadline); if none has, no GPU ever could.
     reason = f"no healthy GPU of {', '.join(p.value for p in pools) or 'any pool'} runs {job.service} " \
-             f"with {job.vram_mb} MB" + ("; the FaaS budget is spent" if segment and not faas_open else "")
+             f"with {job.vram_mb} MB"
     registered = [p for p in pools if any(g.pool is p and job.service in g.services and g.vram_total_mb >= job.vram_mb
                                           and g.gpu_id not in avoid for g in fleet.gpus)]
     if registered:

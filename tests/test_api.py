@@ -62,6 +62,20 @@ def test_submit_records_the_job_and_queues_it_by_priority(cloud: Cloud) -> None:
     assert (view["status"], view["width"], view["height"], view["attempts"]) == ("QUEUED", 800, 600, [])
 
 
+def test_a_deadline_given_at_submit_is_the_jobs_and_its_executions(cloud: Cloud) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    key = upload(cloud, render_room(1))
+    deadline = (datetime.now(UTC) + timedelta(minutes=5)).replace(microsecond=0)
+    status, accepted = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key,
+                                                 "deadline_at": deadline.isoformat()})
+    assert status == 202
+    (message,) = cloud.queue_messages("IntakeNormalQueue")
+    assert datetime.fromisoformat(message["deadline_at"]) == deadline, "the execution's clocks count to it"
+    status, view = call("GET", f"/v1/jobs/{accepted['job_id']}")
+    assert datetime.fromisoformat(view["deadline_at"]) == deadline and view["cost_usd"] == 0
+
+
 def test_same_idempotency_key_returns_the_same_job(cloud: Cloud) -> None:
     key = upload(cloud, render_room(2))
     request = {"service": "upscale_2x", "input_key": key, "idempotency_key": "order-1234"}
@@ -81,6 +95,14 @@ BAD_REQUESTS = [
     ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png", "priority": "urgent"}, "priority"),
     ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png", "colour": "red"}, "colour"),
     ({"input_key": "uploads/" + "a" * 32 + ".png"}, "service"),
+    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+      "deadline_at": "2020-01-01T00:00:00Z"}, "deadline_at"),  # in the past
+    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+      "deadline_at": "2099-01-01T00:00:00Z"}, "7 days"),  # too far ahead
+    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+      "deadline_at": "2026-12-01T00:00:00"}, "timezone"),  # no zone: ambiguous
+    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+      "deadline_at": "tomorrow"}, "deadline_at"),
 ]
 
 

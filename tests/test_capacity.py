@@ -36,7 +36,8 @@ IN_FLIGHT_S = 0.5
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     folder = tmp_path_factory.mktemp("capacity")
-    (folder / "rules.toml").write_text("[faas]\ndaily_budget_usd = 0  # FaaS off: this measures the office and the cloud\n")
+    # FaaS off: this module measures the office and the cloud.
+    (folder / "rules.toml").write_text("[faas]\ndaily_budget_usd = 0\n")
     args = ["--api-port", "0", "--model-seconds", str(MODEL_SECONDS), "--rules", str(folder / "rules.toml")]
     with LaunchedStack(folder, args) as info:
         yield info

@@ -69,21 +69,18 @@ def demo(argv: list[str]) -> int:
     from spillway_embedded.launcher import LaunchedStack
 
     parser = argparse.ArgumentParser(prog="spillway demo", description="Push room photos through the whole system.")
-    parser.add_argument("--jobs", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("demo-output"))
     parser.add_argument("--state-dir", type=Path, default=Path(".spillway/demo"))
-    parser.add_argument("--steady", action="store_true", help="keep the office link up throughout")
+    parser.add_argument("--steady", action="store_true", help="keep every link up throughout")
     args = parser.parse_args(argv)
 
-    print("Starting the embedded stack: moto + the resources of template.yaml + 5 local and 2 cloud GPU agents ...",
-          flush=True)
+    print("Starting the embedded stack: moto + the resources of template.yaml + 5 office and 2 cloud GPU agents "
+          "+ a FaaS provider ...", flush=True)
     stack = LaunchedStack(args.state_dir, ["--api-port", "0"])
     try:
         with stack as info:
             print(f"Up. API at {info.api_url}  (logs: {stack.log_path})", flush=True)
-            link = None if args.steady else (lambda up: info.restore_tunnels() if up else info.cut_tunnels(pool="local"))
-            ok = demo_client.run(info.api_url, args.out, args.jobs, say=lambda line: print(line, flush=True),
-                                 link=link)
+            ok = demo_client.run(info, args.out, say=lambda line: print(line, flush=True), steady=args.steady)
     except Exception as exc:
         print(f"demo failed: {exc}\n--- last lines of {stack.log_path} ---\n{stack.log_tail()}", file=sys.stderr)
         return 1

@@ -1,7 +1,10 @@
-"""The demo: a client that pushes generated room photos through the real HTTP API.
+"""The demo: a client that pushes generated room photos through the real HTTP API, in the company's
+world — 5 office GPUs on a flaky link, 2 cloud GPUs, a FaaS service for US priority jobs — while
+the links drop: first one office GPU's, then the whole office's, then the cloud's too.
 
-It does what a customer's integration does: ask for an upload URL, PUT the photo, submit the
-job, follow it until it is answered, and fetch the result.
+It does what a customer's integration does: ask for an upload URL, PUT the photo, submit the job,
+follow it until it is answered, and fetch the result. Then it prints, per job, where each attempt
+ran, why, and what it cost, and the FaaS spend against its budget.
 """
 
 from __future__ import annotations
@@ -10,22 +13,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+from boto3.dynamodb.types import TypeDeserializer
 
 from spillway.rooms import render_room
+from spillway.routing.rules import MICRO, default_rules
+from spillway_embedded.launcher import StackInfo
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+NORMAL = {"priority": "normal", "segment": {"region": "eu"}}
+US_PRIORITY = {"priority": "high", "segment": {"region": "us"}}  # FaaS-eligible by the default rules
 
 
 @dataclass
 class DemoJob:
     seed: int
     service: str
-    priority: str
+    how: dict[str, Any]
     job_id: str = ""
     status: str = "NEW"
     view: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "US priority" if self.how is US_PRIORITY else "normal"
 
     @property
     def path(self) -> str:
@@ -35,15 +48,91 @@ class DemoJob:
 
 def _attempt(attempt: dict) -> str:
     where = f"{attempt['pool']}/{attempt.get('gpu_id') or 'waiting'}"
-    if attempt.get("outcome") == "failed":
-        where += f" ({(attempt.get('error') or 'failed').removeprefix('Spillway.')})"
+    if attempt.get("outcome") in ("failed", "spilled"):
+        where += f" ({attempt['outcome']}: {(attempt.get('error') or '').removeprefix('Spillway.')})"
     return where
 
 
-def plan(count: int) -> list[DemoJob]:
-    services = ["remove_furniture", "remove_furniture", "upscale_2x"]
-    priorities = ["high", "normal", "normal", "low"]
-    return [DemoJob(seed=i, service=services[i % 3], priority=priorities[i % 4]) for i in range(count)]
+@dataclass(frozen=True)
+class Phase:
+    title: str
+    cut: dict[str, Any] | None  # the links cut during it: a chaos selection ({} = every GPU's); None = none
+    jobs: list[tuple[str, dict[str, Any]]]  # (service, how) of each job submitted in it
+
+
+PHASES = [
+    Phase("Every link up: the office GPUs take everything", None,
+          [("remove_furniture", NORMAL), ("upscale_2x", NORMAL), ("remove_furniture", US_PRIORITY)]),
+    Phase("local-0's link drops: its jobs move to the other office GPUs", {"gpu_ids": ["local-0"]},
+          [("remove_furniture", NORMAL), ("upscale_2x", NORMAL), ("remove_furniture", NORMAL)]),
+    Phase("The whole office link drops: the cloud takes over", {"pool": "local"},
+          [("remove_furniture", NORMAL), ("upscale_2x", NORMAL), ("remove_furniture", US_PRIORITY)]),
+    Phase("The cloud's network fails too: US priority jobs go to FaaS", {},
+          [("remove_furniture", US_PRIORITY), ("remove_furniture", US_PRIORITY)]),
+]
+
+
+def run(stack: StackInfo, out_dir: Path, say: Callable[[str], None] = print, deadline_s: float = 300.0,
+        steady: bool = False) -> bool:
+    """Every phase in turn (with `steady`, no link drops); True if every job succeeded."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs: list[DemoJob] = []
+    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as api:
+        for phase in PHASES:
+            say(f"\n== {phase.title}")
+            if not steady:
+                stack.restore_tunnels()
+                if phase.cut is not None:
+                    stack.cut_tunnels(*phase.cut.get("gpu_ids", ()), pool=phase.cut.get("pool"))
+            batch = [DemoJob(seed=len(jobs) + i, service=service, how=how)
+                     for i, (service, how) in enumerate(phase.jobs)]
+            jobs += batch
+            try:
+                _submit_and_follow(api, batch, out_dir, deadline_s, say)
+            finally:
+                if phase is PHASES[-1] and not steady:
+                    stack.restore_tunnels()
+                    say("Every link is back.")
+        say("")
+        for job in jobs:
+            _report(job, out_dir, say)
+    _spend(stack, say)
+    return all(j.status == "SUCCEEDED" for j in jobs)
+
+
+def _report(job: DemoJob, out_dir: Path, say: Callable[[str], None]) -> None:
+    view = job.view
+    if job.status == "SUCCEEDED":
+        target = out_dir / f"room-{job.seed}-{job.service}.png"
+        target.write_bytes(httpx.get(view["result_url"], timeout=TIMEOUT).raise_for_status().content)
+        outcome = f"-> {target}"
+    else:
+        outcome = view.get("error") or job.status
+    say(f"{job.job_id}  {job.service:<16} {job.kind:<11} {job.status:<9} ${view.get('cost_usd', 0):.5f}  {outcome}")
+    for attempt in view.get("attempts", []):
+        where = f"{attempt['pool']}/{attempt.get('gpu_id') or '-'}"
+        result = attempt.get("outcome") or "open"
+        if attempt.get("reason") and result != "succeeded":
+            result += f": {attempt['reason'][:90]}"
+        say(f"    #{attempt['number']} {where:<22} ${attempt['cost_usd']:.5f}  {result}")
+        say(f"       why: {attempt.get('route') or '-'}")
+
+
+def _spend(stack: StackInfo, say: Callable[[str], None]) -> None:
+    """Today's FaaS spend from the budget ledger, against the daily budget and each segment's."""
+    rules = default_rules()
+    typed = TypeDeserializer()
+    items = stack.boto3_client("dynamodb").scan(TableName=stack.resources["BudgetTable"])["Items"]
+    counters = [{k: typed.deserialize(v) for k, v in i.items()} for i in items]
+    counters = [c for c in counters if not str(c["budget_id"]).startswith("reservation#")]
+    day = next((c for c in counters if "segment" not in c), {})
+    say(f"\nFaaS spend today: ${int(day.get('settled_micro', 0)) / MICRO:.5f} settled, "
+        f"${int(day.get('committed_micro', 0)) / MICRO:.5f} committed, "
+        f"of a ${rules.faas.daily_budget_usd:g} daily budget")
+    for segment in rules.faas.segments:
+        counter = next((c for c in counters if c.get("segment") == segment.name), {})
+        cap = f"${segment.daily_budget_usd:g}" if segment.daily_budget_usd is not None else "no cap of its own"
+        say(f"  segment {segment.name}: ${int(counter.get('settled_micro', 0)) / MICRO:.5f} settled ({cap})")
 
 
 def submit(api: httpx.Client, job: DemoJob, image: bytes) -> None:
@@ -51,7 +140,7 @@ def submit(api: httpx.Client, job: DemoJob, image: bytes) -> None:
     httpx.put(ticket["upload_url"], content=image, headers=ticket["headers"], timeout=TIMEOUT).raise_for_status()
     accepted = api.post(
         "/v1/jobs",
-        json={"service": job.service, "input_key": ticket["input_key"], "priority": job.priority,
+        json={"service": job.service, "input_key": ticket["input_key"], **job.how,
               "idempotency_key": f"demo-{job.seed}-{ticket['input_key'][8:20]}"},
     ).raise_for_status().json()
     job.job_id, job.status = accepted["job_id"], accepted["status"]
@@ -70,50 +159,15 @@ def follow(api: httpx.Client, jobs: list[DemoJob], deadline_s: float, say: Calla
             job.view = api.get(f"/v1/jobs/{job.job_id}").raise_for_status().json()
             job.status = job.view["status"]
             if (job.status, job.path) != before:
-                say(f"  {job.job_id}  {job.service:<17} {job.status:<10} {job.path}")
+                say(f"  {job.job_id}  {job.service:<16} {job.kind:<11} {job.status:<9} {job.path}")
         time.sleep(poll_s)
-
-
-def run(api_url: str, out_dir: Path, count: int, say: Callable[[str], None] = print,
-        deadline_s: float = 300.0, link: Callable[[bool], None] | None = None) -> bool:
-    """Push `count` photos through; with `link`, the second half goes while the office link is down."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    jobs = plan(count)
-    halves = [jobs[: (count + 1) // 2], jobs[(count + 1) // 2:]] if link else [jobs]
-    with httpx.Client(base_url=api_url, timeout=TIMEOUT) as api:
-        for phase, batch in enumerate(halves):
-            if not batch:
-                continue
-            if phase == 1 and link:
-                say("\nThe office link drops (the tunnel in front of the local GPUs is cut) ...")
-                link(False)
-            try:
-                _submit_and_follow(api, batch, out_dir, deadline_s, say)
-            finally:
-                if phase == 1 and link:
-                    link(True)
-                    say("The link is back.")
-        say("")
-        say(f"{'job':<35} {'service':<17} {'status':<10} {'ran on':<48} result")
-        for job in jobs:
-            result = "-"
-            if job.status == "SUCCEEDED":
-                target = out_dir / f"room-{job.seed}-{job.service}.png"
-                target.write_bytes(httpx.get(job.view["result_url"], timeout=TIMEOUT).raise_for_status().content)
-                result = str(target)
-            elif job.view.get("error"):
-                result = job.view["error"]
-            say(f"{job.job_id:<35} {job.service:<17} {job.status:<10} {job.path:<48} {result}")
-    return all(j.status == "SUCCEEDED" for j in jobs)
 
 
 def _submit_and_follow(api: httpx.Client, jobs: list[DemoJob], out_dir: Path, deadline_s: float,
                        say: Callable[[str], None]) -> None:
-    say(f"Submitting {len(jobs)} room photos through {api.base_url} ...")
     for job in jobs:
         image = render_room(job.seed)
         (out_dir / f"room-{job.seed}-input.png").write_bytes(image)
         submit(api, job, image)
-        say(f"  {job.job_id}  {job.service:<17} {job.status:<10} (priority {job.priority})")
-    say("Following them until each is answered:")
+        say(f"  {job.job_id}  {job.service:<16} {job.kind:<11} {job.status}")
     follow(api, jobs, deadline_s, say)

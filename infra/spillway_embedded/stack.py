@@ -25,7 +25,6 @@ import boto3
 from werkzeug.serving import make_server
 
 from spillway.catalog import SERVICES
-from spillway.models import Pool
 from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
 from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
@@ -118,8 +117,8 @@ class EmbeddedStack:
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port,
                                 lambda_port=self._lambda_port)
         self._runtime.start()
-        self._chaos = make_server("127.0.0.1", 0, ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of), threaded=True,
-                                  request_handler=NoDelayRequestHandler)
+        switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of)
+        self._chaos = make_server("127.0.0.1", 0, switchboard, threaded=True, request_handler=NoDelayRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         agent_key = self.client("secretsmanager").get_secret_value(
             SecretId=self.physical_ids["AgentKeySecret"]

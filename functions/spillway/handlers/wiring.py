@@ -8,10 +8,10 @@ from aws_lambda_powertools.utilities import parameters
 from spillway import aws
 from spillway.admission import Admission
 from spillway.budget import BudgetLedger
+from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
 from spillway.faas.dispatcher import FaasDispatcher
 from spillway.faas.runpod import TIMEOUT as FAAS_TIMEOUT
 from spillway.faas.runpod import RunPodProvider
-from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
 from spillway.fleet import Fleet
 from spillway.jobs import JobStore
 from spillway.reconcile import Reconciler

@@ -76,7 +76,11 @@ class Cloud:
 
 
 def clear_caches() -> None:
-    """Forget clients and settings made for another test's resources (handlers cache them per container)."""
+    """Forget clients, settings and parameters read for another test's resources (handlers cache them per
+    container)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    parameters.clear_caches()
     for module in (aws, settings_module, *(importlib.import_module(f"spillway.handlers.{h}") for h in HANDLERS)):
         for value in vars(module).values():
             if callable(getattr(value, "cache_clear", None)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,10 +17,10 @@ from botocore.exceptions import ClientError
 from spillway import aws
 from spillway.dispatch import Dispatcher, Limits
 from spillway.fleet import Fleet
-from spillway.models import AgentHeartbeat, AgentTask, Pool, PoolTask, Priority
+from spillway.models import AgentHeartbeat, AgentTask, Pool, PoolTask, Priority, Timer
 from spillway.priorities import deadline_for
 from spillway.settings import Settings
-from spillway.timers import TimerQueue
+from spillway.timers import MAX_DELAY_SECONDS, TimerQueue
 from spillway.waiting_room import WaitingRoom
 
 AGENT_KEY = "agent-key-for-tests-0123456789"
@@ -130,6 +131,30 @@ def token_for(job_id: str, attempt: int = 1) -> str:
     return f"token-{job_id}-{attempt}"
 
 
+class FakeTimers:
+    """The timers queue in the test's time: a timer set at `now` is delivered `min(due - now, 15 min)`
+    later (SQS's longest delay), by `deliver`. `lose` drops every timer in flight."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Timer]] = []  # (delivered at, timer)
+        self.log: list[tuple[Timer, float]] = []  # every set, with the time it was set
+
+    def set(self, timer: Timer, now: float) -> None:
+        self.log.append((timer, now))
+        self.pending.append((now + min(MAX_DELAY_SECONDS, max(0, math.ceil(timer.due_at - now))), timer))
+
+    def lose(self) -> None:
+        self.pending.clear()
+
+    def take_due(self, now: float) -> list[Timer]:
+        due = sorted((p for p in self.pending if p[0] <= now), key=lambda p: p[0])
+        self.pending = [p for p in self.pending if p[0] > now]
+        return [timer for _, timer in due]
+
+    def of(self, task_id: str) -> list[Timer]:
+        return [timer for _, timer in self.pending if timer.task_id == task_id]
+
+
 class RecordingStepFunctions:
     """Records SendTask* calls; `gone` makes them answer as AWS does once the attempt has moved on."""
 
@@ -218,10 +243,10 @@ def module_stack(translated: dict[str, Any]) -> Iterator[Any]:
 
 
 def emptied(cloud: Any) -> Any:
-    """The module's stack with no job, GPU, task or waiting entry left from an earlier test. (Timers
+    """The module's stack with no job, GPU, task, waiting entry or budget left from an earlier test. (Timers
     are SQS messages, delayed: tests that look at timers record them rather than read the queue.)"""
     s = cloud.settings
-    for name in (s.jobs_table, s.fleet_table, s.tasks_table, s.waiting_room_table):
+    for name in (s.jobs_table, s.fleet_table, s.tasks_table, s.waiting_room_table, s.budget_table):
         table = aws.table(name)
         keys = [k["AttributeName"] for k in table.key_schema]
         with table.batch_writer() as batch:

@@ -85,9 +85,10 @@ CASES = [
          down={"local-1", "local-2"}, pool=C, avoid=["local-0"]),
     Case("model error on cloud: another GPU, the office first", EU_NORMAL,
          [failed(C, "cloud-0", E.MODEL_ERROR)], pool=L, avoid=["cloud-0"]),
-    Case("input unavailable: the same pool, the GPU not blamed", EU_NORMAL,
-         [failed(C, "cloud-1", E.INPUT_UNAVAILABLE)], pool=C, avoid=[]),
-    Case("result upload failed: the same pool", EU_NORMAL, [failed(L, "local-2", E.OUTPUT_UPLOAD)], pool=L),
+    Case("input unavailable: the same pool (another of its GPUs)", EU_NORMAL,
+         [failed(C, "cloud-1", E.INPUT_UNAVAILABLE)], pool=C, avoid=["cloud-1"]),
+    Case("result upload failed: the same pool", EU_NORMAL, [failed(L, "local-2", E.OUTPUT_UPLOAD)], pool=L,
+         avoid=["local-2"]),
     Case("bad input: the job fails at once", EU_NORMAL, [failed(L, "local-0", E.BAD_INPUT, "not a PNG")],
          reason_has=("BadInput", "not a PNG")),
     Case("three attempts that reached a GPU: fails with every reason", EU_NORMAL,
@@ -125,6 +126,17 @@ CASES = [
          gpus=BUSY_OFFICE + BUSY_CLOUD, faas_refused=True, pool=L),
     Case("faas refused it (at capacity): back to local/cloud, not counted", US_HIGH,
          [failed(F, None, E.POOL_REFUSED)], gpus=BUSY_OFFICE + BUSY_CLOUD, pool=L),
+    Case("faas refused it once: never faas again for this job, not even as its last resort", US_HIGH,
+         [failed(F, None, E.POOL_REFUSED), failed(L, "local-0", E.MODEL_ERROR), failed(C, "cloud-0", E.MODEL_ERROR)],
+         pool=L, avoid=["cloud-0", "local-0"]),
+    Case("faas failed it: faas again only as the last resort", US_HIGH, [failed(F, "faas:x", E.MODEL_ERROR)],
+         gpus=BUSY_OFFICE + BUSY_CLOUD, pool=L),
+    Case("faas failed it, then the office: its last attempt may go to faas again", US_HIGH,
+         [failed(F, "faas:x", E.MODEL_ERROR), failed(L, "local-0", E.GPU_UNREACHABLE)], pool=F, avoid=["local-0"]),
+    Case("the most attempts and spills a job gets: fails with why", EU_NORMAL,
+         [failed(L, None, E.WAIT_EXPIRED), failed(C, None, E.WAIT_EXPIRED)] * 3, reason_has=("6 attempts and spills",)),
+    Case("no FaaS pool at all: an eligible job is routed as any other, no word of budgets", US_HIGH,
+         gpus=BUSY_OFFICE + BUSY_CLOUD, budget=FaasBudget(left_micro=0, enabled=False), pool=L),
     Case("budget spent, every GPU down: waits for one, says why", US_HIGH, down={g.gpu_id for g in OFFICE + CLOUD},
          budget=FaasBudget(left_micro=0), pool=C, reason_has=("budget of us-priority is spent", "come back")),
 ]
@@ -137,6 +149,8 @@ def test_routing(case: Case) -> None:
     fleet = FleetSnapshot(gpus=case.gpus, waiting=case.waiting, now=NOW, usable=usable)
     route = decide(job, case.attempts, fleet, case.budget, RULES, max_attempts=3,
                    current_attempt=len(case.attempts), faas_refused=case.faas_refused)
+    if not case.budget.enabled:
+        assert "budget" not in route.reason
     if case.pool is None:
         assert route.action is RouteAction.FAIL, route
     else:

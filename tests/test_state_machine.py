@@ -196,3 +196,32 @@ def test_a_job_no_gpu_can_ever_run_fails_at_once_with_why(cloud: Cloud) -> None:
     assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
     item = cloud.job_item(job.job_id)
     assert "60000 MB" in item["error"] and item["attempts"] == []
+
+
+def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, monkeypatch) -> None:
+    from spillway.routing.router import Router
+
+    def broken(self: Router, job_id: str) -> None:
+        raise RuntimeError("the routing rules cannot be read")
+
+    monkeypatch.setattr(Router, "route", broken)
+    job = submitted_job(cloud)
+    admit(job)
+    assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
+    item = cloud.job_item(job.job_id)
+    assert item["status"] == "FAILED", "never left RUNNING"
+    assert item["error"].startswith("the routing step failed") and "cannot be read" in item["error"]
+
+
+def test_routing_rules_that_do_not_validate_are_ignored_for_the_last_valid_ones(cloud: Cloud) -> None:
+    from spillway.handlers import wiring
+    from spillway.routing.rules import default_rules
+
+    ssm = cloud.client("ssm")
+    name = cloud.settings.routing_rules_parameter
+    ssm.put_parameter(Name=name, Value='{"faas": {"daily_budget_usd": 3}}', Overwrite=True)
+    assert wiring.routing_rules().faas.daily_budget_usd == 3
+    ssm.put_parameter(Name=name, Value='{"pool_order": ["faas"]}', Overwrite=True)
+    wiring.parameters.clear_caches()
+    assert wiring.routing_rules().faas.daily_budget_usd == 3, "the last valid rules stay"
+    assert default_rules().faas.daily_budget_usd != 3

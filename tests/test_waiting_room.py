@@ -5,7 +5,6 @@ the timers queue when the test's time reaches them, as SQS would (never more tha
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import httpx
@@ -25,6 +24,7 @@ from helpers import (
     AGENT_KEY,
     Clock,
     FakeAgents,
+    FakeTimers,
     RecordingStepFunctions,
     beat,
     emptied,
@@ -40,30 +40,6 @@ HIGH, NORMAL, LOW = Priority.HIGH, Priority.NORMAL, Priority.LOW
 HEAD_START = {p: c.head_start_s for p, c in PRIORITY_CLASSES.items()}
 SPILL_AFTER = {p: c.spill_after_s for p, c in PRIORITY_CLASSES.items()}
 DEADLINE = {p: c.deadline_s for p, c in PRIORITY_CLASSES.items()}
-
-
-class FakeTimers:
-    """The timers queue in the test's time: a timer set at `now` is delivered `min(due - now, 15 min)`
-    later (SQS's longest delay), by `deliver`. `lose` drops every timer in flight."""
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[float, Timer]] = []  # (delivered at, timer)
-        self.log: list[tuple[Timer, float]] = []  # every set, with the time it was set
-
-    def set(self, timer: Timer, now: float) -> None:
-        self.log.append((timer, now))
-        self.pending.append((now + min(MAX_DELAY_SECONDS, max(0, math.ceil(timer.due_at - now))), timer))
-
-    def lose(self) -> None:
-        self.pending.clear()
-
-    def take_due(self, now: float) -> list[Timer]:
-        due = sorted((p for p in self.pending if p[0] <= now), key=lambda p: p[0])
-        self.pending = [p for p in self.pending if p[0] > now]
-        return [timer for _, timer in due]
-
-    def of(self, task_id: str) -> list[Timer]:
-        return [timer for _, timer in self.pending if timer.task_id == task_id]
 
 
 @dataclass

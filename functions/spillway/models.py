@@ -194,7 +194,7 @@ class PoolTask(BaseModel):
     """The body the state machine sends to a pool queue, with its task token."""
 
     job_id: JobId
-    attempt: int = Field(ge=1, le=6, description="the job's attempt counter: attempts and spills alike")
+    attempt: int = Field(ge=1, le=10, description="the job's attempt counter: attempts and spills alike (MaxLegs)")
     pool: Pool
     service: str
     input_key: str

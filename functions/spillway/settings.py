@@ -26,6 +26,7 @@ class Settings(BaseModel, frozen=True):
     agent_stale_seconds: int
     suspect_seconds: int
     max_attempts: int
+    max_legs: int
     budget_table: str
     faas_queue_url: str
     routing_rules_parameter: str
@@ -55,6 +56,7 @@ class Settings(BaseModel, frozen=True):
                 agent_stale_seconds=env["AGENT_STALE_SECONDS"],
                 suspect_seconds=env["SUSPECT_SECONDS"],
                 max_attempts=env["MAX_ATTEMPTS"],
+                max_legs=env["MAX_LEGS"],
                 budget_table=env["BUDGET_TABLE"],
                 faas_queue_url=env["FAAS_QUEUE_URL"],
                 routing_rules_parameter=env["ROUTING_RULES_PARAMETER"],

@@ -12,6 +12,7 @@ the billed cost, the cost is written on the job's attempt, and the execution is 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -22,11 +23,12 @@ from boto3.dynamodb.conditions import Key
 from pydantic import BaseModel
 
 from spillway.aws import from_item, paged_items, to_item
-from spillway.budget import BudgetLedger
+from spillway.budget import BudgetLedger, ReservationState
 from spillway.callbacks import Callbacks
 from spillway.dispatch import INPUT_URL_SECONDS, result_key_for, task_id_for
 from spillway.faas import billing, webhook
 from spillway.faas.provider import (
+    FaasError,
     FaasFailureKind,
     FaasProvider,
     FaasRefused,
@@ -38,6 +40,7 @@ from spillway.faas.provider import (
 )
 from spillway.jobs import iso_at
 from spillway.models import AttemptOutput, ErrorType, JobStatus, Pool, PoolTask, Timer, TimerKind
+from spillway.priorities import job_clock
 from spillway.routing.rules import MICRO, RoutingRules
 from spillway.timers import TimerQueue
 
@@ -45,10 +48,12 @@ logger = Logger(child=True)
 
 POLL_EVERY_S = 15  # a job whose webhook never came is asked for this often
 GIVE_UP_AFTER_S = 120  # past its timeout (and a cold start) by this much, a job that never ends is cancelled
+SUBMIT_STALE_S = 60  # a submit claimed this long ago and never recorded died half-way (the provider may have it)
 
 
 class FaasTaskState(StrEnum):
-    NEW = "new"  # recorded; the provider has not (knowingly) got it yet
+    NEW = "new"  # recorded; the provider has not got it
+    SUBMITTING = "submitting"  # one invocation claimed it and is calling the provider (`claimed_at`)
     SUBMITTED = "submitted"  # the provider has it: `provider_job_id`
     DONE = "done"  # over, the cost settled; `open_pool` stays until the execution has been told
 
@@ -64,12 +69,14 @@ class FaasTask(BaseModel):
     task_token: str
     state: FaasTaskState = FaasTaskState.NEW
     provider_job_id: str | None = None
+    deadline: float  # the job's, epoch seconds: the provider drops it if still queued then
+    claimed_at: float | None = None
     submitted_at: float | None = None
     outcome: str | None = None
     error_type: str | None = None
     cause: str | None = None
     cost_micro: int | None = None
-    open_pool: str | None = Pool.FAAS.value  # the sweeper's index, until the execution has been told
+    open_pool: str | None = None  # the sweeper's index (`faas`), until the execution has been told
     expires_at: int
 
 
@@ -107,7 +114,8 @@ class FaasDispatcher:
             task_id=task_id_for(queued.job_id, queued.attempt), job_id=queued.job_id, attempt=queued.attempt,
             service=queued.service, input_key=queued.input_key,
             result_key=result_key_for(queued.job_id, queued.attempt), task_token=queued.task_token,
-            expires_at=int(now) + 7 * 86_400,
+            deadline=job_clock(queued.priority, queued.submitted_at, queued.deadline_at, now)[1],
+            open_pool=Pool.FAAS.value, expires_at=int(now) + 7 * 86_400,
         )
         try:
             self._tasks.put_item(Item=to_item(task.model_dump(mode="json", exclude_none=True)),
@@ -123,9 +131,12 @@ class FaasDispatcher:
             return known
 
     def submit(self, task: FaasTask) -> str:
-        if task.state is not FaasTaskState.NEW:
+        """Send the task to the provider, once: it is claimed first, and only the claimer calls (the provider's
+        /run has no idempotency key: two calls would be two billed jobs)."""
+        if task.state is not FaasTaskState.NEW or not self._claim(task):
             return "submitted already"
         rules = self._rules()
+        now = self._clock()
         request = FaasRequest(
             task_id=task.task_id, service=task.service,
             input_url=self._presign("get_object", task.input_key),
@@ -133,31 +144,45 @@ class FaasDispatcher:
             webhook_url=webhook.webhook_url(self._public_api_url, task.task_id, self._webhook_key())
             if self._public_api_url else None,
             execution_timeout_s=rules.faas.max_seconds,
+            ttl_s=max(10, int(task.deadline - now)),  # still queued at the job's deadline: the provider drops it
         )
         try:
             job_id = self._provider.submit(request)
         except FaasRefused as refused:  # at capacity or throttled: it never ran, another pool takes it
             return self._end(task, None, ErrorType.POOL_REFUSED, f"the FaaS provider refused it: {refused}", cost=0)
         except FaasUnavailable as down:
-            # Not sent: nothing ran. Sent but unanswered: a job may run that we cannot follow (RunPod's /run
-            # has no idempotency key); its reservation is kept, the worst case, so the cap still holds.
-            cost = 0 if not down.request_sent else None
-            return self._end(task, None, ErrorType.POOL_REFUSED if not down.request_sent else ErrorType.GPU_UNREACHABLE,
-                             f"the FaaS provider could not be reached: {down}", cost=cost)
-        except FaasRejected as rejected:
-            return self._end(task, None, ErrorType.MODEL_ERROR, f"the FaaS provider rejected it: {rejected}", cost=0)
+            if not down.request_sent:  # nothing ran: another pool takes it
+                return self._end(task, None, ErrorType.POOL_REFUSED, f"the FaaS provider is down: {down}", cost=0)
+            # Sent but unanswered: a job may run that we cannot follow; its reservation is kept (the worst
+            # case), so the cap still holds.
+            return self._end(task, None, ErrorType.GPU_UNREACHABLE, f"the FaaS provider did not answer: {down}",
+                             cost=None)
+        except FaasRejected as rejected:  # our request or our configuration (key, endpoint) is wrong
+            logger.error("the FaaS provider rejected a request: check its endpoint and key", error=str(rejected))
+            return self._end(task, None, ErrorType.POOL_REFUSED, f"the FaaS provider rejected it: {rejected}", cost=0)
         now = self._clock()
         self._tasks.update_item(
             Key={"task_id": task.task_id}, UpdateExpression="SET #state = :submitted, provider_job_id = :job, "
                                                             "submitted_at = :now",
-            ConditionExpression="#state = :new", ExpressionAttributeNames={"#state": "state"},
+            ConditionExpression="#state = :submitting", ExpressionAttributeNames={"#state": "state"},
             ExpressionAttributeValues=to_item({":submitted": FaasTaskState.SUBMITTED.value, ":job": job_id,
-                                               ":now": now, ":new": FaasTaskState.NEW.value}))
+                                               ":now": now, ":submitting": FaasTaskState.SUBMITTING.value}))
         self._note_on_job(task, "SET attempts[{n}].assigned_at = :at, attempts[{n}].gpu_id = :gpu",
                           {":at": iso_at(now), ":gpu": self.gpu_label})
         self._poll_later(task.task_id, now, first=True)
         logger.info("submitted to faas", job_id=task.job_id, task_id=task.task_id, provider_job_id=job_id)
         return "submitted"
+
+    def _claim(self, task: FaasTask) -> bool:
+        try:
+            self._tasks.update_item(
+                Key={"task_id": task.task_id}, UpdateExpression="SET #state = :submitting, claimed_at = :now",
+                ConditionExpression="#state = :new", ExpressionAttributeNames={"#state": "state"},
+                ExpressionAttributeValues=to_item({":submitting": FaasTaskState.SUBMITTING.value,
+                                                   ":new": FaasTaskState.NEW.value, ":now": self._clock()}))
+        except self._tasks.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     @property
     def gpu_label(self) -> str:
@@ -165,33 +190,48 @@ class FaasDispatcher:
 
     # ---- its end: webhook, poll timer, sweep
 
-    def check(self, task_id: str) -> str:
-        """Ask the provider how the task's job stands; end the task if the job is over."""
+    def check(self, task_id: str, rearm: bool = True) -> str:
+        """Ask the provider how the task's job stands; end the task if the job is over. `rearm`: poll again
+        later if it is not (the sweep does not: each task has its one poll timer)."""
         task = self.task(task_id)
         if task is None:
             return "unknown"
+        now = self._clock()
         if task.state is FaasTaskState.DONE:
-            if task.open_pool:  # ended, its execution not told yet (a crash in between): tell again
+            if task.open_pool:  # ended, but its budget or its execution not told yet (a crash in between)
+                self._settle(task, task.cost_micro)
                 self._tell(task)
             return "over"
         if task.state is FaasTaskState.NEW:
-            return self.submit(task)  # the first delivery died before it submitted
+            return self.submit(task)  # the first delivery died before it claimed the task
+        if task.state is FaasTaskState.SUBMITTING:
+            if now - (task.claimed_at or now) < SUBMIT_STALE_S:
+                return "submitting"
+            # The invocation that claimed it died calling the provider: it may run there, unfollowed.
+            return self._end(task, None, ErrorType.GPU_UNREACHABLE, "the call to the FaaS provider was cut off",
+                             cost=None)
         assert task.provider_job_id is not None and task.submitted_at is not None
-        now = self._clock()
         try:
             status = self._provider.status(task.provider_job_id)
         except (FaasUnavailable, FaasRefused) as exc:
             logger.warning("faas status unavailable", task_id=task_id, error=str(exc))
-            self._poll_later(task_id, now)
+            if rearm:
+                self._poll_later(task_id, now)
             return "unanswered"
+        except FaasRejected as lost:  # the provider no longer knows the job (it keeps results 30 min)
+            return self._end(task, None, ErrorType.GPU_UNREACHABLE, f"the FaaS provider lost the job: {lost}",
+                             cost=None)
         if status.final:
             return self._finish(task, status)
         rules = self._rules()
         if now - task.submitted_at > rules.faas.max_seconds + rules.faas.cold_start_seconds + GIVE_UP_AFTER_S:
-            status = self._provider.cancel(task.provider_job_id)  # the provider lost it: stop paying for it
-            return self._finish(task, status.model_copy(update={"state": FaasState.TIMED_OUT}) if not status.final
-                                else status)
-        self._poll_later(task_id, now)
+            with contextlib.suppress(FaasError):  # stop paying for a job the provider seems to have lost
+                self._provider.cancel(task.provider_job_id)
+            return self._end(task, None, ErrorType.GPU_UNREACHABLE,
+                             f"the FaaS job never ended ({status.state.value} after {now - task.submitted_at:.0f} s)",
+                             cost=None)
+        if rearm:
+            self._poll_later(task_id, now)
         return status.state.value
 
     def on_timer(self, timer: Timer) -> str:
@@ -203,7 +243,11 @@ class FaasDispatcher:
         items = paged_items(self._tasks.query, IndexName="open-by-pool",
                             KeyConditionExpression=Key("open_pool").eq(Pool.FAAS.value))
         for item in items:
-            outcome = self.check(item["task_id"])
+            try:
+                outcome = self.check(item["task_id"], rearm=False)
+            except Exception:  # one task's trouble must not keep the sweep from the others
+                logger.exception("checking a FaaS task failed", task_id=item["task_id"])
+                outcome = "error"
             counts[outcome] = counts.get(outcome, 0) + 1
         return counts
 
@@ -212,6 +256,10 @@ class FaasDispatcher:
         cost = billing.cost_micro(status, rules.faas.price_per_second_usd, overhead_s=rules.faas.cold_start_seconds)
         if status.state is FaasState.COMPLETED:
             return self._end(task, status, None, "", cost)
+        if status.state in (FaasState.TIMED_OUT, FaasState.CANCELLED) and status.execution_ms is None:
+            # It never ran (it waited in the provider's queue past its ttl): not an attempt, nothing billed.
+            return self._end(task, status, ErrorType.POOL_REFUSED,
+                             f"the FaaS job never started ({status.state.value})", cost=0)
         kind = status.failure_kind
         error = ErrorType(kind.value) if kind and kind is not FaasFailureKind.MODEL_ERROR else ErrorType.MODEL_ERROR
         why = {FaasState.TIMED_OUT: f"the FaaS run passed its {rules.faas.max_seconds} s timeout",
@@ -224,13 +272,16 @@ class FaasDispatcher:
         outcome = "succeeded" if error is None else "failed"
         values: dict[str, Any] = {":done": FaasTaskState.DONE.value, ":outcome": outcome}
         update = "SET #state = :done, outcome = :outcome"
+        if cost is not None:
+            update += ", cost_micro = :cost"
+            values[":cost"] = cost
         if error is not None:
             update += ", error_type = :error, cause = :cause"
             values |= {":error": error.value, ":cause": cause[:2000]}
         try:
             self._tasks.update_item(
                 Key={"task_id": task.task_id}, UpdateExpression=update, ConditionExpression="#state <> :done",
-                ExpressionAttributeNames={"#state": "state"}, ExpressionAttributeValues=values)
+                ExpressionAttributeNames={"#state": "state"}, ExpressionAttributeValues=to_item(values))
         except self._tasks.meta.client.exceptions.ConditionalCheckFailedException:
             return "over"  # ended by another check meanwhile
         settled = self._settle(task, cost)
@@ -253,6 +304,8 @@ class FaasDispatcher:
         reservation = self._budget.reservation(task.task_id)
         if reservation is None:
             return cost or 0
+        if reservation.state is not ReservationState.RESERVED:  # settled already (a retried check)
+            return reservation.actual_micro or 0
         actual = reservation.amount_micro if cost is None else cost
         if actual == 0:
             self._budget.release(task.task_id)

@@ -3,6 +3,7 @@
 from functools import cache
 
 import httpx
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities import parameters
 
 from spillway import aws
@@ -21,6 +22,8 @@ from spillway.routing.router import Router
 from spillway.settings import settings
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingRoom
+
+logger = Logger(child=True)
 
 AGENT_KEY_CACHE_SECONDS = 300  # also the FaaS API key's and the webhook key's: a rotation is live within it
 RULES_CACHE_SECONDS = 60  # a change of the routing rules parameter is live within a minute
@@ -72,9 +75,18 @@ def reconciler() -> Reconciler:
 
 
 def routing_rules() -> rules.RoutingRules:
-    """The rules file with the stack's overrides (an SSM parameter holding JSON) merged over it."""
-    overrides = parameters.get_parameter(settings().routing_rules_parameter, max_age=RULES_CACHE_SECONDS)
-    return _rules_with(str(overrides))
+    """The rules file with the stack's overrides (an SSM parameter holding JSON) merged over it. Overrides
+    that do not validate are logged and ignored: the last valid rules (else the file's) stay in force."""
+    overrides = str(parameters.get_parameter(settings().routing_rules_parameter, max_age=RULES_CACHE_SECONDS))
+    try:
+        _valid_rules[0] = _rules_with(overrides)
+    except ValueError:
+        logger.exception("the routing rules parameter does not validate: keeping the last valid rules",
+                         parameter=settings().routing_rules_parameter)
+    return _valid_rules[0]
+
+
+_valid_rules = [rules.default_rules()]
 
 
 @cache
@@ -91,7 +103,7 @@ def budget() -> BudgetLedger:
 def router() -> Router:
     s = settings()
     return Router(JobStore(aws.table(s.jobs_table)), fleet(), budget(), routing_rules, max_attempts=s.max_attempts,
-                  stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id))
+                  max_legs=s.max_legs, stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id))
 
 
 def webhook_key() -> bytes:

@@ -93,15 +93,18 @@ class FaasBudget:
 
     left_micro: int
     segment_left_micro: dict[str, int] = field(default_factory=dict)
+    enabled: bool = True  # False: the stack has no FaaS pool at all
 
     def affords(self, amount_micro: int, segment: str) -> bool:
         return amount_micro <= min(self.left_micro, self.segment_left_micro.get(segment, self.left_micro))
 
 
 def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, budget: FaasBudget,
-           rules: RoutingRules, max_attempts: int, current_attempt: int, faas_refused: bool = False) -> Route:
+           rules: RoutingRules, max_attempts: int, current_attempt: int, faas_refused: bool = False,
+           max_legs: int | None = None) -> Route:
     """The next attempt of a job, or its end. `faas_refused`: the budget refused the reservation the
-    last answer asked for (a race for the last dollars): decide again without FaaS."""
+    last answer asked for (a race for the last dollars): decide again without FaaS. `max_legs` bounds
+    attempts and spills together (the state machine's loop guard; default: two per attempt)."""
     def fail(reason: str) -> Route:
         return Route(action=RouteAction.FAIL, reason=reason, attempt=current_attempt)
 
@@ -120,24 +123,33 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
         return fail(f"{len(counted)} attempts failed: {history}")
     if fleet.now >= job.deadline:
         return fail(f"its deadline passed before any attempt succeeded{': ' + history if history else ''}")
+    if len(attempts) >= (max_legs or 2 * max_attempts):
+        return fail(f"{len(attempts)} attempts and spills, the most a job gets: {history}")
 
-    avoid = {a.gpu_id for a in counted if a.gpu_id and rules.action_for(a.error) is FailureAction.ANOTHER_GPU}
+    # Never again a GPU that failed the job (a pool may be tried again: same_pool, another_gpu).
+    avoid = {a.gpu_id for a in counted if a.gpu_id and a.pool is not Pool.FAAS}
     pools = _pools_left(rules, counted)
     if last_action is FailureAction.NEXT_POOL and last.pool in pools:
-        pools = pools[pools.index(last.pool) + 1:]  # it waited past its bound there, or was refused: on
+        # It waited past its bound there, or was refused: on to the next pool (or, if none is left, back).
+        pools = pools[pools.index(last.pool) + 1:] or [last.pool]
     elif last_action is FailureAction.SAME_POOL and last.pool in pools:
         pools = [last.pool] + [p for p in pools if p is not last.pool]
-    why = f" after {history}" if history else ""
+    why = f" (after {len(counted)} failed attempt{'s' if len(counted) > 1 else ''})" if counted else ""
 
-    segment = rules.faas.segment_for(job.segment, job.service, job.priority)
-    faas_open = (segment is not None and not faas_refused and not (last and last.pool is Pool.FAAS and last_action
-                 is FailureAction.NEXT_POOL) and budget.affords(rules.faas.reservation_micro, segment.name))
+    segment = rules.faas.segment_for(job.segment, job.service, job.priority) if budget.enabled else None
+    refused_before = any(a.pool is Pool.FAAS and a.error is not None
+                         and rules.action_for(a.error) is FailureAction.NEXT_POOL for a in attempts)
+    failed_there = any(a.pool is Pool.FAAS for a in counted)
+    last_attempt = bool(counted) and len(counted) == max_attempts - 1
+    faas_open = (segment is not None and not faas_refused and not refused_before
+                 and (not failed_there or last_attempt)  # a FaaS failure: FaaS again only as the last resort
+                 and budget.affords(rules.faas.reservation_micro, segment.name))
 
     def to_faas(because: str) -> Route:
         return run(Pool.FAAS, f"faas for segment {segment.name}: {because}{why}", segment.name)
 
     serving = [p for p in pools if fleet.candidates(p, job, avoid)]
-    if rules.faas.last_resort and counted and len(counted) == max_attempts - 1:
+    if rules.faas.last_resort and last_attempt:
         wants_faas = "its last attempt goes where it is most likely to succeed"
     elif not any(fleet.starts_now(p, job, avoid) for p in serving):
         wants_faas = "no other pool could start it now" if serving else "no other pool can run it"
@@ -146,7 +158,8 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
     if segment is not None and wants_faas:
         if faas_open:
             return to_faas(wants_faas)
-        why += f" (FaaS would have taken it, but the budget of {segment.name} is spent)"
+        if not (refused_before or failed_there):
+            why += f" (FaaS would have taken it, but the budget of {segment.name} is spent)"
     if serving:
         pool = serving[0]
         if last_action is FailureAction.NEXT_POOL and last.pool is not Pool.FAAS:

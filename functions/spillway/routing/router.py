@@ -35,12 +35,14 @@ def faas_caps(rules: RoutingRules, segment: str | None) -> list[Cap]:
 
 class Router:
     def __init__(self, jobs: JobStore, fleet: Fleet, budget: BudgetLedger, rules: Callable[[], RoutingRules],
-                 max_attempts: int, stale_after: float, faas_enabled: bool, clock: Callable[[], float] = time.time):
+                 max_attempts: int, max_legs: int, stale_after: float, faas_enabled: bool,
+                 clock: Callable[[], float] = time.time):
         self._jobs = jobs
         self._fleet = fleet
         self._budget = budget
         self._rules = rules
         self._max_attempts = max_attempts
+        self._max_legs = max_legs
         self._stale_after = stale_after
         self._faas_enabled = faas_enabled  # a stack without a FaaS endpoint never routes there
         self._clock = clock
@@ -62,14 +64,19 @@ class Router:
         budget = self._budget_left(rules)
 
         def decide_now(faas_refused: bool = False) -> Route:
-            return decide(facts, attempts, fleet, budget, rules, self._max_attempts, job.attempt, faas_refused)
+            return decide(facts, attempts, fleet, budget, rules, self._max_attempts, job.attempt, faas_refused,
+                          self._max_legs)
 
+        reservation_id = task_id_for(job_id, job.attempt + 1)  # the attempt about to open
         route = decide_now()
         if route.pool is Pool.FAAS:
-            reservation = self._budget.reserve(task_id_for(job_id, job.attempt + 1), rules.faas.reservation_micro,
+            reservation = self._budget.reserve(reservation_id, rules.faas.reservation_micro,
                                                faas_caps(rules, route.faas_segment))
             if reservation is None:  # another call took the last dollars since the budget was read
                 route = decide_now(faas_refused=True)
+        if route.pool is not Pool.FAAS and self._faas_enabled:
+            # A retried Route step may have reserved for FaaS the first time and decided otherwise now.
+            self._budget.release(reservation_id)
         return route
 
     def _snapshot(self, now: float) -> FleetSnapshot:
@@ -82,7 +89,7 @@ class Router:
 
     def _budget_left(self, rules: RoutingRules) -> FaasBudget:
         if not self._faas_enabled:
-            return FaasBudget(left_micro=0)
+            return FaasBudget(left_micro=0, enabled=False)
         day = round(rules.faas.daily_budget_usd * MICRO) - self._budget.view().committed_micro
         segments = {rule.name: round(rule.daily_budget_usd * MICRO) - self._budget.view(rule.name).committed_micro
                     for rule in rules.faas.segments if rule.daily_budget_usd is not None}

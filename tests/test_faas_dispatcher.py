@@ -1,0 +1,174 @@
+"""The FaaS pool's dispatcher on the template's tables (moto): one submit per attempt, every end told once,
+the budget reservation settled to what the provider billed (or kept whole when that is unknowable).
+
+The provider is a scripted stand-in for the port (`FaasProvider`); the RunPod adapter itself is tested
+against a real HTTP server in test_runpod.py, and the whole path end to end in test_routing_end_to_end.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spillway import aws
+from spillway.budget import BudgetLedger, Cap, ReservationState
+from spillway.dispatch import task_id_for
+from spillway.faas.dispatcher import SUBMIT_STALE_S, FaasDispatcher, FaasTaskState
+from spillway.faas.provider import FaasRefused, FaasRejected, FaasRequest, FaasState, FaasStatus, FaasUnavailable
+from spillway.models import Pool, Priority, TimerKind
+from spillway.routing.rules import default_rules
+
+from conftest import Cloud
+from helpers import Clock, FakeTimers, RecordingStepFunctions, job_id_for, pool_task, running_job
+
+NOW = 1_800_000_000.0
+RULES = default_rules()
+RESERVED = RULES.faas.reservation_micro
+
+
+class ScriptedProvider:
+    """Answers as told: `submit_error` raised by the next submit; `statuses` by job id."""
+
+    def __init__(self) -> None:
+        self.submitted: list[FaasRequest] = []
+        self.submit_error: Exception | None = None
+        self.statuses: dict[str, FaasStatus | Exception] = {}
+        self.cancelled: list[str] = []
+
+    def submit(self, request: FaasRequest) -> str:
+        if self.submit_error is not None:
+            raise self.submit_error
+        self.submitted.append(request)
+        return f"rp-{len(self.submitted)}"
+
+    def status(self, job_id: str) -> FaasStatus:
+        answer = self.statuses.get(job_id, FaasStatus(job_id=job_id, state=FaasState.IN_QUEUE))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def cancel(self, job_id: str) -> FaasStatus:
+        self.cancelled.append(job_id)
+        return FaasStatus(job_id=job_id, state=FaasState.CANCELLED)
+
+
+class World:
+    def __init__(self, cloud: Cloud):
+        s = cloud.settings
+        self.cloud = cloud
+        self.clock = Clock(NOW)
+        self.provider = ScriptedProvider()
+        self.sfn = RecordingStepFunctions()
+        self.timers = FakeTimers()
+        self.budget = BudgetLedger(aws.table(s.budget_table), aws.client("dynamodb"), clock=self.clock)
+        self.jobs = aws.table(s.jobs_table)
+        self.dispatcher = FaasDispatcher(
+            tasks=aws.table(s.tasks_table), jobs=self.jobs, provider=self.provider, budget=self.budget,
+            timers=self.timers, s3=aws.client("s3"), sfn=self.sfn, bucket=s.images_bucket, rules=lambda: RULES,
+            endpoint_id="ep", public_api_url="https://api.test", webhook_key=lambda: b"k" * 32, clock=self.clock)
+
+    def arrive(self, n: int = 1) -> str:
+        """The Route step reserved the budget; the state machine opened the attempt and sent it."""
+        job_id = job_id_for(n)
+        running_job(self.cloud.settings, job_id, pool=Pool.FAAS)
+        assert self.budget.reserve(task_id_for(job_id, 1), RESERVED, [Cap(cap_micro=10**9)]) is not None
+        self.dispatcher.enqueue_batch([pool_task(job_id, NOW, pool=Pool.FAAS, priority=Priority.HIGH)])
+        return task_id_for(job_id, 1)
+
+    def ends(self, task_id: str, **status: Any) -> None:
+        task = self.dispatcher.task(task_id)
+        self.provider.statuses[task.provider_job_id] = FaasStatus(job_id=task.provider_job_id, **status)
+
+    def reservation(self, task_id: str) -> tuple[ReservationState, int | None]:
+        reservation = self.budget.reservation(task_id)
+        return reservation.state, reservation.actual_micro
+
+    def attempt(self, n: int = 1) -> dict[str, Any]:
+        return self.jobs.get_item(Key={"job_id": job_id_for(n)})["Item"]["attempts"][0]
+
+
+@pytest.fixture
+def world(shared_cloud: Cloud) -> World:
+    return World(shared_cloud)
+
+
+def test_an_attempt_is_submitted_once_with_its_webhook_and_a_poll_timer(world: World) -> None:
+    task_id = world.arrive()
+    world.dispatcher.enqueue_batch([pool_task(job_id_for(1), NOW, pool=Pool.FAAS)])  # SQS delivers it again
+    (request,) = world.provider.submitted
+    assert request.task_id == task_id and request.execution_timeout_s == RULES.faas.max_seconds
+    assert str(request.webhook_url).startswith(f"https://api.test/v1/faas/webhook/{task_id}?token=")
+    assert 10 <= request.ttl_s <= 600, "still queued at the job's deadline, the provider drops it"
+    assert world.dispatcher.task(task_id).state is FaasTaskState.SUBMITTED
+    assert [t.kind for t in world.timers.of(task_id)] == [TimerKind.FAAS_STATUS]
+    assert world.attempt()["gpu_id"] == "faas:ep"
+
+
+def test_a_completed_job_is_told_once_and_its_budget_settled_to_the_billed_cost(world: World) -> None:
+    task_id = world.arrive()
+    world.ends(task_id, state=FaasState.COMPLETED, execution_ms=2_500, output={"result_bytes": 10})
+    assert world.dispatcher.check(task_id) == "succeeded"
+    assert world.dispatcher.check(task_id) == "over", "the webhook and the poll timer race: one end"
+    ((name, call),) = world.sfn.calls
+    assert name == "success" and '"result_key":"results/' in call["output"]
+    billed = 5 * 760  # ceil(2.5 s run + 2 s cold start) x $0.00076/s, in micro-dollars
+    assert world.reservation(task_id) == (ReservationState.SETTLED, billed)
+    assert float(world.attempt()["cost_usd"]) == pytest.approx(billed / 1e6)
+
+
+@pytest.mark.parametrize("status, error, settled", [
+    (dict(state=FaasState.FAILED, error="BadInput: not an image", execution_ms=300), "Spillway.BadInput", 3 * 760),
+    (dict(state=FaasState.FAILED, error="boom", execution_ms=300), "Spillway.ModelError", 3 * 760),
+    (dict(state=FaasState.TIMED_OUT, execution_ms=120_000), "Spillway.ModelError", 122 * 760),
+    (dict(state=FaasState.TIMED_OUT), "Spillway.PoolRefused", None),  # never ran: a spill, nothing billed
+], ids=["bad-input", "model-error", "ran-past-its-timeout", "never-started"])
+def test_a_failed_job_is_told_by_kind(world: World, status: dict, error: str, settled: int | None) -> None:
+    task_id = world.arrive()
+    world.ends(task_id, **status)
+    world.dispatcher.check(task_id)
+    assert world.sfn.failures() == [(f"token-{job_id_for(1)}-1", error)]
+    expected = (ReservationState.RELEASED, None) if settled is None else (ReservationState.SETTLED, settled)
+    assert world.reservation(task_id) == expected
+
+
+@pytest.mark.parametrize("refusal", [FaasRefused("429", 429), FaasUnavailable("down", request_sent=False),
+                                     FaasRejected("401 bad key", 401)], ids=["throttled", "down", "misconfigured"])
+def test_a_provider_that_does_not_take_the_job_is_a_spill_and_costs_nothing(world: World, refusal: Exception) -> None:
+    world.provider.submit_error = refusal
+    task_id = world.arrive()
+    assert world.sfn.failures() == [(f"token-{job_id_for(1)}-1", "Spillway.PoolRefused")]
+    assert world.reservation(task_id) == (ReservationState.RELEASED, None)
+
+
+def test_a_submit_sent_but_unanswered_keeps_its_whole_reservation(world: World) -> None:
+    world.provider.submit_error = FaasUnavailable("read timeout", request_sent=True)
+    task_id = world.arrive()
+    assert world.sfn.failures() == [(f"token-{job_id_for(1)}-1", "Spillway.GpuUnreachable")]
+    assert world.reservation(task_id) == (ReservationState.SETTLED, RESERVED), "it may run: the worst case counts"
+
+
+def test_a_claimed_submit_is_never_sent_twice_and_a_stale_claim_ends_the_attempt(world: World) -> None:
+    job_id = job_id_for(1)
+    running_job(world.cloud.settings, job_id, pool=Pool.FAAS)
+    world.budget.reserve(task_id_for(job_id, 1), RESERVED, [Cap(cap_micro=10**9)])
+    task = world.dispatcher._record(pool_task(job_id, NOW, pool=Pool.FAAS))
+    assert world.dispatcher._claim(task), "an invocation claims it, then dies calling the provider"
+    assert world.dispatcher.check(task.task_id) == "submitting", "the sweep does not send it again"
+    assert world.dispatcher.submit(task) == "submitted already"
+    assert world.provider.submitted == []
+    world.clock.advance(SUBMIT_STALE_S)
+    assert world.dispatcher.check(task.task_id) == "GpuUnreachable"
+    assert world.reservation(task.task_id) == (ReservationState.SETTLED, RESERVED)
+
+
+def test_a_job_the_provider_lost_ends_and_one_bad_task_does_not_stop_the_sweep(world: World) -> None:
+    lost, fine = world.arrive(1), world.arrive(2)
+    world.provider.statuses[world.dispatcher.task(lost).provider_job_id] = FaasRejected("404 not found", 404)
+    world.ends(fine, state=FaasState.COMPLETED, execution_ms=1_000)
+    world.provider.statuses["rp-3"] = RuntimeError("unexpected")  # a third task whose check blows up
+    world.arrive(3)
+    counts = world.dispatcher.sweep()
+    assert counts == {"GpuUnreachable": 1, "succeeded": 1, "error": 1}
+    assert len(world.timers.of(fine)) == 1, "the sweep sets no extra poll timer: each task has its one"
+    assert world.reservation(lost) == (ReservationState.SETTLED, RESERVED)

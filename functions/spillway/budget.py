@@ -36,10 +36,10 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field, computed_field
 
 from spillway.aws import error_code, from_item, to_item
+from spillway.faas.billing import MICRO  # noqa: F401 (money is micro-dollars here too)
 
 logger = Logger(child=True)
 
-MICRO = 1_000_000  # micro-dollars in a dollar
 RESERVATION_PREFIX = "reservation#"
 RESERVATION_TTL_SECONDS = 90 * 86_400  # reservation items are kept this long, for audit; counters stay
 CONFLICT_RETRIES = 5

@@ -54,6 +54,8 @@ class Attempt(BaseModel):
         name = self.error.removeprefix("Spillway.")
         if name in ErrorType.__members__.values():
             return ErrorType(name)
+        if self.assigned_at is None:  # e.g. the backstop timeout while it waited: it never reached a GPU
+            return ErrorType.WAIT_EXPIRED
         return ErrorType.GPU_UNREACHABLE if self.error == "States.Timeout" else ErrorType.MODEL_ERROR
 
     def view(self, number: int) -> AttemptView:

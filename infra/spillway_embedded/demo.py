@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 from boto3.dynamodb.types import TypeDeserializer
 
+from spillway.faas.billing import MICRO
 from spillway.rooms import render_room
-from spillway.routing.rules import MICRO, default_rules
+from spillway.routing.rules import default_rules
 from spillway_embedded.launcher import StackInfo
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)

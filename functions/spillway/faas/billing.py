@@ -24,7 +24,7 @@ from decimal import ROUND_CEILING, Decimal
 
 from spillway.faas.provider import FaasStatus
 
-MICRO = 1_000_000
+MICRO = 1_000_000  # money is kept in integer micro-dollars: DynamoDB conditions compare it exactly
 Price = Decimal | str | int | float  # USD per second; floats are read through their text ("0.00031")
 
 

@@ -27,6 +27,7 @@ from spillway.budget import BudgetLedger, ReservationState
 from spillway.callbacks import Callbacks
 from spillway.dispatch import INPUT_URL_SECONDS, result_key_for, task_id_for
 from spillway.faas import billing, webhook
+from spillway.faas.billing import MICRO
 from spillway.faas.provider import (
     FaasError,
     FaasFailureKind,
@@ -41,7 +42,7 @@ from spillway.faas.provider import (
 from spillway.jobs import iso_at
 from spillway.models import AttemptOutput, ErrorType, JobStatus, Pool, PoolTask, Timer, TimerKind
 from spillway.priorities import job_clock
-from spillway.routing.rules import MICRO, RoutingRules
+from spillway.routing.rules import RoutingRules
 from spillway.timers import TimerQueue
 
 logger = Logger(child=True)

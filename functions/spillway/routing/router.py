@@ -14,12 +14,13 @@ from collections.abc import Callable
 
 from spillway.budget import BudgetLedger, Cap
 from spillway.dispatch import task_id_for
+from spillway.faas.billing import MICRO
 from spillway.fleet import Fleet
 from spillway.jobs import JobStore
 from spillway.models import Pool
 from spillway.priorities import job_clock
 from spillway.routing.policy import FaasBudget, FleetSnapshot, JobFacts, PastAttempt, Route, RouteAction, decide
-from spillway.routing.rules import MICRO, RoutingRules
+from spillway.routing.rules import RoutingRules
 
 QUEUE_PEEK = 50  # routing asks whether a pool has a queue, not how long it is
 

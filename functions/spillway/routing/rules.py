@@ -18,7 +18,6 @@ from spillway.faas import billing
 from spillway.models import ErrorType, Pool, Priority, Segment
 
 RULES_FILE = Path(__file__).with_name("rules.toml")
-MICRO = 1_000_000  # money is kept in integer micro-dollars: DynamoDB conditions compare it exactly
 
 
 class FailureAction(StrEnum):

@@ -158,6 +158,7 @@ def test_routing(case: Case) -> None:
         assert route.avoid_gpus == sorted(case.avoid)
         assert (route.faas_segment is not None) == (case.pool is Pool.FAAS)
     assert route.attempt == len(case.attempts)
+    assert route.faas_budget_spent == ("budget of" in route.reason), "the FaasBudgetSpent metric follows the reason"
     for part in case.reason_has:
         assert part in route.reason, route.reason
 

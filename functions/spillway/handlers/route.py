@@ -28,4 +28,7 @@ def handler(event: dict, context: LambdaContext) -> dict:
     with single_metric(name="AttemptsRouted", unit=MetricUnit.Count, value=1,
                        default_dimensions=metrics.default_dimensions) as metric:
         metric.add_dimension(name="Pool", value=route.pool.value if route.pool else "none")
+    if route.faas_budget_spent:  # the FaasBudgetSpent alarm watches it
+        logger.warning("faas budget spent: routed elsewhere", reason=route.reason)
+        metrics.add_metric(name="FaasBudgetSpent", unit=MetricUnit.Count, value=1)
     return route.model_dump(mode="json")

@@ -42,6 +42,7 @@ class Route(BaseModel):
     reason: str
     attempt: int = Field(ge=0, description="the job's current attempt number: the fence of the next write")
     faas_segment: str | None = None
+    faas_budget_spent: bool = Field(default=False, description="FaaS would have taken it, but its budget is spent")
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,10 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
 
     def run(pool: Pool, reason: str, segment: str | None = None) -> Route:
         return Route(action=RouteAction.RUN, pool=pool, avoid_gpus=sorted(avoid), reason=reason,
-                     attempt=current_attempt, faas_segment=segment if pool is Pool.FAAS else None)
+                     attempt=current_attempt, faas_segment=segment if pool is Pool.FAAS else None,
+                     faas_budget_spent=budget_spent)
+
+    budget_spent = False
 
     failed = [(n, a) for n, a in enumerate(attempts, start=1) if a.error is not None]
     history = "; ".join(a.line(n) for n, a in failed)
@@ -160,6 +164,7 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
             return to_faas(wants_faas)
         if not (refused_before or failed_there):
             why += f" (FaaS would have taken it, but the budget of {segment.name} is spent)"
+            budget_spent = True
     if serving:
         pool = serving[0]
         if last_action is FailureAction.NEXT_POOL and last.pool is not Pool.FAAS:

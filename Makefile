@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint bench clean
+.PHONY: demo dev test lint bench bench-routing clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)  ## load benchmark on fresh embedded stacks (prints figures, asserts nothing); BENCH_ARGS=--quick
 	$(BIN)/python bench/load.py $(BENCH_ARGS)
+
+bench-routing: $(STAMP)  ## mixed workload with outages: where work went, what it cost (prints); BENCH_ARGS=--quick
+	$(BIN)/python bench/routing.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .spillway .pytest_cache

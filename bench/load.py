@@ -6,6 +6,7 @@
     python bench/load.py --model-seconds 0.5 --parameter HeartbeatSeconds=10   # passed to `spillway dev`
     make bench BENCH_ARGS="--quick --json bench.json"
 (bench/run.py, the older end-to-end latency probe, still runs on its own.)
+(bench/routing.py: a mixed workload with outages; where the work went and what it cost.)
 
 Every run starts a FRESH `spillway dev` (its tables start empty) and talks to it only as a client
 would: the job API over HTTP, and boto3 against its moto endpoint to read the Step Functions executions.

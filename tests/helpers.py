@@ -191,9 +191,16 @@ class FakeAgents:
         self.answer: int | Exception = 202
         self.answers: dict[str, int | Exception] = {}  # by GPU id
         self.script: list[int | Exception] = []  # the next pushes' answers, whichever GPU
+        self.unreachable: set[str] = set()  # GPUs whose link is down for a probe (GET /readyz)
+        self.probed: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         gpu_id = request.url.host.split(".")[0]
+        if request.method == "GET":  # a reachability probe
+            if gpu_id in self.unreachable:
+                raise httpx.ConnectError("link down")
+            self.probed.append(gpu_id)
+            return httpx.Response(200, json={"status": "ready"})
         answer = self.script.pop(0) if self.script else self.answers.get(gpu_id, self.answer)
         if isinstance(answer, Exception):
             raise answer

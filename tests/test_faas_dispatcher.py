@@ -107,20 +107,20 @@ def test_an_attempt_is_submitted_once_with_its_webhook_and_a_poll_timer(world: W
 
 def test_a_completed_job_is_told_once_and_its_budget_settled_to_the_billed_cost(world: World) -> None:
     task_id = world.arrive()
-    world.ends(task_id, state=FaasState.COMPLETED, execution_ms=2_500, output={"result_bytes": 10})
+    world.ends(task_id, state=FaasState.COMPLETED, delay_ms=2_100, execution_ms=2_500, output={"result_bytes": 10})
     assert world.dispatcher.check(task_id) == "succeeded"
     assert world.dispatcher.check(task_id) == "over", "the webhook and the poll timer race: one end"
     ((name, call),) = world.sfn.calls
     assert name == "success" and '"result_key":"results/' in call["output"]
-    billed = 5 * 760  # ceil(2.5 s run + 2 s cold start) x $0.00076/s, in micro-dollars
+    billed = 5 * 760  # ceil(2.5 s run + 2 s cold start, seen in its delay) x $0.00076/s, in micro-dollars
     assert world.reservation(task_id) == (ReservationState.SETTLED, billed)
     assert float(world.attempt()["cost_usd"]) == pytest.approx(billed / 1e6)
 
 
 @pytest.mark.parametrize("status, error, settled", [
-    (dict(state=FaasState.FAILED, error="BadInput: not an image", execution_ms=300), "Spillway.BadInput", 3 * 760),
-    (dict(state=FaasState.FAILED, error="boom", execution_ms=300), "Spillway.ModelError", 3 * 760),
-    (dict(state=FaasState.TIMED_OUT, execution_ms=120_000), "Spillway.ModelError", 122 * 760),
+    (dict(state=FaasState.FAILED, error="BadInput: not an image", execution_ms=300), "Spillway.BadInput", 1 * 760),
+    (dict(state=FaasState.FAILED, error="boom", delay_ms=40, execution_ms=300), "Spillway.ModelError", 1 * 760),
+    (dict(state=FaasState.TIMED_OUT, delay_ms=2_000, execution_ms=120_000), "Spillway.ModelError", 122 * 760),
     (dict(state=FaasState.TIMED_OUT), "Spillway.PoolRefused", None),  # never ran: a spill, nothing billed
 ], ids=["bad-input", "model-error", "ran-past-its-timeout", "never-started"])
 def test_a_failed_job_is_told_by_kind(world: World, status: dict, error: str, settled: int | None) -> None:

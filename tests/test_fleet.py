@@ -98,13 +98,14 @@ def test_available_gpus_are_fresh_not_draining_with_a_free_slot_best_fit_first(
     assert [g.gpu_id for g in fleet.available(pool, now, STALE)] == expected
 
 
-def test_a_suspect_gpu_is_unavailable_until_its_window_passes_and_its_next_beat_says_so(fleet: Fleet) -> None:
+def test_a_suspect_gpu_is_unavailable_until_its_window_passes_or_a_probe_clears_it(fleet: Fleet) -> None:
     fleet.mark_suspect("small", until=NOW + 10)
+    assert fleet.get("small").is_suspect
     assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW + 9, STALE)] == ["big"], "heartbeats or not"
-    assert not fleet.heartbeat(beat("small", vram_mb=4000), now=NOW + 5), "still suspect: nothing to pump"
-    assert fleet.heartbeat(beat("small", vram_mb=4000), now=NOW + 10), "its window passed: pump its pool"
-    assert not fleet.heartbeat(beat("small", vram_mb=4000), now=NOW + 15), "said once"
-    assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW + 15, STALE)] == ["small", "big"]
+    assert not fleet.heartbeat(beat("small", vram_mb=4000), now=NOW + 5), "a beat says nothing of the link"
+    assert not fleet.clear_suspect("small", seen_until=NOW + 3), "marked anew since that probe began"
+    assert fleet.clear_suspect("small", seen_until=NOW + 10)
+    assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW + 5, STALE)] == ["small", "big"]
     fleet.mark_suspect("gone", until=NOW + 10)  # never registered: nothing to keep work from
     assert fleet.get("gone") is None
 

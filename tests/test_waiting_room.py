@@ -547,6 +547,25 @@ def test_a_gpu_a_push_could_not_reach_gets_no_work_until_its_suspect_window_pass
     assert room.on_gpu("local-0") == ["c"], "past its window it is tried again"
 
 
+def test_a_suspect_gpu_is_probed_on_its_beats_and_takes_work_only_once_a_probe_reaches_it(room: Room) -> None:
+    room.gpu("local-0", vram_mb=6000)
+    room.gpu("local-1", vram_mb=12000)
+    room.agents.script = [httpx.ConnectError("tunnel down")]
+    room.arrive("a")  # best fit: local-0, whose link is cut; its agent still beats
+    room.agents.unreachable = {"local-0"}
+    room.advance(room.cloud.settings.suspect_seconds)
+    assert not room.dispatcher.probe("local-0"), "still cut: it stays suspect, its window extended"
+    room.arrive("b")
+    room.arrive("c")
+    assert room.on_gpu("local-1") == ["b"] and room.on_gpu("local-0") == [] and room.waiting() == ["c"]
+    room.agents.unreachable = set()  # the link is back
+    assert room.dispatcher.probe("local-0"), "reachable: no longer suspect"
+    room.dispatcher.pump(Pool.LOCAL)
+    assert room.on_gpu("local-0") == ["c"]
+    assert not room.dispatcher.probe("local-1"), "a GPU that is not suspect is not probed"
+    assert room.agents.probed == ["local-0"]
+
+
 # ---- the sweep: a safety net for lost timers
 
 

@@ -37,6 +37,7 @@ logger = Logger(child=True)
 
 _TASK_IDS = uuid.UUID("5b1f0f9e-6d43-4c1e-9d2a-9b7a8f2b1c10")
 PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
+PROBE_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
 INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
@@ -265,6 +266,26 @@ class Dispatcher:
             return self.fail(task, ErrorType.GPU_UNREACHABLE,
                              f"{task.gpu_id} answered {response.status_code}: {response.text[:200]}")
         return self.fail(task, ErrorType.MODEL_ERROR, f"{task.gpu_id} rejected the task: {response.text[:500]}")
+
+    def probe(self, gpu_id: str) -> bool:
+        """A suspect GPU's agent still reports (it can call out): ask its agent through the GPU's own URL (the
+        tunnel) whether the control plane can reach it. Any answer: reachable again, no longer suspect (True:
+        pump its pool). None: it stays suspect, its window extended from now. Called on its agent's
+        heartbeats, so a link that comes back is noticed within a beat, and one still cut gets no push."""
+        gpu = self._fleet.get(gpu_id)
+        if gpu is None or not gpu.is_suspect:
+            return False
+        try:
+            self._http.get(f"{gpu.url}/readyz", headers={"Authorization": f"Bearer {self._agent_key()}"},
+                           timeout=PROBE_TIMEOUT)
+        except httpx.HTTPError as exc:
+            logger.debug("probe failed: still suspect", gpu_id=gpu_id, error=repr(exc))
+            self._fleet.mark_suspect(gpu_id, self._clock() + self._limits.suspect_seconds)
+            return False
+        cleared = self._fleet.clear_suspect(gpu_id, gpu.suspect_until)
+        if cleared:
+            logger.info("reachable again", gpu_id=gpu_id)
+        return cleared
 
     def _push_alone(self, task: Task) -> str:
         """A push outside a pump: if it frees the slot (failed) or hands the task back, pump the room."""

@@ -34,7 +34,9 @@ class Gpu(BaseModel):
     services: list[str]
     draining: bool = False
     last_heartbeat: float  # epoch seconds
-    suspect_until: float = 0  # a push to it could not connect: no new work until then (epoch seconds)
+    # A push to it could not connect: no new work until then (epoch seconds; 0 = not suspect). While its
+    # agent beats, each beat probes it through its URL: an answer clears it, none extends the window.
+    suspect_until: float = 0
 
     def is_healthy(self, now: float, stale_after: float) -> bool:
         """Could take work when a slot frees: heard from lately, not draining, not suspect."""
@@ -42,6 +44,10 @@ class Gpu(BaseModel):
 
     def is_available(self, now: float, stale_after: float) -> bool:
         return self.is_healthy(now, stale_after) and self.running < self.slots
+
+    @property
+    def is_suspect(self) -> bool:
+        return self.suspect_until > 0
 
     def fits(self, service: str, vram_mb: int) -> bool:
         return service in self.services and self.vram_free_mb >= vram_mb and self.running < self.slots
@@ -137,11 +143,7 @@ class Fleet:
         ).get("Attributes")
         if beat.draining:
             return False
-        if before is None or bool(before.get("draining")):
-            return True
-        last = float(before["last_heartbeat"])
-        suspect_ended = last < float(before.get("suspect_until", 0)) <= now  # its suspect window passed since
-        return now - last > stale_after or suspect_ended
+        return before is None or bool(before.get("draining")) or now - float(before["last_heartbeat"]) > stale_after
 
     def gpus(self, pool: Pool) -> list[Gpu]:
         """The pool's GPUs, read consistently: a pump right after a release must see the slot it freed
@@ -159,6 +161,16 @@ class Fleet:
             self._gpus.update_item(Key={"gpu_id": gpu_id}, UpdateExpression="SET suspect_until = :until",
                                    ConditionExpression="attribute_exists(gpu_id)",
                                    ExpressionAttributeValues=to_item({":until": until}))
+
+    def clear_suspect(self, gpu_id: str, seen_until: float) -> bool:
+        """A probe reached the GPU: it may take work again. False if another failed push marked it anew."""
+        try:
+            self._gpus.update_item(Key={"gpu_id": gpu_id}, UpdateExpression="SET suspect_until = :zero",
+                                   ConditionExpression="suspect_until = :seen",
+                                   ExpressionAttributeValues=to_item({":zero": 0, ":seen": seen_until}))
+        except self._gpus.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")

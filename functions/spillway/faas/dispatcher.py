@@ -254,7 +254,11 @@ class FaasDispatcher:
 
     def _finish(self, task: FaasTask, status: FaasStatus) -> str:
         rules = self._rules()
-        cost = billing.cost_micro(status, rules.faas.price_per_second_usd, overhead_s=rules.faas.cold_start_seconds)
+        # A cold start is billed too; the provider reports it only inside the job's delay (with any queueing),
+        # so a delay at least that long is counted as one.
+        cold = (status.delay_ms or 0) >= rules.faas.cold_start_seconds * 1000
+        cost = billing.cost_micro(status, rules.faas.price_per_second_usd,
+                                  overhead_s=rules.faas.cold_start_seconds if cold else 0)
         if status.state is FaasState.COMPLETED:
             return self._end(task, status, None, "", cost)
         if status.state in (FaasState.TIMED_OUT, FaasState.CANCELLED) and status.execution_ms is None:

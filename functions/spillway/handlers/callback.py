@@ -39,7 +39,8 @@ app.use(middlewares=[require_agent_key])
 
 @app.post("/v1/agent/heartbeat", summary="An agent reports its GPU (registers on the first beat)")
 def agent_heartbeat(beat: Annotated[AgentHeartbeat, Body()]) -> CallbackAck:
-    if fleet().heartbeat(beat, now=time.time(), stale_after=settings().agent_stale_seconds):
+    if fleet().heartbeat(beat, now=time.time(), stale_after=settings().agent_stale_seconds) \
+            or dispatcher().probe(beat.gpu_id):
         dispatcher().pump(beat.pool)  # a GPU that can take work again pulls from its room at once
     return CallbackAck(current=True)
 

@@ -92,14 +92,24 @@ def test_the_tunnel_forwards_without_nagle(tunnel: Tunnel) -> None:
         assert client.get(tunnel.url).status_code == 200, "and the reused connection carries the next request"
 
 
+def test_broken_answers_every_request_with_a_502_and_restore_mends(tunnel: Tunnel) -> None:
+    tunnel.break_()
+    assert tunnel.is_broken
+    with httpx.Client(timeout=TIMEOUT) as client:
+        answer = client.post(tunnel.url + "/v1/tasks", json={"task_id": "t"})
+    assert answer.status_code == 502 and "model server" in answer.json()["message"], "reachable, but failing"
+    tunnel.restore()
+    assert get(tunnel).text == "hello from the GPU"
+
+
 def test_no_target_yet_refuses(tunnel: Tunnel) -> None:
     tunnel.target = None
     with pytest.raises(httpx.TransportError):
         get(tunnel)
 
 
-def test_the_chaos_switchboard_cuts_and_restores_by_gpu() -> None:
-    tunnels = {"local-0": Tunnel(), "local-1": Tunnel()}
+def test_the_chaos_switchboard_cuts_breaks_and_restores_by_gpu_and_by_pool() -> None:
+    tunnels = {"local-0": Tunnel(), "local-1": Tunnel(), "cloud-0": Tunnel()}
     try:
         switchboard(tunnels)
     finally:
@@ -108,14 +118,19 @@ def test_the_chaos_switchboard_cuts_and_restores_by_gpu() -> None:
 
 
 def switchboard(tunnels: dict[str, Tunnel]) -> None:
-    client = Client(ChaosControl(lambda: tunnels))
+    client = Client(ChaosControl(lambda: tunnels, pool_of=lambda gpu_id: gpu_id.split("-")[0]))
     cut = client.post("/tunnels/cut", json={"gpu_ids": ["local-1"]})
     assert cut.status_code == 200
-    assert [(t["gpu_id"], t["cut"]) for t in cut.json["tunnels"]] == [("local-0", False), ("local-1", True)]
+    assert [(t["gpu_id"], t["cut"]) for t in cut.json["tunnels"]] == [
+        ("cloud-0", False), ("local-0", False), ("local-1", True)]
+    assert client.post("/tunnels/cut", json={"pool": "local"}).status_code == 200
+    assert [g for g, t in tunnels.items() if t.is_cut] == ["local-0", "local-1"], "the office link, not the cloud"
+    assert client.post("/tunnels/break", json={"pool": "cloud"}).status_code == 200 and tunnels["cloud-0"].is_broken
     assert client.post("/tunnels/cut").status_code == 200 and all(t.is_cut for t in tunnels.values())
-    assert client.post("/tunnels/restore").status_code == 200 and not any(t.is_cut for t in tunnels.values())
-    unknown = client.post("/tunnels/cut", json={"gpu_ids": ["cloud-0"]})
-    assert unknown.status_code == 404 and "cloud-0" in unknown.json["message"]
+    assert client.post("/tunnels/restore").status_code == 200
+    assert not any(t.is_cut or t.is_broken for t in tunnels.values())
+    unknown = client.post("/tunnels/cut", json={"gpu_ids": ["cloud-9"]})
+    assert unknown.status_code == 404 and "cloud-9" in unknown.json["message"]
     assert client.post("/tunnels/cut", json={"gpus": "all"}).status_code == 422
     assert client.get("/tunnels").json["tunnels"][0]["url"].startswith("http://127.0.0.1:")
 

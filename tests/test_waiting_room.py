@@ -80,6 +80,16 @@ class Room:
                                      avoid_gpus=avoid)
         return self.redeliver(label)
 
+    def arrive_together(self, *labels: str) -> dict[str, str]:
+        """Attempts of new jobs in one poller batch (local pool, normal priority)."""
+        for label in labels:
+            job_id = job_id_for(len(self.ids) + 1)
+            self.ids[label] = task_id_for(job_id, 1)
+            running_job(self.cloud.settings, job_id)
+            self.sent[label] = pool_task(job_id, self.clock.now)
+        outcomes = self.dispatcher.enqueue_batch([self.sent[label] for label in labels])
+        return {self.label(task_id): outcome for task_id, outcome in outcomes.items()}
+
     def redeliver(self, label: str) -> dict[str, str]:
         """SQS delivers the pool queue's message (again)."""
         outcomes = self.dispatcher.enqueue(self.sent[label])
@@ -545,6 +555,15 @@ def test_a_gpu_a_push_could_not_reach_gets_no_work_until_its_suspect_window_pass
     room.advance(room.cloud.settings.suspect_seconds)
     room.dispatcher.sweep()
     assert room.on_gpu("local-0") == ["c"], "past its window it is tried again"
+
+
+def test_a_gpu_whose_push_failed_gets_no_second_task_from_the_same_pump(room: Room) -> None:
+    room.gpu("local-0", vram_mb=12000, slots=2)  # room for both: the pump assigns both at once
+    room.agents.answers["local-0"] = httpx.ConnectError("tunnel down")
+    outcomes = room.arrive_together("a", "b")
+    assert sorted(outcomes.values()) == ["GpuUnreachable", "refused"], outcomes
+    assert len(room.failures()) == 1, "one failed push, not one per slot"
+    assert room.waiting() == [label for label, outcome in outcomes.items() if outcome == "refused"]
 
 
 def test_a_suspect_gpu_is_probed_on_its_beats_and_takes_work_only_once_a_probe_reaches_it(room: Room) -> None:

@@ -149,6 +149,10 @@ class Dispatcher:
         for _ in range(MAX_PASSES):
             assigned, room_empty = self._assign_front(pool, shunned)
             for task in assigned:
+                if task.gpu_id in shunned:  # its GPU just failed or refused a push: back to the room, in place
+                    self._fleet.give_back(task)
+                    outcomes[task.task_id] = "refused"
+                    continue
                 outcome = outcomes[task.task_id] = self._push(task)
                 if outcome != "pushed":
                     shunned.add(task.gpu_id or "")
@@ -244,11 +248,7 @@ class Dispatcher:
             heartbeat_interval_s=max(1.0, self._limits.heartbeat_seconds / 3),
         )
         try:
-            response = self._http.post(
-                f"{task.gpu_url}/v1/tasks", content=agent_task.model_dump_json(),
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._agent_key()}"},
-                timeout=PUSH_TIMEOUT,
-            )
+            response = self._send(task, agent_task)
         except httpx.HTTPError as exc:
             self._fleet.mark_suspect(task.gpu_id or "", self._clock() + self._limits.suspect_seconds)
             return self.fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} unreachable: {exc!r}")
@@ -266,6 +266,23 @@ class Dispatcher:
             return self.fail(task, ErrorType.GPU_UNREACHABLE,
                              f"{task.gpu_id} answered {response.status_code}: {response.text[:200]}")
         return self.fail(task, ErrorType.MODEL_ERROR, f"{task.gpu_id} rejected the task: {response.text[:500]}")
+
+    def _send(self, task: Task, agent_task: AgentTask) -> httpx.Response:
+        """POST the task to its GPU's agent. A pooled connection the other end dropped meanwhile (an agent
+        restarted, a link reset) fails before any answer: the push is sent once more on a fresh connection
+        (agents take a task idempotently, by its id), so only a GPU unreachable now fails the attempt."""
+        for retry in (True, False):
+            try:
+                return self._http.post(
+                    f"{task.gpu_url}/v1/tasks", content=agent_task.model_dump_json(),
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._agent_key()}"},
+                    timeout=PUSH_TIMEOUT,
+                )
+            except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                if not retry:
+                    raise
+                logger.debug("stale connection: pushing again", gpu_id=task.gpu_id, error=repr(exc))
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def probe(self, gpu_id: str) -> bool:
         """A suspect GPU's agent still reports (it can call out): ask its agent through the GPU's own URL (the

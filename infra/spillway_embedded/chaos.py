@@ -7,7 +7,8 @@ network path is a tunnel: the office's link, the cloud provider's network):
     curl -X POST $CHAOS/tunnels/cut -d '{"pool": "local"}'    # the office link: every local GPU
     curl -X POST $CHAOS/tunnels/cut -d '{"gpu_ids": ["local-2"]}'
     curl -X POST $CHAOS/tunnels/cut                           # every GPU, cloud included
-    curl -X POST $CHAOS/tunnels/restore
+    curl -X POST $CHAOS/tunnels/break -d '{"pool": "cloud"}'  # reachable, but every request gets a 502
+    curl -X POST $CHAOS/tunnels/restore                       # mends cuts and breaks
     curl $CHAOS/tunnels
 
 and make the stand-in FaaS provider slow, failing or refusing (forwarded to its own /chaos, see
@@ -56,7 +57,8 @@ class ChaosControl:
         tunnels = self._tunnels()
         if request.path == "/tunnels" and request.method == "GET":
             return _json(200, self._state(tunnels))
-        action = {"/tunnels/cut": Tunnel.cut, "/tunnels/restore": Tunnel.restore}.get(request.path)
+        action = {"/tunnels/cut": Tunnel.cut, "/tunnels/break": Tunnel.break_,
+                  "/tunnels/restore": Tunnel.restore}.get(request.path)
         if action is None or request.method != "POST":
             return _json(404, {"message": f"no route {request.method} {request.path}"})
         try:
@@ -90,7 +92,8 @@ class ChaosControl:
 
     @staticmethod
     def _state(tunnels: dict[str, Tunnel]) -> dict[str, Any]:
-        return {"tunnels": [{"gpu_id": gpu_id, "url": t.url, "cut": t.is_cut} for gpu_id, t in sorted(tunnels.items())]}
+        return {"tunnels": [{"gpu_id": gpu_id, "url": t.url, "cut": t.is_cut, "broken": t.is_broken}
+                            for gpu_id, t in sorted(tunnels.items())]}
 
 
 def _json(status: int, body: Any) -> Response:

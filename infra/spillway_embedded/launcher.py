@@ -58,6 +58,10 @@ class StackInfo:
         """Drop the link in front of these GPUs; none named: every GPU of `pool` (of every pool if None)."""
         self._chaos("cut", gpu_ids, pool)
 
+    def break_tunnels(self, *gpu_ids: str, pool: str | None = None) -> None:
+        """Make these GPUs answer every request with a 502 (reachable, but failing every task)."""
+        self._chaos("break", gpu_ids, pool)
+
     def restore_tunnels(self, *gpu_ids: str, pool: str | None = None) -> None:
         self._chaos("restore", gpu_ids, pool)
 

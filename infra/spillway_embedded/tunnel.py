@@ -1,7 +1,8 @@
-"""A TCP proxy standing for the office tunnel in front of the local GPUs, with a switch to cut it.
+"""A TCP proxy standing for a GPU's network path (the office tunnel, the cloud's network), with switches.
 
 Cut, it resets every open connection and refuses new ones at once: a push through it fails in
-milliseconds, as a dropped link with a tunnel agent that notices does.
+milliseconds, as a dropped link with a tunnel agent that notices does. Broken, it answers every
+request with a 502, as a proxy in front of a crashed model server does: reachable, but failing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class Tunnel:
         self._listener.settimeout(0.2)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._cut = threading.Event()
+        self._broken = threading.Event()
         self._stopping = threading.Event()
         self._latency = 0.0
         self._open: set[socket.socket] = set()
@@ -46,12 +48,21 @@ class Tunnel:
         self._cut.set()
         self._reset_all()
 
+    def break_(self) -> None:
+        self._broken.set()
+        self._reset_all()
+
     def restore(self) -> None:
         self._cut.clear()
+        self._broken.clear()
 
     @property
     def is_cut(self) -> bool:
         return self._cut.is_set()
+
+    @property
+    def is_broken(self) -> bool:
+        return self._broken.is_set()
 
     def set_latency(self, seconds: float) -> None:
         self._latency = seconds
@@ -68,6 +79,9 @@ class Tunnel:
                 return
             if self._cut.is_set() or self.target is None:
                 _reset(client)
+                continue
+            if self._broken.is_set():
+                threading.Thread(target=_answer_502, args=(client,), daemon=True).start()
                 continue
             try:
                 upstream = socket.create_connection(self.target, timeout=2)
@@ -104,6 +118,27 @@ class Tunnel:
             sockets, self._open = list(self._open), set()
         for sock in sockets:
             _reset(sock)
+
+
+def _answer_502(client: socket.socket) -> None:
+    """Read one whole request (head and Content-Length body: a client still sending would see a reset) and
+    answer 502, then close."""
+    with contextlib.suppress(OSError):
+        client.settimeout(2)
+        received = b""
+        while b"\r\n\r\n" not in received and (chunk := client.recv(65536)):
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length and (chunk := client.recv(65536)):
+            body += chunk
+        answer = b'{"message": "bad gateway: the model server behind is down"}'
+        client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                       b"Content-Length: " + str(len(answer)).encode() + b"\r\n\r\n" + answer)
+        client.shutdown(socket.SHUT_WR)
+    with contextlib.suppress(OSError):
+        client.close()
 
 
 def _reset(sock: socket.socket) -> None:

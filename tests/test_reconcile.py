@@ -44,7 +44,7 @@ def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud
     assert reconciler(cloud).reconcile_id(job.job_id) == "reconciled"
     item = cloud.job_item(job.job_id)
     assert item["status"] == "FAILED"
-    assert item["error"].startswith("DynamoDB.ConditionalCheckFailedException"), item["error"]
+    assert item["error"].startswith("Spillway.NoAttemptLeft"), item["error"]
     assert item["finished_at"]
     assert reconciler(cloud).reconcile_id(job.job_id) == "final", "once"
 

@@ -195,9 +195,13 @@ class Job:
         self.unsettled_gets = 0  # GETs that showed a final status before finished_at and every attempt's end
         self.execution: dict[str, Any] | None = None
 
+    def body(self) -> dict[str, Any]:
+        """What POST /v1/jobs gets for it."""
+        return {"service": self.service, "input_key": self.input_key, "priority": self.priority}
+
     def submit(self, clients: Clients) -> None:
         started = time.perf_counter()
-        body = {"service": self.service, "input_key": self.input_key, "priority": self.priority}
+        body = self.body()
         try:
             for backoff in (0.5, 1.0, 2.0, 4.0, 8.0, None):  # a throttled submit (429) is retried, as clients do
                 response = clients.get().post("/v1/jobs", json=body)

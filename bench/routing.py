@@ -67,7 +67,8 @@ from load import (  # bench/load.py, beside this file: its client, poller and st
 )
 
 from spillway.aws import from_item
-from spillway.routing.rules import MICRO, default_rules
+from spillway.faas.billing import MICRO
+from spillway.routing.rules import default_rules
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 POOLS = ("local", "cloud", "faas")
@@ -91,26 +92,8 @@ class RoutedJob(Job):
         self.at = at
         self.segment = segment
 
-    def submit(self, clients: Clients) -> None:
-        started = time.perf_counter()
-        body = {"service": self.service, "input_key": self.input_key, "priority": self.priority,
-                "segment": self.segment}
-        try:
-            for backoff in (0.5, 1.0, 2.0, 4.0, None):  # a throttled submit (429) is retried, as clients do
-                response = clients.get().post("/v1/jobs", json=body)
-                if response.status_code != 429 or backoff is None:
-                    break
-                self.throttled += 1
-                time.sleep(backoff)
-        except httpx.HTTPError as exc:
-            self.rejected = f"{type(exc).__name__}: {exc}"[:160]
-            return
-        finally:
-            self.post_seconds = time.perf_counter() - started
-        if response.status_code != 202:
-            self.rejected = f"HTTP {response.status_code}: {response.text[:120]}"
-            return
-        self.job_id = response.json()["job_id"]
+    def body(self) -> dict[str, Any]:
+        return super().body() | {"segment": self.segment}
 
 
 def workload(n: int, seconds: float, seed: int, us_share: float) -> list[tuple[float, str, str, dict[str, str]]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -261,3 +262,18 @@ def emptied(cloud: Any) -> Any:
                                    ExpressionAttributeNames={f"#k{i}": k for i, k in enumerate(keys)})["Items"]:
                 batch.delete_item(Key=item)
     return cloud
+
+
+def answered(api: httpx.Client, job_ids: list[str], timeout: float = 120.0, poll_s: float = 0.3) -> dict[str, dict]:
+    """Each job's view once every one is SUCCEEDED or FAILED (a client polling the job API, bounded)."""
+    views: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job_id in job_ids:
+            if job_id not in views or views[job_id]["status"] not in ("SUCCEEDED", "FAILED"):
+                views[job_id] = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()
+        if all(v["status"] in ("SUCCEEDED", "FAILED") for v in views.values()):
+            return views
+        time.sleep(poll_s)
+    open_jobs = {j: v["status"] for j, v in views.items() if v["status"] not in ("SUCCEEDED", "FAILED")}
+    raise AssertionError(f"{len(open_jobs)} jobs not answered in {timeout}s: {open_jobs}")

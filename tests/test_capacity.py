@@ -24,6 +24,8 @@ from spillway.priorities import PRIORITY_CLASSES
 from spillway.rooms import render_room
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
+import helpers
+
 pytestmark = pytest.mark.embedded
 
 MODEL_SECONDS = 2.5
@@ -68,19 +70,9 @@ def submit_all(stack: StackInfo, jobs: list[dict[str, Any]]) -> list[str]:
         return list(pool.map(one, jobs))
 
 
-def answered(stack: StackInfo, job_ids: list[str], timeout: float = 240.0) -> dict[str, dict]:
-    views: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout
+def answered(stack: StackInfo, job_ids: list[str]) -> dict[str, dict]:
     with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as api:
-        while time.monotonic() < deadline:
-            for job_id in job_ids:
-                if job_id not in views or views[job_id]["status"] not in ("SUCCEEDED", "FAILED"):
-                    views[job_id] = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-            if all(v["status"] in ("SUCCEEDED", "FAILED") for v in views.values()):
-                return views
-            time.sleep(0.5)
-    open_jobs = {j: v["status"] for j, v in views.items() if v["status"] not in ("SUCCEEDED", "FAILED")}
-    raise AssertionError(f"{len(open_jobs)} jobs not answered in {timeout}s: {open_jobs}")
+        return helpers.answered(api, job_ids, timeout=240.0, poll_s=0.5)
 
 
 def table_items(stack: StackInfo, logical_id: str) -> list[dict[str, Any]]:

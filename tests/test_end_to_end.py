@@ -7,7 +7,6 @@ customer's integration would be, and reads S3 through moto's endpoint to check t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import cv2
@@ -17,6 +16,8 @@ import pytest
 
 from spillway.rooms import furniture_mask, render_room
 from spillway_embedded.launcher import LaunchedStack, StackInfo
+
+import helpers
 
 pytestmark = pytest.mark.embedded
 
@@ -45,14 +46,8 @@ def submit(api: httpx.Client, image: bytes, service: str = "remove_furniture") -
     return response.json()["job_id"]
 
 
-def answered(api: httpx.Client, job_id: str, timeout: float = 90.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        view = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-        if view["status"] in ("SUCCEEDED", "FAILED"):
-            return view
-        time.sleep(0.2)
-    raise AssertionError(f"{job_id} not answered in {timeout}s: {view}")
+def answered(api: httpx.Client, job_id: str) -> dict:
+    return helpers.answered(api, [job_id], timeout=90.0, poll_s=0.2)[job_id]
 
 
 def decode(data: bytes) -> np.ndarray:

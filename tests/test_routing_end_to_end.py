@@ -8,7 +8,6 @@ The tests run in order on one stack and leave links as they found them (restored
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -21,6 +20,8 @@ from boto3.dynamodb.types import TypeDeserializer
 from spillway.aws import from_item
 from spillway.rooms import render_room
 from spillway_embedded.launcher import LaunchedStack, StackInfo
+
+from helpers import answered
 
 pytestmark = pytest.mark.embedded
 
@@ -75,19 +76,6 @@ def submit(api: httpx.Client, photo: str, how: dict[str, Any], count: int = 1) -
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(one, range(count)))
-
-
-def answered(api: httpx.Client, job_ids: list[str], timeout: float = 120.0) -> dict[str, dict]:
-    views: dict[str, dict] = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for job_id in job_ids:
-            if job_id not in views or views[job_id]["status"] not in ("SUCCEEDED", "FAILED"):
-                views[job_id] = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()
-        if all(v["status"] in ("SUCCEEDED", "FAILED") for v in views.values()):
-            return views
-        time.sleep(0.3)
-    raise AssertionError(f"not answered in {timeout}s: {[v for v in views.values() if v['status'] == 'RUNNING']}")
 
 
 def test_one_office_gpu_cut_runs_jobs_on_the_other_office_gpus_and_none_on_the_cloud(
@@ -207,10 +195,3 @@ def test_faas_spend_never_passes_a_cap_and_matches_what_the_provider_billed(stac
     assert 0 < billing["costUsd"] <= counters["day"]["committed_micro"] / 1_000_000, \
         "the ledger counts at least what the provider billed (a cold start is always counted)"
 
-
-def wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} in {timeout}s")
-        time.sleep(0.2)

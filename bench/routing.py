@@ -433,7 +433,7 @@ def faas_report(r: dict[str, Any]) -> None:
     settled = day["settled_micro"] / MICRO if day else 0.0
     say(f"    compared: views {usd(views)} vs ledger settled {usd(settled)} (should be equal); provider "
         f"{usd(billing['costUsd'])} vs ledger {usd(settled)} (the ledger counts a {rules.cold_start_seconds:g} s "
-        f"cold start on every call: >= provider); {len(lines)} provider jobs vs {len(r['faas_attempt_costs'])} "
+        f"cold start where a job's delay shows one); {len(lines)} provider jobs vs {len(r['faas_attempt_costs'])} "
         f"FaaS attempts")
 
 

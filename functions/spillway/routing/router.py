@@ -62,7 +62,9 @@ class Router:
         attempts = [PastAttempt(pool=a.pool, gpu_id=a.gpu_id, error=a.error_type, reason=a.reason)
                     for a in job.attempts]
         fleet = self._snapshot(now)
-        budget = self._budget_left(rules)
+        # Only a job of a FaaS segment may spend: the budget is read (and a reservation looked for) for it alone.
+        eligible = self._faas_enabled and rules.faas.segment_for(job.segment, job.service, job.priority) is not None
+        budget = self._budget_left(rules) if eligible else FaasBudget(left_micro=0, enabled=self._faas_enabled)
 
         def decide_now(faas_refused: bool = False) -> Route:
             return decide(facts, attempts, fleet, budget, rules, self._max_attempts, job.attempt, faas_refused,
@@ -75,7 +77,7 @@ class Router:
                                                faas_caps(rules, route.faas_segment))
             if reservation is None:  # another call took the last dollars since the budget was read
                 route = decide_now(faas_refused=True)
-        if route.pool is not Pool.FAAS and self._faas_enabled:
+        if route.pool is not Pool.FAAS and eligible:
             # A retried Route step may have reserved for FaaS the first time and decided otherwise now.
             self._budget.release(reservation_id)
         return route

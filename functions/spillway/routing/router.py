@@ -77,8 +77,8 @@ class Router:
                                                faas_caps(rules, route.faas_segment))
             if reservation is None:  # another call took the last dollars since the budget was read
                 route = decide_now(faas_refused=True)
-        if route.pool is not Pool.FAAS and eligible:
-            # A retried Route step may have reserved for FaaS the first time and decided otherwise now.
+        if route.pool is not Pool.FAAS and eligible and self._budget.reservation(reservation_id) is not None:
+            # A retried Route step reserved for FaaS the first time and decided otherwise now.
             self._budget.release(reservation_id)
         return route
 

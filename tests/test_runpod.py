@@ -319,11 +319,9 @@ def test_a_refused_connection_is_unavailable_and_nothing_was_sent(http: httpx.Cl
         port = s.getsockname()[1]
     provider = RunPodProvider(f"http://127.0.0.1:{port}", ENDPOINT, lambda: KEY, http)
 
-    started = time.monotonic()
     with pytest.raises(FaasUnavailable) as caught:
         provider.submit(request())
     assert caught.value.request_sent is False  # the caller may release its reservation
-    assert time.monotonic() - started < 2
 
 
 def test_a_provider_that_does_not_answer_in_time_is_unavailable_and_the_job_may_exist(
@@ -332,10 +330,8 @@ def test_a_provider_that_does_not_answer_in_time_is_unavailable_and_the_job_may_
     provider = RunPodProvider(runpod.url, ENDPOINT, lambda: KEY, http,
                               timeout=httpx.Timeout(connect=2.0, read=0.2, write=2.0, pool=2.0))
 
-    started = time.monotonic()
-    with pytest.raises(FaasUnavailable) as caught:
+    with pytest.raises(FaasUnavailable) as caught:  # the answer comes after 1 s: only the 0.2 s timeout ends it
         provider.submit(request())
-    assert time.monotonic() - started < 0.9
     assert caught.value.request_sent is True  # RunPod may have queued it: keep the reservation
     assert len(runpod.seen) == 1  # and the submit was not retried
 

@@ -135,6 +135,32 @@ def switchboard(tunnels: dict[str, Tunnel]) -> None:
     assert client.get("/tunnels").json["tunnels"][0]["url"].startswith("http://127.0.0.1:")
 
 
+class RecordedAgents:
+    """The stack's side of agent chaos, recorded (the real processes are signalled in test_fleet_health_end_to_end)."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[list[str], str]] = []
+
+    def agent_signal(self, gpu_ids: list[str], action: str) -> None:
+        self.done.append((gpu_ids, action))
+
+    def agent_states(self) -> dict[str, str]:
+        return {"local-0": "running", "cloud-0": "running"}
+
+
+def test_the_chaos_switchboard_signals_agents_by_gpu_and_refuses_what_it_cannot_do() -> None:
+    agents = RecordedAgents()
+    client = Client(ChaosControl(dict, agents=agents))
+    assert client.post("/agents/kill", json={"gpu_ids": ["local-0"]}).status_code == 200
+    assert client.post("/agents/restart", json={"gpu_ids": ["local-0", "cloud-0"]}).status_code == 200
+    assert agents.done == [(["local-0"], "kill"), (["local-0", "cloud-0"], "restart")]
+    assert client.get("/agents").json == {"agents": {"local-0": "running", "cloud-0": "running"}}
+    assert client.post("/agents/explode", json={"gpu_ids": ["local-0"]}).status_code == 404
+    assert client.post("/agents/kill", json={"gpu_ids": ["local-9"]}).status_code == 404
+    assert client.post("/agents/kill", json={}).status_code == 422, "which agents, always"
+    assert len(agents.done) == 2
+
+
 # ---------------------------------------------------------------- the embedded stack's werkzeug servers
 
 

@@ -57,6 +57,7 @@ class Room:
     ids: dict[str, str] = field(default_factory=dict)  # label -> task id
     sent: dict[str, PoolTask] = field(default_factory=dict)  # label -> what the state machine sent
     gpus: dict[str, tuple[Pool, int, int]] = field(default_factory=dict)
+    silenced: set[str] = field(default_factory=set)  # GPUs whose agent no longer reports (killed, frozen)
 
     # ---- the world moves
 
@@ -65,10 +66,23 @@ class Room:
         self.fleet.heartbeat(beat(gpu_id, pool, vram_mb, slots), now=self.clock.now)
 
     def advance(self, seconds: float) -> None:
-        """Time passes; the agents keep reporting their GPUs (tasks beat only when told: `beat`)."""
+        """Time passes; the agents keep reporting their GPUs (tasks beat only when told: `beat`), each the
+        tasks it holds, except those `silenced`."""
         self.clock.advance(seconds)
-        for gpu_id, (pool, vram_mb, slots) in self.gpus.items():
-            self.fleet.heartbeat(beat(gpu_id, pool, vram_mb, slots), now=self.clock.now)
+        for gpu_id in self.gpus:
+            if gpu_id not in self.silenced:
+                self.report(gpu_id)
+
+    def report(self, gpu_id: str, running: list[str] | None = None) -> bool:
+        """The agent's fleet heartbeat, as the callback route handles it; True if it pumped the pool."""
+        pool, vram_mb, slots = self.gpus[gpu_id]
+        held = running if running is not None else [t.task_id for t in self.fleet.open_tasks(pool)
+                                                    if t.gpu_id == gpu_id and t.state is not TaskState.DONE]
+        report = beat(gpu_id, pool, vram_mb, slots, running=held)
+        if self.fleet.heartbeat(report, now=self.clock.now) or self.dispatcher.after_heartbeat(report):
+            self.dispatcher.pump(pool)
+            return True
+        return False
 
     def arrive(self, label: str, priority: Priority = NORMAL, pool: Pool = Pool.LOCAL,
                vram_mb: int = 2500, avoid: tuple[str, ...] = ()) -> dict[str, str]:
@@ -572,17 +586,49 @@ def test_a_suspect_gpu_is_probed_on_its_beats_and_takes_work_only_once_a_probe_r
     room.agents.script = [httpx.ConnectError("tunnel down")]
     room.arrive("a")  # best fit: local-0, whose link is cut; its agent still beats
     room.agents.unreachable = {"local-0"}
-    room.advance(room.cloud.settings.suspect_seconds)
-    assert not room.dispatcher.probe("local-0"), "still cut: it stays suspect, its window extended"
+    room.advance(room.cloud.settings.suspect_seconds)  # its agent beats: each beat probes it, in vain
+    assert room.fleet.get("local-0").is_suspect, "still cut: it stays suspect, its window extended"
     room.arrive("b")
     room.arrive("c")
     assert room.on_gpu("local-1") == ["b"] and room.on_gpu("local-0") == [] and room.waiting() == ["c"]
     room.agents.unreachable = set()  # the link is back
-    assert room.dispatcher.probe("local-0"), "reachable: no longer suspect"
-    room.dispatcher.pump(Pool.LOCAL)
+    assert room.report("local-0"), "reachable: no longer suspect, its pool pumped"
     assert room.on_gpu("local-0") == ["c"]
-    assert not room.dispatcher.probe("local-1"), "a GPU that is not suspect is not probed"
-    assert room.agents.probed == ["local-0"]
+    room.report("local-1")
+    assert set(room.agents.probed) == {"local-0"}, "a GPU that is not suspect is not probed"
+
+
+def test_a_task_on_a_gpu_whose_agent_went_silent_fails_a_stale_window_after_its_last_report(
+    shared_stack: Cloud,
+) -> None:
+    heartbeat_s = 60  # the template's default: a task's own liveness window
+    room = make_room(shared_stack, heartbeat_seconds=heartbeat_s)
+    room.gpu("local-0")
+    room.arrive("a")
+    room.beat("a")
+    room.silenced.add("local-0")  # SIGKILL: neither the fleet nor the task heartbeats come any more
+    stale = room.cloud.settings.agent_stale_seconds
+    assert stale < heartbeat_s, "the point: sooner than the task's own liveness window"
+    room.advance(stale - 1)
+    assert room.deliver() in ([], [("a", "alive")])
+    room.advance(2)
+    assert room.deliver() == [("a", "GpuUnreachable")]
+    assert "its agent has not reported" in room.failures()[0][2]
+    assert room.free("local-0") == (8000, 0), "its VRAM and slot are back"
+
+
+def test_leases_the_agent_does_not_report_end_after_a_stale_window(room: Room) -> None:
+    room.gpu("local-0", vram_mb=8000, slots=2)
+    room.arrive("a")
+    room.arrive("b")
+    assert room.on_gpu("local-0") == ["a", "b"]
+    room.report("local-0", running=[room.ids["a"]])  # restarted? it does not report b
+    assert room.failures() == [], "within a stale window: the report may predate the push"
+    room.clock.advance(room.cloud.settings.agent_stale_seconds + 1)
+    assert room.report("local-0", running=[room.ids["a"]]), "a lease ended: its pool is pumped"
+    ((label, error, cause),) = room.failures()
+    assert (label, error) == ("b", "Spillway.GpuUnreachable") and "no longer has it" in cause
+    assert room.free("local-0") == (8000 - 2500, 1), "b's VRAM and slot are back; a runs on"
 
 
 # ---- the sweep: a safety net for lost timers

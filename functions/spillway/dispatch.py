@@ -28,7 +28,7 @@ from aws_lambda_powertools import Logger
 
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
-from spillway.models import AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
+from spillway.models import AgentHeartbeat, AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
 from spillway.priorities import NEXT_POOL, SPILLS_INTO, job_clock, wait_bound
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingEntry
@@ -284,14 +284,35 @@ class Dispatcher:
                 logger.debug("stale connection: pushing again", gpu_id=task.gpu_id, error=repr(exc))
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def probe(self, gpu_id: str) -> bool:
+    def after_heartbeat(self, beat: AgentHeartbeat) -> bool:
+        """What an agent's report says beyond the fleet record. Leases it does not report (it restarted, or
+        lost them) end, and their jobs move on; a suspect GPU is probed. True: its pool should be pumped."""
+        gpu = self._fleet.get(beat.gpu_id)
+        if gpu is None:
+            return False
+        freed = self._end_unreported(gpu, set(beat.running)) if gpu.running > len(beat.running) else 0
+        reachable_again = self.probe(gpu) if gpu.is_suspect else False
+        return reachable_again or freed > 0
+
+    def _end_unreported(self, gpu: Gpu, reported: set[str]) -> int:
+        """Tasks leased on the GPU that its agent does not hold: failed (GpuUnreachable), their VRAM back.
+        Only those leased a stale window ago or more: a report written before a push arrived is no proof."""
+        now = self._clock()
+        lost = [t for t in self._fleet.open_tasks(gpu.pool)
+                if t.gpu_id == gpu.gpu_id and t.state in (TaskState.ASSIGNED, TaskState.RUNNING)
+                and t.task_id not in reported and now - (t.assigned_at or now) > self._limits.agent_stale_seconds]
+        for task in lost:
+            self.fail(task, ErrorType.GPU_UNREACHABLE,
+                      f"{gpu.gpu_id} no longer has it: its agent reports {len(reported)} task(s), not this one "
+                      "(it restarted, or lost the task)")
+        return len(lost)
+
+    def probe(self, gpu: Gpu) -> bool:
         """A suspect GPU's agent still reports (it can call out): ask its agent through the GPU's own URL (the
         tunnel) whether the control plane can reach it. Any answer: reachable again, no longer suspect (True:
         pump its pool). None: it stays suspect, its window extended from now. Called on its agent's
         heartbeats, so a link that comes back is noticed within a beat, and one still cut gets no push."""
-        gpu = self._fleet.get(gpu_id)
-        if gpu is None or not gpu.is_suspect:
-            return False
+        gpu_id = gpu.gpu_id
         try:
             self._http.get(f"{gpu.url}/readyz", headers={"Authorization": f"Bearer {self._agent_key()}"},
                            timeout=PROBE_TIMEOUT)
@@ -360,6 +381,13 @@ class Dispatcher:
                 self._timers.set(self._liveness_timer(task, now), now)
             return outcome
         last_sign = task.beat_at or task.assigned_at or now
+        gpu = self._fleet.get(task.gpu_id or "")
+        agent_silent = now - gpu.last_heartbeat if gpu else float("inf")
+        if agent_silent > self._limits.agent_stale_seconds:  # the agent is gone (killed, frozen, cut off)
+            outcome = self.fail(task, ErrorType.GPU_UNREACHABLE,
+                                f"{task.gpu_id} went silent: its agent has not reported for {agent_silent:.0f} s")
+            self.pump(task.pool)
+            return outcome
         if now - last_sign >= self._limits.heartbeat_seconds:
             outcome = self.fail(task, ErrorType.GPU_UNREACHABLE,
                                 f"{task.gpu_id} went silent: no heartbeat for {now - last_sign:.0f} s")
@@ -373,7 +401,7 @@ class Dispatcher:
             self.pump(task.pool)
             return outcome
         if rearm:
-            self._timers.set(self._liveness_timer(task, last_sign), now)
+            self._timers.set(self._liveness_timer(task, last_sign, gpu), now)
         return "alive"
 
     def _check_wait(self, task: Task, now: float, rearm: bool) -> str:
@@ -407,11 +435,14 @@ class Dispatcher:
         self._tell(task, ErrorType.WAIT_EXPIRED, cause)
         return ErrorType.WAIT_EXPIRED.value
 
-    def _liveness_timer(self, task: Task, last_sign: float) -> Timer:
-        """Due when the task would have been silent for a window, or run past the attempt timeout."""
+    def _liveness_timer(self, task: Task, last_sign: float, gpu: Gpu | None = None) -> Timer:
+        """Due when the task would have been silent for a window, run past the attempt timeout, or its
+        agent would be stale (so a killed agent's tasks move on a stale window after its last report)."""
         due = last_sign + self._limits.heartbeat_seconds
         if task.running_at is not None:
             due = min(due, task.running_at + self._limits.attempt_timeout_seconds)
+        agent_seen = gpu.last_heartbeat if gpu is not None else last_sign
+        due = min(due, agent_seen + self._limits.agent_stale_seconds + 1)
         return Timer(kind=TimerKind.LIVENESS, task_id=task.task_id, due_at=due)
 
     def sweep(self, pools: tuple[Pool, ...] = (Pool.LOCAL, Pool.CLOUD)) -> dict[str, int]:

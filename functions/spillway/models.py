@@ -244,7 +244,8 @@ class AgentHeartbeat(Strict):
     vram_total_mb: int = Field(gt=0)
     slots: int = Field(default=1, gt=0, le=64, description="tasks this GPU runs at once")
     services: list[str]
-    running: list[TaskId] = Field(default_factory=list)
+    running: list[TaskId] = Field(default_factory=list, description="the tasks it holds: running, or their result "
+                                                                    "not yet acknowledged")
     draining: bool = False
 
 

@@ -9,6 +9,7 @@ network path is a tunnel: the office's link, the cloud provider's network):
     curl -X POST $CHAOS/tunnels/cut                           # every GPU, cloud included
     curl -X POST $CHAOS/tunnels/break -d '{"pool": "cloud"}'  # reachable, but every request gets a 502
     curl -X POST $CHAOS/tunnels/restore                       # mends cuts and breaks
+    curl -X POST $CHAOS/agents/kill -d '{"gpu_ids": ["local-2"]}'   # or term, stop, cont, restart
     curl $CHAOS/tunnels
 
 and make the stand-in FaaS provider slow, failing or refusing (forwarded to its own /chaos, see
@@ -22,13 +23,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from werkzeug.wrappers import Request, Response
 
 from spillway_embedded.tunnel import Tunnel
+
+
+class AgentControl(Protocol):
+    def agent_signal(self, gpu_ids: list[str], action: str) -> None: ...
+    def agent_states(self) -> dict[str, str]: ...
+
+
+AGENT_ACTIONS = ("kill", "term", "stop", "cont", "restart")
+
+
+class AgentSelection(BaseModel, extra="forbid"):
+    gpu_ids: list[str] = Field(min_length=1)
 
 
 class TunnelSelection(BaseModel, extra="forbid"):
@@ -43,9 +56,10 @@ class ChaosControl:
     """A WSGI app over the tunnels, by the GPU behind each, and the FaaS provider's chaos control."""
 
     def __init__(self, tunnels: Callable[[], dict[str, Tunnel]], faas_url: Callable[[], str | None] = lambda: None,
-                 pool_of: Callable[[str], str | None] = lambda gpu_id: None):
+                 pool_of: Callable[[str], str | None] = lambda gpu_id: None, agents: AgentControl | None = None):
         self._tunnels = tunnels
         self._pool_of = pool_of
+        self._agents = agents
         self._faas_url = faas_url  # late-bound: the provider may come up after the switchboard
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
@@ -54,6 +68,8 @@ class ChaosControl:
     def _respond(self, request: Request) -> Response:
         if request.path == "/faas":
             return self._faas(request)
+        if request.path.startswith("/agents"):
+            return self._agent_chaos(request)
         tunnels = self._tunnels()
         if request.path == "/tunnels" and request.method == "GET":
             return _json(200, self._state(tunnels))
@@ -75,6 +91,25 @@ class ChaosControl:
         for gpu_id in chosen:
             action(tunnels[gpu_id])
         return _json(200, self._state(tunnels))
+
+    def _agent_chaos(self, request: Request) -> Response:
+        if self._agents is None:
+            return _json(404, {"message": "no agents here"})
+        if request.path == "/agents" and request.method == "GET":
+            return _json(200, {"agents": self._agents.agent_states()})
+        action = request.path.removeprefix("/agents/")
+        if action not in AGENT_ACTIONS or request.method != "POST":
+            return _json(404, {"message": f"no route {request.method} {request.path}; POST /agents/"
+                                          f"{{{'|'.join(AGENT_ACTIONS)}}}"})
+        try:
+            selection = AgentSelection.model_validate_json(request.get_data() or b"{}")
+        except ValidationError as invalid:
+            return _json(422, {"message": str(invalid)})
+        unknown = sorted(set(selection.gpu_ids) - set(self._agents.agent_states()))
+        if unknown:
+            return _json(404, {"message": f"no agent for {', '.join(unknown)}"})
+        self._agents.agent_signal(selection.gpu_ids, action)
+        return _json(200, {"agents": self._agents.agent_states()})
 
     def _faas(self, request: Request) -> Response:
         """Forward to the provider's own /chaos; its answer (mode, or why a body was refused) comes back as is."""

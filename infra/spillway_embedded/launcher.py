@@ -58,6 +58,13 @@ class StackInfo:
         """Drop the link in front of these GPUs; none named: every GPU of `pool` (of every pool if None)."""
         self._chaos("cut", gpu_ids, pool)
 
+    def agents(self, action: str, *gpu_ids: str) -> dict[str, str]:
+        """Chaos on agent processes: kill (SIGKILL), term (SIGTERM), stop (SIGSTOP), cont, restart."""
+        import httpx
+
+        return httpx.post(f"{self.chaos_url}/agents/{action}", json={"gpu_ids": list(gpu_ids)},
+                          timeout=90).raise_for_status().json()["agents"]
+
     def break_tunnels(self, *gpu_ids: str, pool: str | None = None) -> None:
         """Make these GPUs answer every request with a 502 (reachable, but failing every task)."""
         self._chaos("break", gpu_ids, pool)

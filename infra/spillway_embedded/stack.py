@@ -117,7 +117,7 @@ class EmbeddedStack:
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port,
                                 lambda_port=self._lambda_port)
         self._runtime.start()
-        switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of)
+        switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of, agents=self)
         self._chaos = make_server("127.0.0.1", 0, switchboard, threaded=True, request_handler=NoDelayRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         agent_key = self.client("secretsmanager").get_secret_value(
@@ -211,16 +211,41 @@ class EmbeddedStack:
 
     # ---- agents
 
-    def _launch_agent(self, spec: GpuSpec, agent_key: str) -> AgentProcess:
+    def agent_signal(self, gpu_ids: list[str], action: str) -> None:
+        """Chaos on agent processes: `kill` (SIGKILL), `term` (SIGTERM: drain), `stop` (SIGSTOP: frozen),
+        `cont` (SIGCONT), or `restart` (a new process for the same GPU behind the same link, after a kill)."""
+        agents = {a.spec.gpu_id: a for a in self._agents}
+        if action == "restart":
+            key = self.client("secretsmanager").get_secret_value(SecretId=self.physical_ids["AgentKeySecret"])
+            for gpu_id in gpu_ids:
+                old = agents[gpu_id]
+                if old.process.poll() is None:
+                    old.process.kill()
+                    old.process.wait(timeout=10)
+                new = self._launch_agent(old.spec, key["SecretString"], tunnel=old.tunnel)
+                self._agents[self._agents.index(old)] = new
+                self._await_agent(new)
+            return
+        sig = {"kill": signal.SIGKILL, "term": signal.SIGTERM, "stop": signal.SIGSTOP, "cont": signal.SIGCONT}[action]
+        for gpu_id in gpu_ids:
+            if agents[gpu_id].process.poll() is None:
+                agents[gpu_id].process.send_signal(sig)
+
+    def agent_states(self) -> dict[str, str]:
+        return {a.spec.gpu_id: "running" if a.process.poll() is None else f"exited {a.process.returncode}"
+                for a in self._agents}
+
+    def _launch_agent(self, spec: GpuSpec, agent_key: str, tunnel: Tunnel | None = None) -> AgentProcess:
         """Start the process; it is wired (tunnel target, listen URL) once it says it serves."""
         folder = self.state_dir / "agents"
         folder.mkdir(parents=True, exist_ok=True)
         ready_file = folder / f"{spec.gpu_id}.json"
         ready_file.unlink(missing_ok=True)
-        # The control plane reaches every GPU through a link that chaos can cut: the office's tunnel, or
-        # the cloud provider's network.
-        tunnel = Tunnel(listen=("127.0.0.1", 0), target=None)
-        tunnel.start()
+        if tunnel is None:
+            # The control plane reaches every GPU through a link that chaos can cut: the office's tunnel, or
+            # the cloud provider's network.
+            tunnel = Tunnel(listen=("127.0.0.1", 0), target=None)
+            tunnel.start()
         command = [
             sys.executable, "-m", "spillway.cli", "agent",
             "--gpu-id", spec.gpu_id, "--pool", spec.pool.value, "--listen", "127.0.0.1:0",
@@ -231,7 +256,7 @@ class EmbeddedStack:
         if tunnel:
             command += ["--advertise-url", tunnel.url]  # the control plane reaches the GPU through it
         log_path = folder / f"{spec.gpu_id}.log"
-        with log_path.open("wb") as log:
+        with log_path.open("ab") as log:  # appended: a restarted agent's log follows the killed one's
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
             )

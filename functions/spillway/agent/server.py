@@ -194,7 +194,7 @@ class Agent:
         heartbeat = AgentHeartbeat(
             gpu_id=self.config.gpu_id, pool=self.config.pool, url=self.url, vram_total_mb=self.config.vram_mb,
             slots=self.config.slots,
-            services=list(SERVICES), running=[r.task.task_id for r in self._running()],
+            services=list(SERVICES), running=[r.task.task_id for r in self._unsettled()],
             draining=self._draining.is_set(),
         )
         try:

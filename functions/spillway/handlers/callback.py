@@ -40,7 +40,7 @@ app.use(middlewares=[require_agent_key])
 @app.post("/v1/agent/heartbeat", summary="An agent reports its GPU (registers on the first beat)")
 def agent_heartbeat(beat: Annotated[AgentHeartbeat, Body()]) -> CallbackAck:
     if fleet().heartbeat(beat, now=time.time(), stale_after=settings().agent_stale_seconds) \
-            or dispatcher().probe(beat.gpu_id):
+            or dispatcher().after_heartbeat(beat):
         dispatcher().pump(beat.pool)  # a GPU that can take work again pulls from its room at once
     return CallbackAck(current=True)
 

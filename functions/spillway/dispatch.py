@@ -38,6 +38,7 @@ logger = Logger(child=True)
 _TASK_IDS = uuid.UUID("5b1f0f9e-6d43-4c1e-9d2a-9b7a8f2b1c10")
 PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 PROBE_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
+STALE_CONNECTION_RETRIES = 3  # a pool may hold a few connections the other end has dropped
 INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
@@ -269,9 +270,10 @@ class Dispatcher:
 
     def _send(self, task: Task, agent_task: AgentTask) -> httpx.Response:
         """POST the task to its GPU's agent. A pooled connection the other end dropped meanwhile (an agent
-        restarted, a link reset) fails before any answer: the push is sent once more on a fresh connection
-        (agents take a task idempotently, by its id), so only a GPU unreachable now fails the attempt."""
-        for retry in (True, False):
+        restarted, a link reset) fails before any answer: the push is sent again, on the next pooled connection
+        or a fresh one (agents take a task idempotently, by its id), so only a GPU unreachable now fails the
+        attempt."""
+        for retry in (True,) * STALE_CONNECTION_RETRIES + (False,):
             try:
                 return self._http.post(
                     f"{task.gpu_url}/v1/tasks", content=agent_task.model_dump_json(),

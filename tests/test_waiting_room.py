@@ -171,7 +171,8 @@ def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
     dispatcher = Dispatcher(
         fleet=fleet, timers=timers, s3=aws.client("s3"), sfn=sfn, http=agents.client(), bucket=s.images_bucket,
         limits=Limits(heartbeat_seconds=heartbeat_seconds or s.heartbeat_seconds,
-                      attempt_timeout_seconds=s.attempt_timeout_seconds, agent_stale_seconds=s.agent_stale_seconds),
+                      attempt_timeout_seconds=s.attempt_timeout_seconds, agent_stale_seconds=s.agent_stale_seconds,
+                      suspect_seconds=s.suspect_seconds),
         agent_key=lambda: AGENT_KEY, clock=clock,
     )
     reports = TaskReports(fleet, sfn, freed=lambda task: dispatcher.pump(task.pool), clock=clock)

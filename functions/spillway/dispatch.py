@@ -59,7 +59,7 @@ class Limits:
     heartbeat_seconds: int  # the liveness window of a task on a GPU
     attempt_timeout_seconds: int
     agent_stale_seconds: int  # a GPU whose agent has not reported for this long gets no new work
-    suspect_seconds: int = 30  # a GPU a push could not reach gets no new work for this long (heartbeats or not)
+    suspect_seconds: int  # a GPU a push could not reach gets no new work for this long, unless a probe answers
 
 
 class Dispatcher:

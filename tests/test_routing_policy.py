@@ -163,6 +163,20 @@ def test_routing(case: Case) -> None:
         assert part in route.reason, route.reason
 
 
+@pytest.mark.parametrize("job, down, budget, pool, spill_to", [
+    (EU_NORMAL, set(), PLENTY, L, C),  # the office first; past its bound, the cloud
+    (US_HIGH, set(), PLENTY, L, C),
+    (EU_NORMAL, {"local-0", "local-1", "local-2"}, PLENTY, C, None),  # the last pool: it waits to its deadline
+    (US_HIGH, {"local-0", "local-1", "local-2"}, PLENTY, C, F),  # ... unless FaaS may take it past its bound
+    (US_HIGH, {"local-0", "local-1", "local-2"}, FaasBudget(left_micro=0), C, None),
+], ids=["office-then-cloud", "eligible-office-then-cloud", "cloud-holds", "cloud-then-faas", "cloud-holds-no-budget"])
+def test_each_route_says_where_the_attempt_spills_past_its_wait_bound(job, down, budget, pool, spill_to) -> None:
+    fleet = FleetSnapshot(gpus=OFFICE + CLOUD, waiting={}, now=NOW, usable={g.gpu_id for g in OFFICE + CLOUD} - down)
+    route = decide(JobFacts(vram_mb=3_000, deadline=NOW + 600, **job), [], fleet, budget, RULES, max_attempts=3,
+                   current_attempt=0)
+    assert (route.pool, route.spill_to) == (pool, spill_to), route.reason
+
+
 def test_rules_are_data_and_overrides_merge() -> None:
     rules = load({"faas": {"daily_budget_usd": 0}, "pool_order": ["cloud", "local"]})
     assert rules.faas.daily_budget_usd == 0 and rules.faas.segments == RULES.faas.segments

@@ -572,6 +572,22 @@ def test_a_gpu_a_push_could_not_reach_gets_no_work_until_its_suspect_window_pass
     assert room.on_gpu("local-0") == ["c"], "past its window it is tried again"
 
 
+def test_a_task_routing_lets_spill_to_faas_leaves_a_room_with_no_gpu_for_it_at_its_bound(room: Room) -> None:
+    room.gpu("cloud-0", pool=Pool.CLOUD)
+    room.agents.answers["cloud-0"] = httpx.ConnectError("cut")
+    room.agents.unreachable = {"cloud-0"}  # its probes fail too
+    room.arrive("first", HIGH, Pool.CLOUD)  # fails: cloud-0 is suspect now, the only cloud GPU
+    job_id = job_id_for(len(room.ids) + 1)
+    room.ids["eligible"] = task_id_for(job_id, 1)
+    running_job(room.cloud.settings, job_id, pool=Pool.CLOUD)
+    room.sent["eligible"] = pool_task(job_id, room.clock.now, pool=Pool.CLOUD, priority=HIGH).model_copy(
+        update={"spill_to": Pool.FAAS})
+    room.redeliver("eligible")
+    assert room.waiting(Pool.CLOUD) == ["eligible"]
+    room.advance(SPILL_AFTER[HIGH])
+    assert ("eligible", "WaitExpired") in room.deliver(), "past its bound it goes to FaaS, not to its deadline"
+
+
 def test_a_gpu_whose_push_failed_gets_no_second_task_from_the_same_pump(room: Room) -> None:
     room.gpu("local-0", vram_mb=12000, slots=2)  # room for both: the pump assigns both at once
     room.agents.answers["local-0"] = httpx.ConnectError("tunnel down")

@@ -127,6 +127,8 @@ class Dispatcher:
     def _new_task(self, queued: PoolTask, now: float) -> Task:
         task_id = task_id_for(queued.job_id, queued.attempt)
         submitted, deadline = job_clock(queued.priority, queued.submitted_at, queued.deadline_at, now)
+        # Routing names where it spills; an attempt sent before it did goes on to the pool's next one.
+        spill_to = queued.spill_to if "spill_to" in queued.model_fields_set else NEXT_POOL.get(queued.pool)
         return Task(
             task_id=task_id, job_id=queued.job_id, attempt=queued.attempt, pool=queued.pool,
             service=queued.service, input_key=queued.input_key,
@@ -134,8 +136,8 @@ class Dispatcher:
             priority=queued.priority, task_token=queued.task_token,
             # Ranked by the job's age, not the attempt's: a job that waited elsewhere keeps its place.
             rank=WaitingEntry.rank_for(queued.priority, min(submitted, now), task_id), arrived_at=now,
-            wait_until=wait_bound(queued.priority, queued.pool, now, deadline), deadline=deadline,
-            open_pool=queued.pool.value, avoid=queued.avoid_gpus,
+            wait_until=wait_bound(queued.priority, spill_to, now, deadline), deadline=deadline,
+            open_pool=queued.pool.value, avoid=queued.avoid_gpus, spill_to=spill_to,
             expires_at=int(max(deadline, now)) + self._limits.attempt_timeout_seconds + 86_400,
         )
 
@@ -201,8 +203,8 @@ class Dispatcher:
             for entry in islice(self._room.front(source), SPILL_LOOK_AHEAD):
                 if not gpus:
                     return
-                if entry.wait_until > now:
-                    continue  # within its bound: its own pool may still start it
+                if entry.wait_until > now or entry.spill_to is not pool:
+                    continue  # within its bound (its own pool may still start it), or it spills elsewhere
                 fitting = [g for g in gpus.values() if g.fits(entry.service, entry.vram_mb) and entry.may_use(g.gpu_id)]
                 task = self._fleet.task(entry.task_id) if fitting else None
                 if task is None or task.state is not TaskState.WAITING or self._expire(task, now) == "started":
@@ -412,7 +414,7 @@ class Dispatcher:
         it) or its deadline."""
         due = task.wait_until
         if now >= due:
-            next_pool = NEXT_POOL.get(task.pool)
+            next_pool = task.spill_to
             if next_pool is None or now >= task.deadline or self._could_start(next_pool, task, now):
                 return self._expire(task, now)
             due = task.deadline  # until then, the next pool pulls it when it has room (`_take_spills`)
@@ -421,7 +423,10 @@ class Dispatcher:
         return "waiting"
 
     def _could_start(self, pool: Pool, task: Task, now: float) -> bool:
-        """Would the pool start this task now: nothing waits in its room, and a GPU has room for it."""
+        """Would the pool start this task now: nothing waits in its room, and a GPU has room for it. The FaaS
+        provider scales itself (or refuses, which is a spill too)."""
+        if pool is Pool.FAAS:
+            return True
         if next(self._room.front(pool, page=1), None) is not None:
             return False
         return any(g.fits(task.service, task.vram_mb) and g.gpu_id not in task.avoid

@@ -88,12 +88,13 @@ class Task(BaseModel):
     open_pool: str | None = None  # set until the task is done and its execution told: the sweeper's index
     expires_at: int  # TTL: the token is useless after the attempt's timeout anyway
     avoid: list[str] = []  # GPUs that failed this job: never again
+    spill_to: Pool | None = None  # where it goes past its wait bound (none: it waits until its deadline)
 
     def waiting_entry(self) -> WaitingEntry:
         return WaitingEntry(
             pool=self.pool, rank=self.rank, task_id=self.task_id, job_id=self.job_id, attempt=self.attempt,
             service=self.service, vram_mb=self.vram_mb, priority=self.priority, arrived_at=self.arrived_at,
-            wait_until=self.wait_until, avoid=self.avoid,
+            wait_until=self.wait_until, avoid=self.avoid, spill_to=self.spill_to,
         )
 
 

@@ -203,6 +203,8 @@ class PoolTask(BaseModel):
     submitted_at: str | None = Field(default=None, description="when the job was submitted: its age ranks it")
     deadline_at: str | None = None
     avoid_gpus: list[str] = Field(default_factory=list, description="GPUs that failed this job: never again")
+    spill_to: Pool | None = Field(default=None, description="where it goes if it waits past its priority's bound "
+                                                            "(routing's choice); none: it waits until its deadline")
     faas_segment: str | None = Field(default=None, description="the FaaS segment whose budget pays (faas only)")
     task_token: str
 

@@ -52,12 +52,13 @@ SPILLS_INTO: dict[Pool, tuple[Pool, ...]] = {
 }
 
 
-def wait_bound(priority: Priority, pool: Pool, arrived_at: float, deadline_at: float) -> float:
-    """Until when a task may wait for a GPU of `pool` (epoch seconds).
+def wait_bound(priority: Priority, spill_to: Pool | None, arrived_at: float, deadline_at: float) -> float:
+    """Until when a task may wait for a GPU of its pool (epoch seconds).
 
-    The office pool has a next pool to spill to, so its tasks wait at most their class's spill
-    bound; the last pool holds a task until the job's deadline. Never the attempt's heartbeat.
+    A task with somewhere to spill to (the next pool, or FaaS: routing says which) waits at most its
+    class's spill bound; one with nowhere to go is held until the job's deadline. Never the attempt's
+    heartbeat.
     """
-    if pool in NEXT_POOL:
+    if spill_to is not None:
         return min(arrived_at + PRIORITY_CLASSES[priority].spill_after_s, deadline_at)
     return max(deadline_at, arrived_at + 1)

@@ -32,6 +32,7 @@ class WaitingEntry(BaseModel):
     arrived_at: float  # epoch seconds
     wait_until: float  # epoch seconds: the wait bound
     avoid: list[str] = []  # GPUs that failed this job: it never goes to them again
+    spill_to: Pool | None = None  # where it goes past its wait bound (none: it waits until its deadline)
 
     def may_use(self, gpu_id: str) -> bool:
         return gpu_id not in self.avoid

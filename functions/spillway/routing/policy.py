@@ -39,6 +39,7 @@ class Route(BaseModel):
     action: RouteAction
     pool: Pool | None = None
     avoid_gpus: list[str] = Field(default_factory=list, description="GPUs that failed this job: never again")
+    spill_to: Pool | None = Field(default=None, description="where it goes if it waits past its bound in `pool`")
     reason: str
     attempt: int = Field(ge=0, description="the job's current attempt number: the fence of the next write")
     faas_segment: str | None = None
@@ -112,7 +113,14 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
     def run(pool: Pool, reason: str, segment: str | None = None) -> Route:
         return Route(action=RouteAction.RUN, pool=pool, avoid_gpus=sorted(avoid), reason=reason,
                      attempt=current_attempt, faas_segment=segment if pool is Pool.FAAS else None,
-                     faas_budget_spent=budget_spent)
+                     faas_budget_spent=budget_spent, spill_to=spill_target(pool))
+
+    def spill_target(pool: Pool) -> Pool | None:
+        """Past its wait bound in `pool`: the next pool that could run it, else FaaS if it may go there."""
+        if pool is Pool.FAAS:
+            return None
+        later = serving[serving.index(pool) + 1:] if pool in serving else [p for p in serving if p is not pool]
+        return later[0] if later else (Pool.FAAS if faas_open else None)
 
     budget_spent = False
 
@@ -149,10 +157,12 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
                  and (not failed_there or last_attempt)  # a FaaS failure: FaaS again only as the last resort
                  and budget.affords(rules.faas.reservation_micro, segment.name))
 
+    serving: list[Pool] = []
+
     def to_faas(because: str) -> Route:
         return run(Pool.FAAS, f"faas for segment {segment.name}: {because}{why}", segment.name)
 
-    serving = [p for p in pools if fleet.candidates(p, job, avoid)]
+    serving[:] = [p for p in pools if fleet.candidates(p, job, avoid)]
     if rules.faas.last_resort and last_attempt:
         wants_faas = "its last attempt goes where it is most likely to succeed"
     elif not any(fleet.starts_now(p, job, avoid) for p in serving):

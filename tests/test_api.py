@@ -62,6 +62,20 @@ def test_submit_records_the_job_and_queues_it_by_priority(cloud: Cloud) -> None:
     assert (view["status"], view["width"], view["height"], view["attempts"]) == ("QUEUED", 800, 600, [])
 
 
+def test_a_job_no_registered_gpu_could_ever_hold_is_refused_at_submit(cloud: Cloud) -> None:
+    import time
+
+    from helpers import beat, fleet_for
+
+    fleet_for(cloud.settings).heartbeat(beat("local-0", vram_mb=8000), now=time.time())
+    big = upload(cloud, render_room(4, 2000, 2000))  # 4 MP: remove_furniture needs 2000 + 1500 x 4 = 8000 MB
+    assert call("POST", "/v1/jobs", {"service": "remove_furniture", "input_key": big})[0] == 202, "it just fits"
+    bigger = upload(cloud, render_room(4, 2100, 2000))
+    status, body = call("POST", "/v1/jobs", {"service": "remove_furniture", "input_key": bigger})
+    assert status == 422 and "8300 MB" in body["message"] and "8000 MB" in body["message"], body
+    assert written(cloud) == (1, 1), "nothing written for the refused one"
+
+
 def test_a_deadline_given_at_submit_is_the_jobs_and_its_executions(cloud: Cloud) -> None:
     from datetime import UTC, datetime, timedelta
 

@@ -155,6 +155,11 @@ class Fleet:
     def all_gpus(self) -> list[Gpu]:
         return [Gpu.model_validate(from_item(i)) for i in paged_items(self._gpus.scan, ConsistentRead=True)]
 
+    def largest_vram(self, service: str) -> int | None:
+        """The most VRAM any registered GPU that runs `service` has, healthy or not (None: none is registered):
+        a job that needs more can never run, and is refused at submit."""
+        return max((g.vram_total_mb for g in self.all_gpus() if service in g.services), default=None)
+
     def mark_suspect(self, gpu_id: str, until: float) -> None:
         """A push to the GPU could not connect (its link is down, its agent gone): no new work for it
         until then, though its heartbeats may still arrive (an office can call out with its tunnel cut)."""

@@ -51,6 +51,7 @@ class Intake:
         sqs: Any,
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        largest_gpu: Callable[[str], int | None] = lambda service: None,
     ):
         self._settings = settings
         self._jobs = jobs
@@ -58,6 +59,7 @@ class Intake:
         self._sqs = sqs
         self._clock = clock
         self._new_id = new_id
+        self._largest_gpu = largest_gpu  # the most VRAM a registered GPU running the service has (None: no fleet yet)
 
     def upload_ticket(self, request: UploadRequest) -> UploadTicket:
         key = f"uploads/{self._new_id()}.{_EXTENSIONS[request.content_type]}"
@@ -85,6 +87,11 @@ class Intake:
                 f"the input is {width}x{height} ({megapixels:.1f} MP); "
                 f"{service.name} takes at most {service.max_megapixels:g} MP"
             )
+        vram_mb = service.vram_mb(width, height)
+        largest = self._largest_gpu(service.name)
+        if largest is not None and vram_mb > largest:
+            raise Invalid(f"the input is {width}x{height}: {service.name} needs {vram_mb} MB of GPU memory for it, "
+                          f"and the largest GPU that runs it has {largest} MB; send a smaller image")
         submitted = self._clock()
         now = iso(submitted)
         deadline = request.deadline_at or deadline_for(request.priority, submitted)
@@ -100,7 +107,7 @@ class Intake:
             input_key=request.input_key,
             width=width,
             height=height,
-            vram_mb=service.vram_mb(width, height),
+            vram_mb=vram_mb,
             created_at=now,
             updated_at=now,
             deadline_at=iso(deadline.astimezone(UTC)),

@@ -21,6 +21,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway import aws
 from spillway.handlers.http import answer_errors_with_reasons, error_response
+from spillway.handlers.wiring import fleet
 from spillway.intake import Intake
 from spillway.jobs import JobStore
 from spillway.models import ApiError, JobAccepted, JobId, JobRequest, JobView, UploadRequest, UploadTicket
@@ -45,7 +46,8 @@ _ERRORS: dict[int | str, Any] = {
 @cache
 def intake() -> Intake:
     s = settings()
-    return Intake(s, JobStore(aws.table(s.jobs_table)), aws.client("s3"), aws.client("sqs"))
+    return Intake(s, JobStore(aws.table(s.jobs_table)), aws.client("s3"), aws.client("sqs"),
+                  largest_gpu=fleet().largest_vram)
 
 
 idempotency = IdempotencyConfig(

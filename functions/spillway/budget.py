@@ -167,10 +167,11 @@ class BudgetLedger:
                     over=[s for s, f in zip(reservation.scopes, failed[1:], strict=False) if f])
         return None
 
-    def settle(self, reservation_id: str, actual_micro: int) -> int | None:
+    def settle(self, reservation_id: str | Reservation, actual_micro: int) -> int | None:
         """Replace the reserved amount by what the call cost, exactly once. Returns what went back to
         the budget (reserved - actual; negative if the provider billed more than was reserved, which is
-        recorded anyway and logged). None if the reservation is unknown or already ended."""
+        recorded anyway and logged). None if the reservation is unknown or already ended. A caller that
+        has just read the reservation may pass it: its end is conditional on its state all the same."""
         if actual_micro < 0:
             raise ValueError("actual_micro must be >= 0")
         reservation = self._open(reservation_id, "settle")
@@ -179,7 +180,7 @@ class BudgetLedger:
         delta = actual_micro - reservation.amount_micro
         if delta > 0:
             # The call was capped at the reserved seconds: billing past them is the provider's doing.
-            logger.warning("provider billed more than was reserved", reservation_id=reservation_id,
+            logger.warning("provider billed more than was reserved", reservation_id=reservation.reservation_id,
                            reserved_micro=reservation.amount_micro, actual_micro=actual_micro,
                            scopes=reservation.scopes)
         counters = [self._counter_update(scope, "SET committed_micro = committed_micro + :delta, "
@@ -189,9 +190,10 @@ class BudgetLedger:
         ended = self._end(reservation, ReservationState.SETTLED, counters, actual_micro)
         return -delta if ended else None
 
-    def release(self, reservation_id: str) -> bool:
+    def release(self, reservation_id: str | Reservation) -> bool:
         """Give the whole reservation back (the call was never made, or the provider refused it),
-        exactly once. False if the reservation is unknown or already ended."""
+        exactly once. False if the reservation is unknown or already ended. (A read reservation may be
+        passed, as to `settle`.)"""
         reservation = self._open(reservation_id, "release")
         if reservation is None:
             return False
@@ -236,13 +238,13 @@ class BudgetLedger:
                            asked_micro=amount_micro)
         return earlier
 
-    def _open(self, reservation_id: str, action: str) -> Reservation | None:
-        reservation = self.reservation(reservation_id)
+    def _open(self, reservation_id: str | Reservation, action: str) -> Reservation | None:
+        reservation = reservation_id if isinstance(reservation_id, Reservation) else self.reservation(reservation_id)
         if reservation is None:
             logger.warning(f"{action}: no such reservation", reservation_id=reservation_id)
             return None
         if reservation.state != ReservationState.RESERVED:
-            logger.info(f"{action}: reservation already ended", reservation_id=reservation_id,
+            logger.info(f"{action}: reservation already ended", reservation_id=reservation.reservation_id,
                         state=reservation.state.value)
             return None
         return reservation

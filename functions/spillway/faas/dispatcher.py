@@ -313,9 +313,9 @@ class FaasDispatcher:
             return reservation.actual_micro or 0
         actual = reservation.amount_micro if cost is None else cost
         if actual == 0:
-            self._budget.release(task.task_id)
+            self._budget.release(reservation)
         else:
-            self._budget.settle(task.task_id, actual)
+            self._budget.settle(reservation, actual)
         return actual
 
     def _tell(self, task: FaasTask) -> None:

@@ -157,12 +157,10 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
                  and (not failed_there or last_attempt)  # a FaaS failure: FaaS again only as the last resort
                  and budget.affords(rules.faas.reservation_micro, segment.name))
 
-    serving: list[Pool] = []
-
     def to_faas(because: str) -> Route:
         return run(Pool.FAAS, f"faas for segment {segment.name}: {because}{why}", segment.name)
 
-    serving[:] = [p for p in pools if fleet.candidates(p, job, avoid)]
+    serving = [p for p in pools if fleet.candidates(p, job, avoid)]
     if rules.faas.last_resort and last_attempt:
         wants_faas = "its last attempt goes where it is most likely to succeed"
     elif not any(fleet.starts_now(p, job, avoid) for p in serving):

@@ -77,9 +77,9 @@ class Router:
                                                faas_caps(rules, route.faas_segment))
             if reservation is None:  # another call took the last dollars since the budget was read
                 route = decide_now(faas_refused=True)
-        if route.pool is not Pool.FAAS and eligible and self._budget.reservation(reservation_id) is not None:
-            # A retried Route step reserved for FaaS the first time and decided otherwise now.
-            self._budget.release(reservation_id)
+        held = self._budget.reservation(reservation_id) if route.pool is not Pool.FAAS and eligible else None
+        if held is not None:  # a retried Route step reserved for FaaS the first time and decided otherwise now
+            self._budget.release(held)
         return route
 
     def _snapshot(self, now: float) -> FleetSnapshot:
@@ -91,8 +91,6 @@ class Router:
         )
 
     def _budget_left(self, rules: RoutingRules) -> FaasBudget:
-        if not self._faas_enabled:
-            return FaasBudget(left_micro=0, enabled=False)
         day = round(rules.faas.daily_budget_usd * MICRO) - self._budget.view().committed_micro
         segments = {rule.name: round(rule.daily_budget_usd * MICRO) - self._budget.view(rule.name).committed_micro
                     for rule in rules.faas.segments if rule.daily_budget_usd is not None}

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 from aws_lambda_powertools import Logger
 
+from spillway import placement
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
 from spillway.models import AgentHeartbeat, AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
@@ -203,20 +204,18 @@ class Dispatcher:
             for entry in islice(self._room.front(source), SPILL_LOOK_AHEAD):
                 if not gpus:
                     return
-                if entry.wait_until > now or entry.spill_to is not pool:
+                if not placement.pulled_by(entry, pool, now):
                     continue  # within its bound (its own pool may still start it), or it spills elsewhere
-                fitting = [g for g in gpus.values() if g.fits(entry.service, entry.vram_mb) and entry.may_use(g.gpu_id)]
+                fitting = placement.best_fit(entry, gpus.values())
                 task = self._fleet.task(entry.task_id) if fitting else None
                 if task is None or task.state is not TaskState.WAITING or self._expire(task, now) == "started":
                     continue
-                _take_slot(gpus, min(fitting, key=lambda g: g.best_fit), entry.vram_mb)
+                placement.take_slot(gpus, fitting[0], entry.vram_mb)
 
     def _assign(self, entry: WaitingEntry, gpus: dict[str, Gpu], now: float) -> Task | None:
         """Assign one entry to the GPU that fits it best (least free VRAM that fits); keeps `gpus`, the
         pass's view of the pool, up to date."""
-        fitting = sorted((g for g in gpus.values() if g.fits(entry.service, entry.vram_mb) and entry.may_use(g.gpu_id)),
-                         key=lambda g: g.best_fit)
-        for gpu in fitting:
+        for gpu in placement.best_fit(entry, gpus.values()):
             try:
                 task = self._fleet.assign(gpu, entry, now)
             except Refused as refused:
@@ -231,7 +230,7 @@ class Dispatcher:
                     logger.info("attempt moved on while waiting", job_id=entry.job_id, task_id=entry.task_id)
                     self._fleet.close_waiting(entry, "abandoned", ErrorType.WAIT_EXPIRED.value)
                 return None  # assigned by someone else, expired, or abandoned
-            _take_slot(gpus, gpu, entry.vram_mb)
+            placement.take_slot(gpus, gpu, entry.vram_mb)
             logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id,
                         waited_ms=int((now - entry.arrived_at) * 1000))
             self._timers.set(self._liveness_timer(task, now), now)
@@ -412,25 +411,19 @@ class Dispatcher:
         """A waiting task past its bound leaves the room, unless the next pool could not start it either:
         then moving it would only add an attempt, so it waits on, until the next pool has room (and pulls
         it) or its deadline."""
-        due = task.wait_until
-        if now >= due:
-            next_pool = task.spill_to
-            if next_pool is None or now >= task.deadline or self._could_start(next_pool, task, now):
-                return self._expire(task, now)
-            due = task.deadline  # until then, the next pool pulls it when it has room (`_take_spills`)
+        due = placement.wait_clock(now, task.wait_until, task.deadline, task.spill_to,
+                                   lambda pool: self._could_start(pool, task, now))
+        if due is None:
+            return self._expire(task, now)
         if rearm:
             self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=due), now)
         return "waiting"
 
     def _could_start(self, pool: Pool, task: Task, now: float) -> bool:
-        """Would the pool start this task now: nothing waits in its room, and a GPU has room for it. The FaaS
-        provider scales itself (or refuses, which is a spill too)."""
-        if pool is Pool.FAAS:
-            return True
-        if next(self._room.front(pool, page=1), None) is not None:
-            return False
-        return any(g.fits(task.service, task.vram_mb) and g.gpu_id not in task.avoid
-                   for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds))
+        return placement.could_start(
+            pool, lambda: next(self._room.front(pool, page=1), None) is None,
+            lambda: self._fleet.available(pool, now, self._limits.agent_stale_seconds),
+            task.service, task.vram_mb, task.avoid)
 
     def _expire(self, task: Task, now: float) -> str:
         waited = f"{now - task.arrived_at:.0f} s" + (", its deadline" if now >= task.deadline else "")
@@ -463,11 +456,3 @@ class Dispatcher:
                 outcome = self.check(task, now, rearm=False)
                 counts[outcome] = counts.get(outcome, 0) + 1
         return counts
-
-
-def _take_slot(gpus: dict[str, Gpu], gpu: Gpu, vram_mb: int) -> None:
-    """A pass's view of its pool: `gpu` now holds one task more; a full GPU leaves the view."""
-    gpu.vram_free_mb -= vram_mb
-    gpu.running += 1
-    if gpu.running >= gpu.slots:
-        gpus.pop(gpu.gpu_id)

@@ -108,6 +108,14 @@ class Fleet(_Strict):
     def source(self) -> Path | None:
         return self._source
 
+    def routing_overrides(self) -> dict[str, Any]:
+        """The routing rules' FaaS prices and limits are the fleet's (one source: this file): merged over the
+        rules by the embedded stack and by the simulator."""
+        if self.faas is None:
+            return {}
+        return {"faas": {"price_per_second_usd": self.faas.price_per_second_usd,
+                         "max_seconds": int(self.faas.max_seconds), "cold_start_seconds": self.faas.cold_start_seconds}}
+
     def gpus(self) -> tuple[GpuSpec, ...]:
         return tuple(
             GpuSpec(gpu.id, Pool(pool), gpu.vram_mb, gpu.slots or entry.slots, tuple(gpu.services or entry.services))

@@ -32,11 +32,9 @@ from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
 from spillway_embedded.moto_server import MotoServer, free_port
 from spillway_embedded.provision import provision
 from spillway_embedded.runtime import NoDelayRequestHandler, Runtime
-from spillway_embedded.template import translate
+from spillway_embedded.template import TEMPLATE, translate
 from spillway_embedded.tunnel import Tunnel
 
-REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "template.yaml"
 REGION = "us-east-1"
 STACK_NAME = "spillway-dev"
 
@@ -186,11 +184,7 @@ class EmbeddedStack:
     def _routing_overrides(self) -> dict[str, Any]:
         """The routing rules' FaaS prices and limits are the fleet's (one source: the fleet file), with the
         stack's own overrides (`spillway dev --rules`) on top."""
-        overrides: dict[str, Any] = {}
-        if self.fleet.faas:
-            overrides["faas"] = {"price_per_second_usd": self.fleet.faas.price_per_second_usd,
-                                 "max_seconds": int(self.fleet.faas.max_seconds),
-                                 "cold_start_seconds": self.fleet.faas.cold_start_seconds}
+        overrides = self.fleet.routing_overrides()
         for key, value in self.routing_rules.items():
             overrides[key] = overrides.get(key, {}) | value if isinstance(value, dict) else value
         return overrides

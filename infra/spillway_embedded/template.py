@@ -16,6 +16,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 from samtranslator.yaml_helper import yaml_parse
 
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 # Where `sam package` would have put the code; nothing is read from it offline.
 CODE_PLACEHOLDER = "s3://spillway-embedded/functions.zip"
 
@@ -23,6 +24,12 @@ CODE_PLACEHOLDER = "s3://spillway-embedded/functions.zip"
 def load(template_path: Path) -> dict[str, Any]:
     """The SAM template as a dict, with CloudFormation's short-form tags (!Ref, !Sub ...) in long form."""
     return yaml_parse(template_path.read_text())
+
+
+def parameter_defaults(template_path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template's parameters with their defaults (timeouts, attempts, ...), by name."""
+    return {name: spec["Default"] for name, spec in load(template_path).get("Parameters", {}).items()
+            if "Default" in spec}
 
 
 def translate(

@@ -90,7 +90,7 @@ def load(overrides: str | dict[str, Any] | None = None) -> RoutingRules:
     """The rules file, with `overrides` (JSON text or a dict, e.g. from an SSM parameter) merged over it."""
     base = tomllib.loads(RULES_FILE.read_text())
     extra = json.loads(overrides) if isinstance(overrides, str) else (overrides or {})
-    return RoutingRules.model_validate(_merged(base, extra))
+    return RoutingRules.model_validate(merged(base, extra))
 
 
 @cache
@@ -98,9 +98,10 @@ def default_rules() -> RoutingRules:
     return load()
 
 
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`: a table merges key by key, anything else replaces."""
+    result = dict(base)
     for key, value in extra.items():
-        merged[key] = _merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+        result[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
             else value
-    return merged
+    return result

@@ -10,6 +10,7 @@ commands:
   agent   run the agent beside one GPU's model server
   dev     run the whole system on this machine (moto, the template's resources, agents) and stay up
   demo    start the embedded stack, push a few room photos through the API, show where each ran
+  simulate  a day of traffic through the routing policy and the alternatives, in seconds: tables and plots
 """
 
 
@@ -30,6 +31,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"spillway {command} needs the embedded extra: pip install 'spillway[embedded]' ({missing})")
             return 2
         return embedded_cli.dev(rest) if command == "dev" else embedded_cli.demo(rest)
+    if command == "simulate":
+        try:
+            from spillway_sim.cli import main as simulate_main
+        except ImportError as missing:
+            print(f"spillway simulate needs the sim extra: pip install 'spillway[sim]' ({missing})")
+            return 2
+        return simulate_main(rest)
     print(f"spillway: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

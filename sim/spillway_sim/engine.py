@@ -103,22 +103,18 @@ class SimGpu:
 
     def __init__(self, spec: GpuSpec):
         self.spec = spec
+        # Its agent beats all along (never stale) until it dies; then its last beat is when it died.
         self.gpu = Gpu(gpu_id=spec.gpu_id, pool=spec.pool, url=f"sim://{spec.gpu_id}", vram_total_mb=spec.vram_mb,
-                       vram_free_mb=spec.vram_mb, slots=spec.slots, services=list(spec.services), last_heartbeat=0.0)
+                       vram_free_mb=spec.vram_mb, slots=spec.slots, services=list(spec.services),
+                       last_heartbeat=math.inf)
         self.cuts = 0  # outages covering its link now
         self.deaths = 0  # crashes of its agent not yet restarted
-        self.died_at = 0.0
         self.probing = False
         self.tasks: set[Task] = set()
 
     @property
     def reachable(self) -> bool:
         return self.cuts == 0 and self.deaths == 0
-
-    def seen(self, now: float) -> Gpu:
-        """The record with its agent's last beat: now while it beats, its death's moment once dead."""
-        self.gpu.last_heartbeat = now if self.deaths == 0 else self.died_at
-        return self.gpu
 
 
 class Health:
@@ -153,10 +149,11 @@ class Health:
 
     def agent_died(self, gpu: SimGpu) -> float:
         """When its tasks fail: a stale window (and a second) after its last beat."""
-        gpu.died_at = self.env.now - (self.env.now % self.beat_s)
-        return gpu.died_at + self.stale_s + 1
+        gpu.gpu.last_heartbeat = self.env.now - (self.env.now % self.beat_s)
+        return gpu.gpu.last_heartbeat + self.stale_s + 1
 
     def agent_back(self, gpu: SimGpu) -> None:
+        gpu.gpu.last_heartbeat = math.inf
         self.on_usable(gpu.spec.pool)  # a beat after silence: its pool is pumped
 
 
@@ -283,7 +280,7 @@ class Spillway:
                                                                      facts.priority) is not None
         budget = self.ledger.left(self.rules, now) if eligible else FaasBudget(left_micro=0,
                                                                                enabled=self.faas_enabled)
-        gpus = [g.seen(now) for g in self.sim.gpus.values()]
+        gpus = [g.gpu for g in self.sim.gpus.values()]
         snapshot = FleetSnapshot(
             gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.is_healthy(now, self.limits.agent_stale_seconds)},
             waiting={pool: min(len(room), QUEUE_PEEK) for pool, room in self.rooms.items()})
@@ -343,7 +340,7 @@ class Spillway:
 
     def _available(self, pool: Pool) -> list[Gpu]:
         now = self.env.now
-        return sorted((g.seen(now) for g in self.sim.gpus.values() if g.spec.pool is pool
+        return sorted((g.gpu for g in self.sim.gpus.values() if g.spec.pool is pool
                        and g.gpu.is_available(now, self.limits.agent_stale_seconds)), key=lambda g: g.best_fit)
 
     # -- the pump (`dispatch.Dispatcher.pump`)

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint bench bench-routing clean
+.PHONY: demo dev test lint bench bench-routing simulate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ test: $(STAMP)  ## the test suite, including the embedded stack end to end
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check functions infra tests bench
+	$(BIN)/ruff check functions infra sim tests bench
 	$(BIN)/cfn-lint template.yaml
 
 bench: $(STAMP)  ## load benchmark on fresh embedded stacks (prints figures, asserts nothing); BENCH_ARGS=--quick
@@ -31,5 +31,8 @@ bench: $(STAMP)  ## load benchmark on fresh embedded stacks (prints figures, ass
 bench-routing: $(STAMP)  ## mixed workload with outages: where work went, what it cost (prints); BENCH_ARGS=--quick
 	$(BIN)/python bench/routing.py $(BENCH_ARGS)
 
+simulate: $(STAMP)  ## one simulated day of the default scenario through every policy: table, plots in sim-output/; SIM_ARGS=--sweep cloud_gpus=0,1,2,3
+	$(BIN)/spillway simulate $(SIM_ARGS)
+
 clean:
-	rm -rf $(VENV) .spillway .pytest_cache
+	rm -rf $(VENV) .spillway .pytest_cache sim-output

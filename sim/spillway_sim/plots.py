@@ -116,10 +116,10 @@ def write_sweep(param: str, values: list[str], by_value: list[list[Figures]], ou
         row = [figs[i] for figs in by_value]
         axes[0].plot(x, [f.failed_pct for f in row], marker="o", label=policy)
         axes[2].plot(x, [sum(f.usd_per_1000.values()) for f in row], marker="o", label=policy)
-        for label in labels:
+        for j, label in enumerate(labels):  # a colour per priority/segment, a line style per policy
             p95 = [f.latency.get(label, (None, None, None))[1] for f in row]
-            axes[1].plot(x, [np.nan if v is None else v for v in p95], marker="o",
-                         label=f"{policy} {label}" if len(policies) > 1 else label)
+            axes[1].plot(x, [np.nan if v is None else v for v in p95], marker="o", color=f"C{j}",
+                         ls=("-", "--", ":", "-.")[i % 4], label=f"{policy} {label}" if len(policies) > 1 else label)
     for ax, what in zip(axes, ("failed jobs (%)", "p95 time to result (s)", "$ per 1,000 jobs (cloud + FaaS)"),
                         strict=True):
         ax.set_xticks(x, values)

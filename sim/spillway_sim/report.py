@@ -80,6 +80,11 @@ def _s(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
+def _three(values: tuple[float | None, ...]) -> str:
+    """p50 / p95 / p99 in one cell, in seconds."""
+    return " / ".join("-" if v is None else f"{v:.0f}" for v in values) + " s"
+
+
 def summary_table(all_figures: list[Figures], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("")
@@ -108,7 +113,7 @@ def latency_table(all_figures: list[Figures]) -> Table:
         table.add_column(f.policy, justify="right")
     labels = sorted({k for f in all_figures for k in f.latency if k != "all"})
     for label in labels:
-        table.add_row(label, *(" / ".join(_s(v) for v in f.latency.get(label, (None,) * 3)) for f in all_figures))
+        table.add_row(label, *(_three(f.latency.get(label, (None,) * 3)) for f in all_figures))
     return table
 
 

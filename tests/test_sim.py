@@ -55,9 +55,18 @@ detect_seconds = 60
 """
 
 
-def tiny(tmp_path: Path, cloud: bool) -> Path:
-    (tmp_path / "fleet.toml").write_text(TINY_FLEET.replace("{cloud}", CLOUD if cloud else ""))
-    (tmp_path / "scenario.toml").write_text(TINY_SCENARIO)
+FAAS = """
+[faas]
+endpoint_id = "sim"
+price_per_second_usd = 0.00076
+"""
+
+
+def tiny(tmp_path: Path, cloud: bool, faas: bool = False, priority: str = "normal", region: str = "eu") -> Path:
+    pools = (CLOUD if cloud else "") + (FAAS if faas else "")
+    (tmp_path / "fleet.toml").write_text(TINY_FLEET.replace("{cloud}", pools))
+    (tmp_path / "scenario.toml").write_text(TINY_SCENARIO.replace('priority = "normal"', f'priority = "{priority}"')
+                                            .replace('region = "eu"', f'region = "{region}"'))
     return tmp_path / "scenario.toml"
 
 
@@ -98,6 +107,15 @@ def test_spillway_loses_no_job_while_the_cloud_can_serve(tmp_path: Path) -> None
     failed = [a for r in results.values() for a in r.attempts if a.error is not None]
     assert [(a.gpu_id, a.error) for a in failed if a.error is not ErrorType.WAIT_EXPIRED] == [
         ("local-0", ErrorType.GPU_UNREACHABLE)]
+
+
+def test_spillway_loses_no_job_of_a_faas_segment_while_faas_can_serve(tmp_path: Path) -> None:
+    world = load_world(tiny(tmp_path, cloud=False, faas=True, priority="high", region="us"))
+    results = {r.job.at: r for r in Simulation(world, draw(world), "spillway").run().results}
+    assert all(r.succeeded for r in results.values())
+    # Behind a busy office GPU, or with its link cut, a US priority job goes to FaaS at once.
+    assert {at: r.pool for at, r in results.items()} == {
+        0: Pool.LOCAL, 1: Pool.FAAS, 2: Pool.FAAS, 3: Pool.FAAS, 30: Pool.FAAS, 80: Pool.FAAS, 120: Pool.LOCAL}
 
 
 def test_spillway_loses_no_job_of_the_default_scenario_where_the_old_design_does() -> None:

@@ -36,13 +36,13 @@ from spillway.faas.billing import micro_for, seconds_for
 from spillway.fleet import Gpu
 from spillway.models import ErrorType, Pool
 from spillway.priorities import PRIORITY_CLASSES, SPILLS_INTO, wait_bound
-from spillway.routing.policy import FaasBudget, FleetSnapshot, JobFacts, PastAttempt, RouteAction, decide
+from spillway.routing.policy import FaasBudget, FleetSnapshot, JobFacts, PastAttempt, Route, RouteAction, decide
 from spillway.routing.router import QUEUE_PEEK, faas_caps
 from spillway.routing.rules import RoutingRules
 from spillway.waiting_room import WaitingEntry
 from spillway_embedded.fleet_file import GpuSpec
 from spillway_sim.scenario import DAY, Dispatch, World
-from spillway_sim.workload import SimJob, Workload
+from spillway_sim.workload import Crash, Outage, SimJob, Workload
 
 MICRO = 1_000_000
 
@@ -110,7 +110,7 @@ class SimGpu:
         self.cuts = 0  # outages covering its link now
         self.deaths = 0  # crashes of its agent not yet restarted
         self.probing = False
-        self.tasks: set[Task] = set()
+        self.tasks: list[Task] = []  # running on it (a list: the same order in every process)
 
     @property
     def reachable(self) -> bool:
@@ -273,7 +273,7 @@ class Spillway:
                 result.succeeded, result.finished_at = True, self.env.now
                 return
 
-    def route(self, facts: JobFacts, past: list[PastAttempt]) -> tuple[Any, tuple[int, int] | None]:
+    def route(self, facts: JobFacts, past: list[PastAttempt]) -> tuple[Route, tuple[int, int] | None]:
         """The Route step (`routing.router.Router`): the facts now, the policy's answer, the FaaS reservation."""
         now = self.env.now
         eligible = self.faas_enabled and self.rules.faas.segment_for(facts.segment, facts.service,
@@ -285,7 +285,7 @@ class Spillway:
             gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.is_healthy(now, self.limits.agent_stale_seconds)},
             waiting={pool: min(len(room), QUEUE_PEEK) for pool, room in self.rooms.items()})
 
-        def decide_now(faas_refused: bool = False) -> Any:
+        def decide_now(faas_refused: bool = False) -> Route:
             return decide(facts, past, snapshot, budget, self.rules, self.limits.max_attempts, len(past),
                           faas_refused, self.limits.max_legs)
 
@@ -299,7 +299,7 @@ class Spillway:
 
     # -- an attempt on a pool of GPUs: the poller's waiting room
 
-    def attempt(self, job: SimJob, route: Any, number: int, deadline: float,
+    def attempt(self, job: SimJob, route: Route, number: int, deadline: float,
                 attempt: Attempt) -> Generator[Any, Any, None]:
         now = self.env.now
         task_id = task_id_for(job.job_id, number)
@@ -322,8 +322,7 @@ class Spillway:
             yield self.env.timeout(max(0.0, due - self.env.now))
             if task.gpu is not None or task.done.triggered:
                 return
-            now, pool_of = self.env.now, task.entry
-            due = placement.wait_clock(now, pool_of.wait_until, task.deadline, pool_of.spill_to,
+            due = placement.wait_clock(self.env.now, task.entry.wait_until, task.deadline, task.entry.spill_to,
                                        lambda pool: self._could_start(pool, task))
         self._expire(task)
 
@@ -415,7 +414,7 @@ class Spillway:
             self.env.process(self._fail_after(task, self.sim.world.scenario.timing.push_fail_seconds,
                                               f"{gpu.spec.gpu_id} unreachable: its link is cut"))
             return False
-        gpu.tasks.add(task)
+        gpu.tasks.append(task)
         task.attempt.started = self.env.now
         self.env.process(self._run(task))
         return True
@@ -431,7 +430,7 @@ class Spillway:
         yield self.env.timeout(run_s)
         if task not in gpu.tasks:  # its agent died: failed by its liveness timer
             return
-        gpu.tasks.discard(task)
+        gpu.tasks.remove(task)
         self.sim.ran(gpu, task.attempt.started, self.env.now)
         self._release(task)
         task.done.succeed()
@@ -439,7 +438,7 @@ class Spillway:
 
     def agent_died(self, gpu: SimGpu) -> None:
         due = self.sim.health.agent_died(gpu)
-        lost, gpu.tasks = gpu.tasks, set()
+        lost, gpu.tasks = gpu.tasks, []
         for task in lost:
             self.env.process(self._silent(task, due))
 
@@ -598,7 +597,7 @@ class Simulation:
         yield self.env.timeout(job.at)
         yield from self.dispatcher.job(job)
 
-    def _outage(self, outage: Any) -> Generator[Any, Any, None]:
+    def _outage(self, outage: Outage) -> Generator[Any, Any, None]:
         yield self.env.timeout(outage.start)
         cut = [self.gpus[g] for g in outage.gpu_ids if g in self.gpus]
         for gpu in cut:
@@ -609,7 +608,7 @@ class Simulation:
         for gpu in cut:  # the control plane learns it from its probes (Health), not from here
             gpu.cuts -= 1
 
-    def _crash(self, crash: Any) -> Generator[Any, Any, None]:
+    def _crash(self, crash: Crash) -> Generator[Any, Any, None]:
         yield self.env.timeout(crash.at)
         gpu = self.gpus[crash.gpu_id]
         gpu.deaths += 1

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from spillway.catalog import SERVICES
 from spillway.models import Pool, Priority, Segment
 from spillway.routing import rules as routing_rules
-from spillway_embedded.fleet_file import DEFAULT_FLEET, Fleet, GpuSpec, load_fleet
+from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
 from spillway_embedded.template import parameter_defaults
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "default.toml"
@@ -193,7 +193,7 @@ class World:
         return routing_rules.load(overrides)
 
     @property
-    def faas(self) -> Any:
+    def faas(self) -> FaasSettings | None:
         return self.fleet.faas
 
 

@@ -113,7 +113,10 @@ def job_id_for(n: int) -> str:
 def running_job(settings: Settings, job_id: str, attempt: int = 1, pool: Pool = Pool.LOCAL) -> None:
     """A job record as the state machine leaves it when it opens an attempt."""
     aws.table(settings.jobs_table).put_item(
-        Item={"job_id": job_id, "status": "RUNNING", "attempt": attempt,
+        Item={"job_id": job_id, "status": "RUNNING", "attempt": attempt, "service": "remove_furniture",
+              "priority": "normal", "segment": {}, "input_key": "uploads/in.png", "width": 640, "height": 480,
+              "vram_mb": 2500, "created_at": "2026-01-01T00:00:00.000+00:00",
+              "updated_at": "2026-01-01T00:00:00.000+00:00",
               "attempts": [{"pool": pool.value, "started_at": "t"} for _ in range(attempt)]}
     )
 

@@ -6,9 +6,11 @@ import json
 
 import pytest
 
+from spillway import aws
 from spillway.dispatch import Dispatcher
 from spillway.errors import Conflict, NotFound
 from spillway.fleet import Fleet, Task
+from spillway.jobs import JobStore
 from spillway.models import ErrorType, Pool, TaskHeartbeat, TaskResult, TaskState
 from spillway.reports import TaskReports
 
@@ -73,8 +75,8 @@ def freed() -> list[Task]:
 
 
 @pytest.fixture
-def reports(fleet: Fleet, sfn: RecordingStepFunctions, freed: list[Task], clock: Clock) -> TaskReports:
-    return TaskReports(fleet, sfn, freed=freed.append, clock=clock)
+def reports(cloud: Cloud, fleet: Fleet, sfn: RecordingStepFunctions, freed: list[Task], clock: Clock) -> TaskReports:
+    return TaskReports(fleet, sfn, JobStore(aws.table(cloud.settings.jobs_table)), freed=freed.append, clock=clock)
 
 
 def succeeded(gpu_id: str = "local-0") -> TaskResult:

@@ -231,3 +231,33 @@ def test_rate_expressions() -> None:
     assert rate_seconds("rate(2 hours)") == 7200
     with pytest.raises(NotImplementedError, match="cron"):
         rate_seconds("cron(0 9 * * ? *)")
+
+
+# ---------------------------------------------------------------- one process, many functions
+
+
+def test_functions_interleaved_in_one_process_keep_their_own_log_keys_and_metrics(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import shared_state_handlers as handlers
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    first, second = (Invoker(Function(
+        logical_id=name.capitalize() + "Function", name=f"stack-{name}", arn=f"{FUNCTION.arn}-{name}",
+        handler=f"shared_state_handlers.{name}", timeout=30, memory_mb=128, environment={},
+    ), REGION, "123456789012") for name in ("first", "second"))
+
+    running = threading.Thread(target=first, args=({"job_id": "job-a"},))
+    running.start()
+    assert handlers.paused.wait(10)
+    second({"job_id": "job-b"})  # a whole invocation while the first is under way
+    handlers.resume.set()
+    running.join(10)
+
+    logged = {line["message"]: line for line in map(json.loads, handlers.lines.getvalue().splitlines())}
+    assert logged["first ends"]["function_name"] == "stack-first"
+    assert logged["first ends"]["job_id"] == "job-a" and "gpu_id" not in logged["first ends"]
+    assert logged["second ends"]["function_name"] == "stack-second" and logged["second ends"]["job_id"] == "job-b"
+    assert logged["first ends"]["function_request_id"] != logged["second ends"]["function_request_id"]
+    flushed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    published = [[m["Name"] for m in f["_aws"]["CloudWatchMetrics"][0]["Metrics"]] for f in flushed]
+    assert sorted(published) == [["FirstRan"], ["SecondRan"]]  # each function flushed its own, once

@@ -14,6 +14,7 @@ from botocore.exceptions import ClientError
 from spillway import aws
 from spillway.dispatch import Dispatcher, Limits, task_id_for
 from spillway.fleet import Fleet, Task
+from spillway.jobs import JobStore
 from spillway.models import Pool, PoolTask, Priority, TaskHeartbeat, TaskResult, TaskState, Timer, TimerKind
 from spillway.priorities import PRIORITY_CLASSES
 from spillway.reports import TaskReports
@@ -175,7 +176,8 @@ def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
                       suspect_seconds=s.suspect_seconds),
         agent_key=lambda: AGENT_KEY, clock=clock,
     )
-    reports = TaskReports(fleet, sfn, freed=lambda task: dispatcher.pump(task.pool), clock=clock)
+    reports = TaskReports(fleet, sfn, JobStore(aws.table(s.jobs_table)), freed=lambda task: dispatcher.pump(task.pool),
+                          clock=clock)
     return Room(cloud, fleet, dispatcher, reports, agents, sfn, timers, clock)
 
 

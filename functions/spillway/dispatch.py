@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from aws_lambda_powertools import Logger
 
-from spillway import placement
+from spillway import metrics, placement
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
 from spillway.models import AgentHeartbeat, AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
@@ -340,6 +340,7 @@ class Dispatcher:
         logger.warning("attempt failed", job_id=task.job_id, task_id=task.task_id, gpu_id=task.gpu_id,
                        error=error.value, cause=cause)
         if self._fleet.release(task, "failed", error.value, cause=cause):
+            metrics.attempt_ended(task.pool, error.value)
             self._tell(task, error, cause)
         return error.value
 
@@ -432,6 +433,7 @@ class Dispatcher:
         if closed is None:
             return "started"  # assigned meanwhile
         logger.info("wait expired", job_id=task.job_id, task_id=task.task_id, cause=cause)
+        metrics.attempt_ended(task.pool, ErrorType.WAIT_EXPIRED.value)
         self._tell(task, ErrorType.WAIT_EXPIRED, cause)
         return ErrorType.WAIT_EXPIRED.value
 

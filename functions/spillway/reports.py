@@ -18,18 +18,21 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from spillway import metrics
 from spillway.callbacks import Callbacks
 from spillway.errors import Conflict, NotFound
 from spillway.fleet import Fleet, Task
-from spillway.models import AttemptOutput, CallbackAck, ErrorType, TaskHeartbeat, TaskResult, TaskState
+from spillway.jobs import JobStore
+from spillway.models import AttemptOutput, CallbackAck, ErrorType, JobStatus, TaskHeartbeat, TaskResult, TaskState
 
 logger = Logger(child=True)
 
 
 class TaskReports:
-    def __init__(self, fleet: Fleet, sfn: Any, freed: Callable[[Task], object] = lambda task: None,
+    def __init__(self, fleet: Fleet, sfn: Any, jobs: JobStore, freed: Callable[[Task], object] = lambda task: None,
                  clock: Callable[[], float] = time.time):
         self._fleet = fleet
+        self._jobs = jobs
         self._callbacks = Callbacks(sfn)
         self._freed = freed
         self._clock = clock
@@ -43,7 +46,10 @@ class TaskReports:
         if result.outcome == "failed" and result.error_type is None:
             result = result.model_copy(update={"error_type": ErrorType.MODEL_ERROR})
         error_type = result.error_type.value if result.error_type else None
-        if not self._fleet.release(task, result.outcome, error_type):
+        ended_here = self._fleet.release(task, result.outcome, error_type)
+        if ended_here:
+            metrics.attempt_ended(task.pool, error_type or "succeeded")
+        else:
             task = self._fleet.task(task_id) or task
             if task.state is not TaskState.DONE or task.outcome not in ("succeeded", "failed") \
                     or task.gpu_id != result.gpu_id:
@@ -59,6 +65,8 @@ class TaskReports:
                 output = AttemptOutput(task_id=task.task_id, gpu_id=result.gpu_id, result_key=task.result_key,
                                        duration_ms=result.duration_ms)
                 current = self._callbacks.succeeded(task.task_token, output)
+                if current and ended_here:
+                    self._job_succeeded(task)
             else:
                 error = ErrorType(result.error_type or ErrorType.MODEL_ERROR)
                 current = self._callbacks.failed(task.task_token, error, result.message or error.value)
@@ -72,6 +80,12 @@ class TaskReports:
         if not current:
             logger.info("attempt has moved on", job_id=task.job_id, task_id=task.task_id)
         return CallbackAck(current=current)
+
+    def _job_succeeded(self, task: Task) -> None:
+        """Its execution took the success: the job is done (counted once, by the report that ended the task)."""
+        job = self._jobs.get(task.job_id)
+        if job is not None:
+            metrics.job_finished(job, JobStatus.SUCCEEDED, self._clock())
 
     def _task(self, task_id: str, gpu_id: str) -> Task:
         task = self._fleet.task(task_id)

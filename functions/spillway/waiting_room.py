@@ -47,6 +47,11 @@ class WaitingEntry(BaseModel):
         return {"pool": self.pool.value, "rank": self.rank}
 
 
+class RoomLine(BaseModel):
+    count: int = 0
+    oldest_s: float = 0.0  # the longest any of them has waited, seconds
+
+
 class WaitingRoom:
     def __init__(self, table: Any):
         self._table = table
@@ -70,6 +75,15 @@ class WaitingRoom:
         a queue", not its exact length)."""
         return self._table.query(KeyConditionExpression=Key("pool").eq(pool.value), Select="COUNT",
                                  Limit=at_most)["Count"]
+
+    def summary(self, pool: Pool, now: float) -> dict[Priority, RoomLine]:
+        """Who waits in the pool's room, by priority: how many, and the oldest's wait (whole room read)."""
+        lines: dict[Priority, RoomLine] = {}
+        for entry in self.front(pool, page=100):
+            line = lines.get(entry.priority, RoomLine())
+            lines[entry.priority] = RoomLine(count=line.count + 1,
+                                             oldest_s=max(line.oldest_s, now - entry.arrived_at))
+        return lines
 
     def put_request(self, entry: WaitingEntry) -> dict[str, Any]:
         """The entry as a transaction item (plain resource types; the caller serializes)."""

@@ -11,7 +11,8 @@
 
 Each function runs one invocation at a time (like reserved concurrency 1): Powertools keeps
 per-invocation state in module globals, which is safe in Lambda's one-event-per-container model
-and must stay safe here. Different functions run concurrently.
+and must stay safe here. Different functions run concurrently, each in a context of its own in which
+that state (log keys, metrics) is its own (see `function_state`), as if in its own container.
 
 Not emulated offline: IAM (routes are served unauthenticated, on loopback only), Lambda timeouts
 (an overrun is logged, not killed), cron schedules.
@@ -38,6 +39,7 @@ import boto3
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from spillway_embedded.function_state import function_context
 from spillway_embedded.provision import Function, QueueSource, Route, Schedule, Stack
 
 log = logging.getLogger("embedded.runtime")  # not under Powertools' "spillway" logger
@@ -81,6 +83,7 @@ class Invoker:
         self._account_id = account_id
         module_name, _, attribute = function.handler.rpartition(".")
         self._handler: Handler = getattr(importlib.import_module(module_name), attribute)
+        self._context = function_context()  # entered by one invocation at a time: under _lock
         self._lock = threading.Lock()
 
     def wait_idle(self, timeout: float) -> bool:
@@ -99,7 +102,7 @@ class Invoker:
             context = LambdaContext(self.function, self._region, self._account_id)
             started = time.monotonic()
             try:
-                return self._handler(event, context)
+                return self._context.run(self._handler, event, context)
             finally:
                 elapsed = time.monotonic() - started
                 if elapsed > self.function.timeout:

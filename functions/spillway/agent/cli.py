@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spillway.agent import model
-from spillway.agent.server import Agent, AgentConfig
+from spillway.agent.server import Agent, AgentConfig, JobFilter
 from spillway.models import Pool
 
 
@@ -61,7 +61,9 @@ def main(argv: list[str]) -> int:
     if not agent_key:
         print("spillway agent: set SPILLWAY_AGENT_KEY to the agent key (the stack's AgentKeySecret)", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.gpu_id} %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.gpu_id} %(levelname)s %(job)s%(message)s")
+    for handler in logging.root.handlers:
+        handler.addFilter(JobFilter())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, heartbeats and signed URLs
     agent = Agent(AgentConfig(
         gpu_id=args.gpu_id, pool=Pool(args.pool), vram_mb=args.vram_mb, control_url=args.control_url,

@@ -13,6 +13,7 @@ while, and gives back what is still running (failed with `Draining`) so the jobs
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hmac
 import json
 import logging
@@ -44,6 +45,18 @@ from spillway.models import (
 )
 
 log = logging.getLogger("spillway.agent")
+# The job a thread works for: each line it logs names it (JobFilter), so a job's story reads across the
+# control plane's logs and the agents' with one filter on its id.
+current_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("current_job", default=None)
+
+
+class JobFilter(logging.Filter):
+    """Gives every record `job`: `job_id=... ` on a task's thread, else nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        job_id = current_job.get()
+        record.job = f"job_id={job_id} " if job_id else ""
+        return True
 
 CONTROL_TIMEOUT = httpx.Timeout(connect=2.0, read=10.0, write=10.0, pool=2.0)
 TRANSFER_TIMEOUT = httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=2.0)
@@ -215,6 +228,7 @@ class Agent:
 
     def _work(self, run: TaskRun) -> None:
         task, started = run.task, time.monotonic()
+        current_job.set(task.job_id)  # this thread is the task's
         run.state = "running"
         beating = threading.Thread(target=self._beat_task, args=(run,), name=f"beat-{task.task_id[:10]}", daemon=True)
         beating.start()
@@ -257,6 +271,7 @@ class Agent:
         return "succeeded", None, None
 
     def _beat_task(self, run: TaskRun) -> None:
+        current_job.set(run.task.job_id)
         beat = TaskHeartbeat(gpu_id=self.config.gpu_id).model_dump_json()
         while not (run.done.is_set() or run.moved_on.is_set() or self._stopped.is_set()):
             try:

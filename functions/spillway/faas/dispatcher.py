@@ -22,6 +22,7 @@ from aws_lambda_powertools import Logger
 from boto3.dynamodb.conditions import Key
 from pydantic import BaseModel
 
+from spillway import metrics
 from spillway.aws import from_item, paged_items, to_item
 from spillway.budget import BudgetLedger, ReservationState
 from spillway.callbacks import Callbacks
@@ -39,7 +40,7 @@ from spillway.faas.provider import (
     FaasStatus,
     FaasUnavailable,
 )
-from spillway.jobs import iso_at
+from spillway.jobs import JobStore, iso_at
 from spillway.models import AttemptOutput, ErrorType, JobStatus, Pool, PoolTask, Timer, TimerKind
 from spillway.priorities import job_clock
 from spillway.routing.rules import RoutingRules
@@ -289,6 +290,7 @@ class FaasDispatcher:
                 ExpressionAttributeNames={"#state": "state"}, ExpressionAttributeValues=to_item(values))
         except self._tasks.meta.client.exceptions.ConditionalCheckFailedException:
             return "over"  # ended by another check meanwhile
+        metrics.attempt_ended(Pool.FAAS, error.value if error else "succeeded")
         settled = self._settle(task, cost)
         if status is not None and status.execution_ms is not None:
             ended = self._clock()
@@ -320,8 +322,11 @@ class FaasDispatcher:
 
     def _tell(self, task: FaasTask) -> None:
         if task.outcome == "succeeded":
-            self._callbacks.succeeded(task.task_token, AttemptOutput(
-                task_id=task.task_id, gpu_id=self.gpu_label, result_key=task.result_key, duration_ms=0))
+            if self._callbacks.succeeded(task.task_token, AttemptOutput(
+                    task_id=task.task_id, gpu_id=self.gpu_label, result_key=task.result_key, duration_ms=0)):
+                job = JobStore(self._jobs).get(task.job_id)  # its execution took the success: the job is done
+                if job is not None:
+                    metrics.job_finished(job, JobStatus.SUCCEEDED, self._clock())
         else:
             self._callbacks.failed(task.task_token, ErrorType(task.error_type or ErrorType.MODEL_ERROR),
                                    task.cause or "failed")

@@ -3,10 +3,9 @@
 from functools import cache
 from typing import Annotated, Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
@@ -24,6 +23,8 @@ from spillway.handlers.http import answer_errors_with_reasons, error_response
 from spillway.handlers.wiring import fleet
 from spillway.intake import Intake
 from spillway.jobs import JobStore
+from spillway.logs import job_keys
+from spillway.metrics import Metric, emit
 from spillway.models import ApiError, JobAccepted, JobId, JobRequest, JobView, UploadRequest, UploadTicket
 from spillway.settings import settings
 
@@ -32,7 +33,6 @@ API_VERSION = "1.0.0"
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics()
 app = APIGatewayHttpResolver(enable_validation=True)
 answer_errors_with_reasons(app)
 
@@ -88,9 +88,9 @@ def create_upload(request: Annotated[UploadRequest | None, Body()] = None) -> Up
 def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
     submit = _idempotent_submit() if request.idempotency_key else intake().submit
     accepted = submit(request=request)
-    logger.append_keys(job_id=accepted.job_id)
-    logger.info("job accepted", service=request.service, priority=request.priority.value)
-    metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+    logger.append_keys(**job_keys(accepted.job_id))
+    logger.info("job accepted", job_service=request.service, priority=request.priority.value)
+    emit(Metric.JOBS_SUBMITTED, JobService=request.service, Priority=request.priority.value)
     return accepted
 
 
@@ -99,6 +99,7 @@ def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
                     404: _ERRORS[404]})
 @tracer.capture_method
 def get_job(job_id: Annotated[JobId, Path(description="the id POST /v1/jobs returned")]) -> JobView:
+    logger.append_keys(**job_keys(job_id))
     return intake().view(job_id)
 
 
@@ -124,9 +125,8 @@ def idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response:
     return error_response(409, "a request with this idempotency_key is in progress; retry shortly")
 
 
-@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId", clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     idempotency.register_lambda_context(context)  # an in-progress record expires with the invocation
     return app.resolve(event, context)

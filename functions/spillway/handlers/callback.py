@@ -8,11 +8,10 @@ import hmac
 import time
 from typing import Annotated
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway.handlers.http import answer_errors_with_reasons, error_response
@@ -22,7 +21,6 @@ from spillway.settings import settings
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics()
 app = APIGatewayHttpResolver(enable_validation=True)
 answer_errors_with_reasons(app)
 
@@ -47,19 +45,17 @@ def agent_heartbeat(beat: Annotated[AgentHeartbeat, Body()]) -> CallbackAck:
 
 @app.post("/v1/agent/tasks/<task_id>/heartbeat", summary="The task is still running")
 def task_heartbeat(task_id: Annotated[TaskId, Path()], beat: Annotated[TaskHeartbeat, Body()]) -> CallbackAck:
+    logger.append_keys(task_id=task_id, gpu_id=beat.gpu_id)
     return reports().heartbeat(task_id, beat)
 
 
 @app.post("/v1/agent/tasks/<task_id>/result", summary="The task ended: succeeded, or failed with a reason")
 def task_result(task_id: Annotated[TaskId, Path()], result: Annotated[TaskResult, Body()]) -> CallbackAck:
     logger.append_keys(task_id=task_id, gpu_id=result.gpu_id)
-    ack = reports().result(task_id, result)
-    metrics.add_metric(name=f"Tasks{result.outcome.capitalize()}", unit=MetricUnit.Count, value=1)
-    return ack
+    return reports().result(task_id, result)
 
 
-@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId", clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

@@ -35,7 +35,7 @@ def job_ended(task_id: Annotated[TaskId, Path()], token: Annotated[str, Query(ma
     return CallbackAck(current=True)
 
 
-@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId", clear_state=True)
 @tracer.capture_lambda_handler
 def handler(event: dict, context: LambdaContext) -> dict:
     return app.resolve(event, context)

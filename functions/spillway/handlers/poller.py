@@ -6,23 +6,21 @@ waiting room (DynamoDB, ordered by priority with aging) and starts whatever the 
 A message never waits on the queue for a GPU: the room holds it, so the queue is drained at once.
 """
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway.handlers.wiring import dispatcher, faas_dispatcher
+from spillway.metrics import Metric, emit
 from spillway.models import Pool, PoolTask
 
 logger = Logger()
 tracer = Tracer()
-metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def handler(event: dict, context: LambdaContext) -> dict:
     # Each record is parsed on its own (a malformed one fails alone); the batch then enters the rooms
     # together and each room is pumped once, so the batch starts in the rooms' order.
@@ -38,8 +36,8 @@ def handler(event: dict, context: LambdaContext) -> dict:
     arrivals = [a for a in arrivals if a.pool is not Pool.FAAS]
     if arrivals:
         outcomes = dispatcher().enqueue_batch(arrivals)
-        logger.info("enqueued", tasks=len(arrivals), started=sum(o == "pushed" for o in outcomes.values()))
-        metrics.add_metric(name="TasksEnqueued", unit=MetricUnit.Count, value=len(arrivals))
-        metrics.add_metric(name="TasksStarted", unit=MetricUnit.Count,
-                           value=sum(o == "pushed" for o in outcomes.values()))
+        started = sum(o == "pushed" for o in outcomes.values())
+        logger.info("enqueued", tasks=len(arrivals), started=started)
+        emit(Metric.TASKS_ENQUEUED, len(arrivals))
+        emit(Metric.TASKS_STARTED, started)
     return response

@@ -60,7 +60,7 @@ def dispatcher() -> Dispatcher:
 @cache
 def reports() -> TaskReports:
     # A result frees a slot: pump that pool's waiting room at once.
-    return TaskReports(fleet(), aws.client("stepfunctions"), freed=lambda task: dispatcher().pump(task.pool))
+    return TaskReports(fleet(), aws.client("stepfunctions"), jobs(), freed=lambda task: dispatcher().pump(task.pool))
 
 
 @cache
@@ -70,8 +70,13 @@ def admission() -> Admission:
 
 
 @cache
+def jobs() -> JobStore:
+    return JobStore(aws.table(settings().jobs_table))
+
+
+@cache
 def reconciler() -> Reconciler:
-    return Reconciler(JobStore(aws.table(settings().jobs_table)), aws.client("stepfunctions"), admission())
+    return Reconciler(jobs(), aws.client("stepfunctions"), admission())
 
 
 def routing_rules() -> rules.RoutingRules:
@@ -102,7 +107,7 @@ def budget() -> BudgetLedger:
 @cache
 def router() -> Router:
     s = settings()
-    return Router(JobStore(aws.table(s.jobs_table)), fleet(), budget(), routing_rules, max_attempts=s.max_attempts,
+    return Router(jobs(), fleet(), budget(), routing_rules, max_attempts=s.max_attempts,
                   max_legs=s.max_legs, stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id))
 
 

@@ -170,3 +170,16 @@ def test_a_form_body_gets_415_with_the_fix(cloud: Cloud) -> None:
     assert status == 415 and "Content-Type: application/json" in answer["message"]
     assert written(cloud) == (0, 0)
     assert call("POST", "/v1/jobs", body, headers={"content-type": "application/json; charset=utf-8"})[0] == 202
+
+
+def test_the_job_accepted_line_keeps_powertools_service_and_names_the_job(
+        cloud: Cloud, caplog: pytest.LogCaptureFixture) -> None:
+    from spillway.handlers import api
+
+    key = upload(cloud, render_room(3))
+    status, accepted = call("POST", "/v1/jobs", {"service": "remove_furniture", "input_key": key})
+    assert status == 202
+    (record,) = [r for r in caplog.records if r.getMessage() == "job accepted"]
+    line = json.loads(api.logger.registered_formatter.format(record))  # as Powertools writes it
+    assert line["service"] == "spillway" and line["job_service"] == "remove_furniture"
+    assert line["job_id"] == line["correlation_id"] == accepted["job_id"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-from test_state_machine import admit, next_task, submitted_job
-
 from spillway import aws
 from spillway.handlers import sweeper
 from spillway.handlers.wiring import admission
@@ -16,6 +14,7 @@ from spillway.reconcile import GRACE_SECONDS, INTAKE_GRACE_SECONDS, Reconciler
 
 from conftest import Cloud
 from helpers import LambdaContext
+from test_state_machine import admit, next_task, submitted_job
 
 
 def reconciler(cloud: Cloud, later_by: float = 0.0) -> Reconciler:

@@ -10,6 +10,8 @@ commands:
   agent   run the agent beside one GPU's model server
   dev     run the whole system on this machine (moto, the template's resources, agents) and stay up
   demo    start the embedded stack, push a few room photos through the API, show where each ran
+  graph   draw a job's execution graph, the path it took lit (SVG or PNG)
+  ops     serve the ops page (jobs, their graphs, the fleet) for a stack: `spillway dev`'s or a deployed one
   simulate  a day of traffic through the routing policy and the alternatives, in seconds: tables and plots
 """
 
@@ -38,6 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"spillway simulate needs the sim extra: pip install 'spillway[sim]' ({missing})")
             return 2
         return simulate_main(rest)
+    if command in ("graph", "ops"):
+        try:
+            from spillway_ops import cli as ops_cli
+        except ImportError as missing:
+            print(f"spillway {command} needs the ops extra: pip install 'spillway[ops]' ({missing})")
+            return 2
+        return ops_cli.graph(rest) if command == "graph" else ops_cli.ops(rest)
     print(f"spillway: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -49,6 +49,7 @@ class StackInfo:
     faas_url: str | None = None  # the stand-in FaaS provider's base URL (RunPod's API under /v2); None: no FaaS
     faas_endpoint_id: str | None = None
     faas: dict[str, Any] | None = None  # the fleet's [faas] settings (concurrency, price, ...)
+    ops_url: str | None = None  # the ops page (spillway_ops.page)
 
     @classmethod
     def read(cls, path: Path) -> StackInfo:

@@ -34,6 +34,8 @@ from spillway_embedded.provision import provision
 from spillway_embedded.runtime import NoDelayRequestHandler, Runtime
 from spillway_embedded.template import TEMPLATE, translate
 from spillway_embedded.tunnel import Tunnel
+from spillway_ops.page import serve as serve_ops
+from spillway_ops.source import OFFLINE_CREDENTIALS, Source
 
 REGION = "us-east-1"
 STACK_NAME = "spillway-dev"
@@ -66,6 +68,7 @@ class EmbeddedStack:
     agent_heartbeat_seconds: float = 5.0  # AgentStaleSeconds (30) is six beats
     model_seconds: float = 0.0  # the demo model takes at least this long per task
     emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
+    ops_port: int = 0  # the ops page's; 0 picks a free one
 
     def __post_init__(self) -> None:
         # The runtime serves Lambda's Invoke API for the state machine's `lambda:invoke` Tasks; moto's
@@ -74,6 +77,7 @@ class EmbeddedStack:
         self._moto = MotoServer(lambda_endpoint=f"http://127.0.0.1:{self._lambda_port}")
         self._runtime: Runtime | None = None
         self._chaos: Any = None
+        self._ops: Any = None
         self._agents: list[AgentProcess] = []
         self._faas: FaasProviderProcess | None = None
         self.endpoint = ""
@@ -118,6 +122,9 @@ class EmbeddedStack:
         switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of, agents=self)
         self._chaos = make_server("127.0.0.1", 0, switchboard, threaded=True, request_handler=NoDelayRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
+        # The ops page reads the stack as it would a deployed one: through AWS APIs (here moto's), read-only.
+        self._ops = serve_ops(Source(self.physical_ids, REGION, self.endpoint, OFFLINE_CREDENTIALS), port=self.ops_port)
+        threading.Thread(target=self._ops.serve_forever, name="ops", daemon=True).start()
         agent_key = self.client("secretsmanager").get_secret_value(
             SecretId=self.physical_ids["AgentKeySecret"]
         )["SecretString"]
@@ -143,8 +150,9 @@ class EmbeddedStack:
         self._agents.clear()
         if self._faas:
             self._faas.stop()
-        if self._chaos is not None:
-            self._chaos.shutdown()
+        for server in (self._chaos, self._ops):
+            if server is not None:
+                server.shutdown()
         if self._runtime:
             self._runtime.stop()
         self._moto.stop()
@@ -162,6 +170,10 @@ class EmbeddedStack:
     @property
     def chaos_url(self) -> str:
         return f"http://127.0.0.1:{self._chaos.server_port}"
+
+    @property
+    def ops_url(self) -> str:
+        return f"http://127.0.0.1:{self._ops.server_port}"
 
     # The FaaS provider (None without [faas]); wired by the control plane (template parameters, secret) later.
 
@@ -281,6 +293,7 @@ class EmbeddedStack:
         info = {
             "api_url": self.api_url,
             "chaos_url": self.chaos_url,
+            "ops_url": self.ops_url,
             "aws_endpoint": self.endpoint,
             "region": REGION,
             "resources": self.physical_ids,
@@ -319,6 +332,7 @@ def serve_forever(stack: EmbeddedStack) -> None:
                 if stack.faas_url else "  FaaS:         none in this fleet\n")
         print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n{faas}"
               f"  chaos:        {stack.chaos_url}  (POST /tunnels/cut, /tunnels/restore, /faas)\n"
+              f"  ops page:     {stack.ops_url}  (jobs, their execution graphs, the fleet)\n"
               f"  fleet:        {stack.fleet.source or 'given in code'}\n"
               f"  state folder: {stack.state_dir}\nCtrl-C to stop.", flush=True)
         stopping.wait()

@@ -1,0 +1,151 @@
+"""What the operator's pages show, read from a stack (see `source`): recent jobs, one job with its
+execution, the fleet and its waiting rooms. Plain data; `page` renders it."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from boto3.dynamodb.conditions import Key
+
+from spillway.aws import from_item, paged_items
+from spillway.faas.billing import MICRO
+from spillway.fleet import Gpu, Task
+from spillway.jobs import JobRecord
+from spillway.models import JobStatus, JobView, Pool, Priority
+from spillway.routing.rules import default_rules
+from spillway.waiting_room import RoomLine
+from spillway_ops.graph import Path, StateGraph, path_of
+from spillway_ops.source import Source
+
+RESULT_URL_SECONDS = 900
+ROOM_POOLS = (Pool.LOCAL, Pool.CLOUD)  # FaaS has no waiting room: its provider queues
+
+
+@dataclass(frozen=True)
+class JobLine:
+    job: JobView
+
+    @property
+    def pools_tried(self) -> list[str]:
+        return [a.pool.value for a in self.job.attempts]
+
+    @property
+    def total_s(self) -> float:
+        """Submit to answer, or to now while open."""
+        end = _epoch(self.job.finished_at) if self.job.finished_at else time.time()
+        return max(0.0, end - _epoch(self.job.created_at))
+
+
+def recent_jobs(source: Source, status: JobStatus | None = None, limit: int = 50) -> list[JobLine]:
+    """The newest jobs (of one status, or all), newest first, from the jobs table's by-status index."""
+    statuses = [status] if status else list(JobStatus)
+    items: list[dict[str, Any]] = []
+    table = source.table("JobsTable")
+    for s in statuses:
+        items += table.query(IndexName="by-status", KeyConditionExpression=Key("status").eq(s.value),
+                             ScanIndexForward=False, Limit=limit)["Items"]
+    items.sort(key=lambda i: i["created_at"], reverse=True)
+    return [JobLine(JobRecord.model_validate(from_item(item)).view()) for item in items[:limit]]
+
+
+@dataclass(frozen=True)
+class Event:
+    at: datetime
+    kind: str
+    state: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    job: JobView
+    path: Path | None  # None: its execution has not started (the job waits in an intake queue)
+    events: list[Event]
+    input_url: str
+
+
+def job_detail(source: Source, job_id: str) -> JobDetail | None:
+    record = source.jobs.get(job_id)
+    if record is None:
+        return None
+    s3, bucket = source.client("s3"), source.resources["ImagesBucket"]
+
+    def presigned(key: str) -> str:
+        return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                         ExpiresIn=RESULT_URL_SECONDS)
+
+    job = record.view(presigned(record.result_key) if record.status is JobStatus.SUCCEEDED and record.result_key
+                      else None)
+    history = execution_history(source, job_id)
+    return JobDetail(job=job, path=path_of(history, state_graph(source).types) if history else None,
+                     events=[_event(e) for e in history], input_url=presigned(record.input_key))
+
+
+_graphs: dict[str, StateGraph] = {}  # by state machine ARN: its definition changes only with a deployment
+
+
+def state_graph(source: Source) -> StateGraph:
+    arn = source.state_machine_arn
+    if arn not in _graphs:
+        definition = source.client("stepfunctions").describe_state_machine(stateMachineArn=arn)["definition"]
+        _graphs[arn] = StateGraph.of(json.loads(definition))
+    return _graphs[arn]
+
+
+def execution_history(source: Source, job_id: str) -> list[dict[str, Any]]:
+    """Every event of the job's execution, oldest first; none if it has not started."""
+    sfn = source.client("stepfunctions")
+    try:
+        pages = sfn.get_paginator("get_execution_history").paginate(executionArn=source.execution_arn(job_id))
+        return [event for page in pages for event in page["events"]]
+    except sfn.exceptions.ExecutionDoesNotExist:
+        return []
+
+
+@dataclass(frozen=True)
+class GpuLine:
+    gpu: Gpu
+    fields: dict[str, Any]  # every field of its record (health and its reason, once the fleet has them)
+    tasks: list[Task]
+    heartbeat_age_s: float
+
+
+@dataclass(frozen=True)
+class FleetView:
+    gpus: list[GpuLine]
+    rooms: dict[Pool, dict[Priority, RoomLine]]
+    faas_spent_usd: float
+    faas_reserved_usd: float
+    faas_budget_usd: float | None
+
+
+def fleet_view(source: Source) -> FleetView:
+    now = time.time()
+    fleet = source.fleet
+    open_tasks = [t for pool in Pool for t in fleet.open_tasks(pool)]
+    gpus = []
+    for item in paged_items(source.table("FleetTable").scan, ConsistentRead=True):
+        fields = from_item(item)
+        gpu = Gpu.model_validate(fields)
+        gpus.append(GpuLine(gpu, fields, [t for t in open_tasks if t.gpu_id == gpu.gpu_id],
+                            now - gpu.last_heartbeat))
+    gpus.sort(key=lambda line: (list(Pool).index(line.gpu.pool), line.gpu.gpu_id))
+    rooms = {pool: fleet.waiting_room.summary(pool, now) for pool in ROOM_POOLS}
+    budget = source.budget.view()
+    cap = budget.cap_micro / MICRO if budget.cap_micro is not None else default_rules().faas.daily_budget_usd
+    return FleetView(gpus, rooms, budget.settled_micro / MICRO, budget.reserved_micro / MICRO, cap)
+
+
+def _epoch(moment: str) -> float:
+    return datetime.fromisoformat(moment).timestamp()
+
+
+def _event(event: dict[str, Any]) -> Event:
+    details = next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
+    state = details.get("name", "")
+    detail = " ".join(str(details[k])[:300] for k in ("error", "cause") if details.get(k))
+    return Event(at=event["timestamp"], kind=event["type"], state=state, detail=detail)

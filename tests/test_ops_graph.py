@@ -1,0 +1,80 @@
+"""`spillway graph`: the dispatch definition drawn, the path a job's execution took lit, from its history
+as moto's interpreter (and AWS) writes it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spillway_ops.graph import END, START, Lit, StateGraph, path_of, render
+
+from conftest import Cloud
+from test_state_machine import admit, next_task, ran_on, submitted_job
+
+DEFINITION = json.loads((Path(__file__).resolve().parents[1] / "state_machines" / "dispatch.asl.json").read_text())
+GRAPH = StateGraph.of(DEFINITION)
+
+
+def history(cloud: Cloud, job_id: str) -> list[dict]:
+    arn = cloud.physical["DispatchStateMachine"].replace(":stateMachine:", ":execution:") + f":{job_id}"
+    pages = cloud.client("stepfunctions").get_paginator("get_execution_history").paginate(executionArn=arn)
+    return [event for page in pages for event in page["events"]]
+
+
+def test_the_graph_has_every_state_and_transition_of_the_definition() -> None:
+    states = DEFINITION["States"]
+    assert set(GRAPH.types) == set(states)
+    pairs = {(e.source, e.target) for e in GRAPH.edges}
+    assert (START, "Route") in pairs and ("JobSucceeded", END) in pairs
+    assert {("WhichPool", "TryLocal"), ("WhichPool", "TryCloud"), ("WhichPool", "TryFaaS")} <= pairs
+    caught = {(e.source, e.target) for e in GRAPH.edges if e.caught}
+    assert ("TryLocal", "AttemptFailed") in caught and ("TryLocal", "AttemptSpilled") in caught
+
+
+def test_a_job_that_failed_over_from_the_office_to_the_cloud_lights_its_path(cloud: Cloud) -> None:
+    job = submitted_job(cloud)
+    admit(job)
+    sfn = cloud.client("stepfunctions")
+    for gpu in ("local-0", "local-1"):
+        task = next_task(cloud, "LocalQueue")
+        ran_on(cloud, job.job_id, gpu)
+        sfn.send_task_failure(taskToken=task["task_token"], error="Spillway.GpuUnreachable", cause="tunnel down")
+    task = next_task(cloud, "CloudQueue")
+    running = path_of(history(cloud, job.job_id), GRAPH.types)
+    assert running.status == "RUNNING" and running.lit["TryCloud"] is Lit.RUNNING, "the current state"
+    sfn.send_task_success(taskToken=task["task_token"], output=json.dumps(
+        {"task_id": "t-3", "gpu_id": "cloud-0", "result_key": "results/y.png", "duration_ms": 5}))
+    assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
+
+    path = path_of(history(cloud, job.job_id), GRAPH.types)
+    assert path.status == "SUCCEEDED"
+    assert path.lit["TryLocal"] is Lit.FAILED and path.visits["TryLocal"] == 2
+    assert path.lit["TryCloud"] is Lit.SUCCEEDED and path.lit["JobSucceeded"] is Lit.SUCCEEDED
+    assert path.lit["Route"] is Lit.SUCCEEDED and path.visits["Route"] == 3
+    assert "TryFaaS" not in path.lit and "RecordFailure" not in path.lit
+    assert {("TryLocal", "AttemptFailed"), ("AttemptFailed", "CloseAttempt"), ("TryCloud", "RecordSuccess"),
+            ("JobSucceeded", END)} <= path.taken
+    assert ("TryLocal", "AttemptSpilled") not in path.taken
+
+    svg = render(GRAPH, path).decode()
+    assert '<g id="state_TryLocal" class="node state failed">' in svg
+    assert '<g id="state_TryCloud" class="node state succeeded">' in svg
+    assert '<g id="state_TryFaaS" class="node state unvisited">' in svg
+    assert render(GRAPH, path, fmt="png").startswith(b"\x89PNG")
+
+
+def test_a_bad_input_ends_in_red() -> None:
+    """A synthetic history in GetExecutionHistory's shape: a caught failure leaves its state with no Exited event."""
+    def entered(name: str) -> dict:
+        return {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": name}}
+
+    def exited(name: str) -> dict:
+        return {"type": "TaskStateExited", "stateExitedEventDetails": {"name": name}}
+
+    events = [{"type": "ExecutionStarted"}, entered("Route"), exited("Route"), entered("TryLocal"),
+              {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Spillway.BadInput"}},
+              entered("AttemptFailed"), exited("AttemptFailed"), entered("JobFailed"), {"type": "ExecutionFailed"}]
+    path = path_of(events, GRAPH.types)
+    assert (path.lit["TryLocal"], path.lit["AttemptFailed"], path.lit["JobFailed"]) == (
+        Lit.FAILED, Lit.SUCCEEDED, Lit.FAILED)
+    assert path.status == "FAILED" and ("JobFailed", END) in path.taken

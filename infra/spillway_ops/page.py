@@ -236,7 +236,8 @@ vertical-align:top} th{background:#fafafa;font-weight:600}
 .status.succeeded{background:#c8e6c9}.status.failed{background:#ffcdd2}.status.running{background:#fff59d}
 .filters a{margin-right:.6rem}.filters a.on{font-weight:700;text-decoration:none;color:#212121}
 .attempt.failed td{background:#fff5f5}.attempt.succeeded td{background:#f4fbf4}.attempt.spilled td{background:#fffbe6}
-.job{display:flex;gap:2rem;flex-wrap:wrap}.graph svg{max-width:820px;height:auto}
+.job{display:flex;gap:2rem}.graph{flex:1 1 auto;min-width:0}.graph svg{width:100%;height:auto;max-height:760px}
+.images{flex:0 0 320px}
 .images img{max-width:320px;display:block;border:1px solid #ddd}figure{margin:0 0 1rem}
 .legend span{padding:0 .4rem;border-radius:.3rem}.legend .succeeded{background:#c8e6c9}
 .legend .failed{background:#ffcdd2}.legend .running{background:#fff59d}

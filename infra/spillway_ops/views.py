@@ -82,7 +82,7 @@ def job_detail(source: Source, job_id: str) -> JobDetail | None:
                       else None)
     history = execution_history(source, job_id)
     return JobDetail(job=job, path=path_of(history, state_graph(source).types) if history else None,
-                     events=[_event(e) for e in history], input_url=presigned(record.input_key))
+                     events=timeline(history), input_url=presigned(record.input_key))
 
 
 _graphs: dict[str, StateGraph] = {}  # by state machine ARN: its definition changes only with a deployment
@@ -144,8 +144,12 @@ def _epoch(moment: str) -> float:
     return datetime.fromisoformat(moment).timestamp()
 
 
-def _event(event: dict[str, Any]) -> Event:
-    details = next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
-    state = details.get("name", "")
-    detail = " ".join(str(details[k])[:300] for k in ("error", "cause") if details.get(k))
-    return Event(at=event["timestamp"], kind=event["type"], state=state, detail=detail)
+def timeline(history: list[dict[str, Any]]) -> list[Event]:
+    """The history as lines, each naming the state it happened in (a TaskFailed names none of its own)."""
+    events, state = [], ""
+    for event in history:
+        details = next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
+        state = details.get("name", state)
+        detail = " ".join(str(details[k])[:300] for k in ("error", "cause") if details.get(k))
+        events.append(Event(at=event["timestamp"], kind=event["type"], state=state, detail=detail))
+    return events

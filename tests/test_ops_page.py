@@ -115,6 +115,8 @@ def test_the_fleet_page_shows_every_gpu_and_the_waiting_rooms(stack: StackInfo, 
     assert "local" in gpus["local-0"].inner_text() and "MB" in gpus["local-0"].inner_text()
     rooms = page.locator("#rooms tbody").inner_text()
     assert "local" in rooms and "cloud" in rooms
+    queues = page.locator("#queues tbody").inner_text()
+    assert "intake normal" in queues and "pool dead letters" in queues
     assert "daily budget" in page.locator("#faas").inner_text()
     page.close()
 

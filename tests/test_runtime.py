@@ -261,3 +261,20 @@ def test_functions_interleaved_in_one_process_keep_their_own_log_keys_and_metric
     flushed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     published = [[m["Name"] for m in f["_aws"]["CloudWatchMetrics"][0]["Metrics"]] for f in flushed]
     assert sorted(published) == [["FirstRan"], ["SecondRan"]]  # each function flushed its own, once
+
+
+def test_only_shared_powertools_state_is_copied_per_function(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A metric emitted alone (its own provider, as `spillway.metrics` does) leaves no copy behind: a long
+    `spillway dev` does not accumulate them, and a new object never inherits a dead one's copy."""
+    from spillway import metrics
+    from spillway_embedded import function_state
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    context = function_state.function_context()
+
+    def emit_many() -> int:
+        for _ in range(200):
+            metrics.emit(metrics.Metric.TASKS_STARTED, 1)
+        return len(function_state._COPIES.get())
+
+    assert context.run(emit_many) == 0

@@ -6,10 +6,12 @@ class attributes every `Metrics()` shares. The embedded runtime runs all functio
 on threads: without this, a poller's line carries `function_name: AdmitFunction` and another job's
 `task_id`, and one function's flush publishes (or empties) another's metrics.
 
-`apply()` makes those attributes per function: read or written inside a function's context (see
-`function_context`), each is that function's own copy, taken from the process's value when first
+`apply()` makes that shared state per function: read or written inside a function's context (see
+`function_context`), it is that function's own copy, taken from the process's value when first
 touched; outside any (a test calling a handler directly) it is the process's, as before. The runtime
-runs every invocation of a function in its context, one at a time, as a container does.
+runs every invocation of a function in its context, one at a time, as a container does. Only the
+shared objects are copied (a formatter's keys, Metrics' class-level sets), never the state of an
+object of one invocation (a `single_metric`'s provider): the copies stay few.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from __future__ import annotations
 import contextvars
 import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
+from aws_lambda_powertools.metrics import Metrics
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 
 # A function's copies, keyed by the id of the process's object they copy (shared objects stay shared).
@@ -27,17 +31,19 @@ _COPIES: contextvars.ContextVar[dict[int, Any]] = contextvars.ContextVar("spillw
 
 
 class PerFunction:
-    """A data descriptor: the attribute's value is the current function's copy of the instance's own."""
+    """A data descriptor: the attribute's value is the current function's copy of the instance's own,
+    if that is one of the `shared` objects (all, without `shared`)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, shared: Callable[[], tuple[Any, ...]] | None = None):
         self.name = name
+        self._shared = shared
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
         own = obj.__dict__[self.name]
         copies = _COPIES.get(None)
-        if copies is None:
+        if copies is None or (self._shared is not None and not any(own is s for s in self._shared())):
             return own
         if id(own) not in copies:
             copies[id(own)] = copy.copy(own)
@@ -51,10 +57,16 @@ class PerFunction:
             copies[id(obj.__dict__[self.name])] = value
 
 
-# The attributes that hold per-invocation state: log keys; metrics, their dimensions and metadata.
-SCOPED = {
-    LambdaPowertoolsFormatter: ("log_format",),
-    AmazonCloudWatchEMFProvider: ("metric_set", "dimension_set", "metadata_set", "dimension_sets"),
+def _metrics_sets() -> tuple[Any, ...]:
+    """What every Metrics() shares (class attributes), which its provider holds."""
+    return Metrics._metrics, Metrics._dimensions, Metrics._metadata
+
+
+# The attributes that hold per-invocation state: log keys (one formatter per service: all shared);
+# metrics, their dimensions and metadata.
+SCOPED: dict[type, dict[str, Callable[[], tuple[Any, ...]] | None]] = {
+    LambdaPowertoolsFormatter: {"log_format": None},
+    AmazonCloudWatchEMFProvider: dict.fromkeys(("metric_set", "dimension_set", "metadata_set"), _metrics_sets),
 }
 _lock = threading.Lock()
 
@@ -63,9 +75,9 @@ def apply() -> None:
     """Idempotent; instances made before it (their state in their own __dict__) are covered too."""
     with _lock:
         for cls, names in SCOPED.items():
-            for name in names:
+            for name, shared in names.items():
                 if not isinstance(cls.__dict__.get(name), PerFunction):
-                    setattr(cls, name, PerFunction(name))
+                    setattr(cls, name, PerFunction(name, shared))
 
 
 def function_context() -> contextvars.Context:

@@ -210,6 +210,9 @@ def _fleet_body(view: FleetView) -> str:
             f"<td>{line.count}" + (f" · oldest {_seconds(line.oldest_s)}" if line.count else "") + "</td>"
             for line in (view.rooms[pool].get(p, RoomLine()) for p in Priority)) + "</tr>"
         for pool in ROOM_POOLS)
+    queues = "".join(
+        f'<tr class="{"alert" if "dead" in q.name and q.visible + q.in_flight else ""}"><td>{_e(q.name)}</td>'
+        f"<td>{q.visible}</td><td>{q.in_flight}</td></tr>" for q in view.queues)
     budget = view.faas_budget_usd
     share = min(100.0, 100 * (view.faas_spent_usd + view.faas_reserved_usd) / budget) if budget else 0.0
     return f"""
@@ -220,6 +223,9 @@ def _fleet_body(view: FleetView) -> str:
 <h2>waiting rooms</h2>
 <table id="rooms"><thead><tr><th>pool</th>{''.join(f'<th>{_e(p.value)}</th>' for p in Priority)}</tr></thead>
 <tbody>{rooms}</tbody></table>
+<h2>queues</h2>
+<table id="queues"><thead><tr><th>queue</th><th>waiting</th><th>in flight</th></tr></thead><tbody>{queues}</tbody>
+</table>
 <h2>FaaS spend today</h2>
 <p id="faas">{_usd(view.faas_spent_usd)} settled + {_usd(view.faas_reserved_usd)} reserved of a
 {f'${budget:g}' if budget is not None else 'no'} daily budget
@@ -245,7 +251,7 @@ vertical-align:top} th{background:#fafafa;font-weight:600}
 @keyframes pulse{from{stroke-width:2;opacity:1}to{stroke-width:6;opacity:.55}}
 .bar{display:inline-block;width:200px;height:10px;background:#eee;vertical-align:middle;margin-left:.5rem}
 .bar span{display:block;height:100%;background:#ef6c00}.error{color:#c62828}.missing{color:#c62828}
-.health.healthy{color:#2e7d32}.health.quarantined,.health.unreachable{color:#c62828}
+tr.alert td{background:#ffcdd2}.health.healthy{color:#2e7d32}.health.quarantined,.health.unreachable{color:#c62828}
 """
 
 

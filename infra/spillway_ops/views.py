@@ -23,6 +23,9 @@ from spillway_ops.source import Source
 
 RESULT_URL_SECONDS = 900
 ROOM_POOLS = (Pool.LOCAL, Pool.CLOUD)  # FaaS has no waiting room: its provider queues
+# Jobs not admitted yet, by priority; and where messages go that keep failing (an alarm watches each).
+QUEUES = {"intake high": "IntakeHighQueue", "intake normal": "IntakeNormalQueue", "intake low": "IntakeLowQueue",
+          "intake dead letters": "IntakeDeadLetterQueue", "pool dead letters": "PoolDeadLetterQueue"}
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,17 @@ class GpuLine:
 
 
 @dataclass(frozen=True)
+class QueueLine:
+    name: str
+    visible: int
+    in_flight: int
+
+
+@dataclass(frozen=True)
 class FleetView:
     gpus: list[GpuLine]
     rooms: dict[Pool, dict[Priority, RoomLine]]
+    queues: list[QueueLine]
     faas_spent_usd: float
     faas_reserved_usd: float
     faas_budget_usd: float | None
@@ -126,7 +137,7 @@ class FleetView:
 def fleet_view(source: Source) -> FleetView:
     now = time.time()
     fleet = source.fleet
-    open_tasks = [t for pool in Pool for t in fleet.open_tasks(pool)]
+    open_tasks = [t for pool in ROOM_POOLS for t in fleet.open_tasks(pool)]  # GPU tasks (FaaS's are not)
     gpus = []
     for item in paged_items(source.table("FleetTable").scan, ConsistentRead=True):
         fields = from_item(item)
@@ -137,7 +148,18 @@ def fleet_view(source: Source) -> FleetView:
     rooms = {pool: fleet.waiting_room.summary(pool, now) for pool in ROOM_POOLS}
     budget = source.budget.view()
     cap = budget.cap_micro / MICRO if budget.cap_micro is not None else default_rules().faas.daily_budget_usd
-    return FleetView(gpus, rooms, budget.settled_micro / MICRO, budget.reserved_micro / MICRO, cap)
+    return FleetView(gpus, rooms, queue_lines(source), budget.settled_micro / MICRO, budget.reserved_micro / MICRO,
+                     cap)
+
+
+def queue_lines(source: Source) -> list[QueueLine]:
+    sqs, lines = source.client("sqs"), []
+    for name, logical in QUEUES.items():
+        counts = sqs.get_queue_attributes(QueueUrl=source.resources[logical], AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        lines.append(QueueLine(name, int(counts["ApproximateNumberOfMessages"]),
+                               int(counts["ApproximateNumberOfMessagesNotVisible"])))
+    return lines
 
 
 def _epoch(moment: str) -> float:

@@ -7,6 +7,7 @@ its two attempts, its timeline and its images; the fleet page shows every GPU an
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -52,8 +53,12 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    folder = tmp_path_factory.mktemp("ops")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("ops")
+
+
+@pytest.fixture(scope="module")
+def stack(folder: Path) -> Iterator[StackInfo]:
     (folder / "fleet.toml").write_text(FLEET)
     with LaunchedStack(folder, ["--api-port", "0", "--fleet", str(folder / "fleet.toml")]) as info:
         yield info
@@ -127,3 +132,21 @@ def test_a_bad_filter_or_an_unknown_job_is_a_4xx_with_the_reason(stack: StackInf
     assert refused.status_code == 400 and "SUCCEEDED" in refused.text
     missing = httpx.get(f"{stack.ops_url}/jobs/j-{'0' * 32}", timeout=10)
     assert missing.status_code == 404 and "no job" in missing.text
+
+
+def test_every_line_about_the_job_names_it_and_the_function_that_wrote_it(folder: Path, failed_over: str) -> None:
+    """Offline all functions share one process: each line still carries its own function's context."""
+    lines = [json.loads(line) for line in (folder / "dev.log").read_text().splitlines() if line.startswith("{")]
+    assert lines and all(line["service"] == "spillway" for line in lines), "no field overwrites Powertools' own"
+    about_job = [line for line in lines if failed_over in json.dumps(line)]
+    assert about_job and all(line["job_id"] == failed_over for line in about_job)
+    wrote = {"job accepted": "ApiFunction", "admitted": "AdmitFunction", "routed": "RouteFunction",
+             "assigned": "PoolPollerFunction", "attempt failed": "PoolPollerFunction",
+             "task ended": "AgentCallbackFunction"}
+    seen = {line["message"]: line for line in about_job if line["message"] in wrote}
+    assert set(seen) == set(wrote)
+    for message, line in seen.items():
+        assert line["function_name"].endswith(wrote[message]), (message, line["function_name"])
+    assert all(line["correlation_id"] == failed_over for m, line in seen.items() if m in ("routed", "job accepted"))
+    assert f"job_id={failed_over}" in (folder / "agents" / "cloud-0.log").read_text(), "the agent's lines too"
+    assert "No application metrics" not in (folder / "dev.log").read_text()

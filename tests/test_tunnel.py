@@ -6,10 +6,12 @@ without Nagle's delay, and the agents' heartbeats logged quietly.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -20,7 +22,7 @@ from werkzeug.test import Client
 from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.provision import Function, Route, Stack
 from spillway_embedded.runtime import HttpApi, Invoker, NoDelayRequestHandler
-from spillway_embedded.tunnel import Tunnel
+from spillway_embedded.tunnel import CutMode, Tunnel
 
 import runtime_handlers
 
@@ -29,13 +31,23 @@ TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 class Hello(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so a connection can be open when the link drops
+    # GET /slow answers once the test opens the gate: a call in flight when the link drops.
+    entered = threading.Event()
+    gate = threading.Event()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path == "/slow":
+            type(self).entered.set()
+            type(self).gate.wait(10)
         body = b"hello from the GPU"
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionError):  # the tunnel reset it: what the tests do
+            super().handle()
 
     def log_message(self, *args: object) -> None:
         pass
@@ -43,11 +55,14 @@ class Hello(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def tunnel() -> Iterator[Tunnel]:
+    Hello.entered, Hello.gate = threading.Event(), threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     tunnel = Tunnel(target=server.server_address[:2])
     tunnel.start()
     yield tunnel
+    Hello.gate.set()
     tunnel.stop()
     server.shutdown()
 
@@ -78,6 +93,97 @@ def test_cut_resets_connections_already_open(tunnel: Tunnel) -> None:
         with pytest.raises(httpx.TransportError) as failure:
             client.get(tunnel.url)
         assert not isinstance(failure.value, httpx.TimeoutException)
+
+
+class InFlight:
+    """A call through the tunnel, on its own thread, that the GPU behind does not answer until the gate opens."""
+
+    def __init__(self, tunnel: Tunnel, timeout: float):
+        self.started = time.monotonic()
+        self.ended: float | None = None
+        self.outcome: httpx.Response | Exception | None = None
+        self._thread = threading.Thread(target=self._call, args=(tunnel, timeout), daemon=True)
+        self._thread.start()
+        assert Hello.entered.wait(5), "the call never reached the GPU"
+
+    def _call(self, tunnel: Tunnel, timeout: float) -> None:
+        try:
+            self.outcome = httpx.get(f"{tunnel.url}/slow", timeout=httpx.Timeout(timeout, connect=1.0))
+        except httpx.HTTPError as exc:
+            self.outcome = exc
+        self.ended = time.monotonic()
+
+    def result(self) -> tuple[httpx.Response | Exception | None, float]:
+        """What the call ended with, and when (time.monotonic())."""
+        self._thread.join(10)
+        assert self.ended is not None, "the call is still hanging"
+        return self.outcome, self.ended
+
+
+def timed(action: Callable[[], None]) -> float:
+    action()
+    return time.monotonic()
+
+
+def test_a_refused_cut_fails_a_call_in_flight_at_once(tunnel: Tunnel) -> None:
+    """A GPU still working on a request when its link drops: the caller hears it at once, not at its timeout."""
+    call = InFlight(tunnel, timeout=5.0)
+    cut_at = timed(tunnel.cut)
+    outcome, ended = call.result()
+    assert isinstance(outcome, httpx.TransportError) and not isinstance(outcome, httpx.TimeoutException), outcome
+    assert ended - cut_at < 0.5, f"failed {ended - cut_at:.2f} s after the cut"
+
+
+def test_a_silent_cut_hangs_a_call_in_flight_until_its_callers_timeout(tunnel: Tunnel) -> None:
+    call = InFlight(tunnel, timeout=1.0)
+    tunnel.cut(CutMode.SILENT)
+    assert tunnel.cut_mode is CutMode.SILENT
+    Hello.gate.set()  # the GPU answers now; the answer vanishes on the way
+    outcome, ended = call.result()
+    assert isinstance(outcome, httpx.ReadTimeout), outcome
+    assert ended - call.started >= 1.0, "it waited for its own timeout"
+
+
+def test_a_silent_cut_accepts_new_calls_and_hangs_them(tunnel: Tunnel) -> None:
+    tunnel.cut(CutMode.SILENT)
+    started = time.monotonic()
+    with pytest.raises(httpx.TimeoutException), httpx.Client(timeout=httpx.Timeout(0.5, connect=1.0)) as client:
+        client.get(tunnel.url)
+    assert time.monotonic() - started >= 0.5
+    tunnel.restore()
+    assert get(tunnel).status_code == 200
+
+
+def test_a_call_in_flight_across_a_short_silent_cut_completes_once_restored(tunnel: Tunnel) -> None:
+    """What a silent link held flows on when it comes back, as TCP retransmits it."""
+    call = InFlight(tunnel, timeout=5.0)
+    tunnel.cut(CutMode.SILENT)
+    Hello.gate.set()
+    tunnel.restore()
+    outcome, _ = call.result()
+    assert isinstance(outcome, httpx.Response) and outcome.text == "hello from the GPU", outcome
+
+
+def test_an_idle_keep_alive_connection_survives_a_silent_cut(tunnel: Tunnel) -> None:
+    with httpx.Client(timeout=TIMEOUT) as client:
+        assert client.get(tunnel.url).status_code == 200
+        with tunnel._lock:
+            legs = set(tunnel._open)
+        tunnel.cut(CutMode.SILENT)
+        tunnel.restore()
+        assert client.get(tunnel.url).status_code == 200
+        with tunnel._lock:
+            assert tunnel._open == legs, "on the same connection"
+
+
+def test_a_silent_cut_turned_refused_resets_what_it_held(tunnel: Tunnel) -> None:
+    call = InFlight(tunnel, timeout=5.0)
+    tunnel.cut(CutMode.SILENT)
+    Hello.gate.set()
+    cut_at = timed(tunnel.cut)
+    outcome, ended = call.result()
+    assert isinstance(outcome, httpx.TransportError) and not isinstance(outcome, httpx.TimeoutException), outcome
+    assert ended - cut_at < 0.5
 
 
 def test_the_tunnel_forwards_without_nagle(tunnel: Tunnel) -> None:
@@ -133,6 +239,31 @@ def switchboard(tunnels: dict[str, Tunnel]) -> None:
     assert unknown.status_code == 404 and "cloud-9" in unknown.json["message"]
     assert client.post("/tunnels/cut", json={"gpus": "all"}).status_code == 422
     assert client.get("/tunnels").json["tunnels"][0]["url"].startswith("http://127.0.0.1:")
+
+
+def test_the_chaos_switchboard_cuts_silently_and_each_way_of_a_link() -> None:
+    inbound, outbound = {"local-0": Tunnel(), "local-1": Tunnel()}, {"local-0": Tunnel()}
+    client = Client(ChaosControl(lambda: inbound, outbound=lambda: outbound))
+    try:
+        silent = client.post("/tunnels/cut?mode=silent", json={"gpu_ids": ["local-1"]})
+        assert silent.status_code == 200 and inbound["local-1"].cut_mode is CutMode.SILENT
+        assert client.post("/tunnels/cut?direction=out", json={"gpu_ids": ["local-0"]}).status_code == 200
+        assert (inbound["local-0"].is_cut, outbound["local-0"].cut_mode) == (False, CutMode.REFUSE), \
+            "it can be pushed to, but cannot report"
+        (state,) = [t for t in client.get("/tunnels").json["tunnels"] if t["gpu_id"] == "local-0"]
+        assert (state["cut"], state["outbound"]["cut"], state["outbound"]["cut_mode"]) == (False, True, "refuse")
+        assert client.post("/tunnels/cut?direction=both", json={"gpu_ids": ["local-1"]}).status_code == 404, \
+            "local-1 has no outbound link to cut"
+        assert client.post("/tunnels/cut?mode=sideways").status_code == 422
+        assert client.post("/tunnels/cut?direction=up").status_code == 422
+        assert client.post("/tunnels/restore").status_code == 200, "both ways, where there are two"
+        assert not any(t.is_cut for t in [*inbound.values(), *outbound.values()])
+        assert client.post("/tunnels/break?direction=out", json={"gpu_ids": ["local-0"]}).status_code == 200
+        assert outbound["local-0"].is_broken and not inbound["local-0"].is_broken
+        assert client.post("/tunnels/restore?direction=in").status_code == 200 and outbound["local-0"].is_broken
+    finally:
+        for tunnel in [*inbound.values(), *outbound.values()]:
+            tunnel.stop()
 
 
 class RecordedAgents:

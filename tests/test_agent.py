@@ -30,6 +30,7 @@ from spillway.agent import model
 from spillway.agent.server import MAX_REQUEST_BYTES, Agent, AgentConfig
 from spillway.models import Pool
 from spillway.rooms import furniture_mask, render_room
+from spillway_embedded.launcher import wait_for_ready_file
 
 AGENT_KEY = "k" * 40
 WAIT = 20.0  # the bound on every wait: generous for a loaded machine, never reached when it works
@@ -122,11 +123,13 @@ class GatedModel:
 def start_agent(plane: ControlPlane) -> Iterator[Callable[..., Agent]]:
     agents: list[Agent] = []
 
-    def start(run_model: Callable[[str, bytes], bytes] = model.run, **config: Any) -> Agent:
+    def start(run_model: Callable[[str, bytes], bytes] = model.run,
+              model_not_ready: Callable[[], str | None] = lambda: None, **config: Any) -> Agent:
         settings = {"gpu_id": "local-7", "pool": Pool.LOCAL, "vram_mb": 8000, "control_url": plane.url,
                     "agent_key": AGENT_KEY, "listen": ("127.0.0.1", 0), "heartbeat_interval_s": 60.0,
                     "drain_timeout_s": 5.0} | config
-        agent = Agent(AgentConfig(**settings), run_model=run_model, wait=lambda seconds: None)
+        agent = Agent(AgentConfig(**settings), run_model=run_model, wait=lambda seconds: None,
+                      model_not_ready=model_not_ready)
         agent.start()
         agents.append(agent)
         return agent
@@ -145,10 +148,12 @@ def task(plane: ControlPlane, image: bytes | None, service: str = "remove_furnit
             "heartbeat_interval_s": 30}
 
 
-def push(agent: Agent, body: dict[str, Any] | str, key: str | None = AGENT_KEY) -> httpx.Response:
+def push(agent: Agent | str, body: dict[str, Any] | str, key: str | None = AGENT_KEY) -> httpx.Response:
+    """POST a task to an agent (in this process, or at a URL)."""
     content = body if isinstance(body, str) else json.dumps(body)
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-    return httpx.post(f"{agent.listen_url}/v1/tasks", content=content, headers=headers, timeout=5)
+    url = agent if isinstance(agent, str) else agent.listen_url
+    return httpx.post(f"{url}/v1/tasks", content=content, headers=headers, timeout=5)
 
 
 def settled(agent: Agent, task_id: str) -> None:
@@ -426,6 +431,16 @@ def test_not_ready_until_the_control_plane_answers(plane: ControlPlane, start_ag
     assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 200
 
 
+def test_not_ready_while_its_model_server_is_not(plane: ControlPlane, start_agent: Any) -> None:
+    problem: list[str] = ["the model server answered 503"]
+    agent = start_agent(model_not_ready=lambda: problem[0] if problem else None)
+    plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
+    ready = httpx.get(f"{agent.listen_url}/readyz", timeout=5)
+    assert ready.status_code == 503 and "model server" in ready.json()["status"] and "503" in ready.json()["status"]
+    problem.clear()
+    assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 200
+
+
 def test_drain_refuses_new_work_and_gives_back_what_still_runs(plane: ControlPlane, start_agent: Any) -> None:
     held = GatedModel(gated=True)
     agent = start_agent(run_model=held, drain_timeout_s=0.5)
@@ -495,3 +510,45 @@ def test_the_agent_process_needs_its_key(plane: ControlPlane, tmp_path: Path) ->
     done = subprocess.run(agent_command(plane, tmp_path / "r.json"), env=env, capture_output=True, text=True,
                           timeout=WAIT)
     assert done.returncode == 2 and "SPILLWAY_AGENT_KEY" in done.stderr
+
+
+def test_the_agent_process_fronts_a_model_server_process(plane: ControlPlane, tmp_path: Path) -> None:
+    """Both as real processes, through the contract (KServe's v2): a task's result comes from the model
+    server; with the model server gone the agent is not ready, and a task pushed anyway fails as a ModelError."""
+    model_ready = tmp_path / "model.json"
+    with (tmp_path / "model.log").open("wb") as log:  # the processes' logs, for a failure's reader
+        model_server = subprocess.Popen([sys.executable, "-m", "spillway.agent.model_server", "--listen",
+                                         "127.0.0.1:0", "--ready-file", str(model_ready)], stdout=log, stderr=log)
+    agent = None
+    try:
+        model_url = wait_for_ready_file(model_ready, model_server, WAIT, "the model server")
+        agent_ready = tmp_path / "agent.json"
+        with (tmp_path / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(agent_command(plane, agent_ready) + ["--model-url", model_url],
+                                     env=os.environ | {"SPILLWAY_AGENT_KEY": AGENT_KEY}, stdout=log, stderr=log)
+        agent_url = wait_for_ready_file(agent_ready, agent, WAIT, "the agent")
+        plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "the agent's first heartbeat")
+        assert httpx.get(f"{agent_url}/readyz", timeout=5).status_code == 200
+
+        before = render_room(6)
+        served = task(plane, before)
+        assert push(agent_url, served).status_code == 202
+        (result,) = plane.wait_for(lambda: plane.results(served["task_id"]), "the result")
+        assert result["outcome"] == "succeeded", result
+        _, after = plane.objects[f"/out/{served['job_id'][2:]}"]
+        assert after == model.run("remove_furniture", before), "the model server's result, stored as is"
+
+        model_server.kill()
+        model_server.wait(WAIT)
+        ready = httpx.get(f"{agent_url}/readyz", timeout=5)
+        assert ready.status_code == 503 and "the model server is not ready" in ready.json()["status"], ready.text
+        failed = task(plane, render_room(7))
+        assert push(agent_url, failed).status_code == 202
+        (result,) = plane.wait_for(lambda: plane.results(failed["task_id"]), "the failure")
+        assert (result["outcome"], result["error_type"]) == ("failed", "ModelError"), result
+        assert "did not answer" in result["message"], "and says why"
+    finally:
+        for process in (agent, model_server):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait(WAIT)

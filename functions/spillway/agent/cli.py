@@ -1,4 +1,4 @@
-"""`spillway agent`: run the agent beside one GPU until SIGTERM, then drain."""
+"""`spillway agent`: run the agent beside one GPU (and its model server) until SIGTERM, then drain."""
 
 from __future__ import annotations
 
@@ -12,12 +12,28 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
 from spillway.agent import model
+from spillway.agent.inference import RemoteModel
 from spillway.agent.server import Agent, AgentConfig, JobFilter
 from spillway.models import Pool
 
+ENVIRONMENT = """environment variables:
+  SPILLWAY_AGENT_KEY  required: the agent key (the stack's AgentKeySecret), presented both ways between the
+                      agent and the control plane
+  SPILLWAY_MODEL_URL  the default of --model-url
 
-def _address(value: str) -> tuple[str, int]:
+the model server contract (--model-url): KServe's Open Inference Protocol v2, REST, on the same host.
+  GET  {model-url}/v2/health/ready            folded into the agent's /readyz
+  POST {model-url}/v2/models/{service}/infer  the image in and the PNG result out, each as one binary BYTES
+                                              tensor named "image" (the binary-data extension)
+  an answer 400/413/415/422 fails the job (BadInput); any other failure is a ModelError (another GPU may do
+  it). python -m spillway.agent.model_server is a stand-in that speaks it; see spillway/agent/inference.py.
+"""
+
+
+def listen_address(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {value!r}")
@@ -25,19 +41,32 @@ def _address(value: str) -> tuple[str, int]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="spillway agent", description="Run the agent beside one GPU.")
-    parser.add_argument("--gpu-id", required=True)
-    parser.add_argument("--pool", required=True, choices=[Pool.LOCAL.value, Pool.CLOUD.value])
+    parser = argparse.ArgumentParser(
+        prog="spillway agent", description="Run the agent beside one GPU: it takes the tasks the control plane "
+        "pushes, runs them on the GPU's model, stores the results and reports back.",
+        epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu-id", required=True, help="this GPU's name in the fleet, e.g. local-0")
+    parser.add_argument("--pool", required=True, choices=[Pool.LOCAL.value, Pool.CLOUD.value],
+                        help="local: an office GPU; cloud: a rented one")
     parser.add_argument("--vram-mb", required=True, type=int, help="the GPU's memory")
     parser.add_argument("--control-url", required=True, help="the Spillway API, e.g. https://api.example.com")
-    parser.add_argument("--listen", type=_address, default=("127.0.0.1", 9000), help="HOST:PORT; port 0 picks one")
-    parser.add_argument("--advertise-url", help="where the control plane reaches this agent (e.g. the tunnel)")
-    parser.add_argument("--slots", type=int, default=2, help="tasks run at once")
-    parser.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between fleet heartbeats")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds running tasks get on SIGTERM")
+    parser.add_argument("--listen", type=listen_address, default=("127.0.0.1", 9000),
+                        help="HOST:PORT to take tasks on; port 0 picks one (default 127.0.0.1:9000)")
+    parser.add_argument("--advertise-url", help="where the control plane reaches this agent (e.g. the tunnel); "
+                        "default: the --listen address")
+    parser.add_argument("--model-url", default=os.environ.get("SPILLWAY_MODEL_URL") or None,
+                        help="the model server on this host, e.g. http://127.0.0.1:8000 (the contract is below); "
+                        "default: the built-in CPU demo model, in this process")
+    parser.add_argument("--model-timeout", type=float, default=300.0,
+                        help="seconds one inference may take before it fails as a ModelError (default 300)")
+    parser.add_argument("--slots", type=int, default=2, help="tasks run at once (default 2)")
+    parser.add_argument("--heartbeat-interval", type=float, default=5.0,
+                        help="seconds between fleet heartbeats (default 5)")
+    parser.add_argument("--drain-timeout", type=float, default=30.0,
+                        help="seconds running tasks get on SIGTERM before they are given back (default 30)")
     parser.add_argument("--ready-file", type=Path, help="write {gpu_id, listen_url, pid} here once serving")
     parser.add_argument("--min-run-seconds", type=float, default=0.0,
-                        help="the demo model takes at least this long per task, to stand for a heavier GPU model")
+                        help="the model takes at least this long per task, to stand for a heavier GPU model")
     return parser.parse_args(argv)
 
 
@@ -65,11 +94,15 @@ def main(argv: list[str]) -> int:
     for handler in logging.root.handlers:
         handler.addFilter(JobFilter())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, heartbeats and signed URLs
+    run_model, model_not_ready = model.run, lambda: None
+    if args.model_url:
+        remote = RemoteModel(args.model_url, httpx.Timeout(args.model_timeout, connect=2.0))
+        run_model, model_not_ready = remote.run, remote.not_ready
     agent = Agent(AgentConfig(
         gpu_id=args.gpu_id, pool=Pool(args.pool), vram_mb=args.vram_mb, control_url=args.control_url,
         agent_key=agent_key, listen=args.listen, advertise_url=args.advertise_url, slots=args.slots,
         heartbeat_interval_s=args.heartbeat_interval, drain_timeout_s=args.drain_timeout, ready_file=args.ready_file,
-    ), run_model=at_least(args.min_run_seconds, model.run))
+    ), run_model=at_least(args.min_run_seconds, run_model), model_not_ready=model_not_ready)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -20,6 +20,10 @@ class BadImage(Exception):
     """The input cannot be decoded: no GPU will do better, the job should fail at once."""
 
 
+def runs(service: str) -> bool:
+    return service in _SERVICES
+
+
 def run(service: str, image: bytes) -> bytes:
     steps = _SERVICES.get(service)
     if steps is None:

@@ -106,9 +106,11 @@ class Agent:
         config: AgentConfig,
         run_model: Callable[[str, bytes], bytes] = model.run,
         wait: Callable[[float], None] | None = None,
+        model_not_ready: Callable[[], str | None] = lambda: None,
     ):
         self.config = config
         self._run_model = run_model
+        self._model_not_ready = model_not_ready  # the model server's own readiness: None when ready, else why
         self._wait = wait or (lambda seconds: self._stopped.wait(seconds))
         self._http = httpx.Client(timeout=CONTROL_TIMEOUT, headers={"Authorization": f"Bearer {config.agent_key}"})
         self._transfers = httpx.Client(timeout=TRANSFER_TIMEOUT)  # presigned URLs: no agent key
@@ -139,7 +141,7 @@ class Agent:
         self._server.daemon_threads = True
         self._service_threads.append(self._spawn("http", self._server.serve_forever, 0.1))  # prompt shutdown
         if self.config.ready_file:
-            _write_atomically(self.config.ready_file,
+            write_atomically(self.config.ready_file,
                               {"gpu_id": self.config.gpu_id, "listen_url": self.listen_url, "pid": os.getpid()})
         self._service_threads.append(self._spawn("fleet-heartbeat", self._beat_fleet))
         log.info("%s serving on %s (reached at %s)", self.config.gpu_id, self.listen_url, self.url)
@@ -197,6 +199,8 @@ class Agent:
         free = self.config.slots - len(self._running())
         if self._draining.is_set():
             return False, {"status": "draining"}
+        if problem := self._model_not_ready():
+            return False, {"status": f"the model server is not ready: {problem}"}
         if not self._registered.is_set():
             return False, {"status": "not registered with the control plane yet"}
         return True, {"status": "ready", "free_slots": free}
@@ -456,7 +460,7 @@ def _drain_and_close(connection: socket.socket) -> None:
         connection.close()
 
 
-def _write_atomically(path: Path, content: dict[str, Any]) -> None:
+def write_atomically(path: Path, content: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(content))

@@ -27,6 +27,7 @@ from helpers import answered
 pytestmark = pytest.mark.embedded
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
+STALE_SECONDS = 30  # the template's AgentStaleSeconds
 US_PRIORITY_CAP_USD = 0.1  # one FaaS reservation at a time: (120 s + a 2 s cold start) x $0.00076 = $0.0927
 RULES = f"""
 [[faas.segments]]
@@ -94,10 +95,12 @@ def submit(api: httpx.Client, photo: str, how: dict[str, Any], count: int = 1) -
         return list(pool.map(one, range(count)))
 
 
+@pytest.mark.parametrize("mode", ["refuse", "silent"])
 def test_one_office_gpu_cut_runs_jobs_on_the_other_office_gpus_and_none_on_the_cloud(
-    stack: StackInfo, api: httpx.Client, photo: str
+    stack: StackInfo, api: httpx.Client, photo: str, mode: str
 ) -> None:
-    stack.cut_tunnels("local-0")
+    """Refused (the push fails at once) or silent (the push times out): the attempt fails, the job moves on."""
+    stack.cut_tunnels("local-0", mode=mode)
     try:
         views = answered(api, submit(api, photo, NOT_ELIGIBLE, count=8))
     finally:
@@ -108,7 +111,41 @@ def test_one_office_gpu_cut_runs_jobs_on_the_other_office_gpus_and_none_on_the_c
     assert {a["gpu_id"] for a in attempts if a["outcome"] == "succeeded"} <= {f"local-{i}" for i in range(1, 5)}
     failed = [a for a in attempts if a["outcome"] == "failed"]
     assert all((a["gpu_id"], a["error"]) == ("local-0", "Spillway.GpuUnreachable") for a in failed)
-    assert len(failed) <= 1, "after one failed push local-0 is suspect: the next jobs skip it"
+    # local-0 is the best fit of an idle office (the least VRAM): the first job tries it, and after that one
+    # failed push it is suspect: the next jobs skip it.
+    assert len(failed) == 1, failed
+    if mode == "silent":
+        assert "Timeout" in failed[0]["reason"], "the push waited for its read timeout: nothing answered"
+
+
+def test_an_office_gpu_that_cannot_report_costs_its_job_a_stale_window_and_reports_again_once_restored(
+    stack: StackInfo, api: httpx.Client, photo: str
+) -> None:
+    """Its agent's calls out cut (heartbeats and results): pushed to, it runs the task but cannot say so; its
+    silence fails the attempt within a stale window of its last report, and the job moves on."""
+    stack.cut_tunnels("local-0", direction="out")
+    cut_at = time.time()
+    try:
+        (job_id,) = submit(api, photo, NOT_ELIGIBLE)  # local-0, the best fit of an idle office, takes it
+        view = answered(api, [job_id])[job_id]
+    finally:
+        stack.restore_tunnels()
+    assert view["status"] == "SUCCEEDED", view
+    first, *_, last = view["attempts"]
+    assert (first["gpu_id"], first["error"]) == ("local-0", "Spillway.GpuUnreachable"), first
+    # Its silence is noticed by whichever clock runs out first: the task's heartbeat (10 s here) or the agent's.
+    assert "went silent" in first["reason"] or "its agent has not reported" in first["reason"], first["reason"]
+    moved_on_after = datetime.fromisoformat(first["ended_at"]).timestamp() - cut_at
+    assert moved_on_after < STALE_SECONDS + 10, f"moved on {moved_on_after:.0f} s after the cut"
+    assert last["gpu_id"] != "local-0" and last["outcome"] == "succeeded"
+    typed, deadline = TypeDeserializer(), time.monotonic() + 30
+    while True:  # it reports again: its record is fresh
+        item = stack.boto3_client("dynamodb").get_item(TableName=stack.resources["FleetTable"],
+                                                       Key={"gpu_id": {"S": "local-0"}}, ConsistentRead=True)
+        if typed.deserialize(item["Item"]["last_heartbeat"]) > cut_at + moved_on_after:
+            break
+        assert time.monotonic() < deadline, "local-0 never reported again"
+        time.sleep(0.5)
 
 
 def test_the_office_cut_sends_jobs_to_the_cloud(stack: StackInfo, api: httpx.Client, photo: str) -> None:

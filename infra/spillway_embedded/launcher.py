@@ -55,9 +55,11 @@ class StackInfo:
     def read(cls, path: Path) -> StackInfo:
         return cls(**json.loads(path.read_text()))
 
-    def cut_tunnels(self, *gpu_ids: str, pool: str | None = None) -> None:
-        """Drop the link in front of these GPUs; none named: every GPU of `pool` (of every pool if None)."""
-        self._chaos("cut", gpu_ids, pool)
+    def cut_tunnels(self, *gpu_ids: str, pool: str | None = None, mode: str = "refuse", direction: str = "in") -> None:
+        """Drop the link in front of these GPUs; none named: every GPU of `pool` (of every pool if None).
+        `mode`: "refuse" (calls fail at once) or "silent" (they hang to their timeout); `direction`: "in"
+        (pushes), "out" (the agents' reports) or "both"."""
+        self._chaos("cut", gpu_ids, pool, {"mode": mode, "direction": direction})
 
     def agents(self, action: str, *gpu_ids: str) -> dict[str, str]:
         """Chaos on agent processes: kill (SIGKILL), term (SIGTERM), stop (SIGSTOP), cont, restart."""
@@ -80,11 +82,12 @@ class StackInfo:
         body = {"mode": mode, "slow_seconds": slow_seconds}
         return httpx.post(f"{self.chaos_url}/faas", json=body, timeout=5).raise_for_status().json()
 
-    def _chaos(self, action: str, gpu_ids: tuple[str, ...], pool: str | None) -> None:
+    def _chaos(self, action: str, gpu_ids: tuple[str, ...], pool: str | None, query: dict[str, str] | None = None
+               ) -> None:
         import httpx
 
         body = {"gpu_ids": list(gpu_ids)} if gpu_ids else ({"pool": pool} if pool else {})
-        httpx.post(f"{self.chaos_url}/tunnels/{action}", json=body, timeout=5).raise_for_status()
+        httpx.post(f"{self.chaos_url}/tunnels/{action}", json=body, params=query, timeout=5).raise_for_status()
 
     def boto3_client(self, service: str) -> Any:
         import boto3

@@ -2,8 +2,9 @@
 
 moto's server (with its Step Functions interpreter) stands for AWS; the template, translated by
 aws-sam-translator, is provisioned into it; the local runtime invokes the Lambda handlers as the
-template wires them; real agent processes stand for the GPUs of the fleet file, the office ones
-behind a tunnel that can be cut; a stand-in FaaS provider process for the fleet's [faas].
+template wires them; real agent processes stand for the GPUs of the fleet file, each behind a link
+that can be cut both ways (a tunnel in front of it, and one it reports to the API through); a stand-in
+FaaS provider process for the fleet's [faas].
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class AgentProcess:
     ready_file: Path
     log_path: Path
     tunnel: Tunnel | None = None
+    outbound: Tunnel | None = None  # its calls to the API (heartbeats, results), cut to stop its reports
     listen_url: str = ""  # known once it serves
 
     @property
@@ -119,7 +121,8 @@ class EmbeddedStack:
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port,
                                 lambda_port=self._lambda_port)
         self._runtime.start()
-        switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of, agents=self)
+        switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of, agents=self,
+                                   outbound=self.outbound_tunnels)
         self._chaos = make_server("127.0.0.1", 0, switchboard, threaded=True, request_handler=NoDelayRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         # The ops page reads the stack as it would a deployed one: through AWS APIs (here moto's), read-only.
@@ -145,8 +148,9 @@ class EmbeddedStack:
                 agent.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 agent.process.kill()
-            if agent.tunnel:
-                agent.tunnel.stop()
+            for link in (agent.tunnel, agent.outbound):
+                if link:
+                    link.stop()
         self._agents.clear()
         if self._faas:
             self._faas.stop()
@@ -212,6 +216,10 @@ class EmbeddedStack:
         """Each GPU's network path (the office link, the cloud's network), by the GPU behind it."""
         return {a.spec.gpu_id: a.tunnel for a in self._agents if a.tunnel}
 
+    def outbound_tunnels(self) -> dict[str, Tunnel]:
+        """Each agent's link to the API, by its GPU: cut, it can still be pushed to but cannot report."""
+        return {a.spec.gpu_id: a.outbound for a in self._agents if a.outbound}
+
     def _pool_of(self, gpu_id: str) -> str | None:
         return next((a.spec.pool.value for a in self._agents if a.spec.gpu_id == gpu_id), None)
 
@@ -228,7 +236,7 @@ class EmbeddedStack:
                 if old.process.poll() is None:
                     old.process.kill()
                     old.process.wait(timeout=10)
-                new = self._launch_agent(old.spec, key["SecretString"], tunnel=old.tunnel)
+                new = self._launch_agent(old.spec, key["SecretString"], tunnel=old.tunnel, outbound=old.outbound)
                 self._agents[self._agents.index(old)] = new
                 self._await_agent(new)
             return
@@ -241,7 +249,8 @@ class EmbeddedStack:
         return {a.spec.gpu_id: "running" if a.process.poll() is None else f"exited {a.process.returncode}"
                 for a in self._agents}
 
-    def _launch_agent(self, spec: GpuSpec, agent_key: str, tunnel: Tunnel | None = None) -> AgentProcess:
+    def _launch_agent(self, spec: GpuSpec, agent_key: str, tunnel: Tunnel | None = None,
+                      outbound: Tunnel | None = None) -> AgentProcess:
         """Start the process; it is wired (tunnel target, listen URL) once it says it serves."""
         folder = self.state_dir / "agents"
         folder.mkdir(parents=True, exist_ok=True)
@@ -252,11 +261,15 @@ class EmbeddedStack:
             # the cloud provider's network.
             tunnel = Tunnel(listen=("127.0.0.1", 0), target=None)
             tunnel.start()
+        if outbound is None:
+            host, port = self.api_url.removeprefix("http://").rsplit(":", 1)
+            outbound = Tunnel(listen=("127.0.0.1", 0), target=(host, int(port)))
+            outbound.start()
         command = [
             sys.executable, "-m", "spillway.cli", "agent",
             "--gpu-id", spec.gpu_id, "--pool", spec.pool.value, "--listen", "127.0.0.1:0",
             "--vram-mb", str(spec.vram_mb), "--slots", str(spec.slots),
-            "--control-url", self.api_url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
+            "--control-url", outbound.url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
             "--ready-file", str(ready_file), "--min-run-seconds", str(self.model_seconds),
         ]
         if tunnel:
@@ -266,7 +279,7 @@ class EmbeddedStack:
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
             )
-        return AgentProcess(spec, process, ready_file, log_path, tunnel)
+        return AgentProcess(spec, process, ready_file, log_path, tunnel, outbound)
 
     def _await_agent(self, agent: AgentProcess, timeout: float = 60) -> None:
         try:

@@ -107,6 +107,7 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     agent.start()
+    logging.getLogger("spillway.agent").info("model: %s", args.model_url or "the built-in CPU demo model")
     stop.wait()
     logging.getLogger("spillway.agent").info("draining")
     agent.drain_and_stop()

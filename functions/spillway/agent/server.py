@@ -142,7 +142,7 @@ class Agent:
         self._service_threads.append(self._spawn("http", self._server.serve_forever, 0.1))  # prompt shutdown
         if self.config.ready_file:
             write_atomically(self.config.ready_file,
-                              {"gpu_id": self.config.gpu_id, "listen_url": self.listen_url, "pid": os.getpid()})
+                             {"gpu_id": self.config.gpu_id, "listen_url": self.listen_url, "pid": os.getpid()})
         self._service_threads.append(self._spawn("fleet-heartbeat", self._beat_fleet))
         log.info("%s serving on %s (reached at %s)", self.config.gpu_id, self.listen_url, self.url)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from typing import Any
 
 import pytest
@@ -42,11 +41,31 @@ def written(cloud: Cloud) -> tuple[int, int]:
     return jobs, queued
 
 
-def test_upload_ticket_is_a_presigned_put(cloud: Cloud) -> None:
+def test_upload_ticket_is_a_presigned_post_with_a_byte_limit(cloud: Cloud) -> None:
+    import base64
+
+    from spillway.intake import MAX_INPUT_BYTES
+
     status, ticket = call("POST", "/v1/uploads", {})
     assert status == 200
-    assert ticket["method"] == "PUT" and ticket["headers"] == {"Content-Type": "image/png"}
-    assert ticket["input_key"].startswith("uploads/") and "X-Amz-Signature" in ticket["upload_url"]
+    assert ticket["method"] == "POST" and ticket["input_key"].startswith("uploads/")
+    assert ticket["fields"]["key"] == ticket["input_key"] and ticket["fields"]["Content-Type"] == "image/png"
+    policy = json.loads(base64.b64decode(ticket["fields"]["policy"]))
+    assert ["content-length-range", 1, MAX_INPUT_BYTES] in policy["conditions"] and ticket["max_bytes"] == MAX_INPUT_BYTES
+
+
+def test_the_job_runs_on_its_own_copy_of_the_input(cloud: Cloud) -> None:
+    """Pinned at submit: a later write to the upload's key (its URL is valid for 15 min) changes nothing."""
+    image = render_room(1, 320, 240)
+    key = upload(cloud, image)
+    status, accepted = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key})
+    assert status == 202
+    (message,) = cloud.queue_messages("IntakeNormalQueue")
+    assert message["input_key"] == f"inputs/{accepted['job_id']}.png"
+    s3 = aws.client("s3")
+    s3.put_object(Bucket=cloud.settings.images_bucket, Key=key, Body=render_room(1, 4000, 3000))
+    pinned = s3.get_object(Bucket=cloud.settings.images_bucket, Key=message["input_key"])
+    assert pinned["Body"].read() == image and pinned["ContentType"] == "image/png"
 
 
 def test_submit_records_the_job_and_queues_it_by_priority(cloud: Cloud) -> None:
@@ -131,16 +150,28 @@ def test_bad_submissions_get_a_reason_and_write_nothing(cloud: Cloud, request_bo
     assert written(cloud) == (0, 0)
 
 
-@pytest.mark.parametrize("raw", ["{not json", "", "[1, 2]", "null"])
+@pytest.mark.parametrize("raw", ["{not json", "", "[1, 2]", "null", "1" * 5000, "[" * 100_000 + "]" * 100_000])
 def test_malformed_bodies_are_refused(cloud: Cloud, raw: str) -> None:
     status, body = call("POST", "/v1/jobs", raw=raw)
     assert status == 422 and body["message"]
     assert written(cloud) == (0, 0)
 
 
+@pytest.mark.parametrize("data", ['{"service": "café"}'.encode("latin-1"), '{"service": "x"}'.encode("utf-16")])
+def test_bodies_not_in_utf8_get_415_with_the_reason(cloud: Cloud, data: bytes) -> None:
+    import base64
+
+    event = http_event("POST", "/v1/jobs", raw=base64.b64encode(data).decode())
+    from spillway.handlers import api
+
+    response = api.handler(event | {"isBase64Encoded": True}, LambdaContext("ApiFunction"))
+    assert response["statusCode"] == 415 and "UTF-8" in json.loads(response["body"])["message"]
+
+
 @pytest.mark.parametrize(
     "data,reason",
-    [(b"", "empty"), (b"this is a text file, not a photo", "not a PNG or JPEG"), (b"\x89PNG\r\n\x1a\n", "truncated")],
+    [(b"", "empty"), (b"this is a text file, not a photo", "not a PNG or JPEG"), (b"\x89PNG\r\n\x1a\n", "truncated"),
+     (render_room(1, 320, 240)[:-100], "truncated"), (render_room(1, 320, 240) + b"PK\x05\x06" + bytes(18), "more than")],
 )
 def test_uploads_that_are_not_images_are_refused_at_submit(cloud: Cloud, data: bytes, reason: str) -> None:
     key = upload(cloud, data)
@@ -150,10 +181,18 @@ def test_uploads_that_are_not_images_are_refused_at_submit(cloud: Cloud, data: b
 
 
 def test_images_over_the_service_limit_are_refused(cloud: Cloud) -> None:
-    header = b"\x89PNG\r\n\x1a\n" + struct.pack(">I4sII", 13, b"IHDR", 4000, 3200)  # all the API reads
-    key = upload(cloud, header)  # 12.8 MP, over upscale_2x's 12
+    key = upload(cloud, render_room(1, 4000, 3200))  # 12.8 MP, over upscale_2x's 12
     status, body = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key})
     assert status == 422 and "at most 12 MP" in body["message"]
+
+
+def test_files_over_the_byte_limit_are_refused_whatever_wrote_them(cloud: Cloud) -> None:
+    from spillway.intake import MAX_INPUT_BYTES
+
+    key = upload(cloud, render_room(1, 320, 240) + bytes(MAX_INPUT_BYTES))
+    status, body = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key})
+    assert status == 422 and f"the limit is {MAX_INPUT_BYTES} bytes" in body["message"]
+    assert written(cloud) == (0, 0)
 
 
 def test_unknown_and_malformed_job_ids(cloud: Cloud) -> None:
@@ -162,11 +201,12 @@ def test_unknown_and_malformed_job_ids(cloud: Cloud) -> None:
     assert status == 422 and "job_id" in body["message"]
 
 
-def test_a_form_body_gets_415_with_the_fix(cloud: Cloud) -> None:
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+def test_a_body_not_declared_json_gets_415_with_the_fix(cloud: Cloud, content_type: str) -> None:
     """curl's `-d` declares a form; the answer says what to send instead of listing odd fields."""
     key = upload(cloud, render_room(1))
     body = {"service": "remove_furniture", "input_key": key}
-    status, answer = call("POST", "/v1/jobs", body, headers={"content-type": "application/x-www-form-urlencoded"})
+    status, answer = call("POST", "/v1/jobs", body, headers={"content-type": content_type})
     assert status == 415 and "Content-Type: application/json" in answer["message"]
     assert written(cloud) == (0, 0)
     assert call("POST", "/v1/jobs", body, headers={"content-type": "application/json; charset=utf-8"})[0] == 202

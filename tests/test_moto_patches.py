@@ -389,3 +389,23 @@ def test_the_server_finds_a_hosts_backend_once() -> None:
         backend = dispatcher.get_backend_for_host(host)
         assert dispatcher.get_backend_for_host(host) == backend == "dynamodb"
     assert modules.call_count == 1
+
+
+def test_a_form_upload_is_held_to_its_policys_length_range_and_expiry(moto_endpoint: str) -> None:
+    import httpx
+
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_endpoint, config=NO_RETRIES)
+    s3.create_bucket(Bucket="posts")
+
+    def post(size: int, expires_in: int = 60) -> httpx.Response:
+        form = s3.generate_presigned_post(Bucket="posts", Key="k", Conditions=[["content-length-range", 2, 10]],
+                                          ExpiresIn=expires_in)
+        return httpx.post(form["url"], data=form["fields"], files={"file": b"x" * size}, timeout=10)
+
+    too_large = post(11)
+    assert too_large.status_code == 400 and "EntityTooLarge" in too_large.text
+    assert post(1).status_code == 400 and "EntityTooSmall" in post(1).text
+    assert post(5, expires_in=-1).status_code == 403
+    assert not s3.list_objects_v2(Bucket="posts").get("Contents"), "nothing refused was stored"
+    assert post(10).status_code == 204
+    assert s3.get_object(Bucket="posts", Key="k")["Body"].read() == b"x" * 10

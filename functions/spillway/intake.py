@@ -28,10 +28,12 @@ from spillway.priorities import deadline_for
 from spillway.settings import Settings
 
 UPLOAD_URL_SECONDS = 15 * 60
+MAX_INPUT_BYTES = 32 * 1024 * 1024  # the upload policy's limit and the submit check's: a 40 MP JPEG fits
 SHORTEST_DEADLINE = timedelta(seconds=30)  # a job cannot be answered sooner than a GPU can run it
 LONGEST_DEADLINE = timedelta(days=7)
 RESULT_URL_SECONDS = 60 * 60
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
+_PINNED_TYPES = {"png": ("png", "image/png"), "jpeg": ("jpg", "image/jpeg")}
 
 
 def utc_now() -> datetime:
@@ -62,25 +64,28 @@ class Intake:
         self._largest_gpu = largest_gpu  # the most VRAM a registered GPU running the service has (None: no fleet yet)
 
     def upload_ticket(self, request: UploadRequest) -> UploadTicket:
+        """A presigned POST: its signed policy makes the storage itself refuse a file over the limit."""
         key = f"uploads/{self._new_id()}.{_EXTENSIONS[request.content_type]}"
-        url = self._s3.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self._settings.images_bucket, "Key": key, "ContentType": request.content_type},
+        post = self._s3.generate_presigned_post(
+            Bucket=self._settings.images_bucket, Key=key,
+            Fields={"Content-Type": request.content_type},
+            Conditions=[{"Content-Type": request.content_type}, ["content-length-range", 1, MAX_INPUT_BYTES]],
             ExpiresIn=UPLOAD_URL_SECONDS,
         )
-        return UploadTicket(
-            input_key=key,
-            upload_url=url,
-            headers={"Content-Type": request.content_type},
-            expires_in=UPLOAD_URL_SECONDS,
-        )
+        return UploadTicket(input_key=key, upload_url=post["url"], fields=post["fields"], max_bytes=MAX_INPUT_BYTES,
+                            expires_in=UPLOAD_URL_SECONDS)
 
     def submit(self, request: JobRequest) -> JobAccepted:
-        """Validate, record the job, and queue it on its priority's intake queue."""
+        """Validate, pin the input, record the job, and queue it on its priority's intake queue."""
         service = SERVICES.get(request.service)
         if service is None:
             raise Invalid(f"unknown service {request.service!r}; known services: {', '.join(sorted(SERVICES))}")
-        width, height = self._input_dimensions(request.input_key)
+        data = self._read_upload(request.input_key)
+        try:
+            image = imageinfo.inspect(data)
+        except imageinfo.NotAnImage as exc:
+            raise Invalid(f"{request.input_key}: {exc}") from None
+        width, height = image.width, image.height
         megapixels = width * height / 1_000_000
         if megapixels > service.max_megapixels:
             raise Invalid(
@@ -98,13 +103,14 @@ class Intake:
         if not submitted + SHORTEST_DEADLINE <= deadline <= submitted + LONGEST_DEADLINE:
             raise Invalid(f"deadline_at {request.deadline_at.isoformat()} is not between "
                           f"{SHORTEST_DEADLINE.seconds} s and {LONGEST_DEADLINE.days} days from now ({now})")
+        job_id = f"j-{self._new_id()}"
         job = JobRecord(
-            job_id=f"j-{self._new_id()}",
+            job_id=job_id,
             status=JobStatus.QUEUED,
             service=service.name,
             priority=request.priority,
             segment=request.segment,
-            input_key=request.input_key,
+            input_key=self._pin(job_id, data, image),
             width=width,
             height=height,
             vram_mb=vram_mb,
@@ -146,20 +152,25 @@ class Intake:
             )
         return job.view(result_url)
 
-    def _input_dimensions(self, key: str) -> tuple[int, int]:
+    def _read_upload(self, key: str) -> bytes:
         try:
-            head = self._s3.get_object(
-                Bucket=self._settings.images_bucket, Key=key, Range=f"bytes=0-{imageinfo.HEADER_BYTES - 1}"
-            )["Body"].read()
+            upload = self._s3.get_object(Bucket=self._settings.images_bucket, Key=key)
         except Exception as exc:
-            code = error_code(exc)
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise Invalid(f"nothing was uploaded at {key}: PUT the image to its upload_url first") from None
-            if code == "InvalidRange":
-                raise Invalid(f"the upload at {key} is empty") from None
+            if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                raise Invalid(f"nothing was uploaded at {key}: POST the image to its upload_url first") from None
             raise
-        try:
-            _, width, height = imageinfo.dimensions(head)
-        except imageinfo.NotAnImage as exc:
-            raise Invalid(f"{key}: {exc}") from None
-        return width, height
+        with upload["Body"] as body:
+            if upload["ContentLength"] > MAX_INPUT_BYTES:  # the upload policy stops these; whatever wrote it
+                raise Invalid(f"the upload at {key} is {upload['ContentLength']} bytes; "
+                              f"the limit is {MAX_INPUT_BYTES} bytes")
+            if upload["ContentLength"] == 0:
+                raise Invalid(f"the upload at {key} is empty")
+            return body.read()
+
+    def _pin(self, job_id: str, data: bytes, image: imageinfo.ImageInfo) -> str:
+        """The job's own copy of exactly the bytes judged here: the upload URL may still write to the
+        upload's key, but every attempt reads this copy, so a later write changes nothing."""
+        extension, content_type = _PINNED_TYPES[image.format]
+        key = f"inputs/{job_id}.{extension}"
+        self._s3.put_object(Bucket=self._settings.images_bucket, Key=key, Body=data, ContentType=content_type)
+        return key

@@ -82,9 +82,11 @@ class UploadRequest(Strict):
 
 class UploadTicket(BaseModel):
     input_key: str = Field(description="pass this as `input_key` when submitting the job")
-    upload_url: str = Field(description="presigned S3 URL: PUT the image bytes here")
-    method: Literal["PUT"] = "PUT"
-    headers: dict[str, str] = Field(description="headers the PUT must carry")
+    upload_url: str = Field(description="S3 URL to POST the image to, as a multipart form")
+    method: Literal["POST"] = "POST"
+    fields: dict[str, str] = Field(description="the form's fields (a signed policy), sent before the file, "
+                                               "which goes last in a field named `file`")
+    max_bytes: int = Field(description="the largest file the storage takes; a larger one is refused")
     expires_in: int = Field(description="seconds the URL stays valid")
 
 

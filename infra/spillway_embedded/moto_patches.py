@@ -28,16 +28,21 @@
    embedded runtime, which runs the real handlers) when it is set: moto's own Lambda needs Docker.
 8. Step Functions: SendTaskFailure keeps its `cause` (moto's response handler dropped it, so a Catch
    saw `"Cause": null` and a job lost the reason its attempt failed).
+9. S3: a browser-form POST upload is held to its signed policy's `content-length-range` and expiration,
+   as S3 does (moto stored any file, of any size, at any time): the API's upload limit is the storage's.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
+import json
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 DYNAMODB_LOCK = threading.RLock()
@@ -67,6 +72,7 @@ def apply() -> None:
         _patch_stepfunctions()
         _patch_integrations()
         _patch_dispatcher()
+        _patch_s3_post_policy()
         _applied = True
 
 
@@ -357,3 +363,40 @@ def _patch_dispatcher() -> None:
 
     get_backend_for_host.__spillway_patched__ = True  # type: ignore[attr-defined]
     DomainDispatcherApplication.get_backend_for_host = get_backend_for_host
+
+
+# ---------------------------------------------------------------- S3
+
+
+def _patch_s3_post_policy() -> None:
+    from moto.s3.responses import S3Response
+
+    post = S3Response._bucket_response_post
+
+    @functools.wraps(post)
+    def bucket_response_post(self: Any, request: Any, bucket_name: str) -> Any:
+        policy = self.querystring.get("policy") or self.querystring.get("Policy")
+        refused = _post_policy_refusal(policy[0], len(self.body or b"")) if policy else None
+        return refused or post(self, request, bucket_name)
+
+    S3Response._bucket_response_post = bucket_response_post
+
+
+def _post_policy_refusal(encoded: str, size: int) -> tuple[int, dict[str, str], str] | None:
+    """S3's answer to a form upload its policy forbids (expired, or a file outside its length range)."""
+    policy = json.loads(base64.b64decode(encoded))
+    if datetime.fromisoformat(policy["expiration"]) < datetime.now(UTC):
+        return _s3_error(403, "AccessDenied", "Invalid according to Policy: Policy expired.")
+    for condition in policy.get("conditions", []):
+        if isinstance(condition, list) and condition[0] == "content-length-range":
+            low, high = int(condition[1]), int(condition[2])
+            if size > high:
+                return _s3_error(400, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size")
+            if size < low:
+                return _s3_error(400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size")
+    return None
+
+
+def _s3_error(status: int, code: str, message: str) -> tuple[int, dict[str, str], str]:
+    return status, {"Content-Type": "application/xml"}, \
+        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"

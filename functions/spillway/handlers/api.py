@@ -19,7 +19,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway import aws
-from spillway.handlers.http import answer_errors_with_reasons, error_response
+from spillway.handlers.http import answer_errors_with_reasons, error_response, unreadable_body
 from spillway.handlers.wiring import fleet
 from spillway.intake import Intake
 from spillway.jobs import JobStore
@@ -129,4 +129,4 @@ def idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response:
 @tracer.capture_lambda_handler
 def handler(event: dict, context: LambdaContext) -> dict:
     idempotency.register_lambda_context(context)  # an in-progress record expires with the invocation
-    return app.resolve(event, context)
+    return unreadable_body(event) or app.resolve(event, context)

@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from spillway.handlers.http import answer_errors_with_reasons, error_response
+from spillway.handlers.http import answer_errors_with_reasons, error_response, unreadable_body
 from spillway.handlers.wiring import agent_key, dispatcher, fleet, reports
 from spillway.models import AgentHeartbeat, CallbackAck, TaskHeartbeat, TaskId, TaskResult
 from spillway.settings import settings
@@ -58,4 +58,4 @@ def task_result(task_id: Annotated[TaskId, Path()], result: Annotated[TaskResult
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId", clear_state=True)
 @tracer.capture_lambda_handler
 def handler(event: dict, context: LambdaContext) -> dict:
-    return app.resolve(event, context)
+    return unreadable_body(event) or app.resolve(event, context)

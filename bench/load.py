@@ -57,6 +57,7 @@ from typing import Any
 import httpx
 
 from spillway.rooms import render_room
+from spillway_embedded.client import upload as upload_image
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 SERVICES = ("remove_furniture", "upscale_2x")
@@ -166,11 +167,7 @@ class Clients:
 
 
 def upload(clients: Clients, seed: int) -> str:
-    api = clients.get()
-    ticket = api.post("/v1/uploads", json={}).raise_for_status().json()
-    api.put(ticket["upload_url"], content=image(seed % DISTINCT_IMAGES),
-            headers=ticket["headers"]).raise_for_status()
-    return ticket["input_key"]
+    return upload_image(clients.get(), image(seed % DISTINCT_IMAGES))
 
 
 def upload_all(clients: Clients, n: int, seed: int, concurrency: int) -> tuple[list[str], float]:

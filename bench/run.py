@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from spillway.rooms import render_room
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
@@ -24,10 +25,8 @@ TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 def one_job(api_url: str, seed: int) -> tuple[float, str]:
     with httpx.Client(base_url=api_url, timeout=TIMEOUT) as api:
         start = time.perf_counter()
-        ticket = api.post("/v1/uploads", json={}).raise_for_status().json()
-        httpx.put(ticket["upload_url"], content=render_room(seed), headers=ticket["headers"],
-                  timeout=TIMEOUT).raise_for_status()
-        job_id = api.post("/v1/jobs", json={"service": "remove_furniture", "input_key": ticket["input_key"]}
+        key = upload(api, render_room(seed))
+        job_id = api.post("/v1/jobs", json={"service": "remove_furniture", "input_key": key}
                           ).raise_for_status().json()["job_id"]
         while True:
             view = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()

@@ -22,6 +22,7 @@ from spillway.aws import from_item
 from spillway.models import Priority
 from spillway.priorities import PRIORITY_CLASSES
 from spillway.rooms import render_room
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 import helpers
@@ -49,13 +50,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 def inputs(stack: StackInfo) -> Iterator[list[str]]:
     """Small room photos, uploaded once; a job may reuse another's input."""
     with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as api:
-        keys = []
-        for seed in range(8):
-            ticket = api.post("/v1/uploads", json={}).raise_for_status().json()
-            httpx.put(ticket["upload_url"], content=render_room(seed, 320, 240), headers=ticket["headers"],
-                      timeout=TIMEOUT).raise_for_status()
-            keys.append(ticket["input_key"])
-        yield keys
+        yield [upload(api, render_room(seed, 320, 240)) for seed in range(8)]
 
 
 def submit_all(stack: StackInfo, jobs: list[dict[str, Any]]) -> list[str]:

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from spillway.rooms import furniture_mask, render_room
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 import helpers
@@ -39,9 +40,7 @@ def api(stack: StackInfo) -> Iterator[httpx.Client]:
 
 
 def submit(api: httpx.Client, image: bytes, service: str = "remove_furniture") -> str:
-    ticket = api.post("/v1/uploads", json={"content_type": "image/png"}).raise_for_status().json()
-    httpx.put(ticket["upload_url"], content=image, headers=ticket["headers"], timeout=TIMEOUT).raise_for_status()
-    response = api.post("/v1/jobs", json={"service": service, "input_key": ticket["input_key"]})
+    response = api.post("/v1/jobs", json={"service": service, "input_key": upload(api, image)})
     assert response.status_code == 202, response.text
     return response.json()["job_id"]
 

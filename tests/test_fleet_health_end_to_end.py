@@ -16,6 +16,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
 from spillway.rooms import render_room
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 from helpers import answered
@@ -42,10 +43,7 @@ def api(stack: StackInfo) -> Iterator[httpx.Client]:
 
 def running_job(api: httpx.Client) -> tuple[str, str]:
     """Submit a job and wait until an agent runs it: (job id, GPU id)."""
-    ticket = api.post("/v1/uploads", json={}).raise_for_status().json()
-    httpx.put(ticket["upload_url"], content=render_room(3, 320, 240), headers=ticket["headers"],
-              timeout=TIMEOUT).raise_for_status()
-    job_id = api.post("/v1/jobs", json={"service": "upscale_2x", "input_key": ticket["input_key"],
+    job_id = api.post("/v1/jobs", json={"service": "upscale_2x", "input_key": upload(api, render_room(3, 320, 240)),
                                         "segment": {"region": "eu"}}).raise_for_status().json()["job_id"]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

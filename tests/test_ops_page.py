@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from spillway.rooms import render_room
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 from helpers import answered
@@ -68,12 +69,10 @@ def stack(folder: Path) -> Iterator[StackInfo]:
 def failed_over(stack: StackInfo) -> str:
     """A job whose office attempt failed (the office link cut) and that succeeded in the cloud."""
     with httpx.Client(base_url=stack.api_url, timeout=httpx.Timeout(10.0, connect=2.0)) as api:
-        ticket = api.post("/v1/uploads", json={}).raise_for_status().json()
-        httpx.put(ticket["upload_url"], content=render_room(7, 320, 240), headers=ticket["headers"],
-                  timeout=10).raise_for_status()
+        key = upload(api, render_room(7, 320, 240))
         stack.cut_tunnels(pool="local")
         try:
-            job_id = api.post("/v1/jobs", json={"service": "remove_furniture", "input_key": ticket["input_key"]}
+            job_id = api.post("/v1/jobs", json={"service": "remove_furniture", "input_key": key}
                               ).raise_for_status().json()["job_id"]
             view = answered(api, [job_id])[job_id]
         finally:

@@ -20,6 +20,7 @@ from boto3.dynamodb.types import TypeDeserializer
 
 from spillway.aws import from_item
 from spillway.rooms import render_room
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 from helpers import answered
@@ -64,10 +65,7 @@ def api(stack: StackInfo) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def photo(api: httpx.Client) -> str:
-    ticket = api.post("/v1/uploads", json={}).raise_for_status().json()
-    httpx.put(ticket["upload_url"], content=render_room(5, 320, 240), headers=ticket["headers"],
-              timeout=TIMEOUT).raise_for_status()
-    return ticket["input_key"]
+    return upload(api, render_room(5, 320, 240))
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ import pytest
 from boto3.dynamodb.types import TypeDeserializer
 
 from spillway.rooms import render_room
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 from spillway_sim.engine import Simulation
 from spillway_sim.scenario import DEFAULT_SCENARIO, load_world
@@ -49,9 +50,7 @@ def ready(info: StackInfo, gpus: int) -> None:
 def on_the_stack(info: StackInfo, jobs: list[SimJob], outages: list[Outage]) -> dict[str, dict[str, Any]]:
     """Submit each job at its time and cut/restore links at theirs; every job's view once answered."""
     with httpx.Client(base_url=info.api_url, timeout=TIMEOUT) as api:
-        ticket = api.post("/v1/uploads", json={}).raise_for_status().json()
-        httpx.put(ticket["upload_url"], content=render_room(7, 320, 240), headers=ticket["headers"],
-                  timeout=TIMEOUT).raise_for_status()
+        key = upload(api, render_room(7, 320, 240))
         t0 = time.monotonic() + 1.0
 
         def at(moment: float) -> None:
@@ -59,7 +58,7 @@ def on_the_stack(info: StackInfo, jobs: list[SimJob], outages: list[Outage]) -> 
 
         def submit(job: SimJob) -> str:
             at(job.at)
-            body = {"service": job.service, "input_key": ticket["input_key"], "priority": job.priority.value,
+            body = {"service": job.service, "input_key": key, "priority": job.priority.value,
                     "segment": job.segment.model_dump(mode="json")}
             return api.post("/v1/jobs", json=body).raise_for_status().json()["job_id"]
 

@@ -21,6 +21,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from spillway.faas.billing import MICRO
 from spillway.rooms import render_room
 from spillway.routing.rules import default_rules
+from spillway_embedded.client import upload
 from spillway_embedded.launcher import StackInfo
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
@@ -137,12 +138,10 @@ def _spend(stack: StackInfo, say: Callable[[str], None]) -> None:
 
 
 def submit(api: httpx.Client, job: DemoJob, image: bytes) -> None:
-    ticket = api.post("/v1/uploads", json={"content_type": "image/png"}).raise_for_status().json()
-    httpx.put(ticket["upload_url"], content=image, headers=ticket["headers"], timeout=TIMEOUT).raise_for_status()
+    key = upload(api, image)
     accepted = api.post(
         "/v1/jobs",
-        json={"service": job.service, "input_key": ticket["input_key"], **job.how,
-              "idempotency_key": f"demo-{job.seed}-{ticket['input_key'][8:20]}"},
+        json={"service": job.service, "input_key": key, **job.how, "idempotency_key": f"demo-{job.seed}-{key[8:20]}"},
     ).raise_for_status().json()
     job.job_id, job.status = accepted["job_id"], accepted["status"]
 

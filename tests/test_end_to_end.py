@@ -7,6 +7,8 @@ customer's integration would be, and reads S3 through moto's endpoint to check t
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Iterator
 
 import cv2
@@ -95,11 +97,21 @@ def test_a_cut_tunnel_fails_the_local_attempt_at_once_and_the_job_moves_to_the_c
 
 
 def test_a_corrupt_image_fails_at_once_without_burning_attempts(stack: StackInfo, api: httpx.Client) -> None:
-    header_only = render_room(3)[:200]  # a valid PNG header: the API accepts it, the model cannot decode it
-    view = answered(api, submit(api, header_only))
+    view = answered(api, submit(api, garbled_pixels(render_room(3))))
     assert view["status"] == "FAILED"
     assert view["error"].startswith("BadInput: ")
     assert len(view["attempts"]) == 1
+
+
+def garbled_pixels(png: bytes) -> bytes:
+    """A PNG whole in structure (every chunk's CRC right, so the API accepts it) whose pixel data is
+    noise: only a decoder finds out."""
+    start = png.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", png[start : start + 4])
+    noise = np.random.default_rng(3).integers(0, 256, length, np.uint8).tobytes()
+    chunk = b"IDAT" + noise
+    return png[:start] + struct.pack(">I", length) + chunk + struct.pack(">I", zlib.crc32(chunk)) + \
+        png[start + 12 + length:]
 
 
 def test_bad_requests_over_http_get_a_reason(api: httpx.Client) -> None:

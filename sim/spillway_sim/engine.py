@@ -36,8 +36,8 @@ from spillway.faas.billing import micro_for, seconds_for
 from spillway.fleet import Gpu
 from spillway.models import ErrorType, Pool
 from spillway.priorities import PRIORITY_CLASSES, SPILLS_INTO, wait_bound
-from spillway.routing.policy import FaasBudget, FleetSnapshot, JobFacts, PastAttempt, Route, RouteAction, decide
-from spillway.routing.router import QUEUE_PEEK, faas_caps
+from spillway.routing.policy import FaasBudget, JobFacts, PastAttempt, Route, RouteAction
+from spillway.routing.router import budget_left, faas_caps, fleet_snapshot, route_step
 from spillway.routing.rules import RoutingRules
 from spillway.waiting_room import WaitingEntry
 from spillway_embedded.fleet_file import GpuSpec
@@ -211,10 +211,7 @@ class Ledger:
 
     def left(self, rules: RoutingRules, now: float) -> FaasBudget:
         day = int(now // DAY)
-        caps = {cap.segment: cap.cap_micro for rule in rules.faas.segments for cap in faas_caps(rules, rule.name)}
-        caps[None] = round(rules.faas.daily_budget_usd * MICRO)
-        return FaasBudget(left_micro=caps[None] - self.committed.get((day, None), 0),
-                          segment_left_micro={s: c - self.committed.get((day, s), 0) for s, c in caps.items() if s})
+        return budget_left(rules, lambda scope: self.committed.get((day, scope), 0))
 
     def reserve(self, rules: RoutingRules, segment: str | None, now: float) -> tuple[int, int] | None:
         day, amount = int(now // DAY), rules.faas.reservation_micro
@@ -274,28 +271,22 @@ class Spillway:
                 return
 
     def route(self, facts: JobFacts, past: list[PastAttempt]) -> tuple[Route, tuple[int, int] | None]:
-        """The Route step (`routing.router.Router`): the facts now, the policy's answer, the FaaS reservation."""
+        """The Route step (`routing.router.route_step`) over the simulated fleet and ledger; the FaaS
+        reservation it made, if any."""
         now = self.env.now
-        eligible = self.faas_enabled and self.rules.faas.segment_for(facts.segment, facts.service,
-                                                                     facts.priority) is not None
-        budget = self.ledger.left(self.rules, now) if eligible else FaasBudget(left_micro=0,
-                                                                               enabled=self.faas_enabled)
-        gpus = [g.gpu for g in self.sim.gpus.values()]
-        snapshot = FleetSnapshot(
-            gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.is_healthy(now, self.limits.agent_stale_seconds)},
-            waiting={pool: min(len(room), QUEUE_PEEK) for pool, room in self.rooms.items()})
+        snapshot = fleet_snapshot([g.gpu for g in self.sim.gpus.values()], now, self.limits.agent_stale_seconds,
+                                  lambda pool, at_most: min(len(self.rooms[pool]), at_most))
+        held: list[tuple[int, int]] = []
 
-        def decide_now(faas_refused: bool = False) -> Route:
-            return decide(facts, past, snapshot, budget, self.rules, self.limits.max_attempts, len(past),
-                          faas_refused, self.limits.max_legs)
+        def reserve(route: Route) -> bool:
+            reservation = self.ledger.reserve(self.rules, route.faas_segment, now)
+            held.extend([reservation] if reservation else [])
+            return reservation is not None
 
-        route = decide_now()
-        held = None
-        if route.pool is Pool.FAAS:
-            held = self.ledger.reserve(self.rules, route.faas_segment, now)
-            if held is None:
-                route = decide_now(faas_refused=True)
-        return route, held
+        route = route_step(facts, past, len(past), snapshot, self.rules, lambda: self.ledger.left(self.rules, now),
+                           reserve, faas_enabled=self.faas_enabled, max_attempts=self.limits.max_attempts,
+                           max_legs=self.limits.max_legs)
+        return route, held[0] if held else None
 
     # -- an attempt on a pool of GPUs: the poller's waiting room
 

@@ -5,6 +5,9 @@ The facts are read fresh each time: the job's attempts (its record), the fleet (
 many tasks wait in each pool's room), and today's FaaS spend. The reservation is made under the id of
 the attempt about to open, so a retried Route step never reserves twice; the FaaS dispatcher settles
 it to the billed cost, or releases it if the call is never made.
+
+`route_step` is the step's decision over facts already read, with no AWS in it: the Router feeds it
+from DynamoDB, the simulator (`spillway simulate`) from its simulated fleet and budget.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from spillway.budget import BudgetLedger, Cap
 from spillway.dispatch import task_id_for
 from spillway.faas.billing import MICRO
-from spillway.fleet import Fleet
+from spillway.fleet import Fleet, Gpu
 from spillway.jobs import JobStore
 from spillway.models import Pool
 from spillway.priorities import job_clock
@@ -32,6 +35,43 @@ def faas_caps(rules: RoutingRules, segment: str | None) -> list[Cap]:
     if rule is not None and rule.daily_budget_usd is not None:
         caps.append(Cap(segment=rule.name, cap_micro=round(rule.daily_budget_usd * MICRO)))
     return caps
+
+
+def faas_eligible(rules: RoutingRules, facts: JobFacts, faas_enabled: bool) -> bool:
+    """Only a job of a FaaS segment may spend: the budget is read (and a reservation looked for) for it alone."""
+    return faas_enabled and rules.faas.segment_for(facts.segment, facts.service, facts.priority) is not None
+
+
+def budget_left(rules: RoutingRules, committed: Callable[[str | None], int]) -> FaasBudget:
+    """Today's FaaS budget left, from what is `committed` (settled and reserved) in each scope: the day's
+    (None) and each segment with a cap of its own."""
+    segments = {rule.name: round(rule.daily_budget_usd * MICRO) - committed(rule.name)
+                for rule in rules.faas.segments if rule.daily_budget_usd is not None}
+    return FaasBudget(left_micro=round(rules.faas.daily_budget_usd * MICRO) - committed(None),
+                      segment_left_micro=segments)
+
+
+def fleet_snapshot(gpus: list[Gpu], now: float, stale_after: float, depth: Callable[[Pool, int], int]) -> FleetSnapshot:
+    """The fleet as routing sees it: every GPU, the healthy ones, and each room's depth up to QUEUE_PEEK."""
+    return FleetSnapshot(gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.is_healthy(now, stale_after)},
+                         waiting={pool: depth(pool, QUEUE_PEEK) for pool in (Pool.LOCAL, Pool.CLOUD)})
+
+
+def route_step(facts: JobFacts, attempts: list[PastAttempt], current_attempt: int, fleet: FleetSnapshot,
+               rules: RoutingRules, budget: Callable[[], FaasBudget], reserve: Callable[[Route], bool], *,
+               faas_enabled: bool, max_attempts: int, max_legs: int) -> Route:
+    """The policy's answer, its FaaS budget reserved: `budget` is read for a FaaS-eligible job only;
+    `reserve` holds a FaaS route's worst case and says whether the caps took it. Refused (another call
+    took the last dollars since the budget was read), the policy decides again without FaaS."""
+    left = budget() if faas_eligible(rules, facts, faas_enabled) else FaasBudget(left_micro=0, enabled=faas_enabled)
+
+    def decide_now(faas_refused: bool = False) -> Route:
+        return decide(facts, attempts, fleet, left, rules, max_attempts, current_attempt, faas_refused, max_legs)
+
+    route = decide_now()
+    if route.pool is Pool.FAAS and not reserve(route):
+        route = decide_now(faas_refused=True)
+    return route
 
 
 class Router:
@@ -61,37 +101,20 @@ class Router:
                          deadline=deadline)
         attempts = [PastAttempt(pool=a.pool, gpu_id=a.gpu_id, error=a.error_type, reason=a.reason)
                     for a in job.attempts]
-        fleet = self._snapshot(now)
-        # Only a job of a FaaS segment may spend: the budget is read (and a reservation looked for) for it alone.
-        eligible = self._faas_enabled and rules.faas.segment_for(job.segment, job.service, job.priority) is not None
-        budget = self._budget_left(rules) if eligible else FaasBudget(left_micro=0, enabled=self._faas_enabled)
-
-        def decide_now(faas_refused: bool = False) -> Route:
-            return decide(facts, attempts, fleet, budget, rules, self._max_attempts, job.attempt, faas_refused,
-                          self._max_legs)
-
+        fleet = fleet_snapshot(self._fleet.all_gpus(), now, self._stale_after,
+                               lambda pool, at_most: self._fleet.waiting_room.depth(pool, at_most=at_most))
         reservation_id = task_id_for(job_id, job.attempt + 1)  # the attempt about to open
-        route = decide_now()
-        if route.pool is Pool.FAAS:
-            reservation = self._budget.reserve(reservation_id, rules.faas.reservation_micro,
-                                               faas_caps(rules, route.faas_segment))
-            if reservation is None:  # another call took the last dollars since the budget was read
-                route = decide_now(faas_refused=True)
+
+        def reserve(route: Route) -> bool:
+            caps = faas_caps(rules, route.faas_segment)
+            return self._budget.reserve(reservation_id, rules.faas.reservation_micro, caps) is not None
+
+        route = route_step(facts, attempts, job.attempt, fleet, rules,
+                           lambda: budget_left(rules, lambda segment: self._budget.view(segment).committed_micro),
+                           reserve, faas_enabled=self._faas_enabled, max_attempts=self._max_attempts,
+                           max_legs=self._max_legs)
+        eligible = faas_eligible(rules, facts, self._faas_enabled)
         held = self._budget.reservation(reservation_id) if route.pool is not Pool.FAAS and eligible else None
         if held is not None:  # a retried Route step reserved for FaaS the first time and decided otherwise now
             self._budget.release(held)
         return route
-
-    def _snapshot(self, now: float) -> FleetSnapshot:
-        gpus = self._fleet.all_gpus()
-        return FleetSnapshot(
-            gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.is_healthy(now, self._stale_after)},
-            waiting={pool: self._fleet.waiting_room.depth(pool, at_most=QUEUE_PEEK)
-                     for pool in (Pool.LOCAL, Pool.CLOUD)},
-        )
-
-    def _budget_left(self, rules: RoutingRules) -> FaasBudget:
-        day = round(rules.faas.daily_budget_usd * MICRO) - self._budget.view().committed_micro
-        segments = {rule.name: round(rule.daily_budget_usd * MICRO) - self._budget.view(rule.name).committed_micro
-                    for rule in rules.faas.segments if rule.daily_budget_usd is not None}
-        return FaasBudget(left_micro=day, segment_left_micro=segments)

@@ -8,156 +8,35 @@ by `priorities.wait_bound`, and is placed by `placement` (best fit, spills pulle
 the wait clock), as the pollers do. What stands in for AWS is only the plumbing: a list per room,
 the GPU records in memory, the budget's counters.
 
-Fleet health is today's (`fleet.Gpu.is_healthy` decides): a push that cannot connect fails its
-attempt after `push_fail_seconds` and makes the GPU suspect; while suspect its agent's beats probe
-it through its link and the first that gets through clears it; a dead agent's GPU is stale a stale
-window after its last beat, and its tasks fail `GpuUnreachable` then. `Health` holds those
-transitions in one place, so that a pure fleet-health state machine can take them over.
-
-The old design: a queue per GPU, each job on the shortest queue of the GPUs whose worker is
-connected, one worker per GPU; a link that drops (or a worker that dies) fails the job it runs and
-every job queued behind it.
+The fleet and its health are `health`'s, the FaaS pool and its budget `faas`'s, the old design
+`old_design`'s, what a run produced `run`'s.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
-from collections import deque
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 import simpy
 
 from spillway import placement
 from spillway.dispatch import LOOK_AHEAD, MAX_PASSES, SPILL_LOOK_AHEAD, task_id_for
-from spillway.faas.billing import micro_for, seconds_for
+from spillway.faas.billing import MICRO
 from spillway.fleet import Gpu
 from spillway.models import ErrorType, Pool
 from spillway.priorities import PRIORITY_CLASSES, SPILLS_INTO, wait_bound
-from spillway.routing.policy import FaasBudget, JobFacts, PastAttempt, Route, RouteAction
-from spillway.routing.router import budget_left, faas_caps, fleet_snapshot, route_step
+from spillway.routing.policy import JobFacts, PastAttempt, Route, RouteAction
+from spillway.routing.router import fleet_snapshot, route_step
 from spillway.routing.rules import RoutingRules
 from spillway.waiting_room import WaitingEntry
-from spillway_embedded.fleet_file import GpuSpec
+from spillway_sim.faas import FaasProvider, Ledger
+from spillway_sim.health import Health, SimGpu
+from spillway_sim.old_design import PerGpuQueues
+from spillway_sim.run import Attempt, Result, Run, Spend
 from spillway_sim.scenario import DAY, Dispatch, World
 from spillway_sim.workload import Crash, Outage, SimJob, Workload
-
-MICRO = 1_000_000
-
-
-@dataclass
-class Attempt:
-    pool: Pool
-    gpu_id: str | None
-    error: ErrorType | None
-    reason: str | None = None
-    started: float | None = None  # on a GPU (or a FaaS worker)
-    ended: float | None = None
-
-
-@dataclass
-class Result:
-    """One job's end, as `GET /v1/jobs/{id}` would tell it."""
-
-    job: SimJob
-    succeeded: bool = False
-    finished_at: float | None = None
-    reason: str | None = None
-    attempts: list[Attempt] = field(default_factory=list)
-
-    @property
-    def pool(self) -> Pool | None:
-        return self.attempts[-1].pool if self.succeeded else None
-
-    @property
-    def latency(self) -> float | None:
-        return self.finished_at - self.job.at if self.finished_at is not None else None
-
-
-@dataclass(frozen=True)
-class Spend:
-    at: float
-    pool: Pool
-    usd: float
-
-
-@dataclass
-class Run:
-    """What one policy did with the workload."""
-
-    policy: str
-    results: list[Result]
-    spend: list[Spend]
-    busy: dict[str, list[tuple[float, float]]]  # gpu id -> intervals it ran a task (office and cloud)
-    rules: RoutingRules
-    seconds: float
-
-
-# ---- the fleet ------------------------------------------------------------------------------------
-
-
-class SimGpu:
-    """A GPU as the control plane knows it (`gpu`, the production record) and as it is (link, agent)."""
-
-    def __init__(self, spec: GpuSpec):
-        self.spec = spec
-        # Its agent beats all along (never stale) until it dies; then its last beat is when it died.
-        self.gpu = Gpu(gpu_id=spec.gpu_id, pool=spec.pool, url=f"sim://{spec.gpu_id}", vram_total_mb=spec.vram_mb,
-                       vram_free_mb=spec.vram_mb, slots=spec.slots, services=list(spec.services),
-                       last_heartbeat=math.inf)
-        self.cuts = 0  # outages covering its link now
-        self.deaths = 0  # crashes of its agent not yet restarted
-        self.probing = False
-        self.tasks: list[Task] = []  # running on it (a list: the same order in every process)
-
-    @property
-    def reachable(self) -> bool:
-        return self.cuts == 0 and self.deaths == 0
-
-
-class Health:
-    """Today's fleet-health transitions, on the production `Gpu` record: suspect after a failed push,
-    cleared by a probe that gets through, stale while the agent is dead."""
-
-    def __init__(self, env: simpy.Environment, world: World, on_usable: Callable[[Pool], None]):
-        self.env = env
-        self.suspect_s = world.limits.suspect_seconds
-        self.stale_s = world.limits.agent_stale_seconds
-        self.beat_s = world.scenario.timing.heartbeat_seconds
-        self.on_usable = on_usable  # a GPU can take work again: pump its pool
-
-    def push_failed(self, gpu: SimGpu) -> None:
-        gpu.gpu.suspect_until = self.env.now + self.suspect_s
-        if not gpu.probing:
-            gpu.probing = True
-            self.env.process(self._probe(gpu))
-
-    def _probe(self, gpu: SimGpu) -> Generator[Any, Any, None]:
-        """Each beat of its agent probes it through its link (a dead agent does not beat)."""
-        while gpu.gpu.suspect_until > 0:
-            yield self.env.timeout(self.beat_s)
-            if gpu.deaths:
-                continue
-            if gpu.cuts == 0:
-                gpu.gpu.suspect_until = 0
-                self.on_usable(gpu.spec.pool)
-            else:
-                gpu.gpu.suspect_until = self.env.now + self.suspect_s
-        gpu.probing = False
-
-    def agent_died(self, gpu: SimGpu) -> float:
-        """When its tasks fail: a stale window (and a second) after its last beat."""
-        gpu.gpu.last_heartbeat = self.env.now - (self.env.now % self.beat_s)
-        return gpu.gpu.last_heartbeat + self.stale_s + 1
-
-    def agent_back(self, gpu: SimGpu) -> None:
-        gpu.gpu.last_heartbeat = math.inf
-        self.on_usable(gpu.spec.pool)  # a beat after silence: its pool is pumped
-
-
-# ---- Spillway -------------------------------------------------------------------------------------
 
 
 @dataclass(eq=False)
@@ -170,62 +49,6 @@ class Task:
     done: simpy.Event
     gpu: SimGpu | None = None
     attempt: Attempt | None = None
-
-
-class FaasProvider:
-    """The pay-per-request pool: `concurrency` workers, a cold start for a worker idle past `idle_seconds`,
-    billed per second (rounded up) with the cold start, as the dispatcher settles it."""
-
-    def __init__(self, env: simpy.Environment, world: World, rules: RoutingRules):
-        faas = world.faas
-        self.env = env
-        self.workers = simpy.Resource(env, capacity=faas.concurrency if faas else 1)
-        self.idle_since: list[float] = []  # warm workers, by when they went idle
-        self.cold_s = faas.cold_start_seconds if faas else 0.0
-        self.idle_s = faas.idle_seconds if faas else 0.0
-        self.price = rules.faas.price_per_second_usd
-        self.speed = world.scenario.timing.speed.get(Pool.FAAS, 1.0)
-
-    def run(self, job: SimJob, attempt: Attempt) -> Generator[Any, Any, int]:
-        """Run the job; returns its cost in micro-dollars."""
-        with self.workers.request() as worker:
-            yield worker
-            now = self.env.now
-            self.idle_since = [t for t in self.idle_since if now - t <= self.idle_s]
-            cold = not self.idle_since
-            if not cold:
-                self.idle_since.pop()  # the most recently idle: the warmest
-            run_s = job.run_s / self.speed
-            attempt.started = now
-            yield self.env.timeout(run_s + (self.cold_s if cold else 0.0))
-            self.idle_since.append(self.env.now)
-        return micro_for(seconds_for(run_s + (self.cold_s if cold else 0.0)), self.price)
-
-
-class Ledger:
-    """The FaaS budget's counters per day and scope (the day's, a segment's), in micro-dollars, as
-    `budget.BudgetLedger` keeps them in DynamoDB: a reservation holds the worst case, settled to the cost."""
-
-    def __init__(self) -> None:
-        self.committed: dict[tuple[int, str | None], int] = {}
-
-    def left(self, rules: RoutingRules, now: float) -> FaasBudget:
-        day = int(now // DAY)
-        return budget_left(rules, lambda scope: self.committed.get((day, scope), 0))
-
-    def reserve(self, rules: RoutingRules, segment: str | None, now: float) -> tuple[int, int] | None:
-        day, amount = int(now // DAY), rules.faas.reservation_micro
-        caps = faas_caps(rules, segment)
-        if any(self.committed.get((day, c.segment), 0) + amount > c.cap_micro for c in caps):
-            return None
-        for c in caps:
-            self.committed[(day, c.segment)] = self.committed.get((day, c.segment), 0) + amount
-        return day, amount
-
-    def settle(self, rules: RoutingRules, segment: str | None, held: tuple[int, int], cost: int) -> None:
-        day, amount = held
-        for c in faas_caps(rules, segment):
-            self.committed[(day, c.segment)] -= amount - cost
 
 
 class Spillway:
@@ -450,93 +273,6 @@ class Spillway:
         """A cut tunnel blocks pushes, not the agent's calls out: running tasks go on and report."""
 
 
-# ---- the old design -------------------------------------------------------------------------------
-
-
-class PerGpuQueues:
-    """A queue per GPU, the shortest one of a connected worker, one worker per GPU. A dropped link (or a
-    dead worker) fails the job it runs; the broker notices `detect_seconds` later, and fails every job
-    queued behind it meanwhile (unless the link is back by then)."""
-
-    def __init__(self, sim: Simulation, rules: RoutingRules):
-        self.sim = sim
-        self.env = sim.env
-        self.rules = rules
-        self.detect_s = sim.world.scenario.policies[sim.policy].detect_seconds
-        self.queues: dict[str, deque[Result]] = {g: deque() for g in sim.gpus}
-        self.running: dict[str, Result | None] = dict.fromkeys(sim.gpus)
-        self.lost_at: dict[str, float] = dict.fromkeys(sim.gpus, -math.inf)
-
-    def job(self, job: SimJob) -> Generator[Any, Any, None]:
-        result = self.sim.result(job)
-        yield self.env.timeout(self.sim.world.scenario.timing.leg_seconds)
-        workers = [g for g in self.sim.gpus.values() if self._connected(g) and job.service in g.spec.services
-                   and g.spec.vram_mb >= job.vram_mb]
-        if not workers:
-            result.finished_at, result.reason = self.env.now, "no connected worker could run it"
-            return
-        gpu = min(workers, key=lambda g: (self._length(g.spec.gpu_id), g.spec.gpu_id))
-        self.queues[gpu.spec.gpu_id].append(result)
-        self._next(gpu)
-
-    def _connected(self, gpu: SimGpu) -> bool:
-        """As the broker sees it: a dropped worker counts until it notices."""
-        return gpu.reachable or self.env.now < self.lost_at[gpu.spec.gpu_id] + self.detect_s
-
-    def _length(self, gpu_id: str) -> int:
-        return len(self.queues[gpu_id]) + (self.running[gpu_id] is not None)
-
-    def _next(self, gpu: SimGpu) -> None:
-        gpu_id = gpu.spec.gpu_id
-        if self.running[gpu_id] is not None or not self.queues[gpu_id] or not gpu.reachable:
-            return
-        result = self.running[gpu_id] = self.queues[gpu_id].popleft()
-        attempt = Attempt(pool=gpu.spec.pool, gpu_id=gpu_id, error=None, started=self.env.now)
-        result.attempts.append(attempt)
-        self.env.process(self._run(gpu, result, attempt))
-
-    def _run(self, gpu: SimGpu, result: Result, attempt: Attempt) -> Generator[Any, Any, None]:
-        yield self.env.timeout(result.job.run_s / self.sim.world.scenario.timing.speed.get(gpu.spec.pool, 1.0))
-        if attempt.error is not None:
-            return  # its worker dropped meanwhile: failed then
-        self.sim.ran(gpu, attempt.started, self.env.now)
-        attempt.ended = result.finished_at = self.env.now
-        result.succeeded = True
-        self.running[gpu.spec.gpu_id] = None
-        self._next(gpu)
-
-    def _dropped(self, gpu: SimGpu, why: str) -> None:
-        gpu_id = gpu.spec.gpu_id
-        self.lost_at[gpu_id] = self.env.now
-        result = self.running[gpu_id]
-        if result is not None:
-            attempt = result.attempts[-1]
-            self.sim.ran(gpu, attempt.started, self.env.now)
-            attempt.error, attempt.ended = ErrorType.GPU_UNREACHABLE, self.env.now
-            result.finished_at, result.reason = self.env.now, f"{gpu_id}'s worker dropped ({why}) while running it"
-            self.running[gpu_id] = None
-        self.env.process(self._noticed(gpu, why))
-
-    def _noticed(self, gpu: SimGpu, why: str) -> Generator[Any, Any, None]:
-        yield self.env.timeout(self.detect_s)
-        gpu_id = gpu.spec.gpu_id
-        if gpu.reachable:  # back before the broker noticed: the worker goes on with its queue
-            self._next(gpu)
-            return
-        for result in self.queues[gpu_id]:
-            result.finished_at, result.reason = self.env.now, f"{gpu_id}'s worker dropped ({why}) with it queued"
-        self.queues[gpu_id].clear()
-
-    def link_cut(self, gpu: SimGpu) -> None:
-        self._dropped(gpu, "its link dropped")
-
-    def agent_died(self, gpu: SimGpu) -> None:
-        self._dropped(gpu, "it died")
-
-    def on_usable(self, pool: Pool) -> None:
-        """A worker that reconnects takes new jobs; those queued when it dropped failed with it."""
-
-
 # ---- one run --------------------------------------------------------------------------------------
 
 
@@ -616,8 +352,3 @@ def simulate(world: World, workload: Workload, policies: list[str] | None = None
     return [Simulation(world, workload, name).run() for name in (policies or list(world.scenario.policies))]
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]

@@ -14,8 +14,8 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
 from spillway.models import Pool  # noqa: E402
-from spillway_sim.engine import Run  # noqa: E402
 from spillway_sim.report import Figures  # noqa: E402
+from spillway_sim.run import Run  # noqa: E402
 from spillway_sim.workload import Outage, Workload  # noqa: E402
 
 HOUR = 3600.0

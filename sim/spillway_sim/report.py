@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spillway.models import Pool
-from spillway_sim.engine import Run, percentile
+from spillway_sim.run import Run, percentile
 from spillway_sim.scenario import DAY
 
 POOLS = (Pool.LOCAL, Pool.CLOUD, Pool.FAAS)

@@ -152,3 +152,15 @@ def test_a_sweep_plots_each_answer_against_the_parameter(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert "cloud_gpus = 0" in out and "cloud_gpus = 3" in out
     assert (tmp_path / "sweep-cloud_gpus.png").stat().st_size > 10_000
+
+
+def test_the_table_reads_the_office_by_pool_and_faas_spend_per_simulated_day(tmp_path: Path) -> None:
+    path = tiny(tmp_path, cloud=False, faas=True, priority="high", region="us")
+    for file in (path, tmp_path / "fleet.toml"):  # an office GPU whose name does not say "local"
+        file.write_text(file.read_text().replace("local-0", "attic-0"))
+    world = load_world(path, {"days": 0.5})
+    run = Simulation(world, draw(world), "spillway").run()
+    found = figures(run)
+    assert run.office_gpus == ("attic-0",) and found.office_utilization > 0
+    faas_usd = sum(s.usd for s in run.spend if s.pool is Pool.FAAS)
+    assert faas_usd > 0 and found.faas_usd_per_day == pytest.approx(faas_usd / 0.5)

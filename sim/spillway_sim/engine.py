@@ -318,7 +318,8 @@ class Simulation:
                 self.env.process(self._crash(crash))
         last = max((j.at for j in self.workload.jobs), default=0.0)
         self.env.run(until=until or last + 2 * DAY)  # every job is answered by its deadline (24 h at most)
-        return Run(self.policy, self.results, self.spend, self.busy, self.rules, self.world.scenario.seconds)
+        office = tuple(g for g, gpu in self.gpus.items() if gpu.spec.pool is Pool.LOCAL)
+        return Run(self.policy, self.results, self.spend, self.busy, office, self.rules, self.world.scenario.seconds)
 
     def _arrive(self, job: SimJob) -> Generator[Any, Any, None]:
         yield self.env.timeout(job.at)

@@ -44,16 +44,15 @@ def figures(run: Run) -> Figures:
     spend = Counter()
     for s in run.spend:
         spend[s.pool] += s.usd
-    office = [gpu for gpu in run.busy if gpu.startswith("local")]
+    office = run.office_gpus  # by pool, not by name: a fleet file names its GPUs as it likes
     busy = sum(_union(run.busy[g]) for g in office)
-    days = max(1, round(run.seconds / DAY))
     return Figures(
         policy=run.policy, jobs=len(results), failed=len(results) - len(ok),
         served=Counter(r.pool for r in ok),
         latency={k: tuple(percentile(v, q) for q in QUANTILES) for k, v in sorted(groups.items())},
         usd_per_1000={p: 1000 * spend[p] / len(results) if results else 0.0 for p in POOLS},
         office_utilization=busy / (len(office) * run.seconds) if office else None,
-        faas_usd_per_day=spend[Pool.FAAS] / days, faas_budget_usd=run.rules.faas.daily_budget_usd,
+        faas_usd_per_day=spend[Pool.FAAS] / (run.seconds / DAY), faas_budget_usd=run.rules.faas.daily_budget_usd,
         failure_reasons=dict(Counter(_kind(r.reason) for r in results if not r.succeeded).most_common(5)),
     )
 

@@ -54,6 +54,7 @@ class Run:
     results: list[Result]
     spend: list[Spend]
     busy: dict[str, list[tuple[float, float]]]  # gpu id -> intervals it ran a task (office and cloud)
+    office_gpus: tuple[str, ...]  # the ids of the office's GPUs (of this policy's pools)
     rules: RoutingRules
     seconds: float
 

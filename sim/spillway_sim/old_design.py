@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 class PerGpuQueues:
-    """A queue per GPU, the shortest one of a connected worker, one worker per GPU. A dropped link (or a
+    """A queue per GPU, the shortest one of a connected worker (the office's first among the shortest), one
+    worker per GPU. A dropped link (or a
     dead worker) fails the job it runs; the broker notices `detect_seconds` later, and fails every job
     queued behind it meanwhile (unless the link is back by then)."""
 
@@ -41,9 +42,15 @@ class PerGpuQueues:
         if not workers:
             result.finished_at, result.reason = self.env.now, "no connected worker could run it"
             return
-        gpu = min(workers, key=lambda g: (self._length(g.spec.gpu_id), g.spec.gpu_id))
+        # Between queues as short, the cheaper pool's (the rules' pool order), as Spillway goes office first:
+        # by id alone, `cloud-0` < `local-0` would send an idle system's jobs to the rented GPUs.
+        gpu = min(workers, key=lambda g: (self._length(g.spec.gpu_id), self._pool_rank(g.spec.pool), g.spec.gpu_id))
         self.queues[gpu.spec.gpu_id].append(result)
         self._next(gpu)
+
+    def _pool_rank(self, pool: Pool) -> int:
+        order = self.rules.pool_order
+        return order.index(pool) if pool in order else len(order)
 
     def _connected(self, gpu: SimGpu) -> bool:
         """As the broker sees it: a dropped worker counts until it notices."""

@@ -164,3 +164,10 @@ def test_the_table_reads_the_office_by_pool_and_faas_spend_per_simulated_day(tmp
     assert run.office_gpus == ("attic-0",) and found.office_utilization > 0
     faas_usd = sum(s.usd for s in run.spend if s.pool is Pool.FAAS)
     assert faas_usd > 0 and found.faas_usd_per_day == pytest.approx(faas_usd / 0.5)
+
+
+def test_the_old_design_puts_a_job_on_the_office_between_queues_as_short(tmp_path: Path) -> None:
+    world = load_world(tiny(tmp_path, cloud=True))
+    results = {r.job.at: r for r in Simulation(world, draw(world), "old-design").run().results}
+    # Idle at 0 s: the office's GPU, though "cloud-0" sorts before "local-0"; at 1 s its queue is longer.
+    assert (results[0].attempts[0].gpu_id, results[1].attempts[0].gpu_id) == ("local-0", "cloud-0")

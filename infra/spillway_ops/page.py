@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from spillway.models import JobStatus, Priority
+from spillway.models import JobId, JobStatus, Priority
 from spillway.waiting_room import RoomLine
 from spillway_ops.graph import MissingGraphviz, render
 from spillway_ops.source import Source
@@ -39,6 +40,7 @@ from spillway_ops.views import (
 
 log = logging.getLogger("spillway.ops")
 REFRESH_S = 5
+_JOB_ID = TypeAdapter(JobId)
 
 ROUTES = Map([
     Rule("/", endpoint="home"),
@@ -86,17 +88,25 @@ class OpsPage:
         return _page("jobs", body, refresh=True)
 
     def _job(self, request: Request, job_id: str) -> Response:
-        detail = job_detail(self.source, job_id)
-        if detail is None:
-            raise NotFound(f"no job {job_id}")
+        detail = self._detail(job_id)
         return _page(f"job {job_id}", _job_body(detail, self._svg(detail)), refresh=not detail.job.status.final)
 
     def _graph(self, request: Request, job_id: str, fmt: str) -> Response:
+        detail = self._detail(job_id)
+        drawn = render(state_graph(self.source), detail.path, fmt=fmt)
+        return Response(drawn, content_type="image/svg+xml" if fmt == "svg" else "image/png")
+
+    def _detail(self, job_id: str) -> JobDetail:
+        """A job's detail, or a 404; an id of another shape is not looked up (DynamoDB refuses a key over
+        2 KB with a 400 of its own, which would be this page's 500)."""
+        try:
+            _JOB_ID.validate_python(job_id)
+        except ValidationError:
+            raise NotFound(f"no job {job_id[:80]}: a job id is j- and 32 hex digits") from None
         detail = job_detail(self.source, job_id)
         if detail is None:
             raise NotFound(f"no job {job_id}")
-        drawn = render(state_graph(self.source), detail.path, fmt=fmt)
-        return Response(drawn, content_type="image/svg+xml" if fmt == "svg" else "image/png")
+        return detail
 
     def _fleet(self, request: Request) -> Response:
         return _page("fleet", _fleet_body(fleet_view(self.source)), refresh=True)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import time
 
-from spillway import aws
+import pytest
+
+from spillway import aws, metrics
 from spillway.handlers import sweeper
 from spillway.handlers.wiring import admission
 from spillway.jobs import JobStore
-from spillway.models import DispatchInput
+from spillway.models import DispatchInput, JobStatus
 from spillway.reconcile import GRACE_SECONDS, INTAKE_GRACE_SECONDS, Reconciler
 
 from conftest import Cloud
@@ -38,9 +40,13 @@ def contradicted_job(cloud: Cloud) -> tuple[DispatchInput, str]:
     return job, arn
 
 
-def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud: Cloud) -> None:
+def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud: Cloud,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     job, _ = contradicted_job(cloud)
+    finished: list[tuple[str, JobStatus]] = []
+    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
     assert reconciler(cloud).reconcile_id(job.job_id) == "reconciled"
+    assert finished == [(job.job_id, JobStatus.FAILED)], "counted in JobsFailed, as a job the Route step ends"
     item = cloud.job_item(job.job_id)
     assert item["status"] == "FAILED"
     assert item["error"].startswith("Spillway.NoAttemptLeft"), item["error"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
+from spillway import metrics
 from spillway.admission import Admission
 from spillway.aws import error_code
 from spillway.jobs import JobRecord, JobStore
@@ -70,6 +71,9 @@ class Reconciler:
         if not closed:
             return "final"
         logger.warning("job record brought in line with its execution", job_id=job.job_id, execution_status=status)
+        if status != "SUCCEEDED":  # an execution that timed out, was stopped or failed uncaught: answered FAILED
+            # here, counted nowhere else (a success was counted by the report that ended its task)
+            metrics.job_finished(job, JobStatus.FAILED, self._clock())
         return "reconciled"
 
     def reconcile_id(self, job_id: str) -> str:

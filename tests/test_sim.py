@@ -171,3 +171,15 @@ def test_the_old_design_puts_a_job_on_the_office_between_queues_as_short(tmp_pat
     results = {r.job.at: r for r in Simulation(world, draw(world), "old-design").run().results}
     # Idle at 0 s: the office's GPU, though "cloud-0" sorts before "local-0"; at 1 s its queue is longer.
     assert (results[0].attempts[0].gpu_id, results[1].attempts[0].gpu_id) == ("local-0", "cloud-0")
+
+
+def test_a_bad_fleet_sweep_or_policy_is_named_not_a_traceback(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny(tmp_path, cloud=False)
+    path.write_text(path.read_text().replace('fleet = "fleet.toml"', 'fleet = "nowhere.toml"'))
+    assert cli.main(["--scenario", str(path), "--no-plots"]) == 2
+    assert "fleet: " in capsys.readouterr().out
+    assert cli.main(["--sweep", "outage_rate=often", "--no-plots"]) == 2
+    assert "'often' is not a number" in capsys.readouterr().out
+    assert cli.main(["--sweep", "cloud_gpus=1", "--policies", "spilway", "--no-plots"]) == 2
+    assert "no policy spilway" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from rich.console import Console
 from spillway_sim.engine import simulate
 from spillway_sim.plots import write_plots, write_sweep
 from spillway_sim.report import figures, print_report
-from spillway_sim.scenario import DEFAULT_SCENARIO, ScenarioError, load_world
+from spillway_sim.scenario import DEFAULT_SCENARIO, ScenarioError, World, load_world
 from spillway_sim.workload import draw
 
 # --sweep names for the questions operators ask; any other dotted scenario field works as well.
@@ -52,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.sweep:
             return _sweep(args, overrides, policies, console)
-        world = load_world(args.scenario, overrides)
-        unknown = set(policies or ()) - set(world.scenario.policies)
-        if unknown:
-            raise ScenarioError(f"no policy {', '.join(sorted(unknown))}; the scenario's: "
-                                f"{', '.join(world.scenario.policies)}")
+        world = _known_policies(load_world(args.scenario, overrides), policies)
     except ScenarioError as bad:
         console.print(f"[red]{bad}[/red]")
         return 2
@@ -82,12 +78,12 @@ def _sweep(args: argparse.Namespace, overrides: dict[str, Any], policies: list[s
     values = [v for v in raw.split(",") if v]
     if not values:
         raise ScenarioError(f"--sweep {args.sweep}: give PARAM=V1,V2,...")
-    base = load_world(args.scenario, overrides).scenario.model_dump(mode="json")
+    base = _known_policies(load_world(args.scenario, overrides), policies).scenario.model_dump(mode="json")
     by_value = []
     for value in values:
         changed = dict(overrides)
         for field in SWEEPS.get(param, (param,)):
-            changed[field] = _scaled(base, field, float(value)) if param in RATES else _value(value)
+            changed[field] = _scaled(base, field, _number(args.sweep, value)) if param in RATES else _value(value)
         world = load_world(args.scenario, changed)
         workload = draw(world)
         runs = simulate(world, workload, policies)
@@ -98,6 +94,21 @@ def _sweep(args: argparse.Namespace, overrides: dict[str, Any], policies: list[s
     if not args.no_plots:
         console.print(f"wrote {write_sweep(param, values, by_value, args.out)}")
     return 0
+
+
+def _known_policies(world: World, policies: list[str] | None) -> World:
+    unknown = set(policies or ()) - set(world.scenario.policies)
+    if unknown:
+        raise ScenarioError(f"no policy {', '.join(sorted(unknown))}; the scenario's: "
+                            f"{', '.join(world.scenario.policies)}")
+    return world
+
+
+def _number(sweep: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ScenarioError(f"--sweep {sweep}: {value!r} is not a number (a multiple of the scenario's rate)") from None
 
 
 def _scaled(base: dict[str, Any], dotted: str, factor: float) -> float:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from spillway.catalog import SERVICES
 from spillway.models import Pool, Priority, Segment
 from spillway.routing import rules as routing_rules
-from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
+from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, FleetFileError, GpuSpec, load_fleet
 from spillway_embedded.template import parameter_defaults
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "default.toml"
@@ -213,7 +213,10 @@ def load_world(path: Path = DEFAULT_SCENARIO, overrides: dict[str, Any] | None =
         problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in invalid.errors())
         raise ScenarioError(f"{path}: {invalid.error_count()} problem(s):\n{problems}") from None
     fleet_path = DEFAULT_FLEET if scenario.fleet == "default" else (path.parent / scenario.fleet)
-    fleet = load_fleet(fleet_path)
+    try:
+        fleet = load_fleet(fleet_path)
+    except FleetFileError as bad:
+        raise ScenarioError(f"{path}: fleet: {bad}") from None
     gpus = fleet.gpus()
     if scenario.cloud_gpus is not None:
         cloud = [g for g in gpus if g.pool is Pool.CLOUD]

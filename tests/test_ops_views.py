@@ -4,6 +4,7 @@ escaped, and bad input is a 4xx with its reason, never a 5xx."""
 from __future__ import annotations
 
 import html
+import json
 
 import pytest
 from werkzeug.test import Client
@@ -57,3 +58,11 @@ def test_a_job_that_is_not_there_is_a_404(page: Client) -> None:
 def test_a_bad_filter_is_a_400_that_names_the_statuses(page: Client) -> None:
     answer = page.get("/jobs?status=DONE")
     assert answer.status_code == 400 and "SUCCEEDED" in answer.text and "&#x27;DONE&#x27;" in answer.text
+
+
+def test_the_fleet_page_shows_the_faas_budget_the_stack_routes_by_now(cloud: Cloud, page: Client) -> None:
+    """The SSM parameter's overrides over the rules file, as the functions read them; not the file's alone."""
+    cloud.client("ssm").put_parameter(Name=cloud.physical["RoutingRulesParameter"], Overwrite=True,
+                                      Value=json.dumps({"faas": {"daily_budget_usd": 7}}))
+    answer = page.get("/fleet")
+    assert answer.status_code == 200 and "of a\n$7 daily budget" in answer.text, answer.text

@@ -238,7 +238,7 @@ def _fleet_body(view: FleetView) -> str:
 </table>
 <h2>FaaS spend today</h2>
 <p id="faas">{_usd(view.faas_spent_usd)} settled + {_usd(view.faas_reserved_usd)} reserved of a
-{f'${budget:g}' if budget is not None else 'no'} daily budget
+${budget:g} daily budget
 <span class="bar"><span style="width:{share:.1f}%"></span></span></p>"""
 
 

@@ -16,7 +16,8 @@ from spillway.faas.billing import MICRO
 from spillway.fleet import Gpu, Task
 from spillway.jobs import JobRecord
 from spillway.models import JobStatus, JobView, Pool, Priority
-from spillway.routing.rules import default_rules
+from spillway.routing.rules import RoutingRules
+from spillway.routing.rules import load as load_rules
 from spillway.waiting_room import RoomLine
 from spillway_ops.graph import Path, StateGraph, path_of
 from spillway_ops.source import Source
@@ -131,7 +132,7 @@ class FleetView:
     queues: list[QueueLine]
     faas_spent_usd: float
     faas_reserved_usd: float
-    faas_budget_usd: float | None
+    faas_budget_usd: float  # the day's cap, by the stack's rules now
 
 
 def fleet_view(source: Source) -> FleetView:
@@ -147,9 +148,18 @@ def fleet_view(source: Source) -> FleetView:
     gpus.sort(key=lambda line: (list(Pool).index(line.gpu.pool), line.gpu.gpu_id))
     rooms = {pool: fleet.waiting_room.summary(pool, now) for pool in ROOM_POOLS}
     budget = source.budget.view()
-    cap = budget.cap_micro / MICRO if budget.cap_micro is not None else default_rules().faas.daily_budget_usd
     return FleetView(gpus, rooms, queue_lines(source), budget.settled_micro / MICRO, budget.reserved_micro / MICRO,
-                     cap)
+                     stack_rules(source).faas.daily_budget_usd)
+
+
+def stack_rules(source: Source) -> RoutingRules:
+    """The rules the stack routes by now: its SSM parameter's overrides over the rules file, as the
+    functions read them (the cap the budget's last reservation was held to may be an older one)."""
+    overrides = source.client("ssm").get_parameter(Name=source.resources["RoutingRulesParameter"])["Parameter"]
+    try:
+        return load_rules(overrides["Value"])
+    except ValueError:  # the functions keep their last valid rules; the file's are the best guess here
+        return load_rules()
 
 
 def queue_lines(source: Source) -> list[QueueLine]:

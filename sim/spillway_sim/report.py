@@ -73,13 +73,13 @@ def _kind(reason: str | None) -> str:
     return general.split(": #")[0][:80]
 
 
-def _s(seconds: float | None) -> str:
+def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _three(values: tuple[float | None, ...]) -> str:
+def _quantiles_cell(values: tuple[float | None, ...]) -> str:
     """p50 / p95 / p99 in one cell, in seconds."""
     return " / ".join("-" if v is None else f"{v:.0f}" for v in values) + " s"
 
@@ -93,7 +93,8 @@ def summary_table(all_figures: list[Figures], title: str) -> Table:
         ("jobs", [f"{f.jobs:,}" for f in all_figures]),
         ("failed", [f"{f.failed:,} ({f.failed_pct:.2f}%)" for f in all_figures]),
         *((f"served by {p.value}", [f"{f.served.get(p, 0):,}" for f in all_figures]) for p in POOLS),
-        *((f"time to result p{q}", [_s(f.latency["all"][i]) for f in all_figures]) for i, q in enumerate(QUANTILES)),
+        *((f"time to result p{q}", [_duration(f.latency["all"][i]) for f in all_figures])
+          for i, q in enumerate(QUANTILES)),
         *((f"$ / 1,000 jobs, {p.value}", [f"${f.usd_per_1000[p]:.3f}" for f in all_figures]) for p in POOLS),
         ("$ / 1,000 jobs, all", [f"${sum(f.usd_per_1000.values()):.3f}" for f in all_figures]),
         ("office GPU utilization", ["-" if f.office_utilization is None else f"{100 * f.office_utilization:.0f}%"
@@ -112,7 +113,7 @@ def latency_table(all_figures: list[Figures]) -> Table:
         table.add_column(f.policy, justify="right")
     labels = sorted({k for f in all_figures for k in f.latency if k != "all"})
     for label in labels:
-        table.add_row(label, *(_three(f.latency.get(label, (None,) * 3)) for f in all_figures))
+        table.add_row(label, *(_quantiles_cell(f.latency.get(label, (None,) * 3)) for f in all_figures))
     return table
 
 

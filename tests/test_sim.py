@@ -132,6 +132,8 @@ def test_a_mistake_in_a_scenario_is_named_by_field(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("push_fail_seconds = 1", "push_fail_seconds = -1"))
     with pytest.raises(ScenarioError, match="timing.push_fail_seconds"):
         load_world(path)
+    with pytest.raises(ScenarioError, match=r"timing.speed.cloud: Input should be greater than 0 \(got 0\)"):
+        load_world(tiny(tmp_path, cloud=False), {"timing.speed": {"cloud": 0}})  # a run would divide by it
     with pytest.raises(ScenarioError, match="pool_order"):
         load_world(tiny(tmp_path, cloud=False), {"policies.spillway.rules": {"pool_order": ["faas"]}})
 

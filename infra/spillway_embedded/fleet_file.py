@@ -124,21 +124,31 @@ class Fleet(_Strict):
 
 
 def load_fleet(path: Path) -> Fleet:
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise FleetFileError(f"{path}: no such fleet file") from None
-    except (OSError, UnicodeDecodeError) as unreadable:
-        raise FleetFileError(f"{path}: cannot be read: {unreadable}") from None
-    except tomllib.TOMLDecodeError as bad:
-        raise FleetFileError(f"{path}: not valid TOML: {bad}") from None
+    data = read_toml(path, "fleet file", FleetFileError)
     try:
         fleet = Fleet.model_validate(data)
     except ValidationError as invalid:
-        problems = "\n".join(f"  {_where(e['loc'])}{_what(e)}" for e in invalid.errors())
-        raise FleetFileError(f"{path}: {invalid.error_count()} problem(s):\n{problems}") from None
+        raise FleetFileError(problems(path, invalid)) from None
     fleet._source = path
     return fleet
+
+
+def read_toml(path: Path, what: str, error: type[ValueError]) -> dict[str, Any]:
+    """A TOML file's data; one that is missing, unreadable or not TOML raises `error`, naming the file."""
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as unreadable:
+        raise error(f"{path}: cannot be read: {unreadable}") from None
+    except tomllib.TOMLDecodeError as bad:
+        raise error(f"{path}: not valid TOML: {bad}") from None
+
+
+def problems(path: Path, invalid: ValidationError) -> str:
+    """Every problem pydantic found in the file, one a line, each by its field."""
+    lines = "\n".join(f"  {_where(e['loc'])}{_what(e)}" for e in invalid.errors())
+    return f"{path}: {invalid.error_count()} problem(s):\n{lines}"
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -10,18 +10,26 @@ by file and field. What is not in it on purpose, each kept in its one place:
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spillway.catalog import SERVICES
 from spillway.models import Pool, Priority, Segment
 from spillway.routing import rules as routing_rules
-from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, FleetFileError, GpuSpec, load_fleet
+from spillway_embedded.fleet_file import (
+    DEFAULT_FLEET,
+    FaasSettings,
+    Fleet,
+    FleetFileError,
+    GpuSpec,
+    load_fleet,
+    problems,
+    read_toml,
+)
 from spillway_embedded.template import parameter_defaults
 
 DEFAULT_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "default.toml"
@@ -136,7 +144,7 @@ class Timing(_Strict):
     leg_seconds: float = Field(default=0.15, ge=0, description="Route -> Try* -> poller, per attempt")
     push_fail_seconds: float = Field(default=1.0, ge=0, description="a push through a cut link fails after this")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="an agent's beat; each probes a suspect GPU")
-    speed: dict[Pool, float] = Field(default_factory=lambda: {Pool.CLOUD: 1.0, Pool.FAAS: 1.0},
+    speed: dict[Pool, Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: {Pool.CLOUD: 1.0, Pool.FAAS: 1.0},
                                      description="how much faster than an office GPU a pool runs a model")
 
 
@@ -199,19 +207,13 @@ class World:
 
 def load_world(path: Path = DEFAULT_SCENARIO, overrides: dict[str, Any] | None = None) -> World:
     """The scenario file with `overrides` (dotted field -> value, e.g. {"cloud_gpus": 3}) applied."""
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except tomllib.TOMLDecodeError as bad:
-        raise ScenarioError(f"{path}: not valid TOML: {bad}") from None
+    data = read_toml(path, "scenario file", ScenarioError)
     for dotted, value in (overrides or {}).items():
         _set(data, dotted, value)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as invalid:
-        problems = "\n".join(f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in invalid.errors())
-        raise ScenarioError(f"{path}: {invalid.error_count()} problem(s):\n{problems}") from None
+        raise ScenarioError(problems(path, invalid)) from None
     fleet_path = DEFAULT_FLEET if scenario.fleet == "default" else (path.parent / scenario.fleet)
     try:
         fleet = load_fleet(fleet_path)

@@ -134,6 +134,12 @@ def test_a_mistake_in_a_scenario_is_named_by_field(tmp_path: Path) -> None:
         load_world(path)
     with pytest.raises(ScenarioError, match=r"timing.speed.cloud: Input should be greater than 0 \(got 0\)"):
         load_world(tiny(tmp_path, cloud=False), {"timing.speed": {"cloud": 0}})  # a run would divide by it
+    with pytest.raises(ScenarioError, match=r"outages: .*at\[0\]: the outage ends \(5 s\) before it starts"):
+        load_world(tiny(tmp_path, cloud=False), {"outages.at": [[100, 5, ["local-0"]]]})
+    with pytest.raises(ScenarioError, match="outages.at: no GPU local-9 in the fleet"):  # it would cut nothing
+        load_world(tiny(tmp_path, cloud=False), {"outages.at": [[5, 100, ["local-9"]]]})
+    with pytest.raises(ScenarioError, match="every hour's rate is 0"):
+        load_world(tiny(tmp_path, cloud=False), {"arrivals.hourly": [0] * 24, "arrivals.at": []})
     with pytest.raises(ScenarioError, match="pool_order"):
         load_world(tiny(tmp_path, cloud=False), {"policies.spillway.rules": {"pool_order": ["faas"]}})
 

@@ -36,6 +36,10 @@ DEFAULT_SCENARIO = Path(__file__).resolve().parent / "scenarios" / "default.toml
 DAY = 86_400.0
 
 
+Positive = Annotated[float, Field(gt=0)]
+NonNegative = Annotated[float, Field(ge=0)]
+
+
 class ScenarioError(ValueError):
     """A scenario that cannot be used; the message names the file and the field."""
 
@@ -58,8 +62,15 @@ class Outages(_Strict):
     gpu_minutes: LogNormal = LogNormal(median=3, sigma=1)
     office_per_day: float = Field(default=0.0, ge=0, description="outages of the whole office link, per day")
     office_minutes: LogNormal = LogNormal(median=10, sigma=1)
-    at: list[tuple[float, float, list[str]]] = Field(
+    at: list[tuple[NonNegative, NonNegative, list[str]]] = Field(
         default_factory=list, description="outages at fixed times: (start s, end s, GPU ids; [] = every office GPU)")
+
+    @model_validator(mode="after")
+    def _ends_after_start(self) -> Outages:
+        for i, (start, end, _) in enumerate(self.at):
+            if end <= start:
+                raise ValueError(f"at[{i}]: the outage ends ({end:g} s) before it starts ({start:g} s)")
+        return self
 
 
 class Crashes(_Strict):
@@ -80,7 +91,7 @@ class RunTime(_Strict):
 class ServiceMix(_Strict):
     share: float = Field(gt=0)
     seconds: RunTime
-    sizes: dict[str, float] = Field(min_length=1, description='image sizes "WIDTHxHEIGHT" -> share')
+    sizes: dict[str, Positive] = Field(min_length=1, description='image sizes "WIDTHxHEIGHT" -> share')
 
     @model_validator(mode="after")
     def _sizes(self) -> ServiceMix:
@@ -116,11 +127,17 @@ class Segmented(_Strict):
 
 class Arrivals(_Strict):
     jobs_per_day: float = Field(gt=0)
-    hourly: list[float] = Field(min_length=24, max_length=24, description="relative rate by hour of day")
+    hourly: list[NonNegative] = Field(min_length=24, max_length=24, description="relative rate by hour of day")
     bursts_per_day: float = Field(default=0.0, ge=0, description="a customer sends a whole listing at once")
     burst_jobs: int = Field(default=0, ge=0)
     burst_seconds: float = Field(default=60.0, gt=0)
-    at: list[float] = Field(default_factory=list, description="fixed arrival times (s) instead of the curve")
+    at: list[NonNegative] = Field(default_factory=list, description="fixed arrival times (s) instead of the curve")
+
+    @model_validator(mode="after")
+    def _some_traffic(self) -> Arrivals:
+        if not self.at and max(self.hourly) == 0:
+            raise ValueError("hourly: every hour's rate is 0")
+        return self
 
 
 class Dispatch(StrEnum):
@@ -144,7 +161,7 @@ class Timing(_Strict):
     leg_seconds: float = Field(default=0.15, ge=0, description="Route -> Try* -> poller, per attempt")
     push_fail_seconds: float = Field(default=1.0, ge=0, description="a push through a cut link fails after this")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="an agent's beat; each probes a suspect GPU")
-    speed: dict[Pool, Annotated[float, Field(gt=0)]] = Field(default_factory=lambda: {Pool.CLOUD: 1.0, Pool.FAAS: 1.0},
+    speed: dict[Pool, Positive] = Field(default_factory=lambda: {Pool.CLOUD: 1.0, Pool.FAAS: 1.0},
                                      description="how much faster than an office GPU a pool runs a model")
 
 
@@ -231,6 +248,9 @@ def load_world(path: Path = DEFAULT_SCENARIO, overrides: dict[str, Any] | None =
     limits = Limits(max_attempts=int(template["MaxAttempts"]), max_legs=int(template["MaxLegs"]),
                     agent_stale_seconds=float(template["AgentStaleSeconds"]),
                     suspect_seconds=float(template["SuspectSeconds"]))
+    unknown = sorted({g for _, _, ids in scenario.outages.at for g in ids} - {g.gpu_id for g in gpus})
+    if unknown:  # else its outage would cut nothing, silently
+        raise ScenarioError(f"{path}: outages.at: no GPU {', '.join(unknown)} in the fleet {fleet_path}")
     world = World(scenario=scenario, fleet=fleet, gpus=gpus, limits=limits, source=path)
     for name in scenario.policies:
         try:

@@ -408,6 +408,7 @@ _CREATORS: dict[str, Callable[[Provisioner, str, dict[str, Any]], None]] = {
     "AWS::Scheduler::Schedule": _schedule,
     "AWS::IAM::Role": _offline("IAM is not enforced offline; the runtime runs every handler with full access"),
     "AWS::IAM::Policy": _offline("IAM is not enforced offline"),
+    "AWS::IAM::ManagedPolicy": _offline("IAM is not enforced offline"),
     "AWS::Lambda::Permission": _offline("the local runtime invokes handlers directly"),
     "AWS::ApiGatewayV2::Stage": _offline("the local runtime serves the $default stage"),
 }

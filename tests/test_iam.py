@@ -1,0 +1,176 @@
+"""Least privilege, held both ways: each role of the template may do exactly what its code needs.
+
+`NEEDS` is what each function's code calls, by the objects `handlers/wiring.py` gives it: a grant
+the table does not list (a new broad one, a leftover) fails, and so does a need the template does
+not grant. A `*` resource or a wildcard action fails on its own. Resources are named by logical id
+(`<JobsTable>`, `<ImagesBucket>/uploads/*`), so the table reads like the template.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+Grants = dict[str, set[str]]  # resource -> actions
+
+
+def _merge(*parts: Grants) -> Grants:
+    merged: Grants = {}
+    for part in parts:
+        for resource, actions in part.items():
+            merged.setdefault(resource, set()).update(actions)
+    return merged
+
+
+def _ddb(*actions: str) -> set[str]:
+    return {f"dynamodb:{a}" for a in actions}
+
+
+STATE_MACHINE = "<DispatchStateMachine>"
+RULES = "parameter<RoutingRulesParameter>"
+INPUTS, RESULTS = "<ImagesBucket>/uploads/*", "<ImagesBucket>/results/*"
+
+# A task's life, for both dispatchers: its record, its job's attempt notes, its presigned input and
+# result, its timers, its callback (SendTaskHeartbeat is never called: liveness is our own timers).
+TASK = {
+    "<TasksTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
+    "<TasksTable>/index/open-by-pool": _ddb("Query"),
+    "<JobsTable>": _ddb("GetItem", "UpdateItem"),
+    INPUTS: {"s3:GetObject"},
+    RESULTS: {"s3:PutObject"},
+    "<TimersQueue>": {"sqs:SendMessage"},
+    STATE_MACHINE: {"states:SendTaskSuccess", "states:SendTaskFailure"},
+}
+# spillway.dispatch: the fleet (scan, heartbeats, leases), the waiting rooms, the agent key for pushes.
+POOL = {
+    "<FleetTable>": _ddb("GetItem", "Scan", "UpdateItem"),
+    "<WaitingRoomTable>": _ddb("GetItem", "Query", "PutItem", "DeleteItem"),
+    "<AgentKeySecret>": {"secretsmanager:GetSecretValue"},
+}
+# spillway.faas: budget reservations (a transaction of Put and Update), the provider's and webhook keys, the rules.
+FAAS = {
+    "<BudgetTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
+    "<FaasApiKeySecret>": {"secretsmanager:GetSecretValue"},
+    "<WebhookKeySecret>": {"secretsmanager:GetSecretValue"},
+    RULES: {"ssm:GetParameter"},
+}
+NEEDS: dict[str, Grants] = {
+    "ApiFunction": {  # intake.py, jobs.py (create, view, delete when the intake send fails), Powertools idempotency
+        "<JobsTable>": _ddb("GetItem", "PutItem", "DeleteItem"),
+        "<IdempotencyTable>": _ddb("GetItem", "PutItem", "UpdateItem", "DeleteItem"),
+        "<FleetTable>": _ddb("Scan"),
+        INPUTS: {"s3:PutObject", "s3:GetObject"},
+        RESULTS: {"s3:GetObject"},
+        **{f"<Intake{p}Queue>": {"sqs:SendMessage"} for p in ("High", "Normal", "Low")},
+    },
+    "AgentCallbackFunction": _merge(TASK, POOL),
+    "AdmitFunction": {STATE_MACHINE: {"states:StartExecution"}},
+    "FaasWebhookFunction": _merge(TASK, FAAS),
+    "PoolPollerFunction": _merge(TASK, POOL, FAAS),
+    "TimerFunction": _merge(TASK, POOL, FAAS),
+    "SweeperFunction": _merge(TASK, POOL, FAAS, {  # reconcile.py: open jobs, their executions, admission again
+        "<JobsTable>/index/by-status": _ddb("Query"),
+        STATE_MACHINE: {"states:StartExecution"},
+        "execution:<DispatchStateMachine>:*": {"states:DescribeExecution"},
+    }),
+    "RouteFunction": {  # routing/router.py: the job, the fleet snapshot, the rooms' depth, the budget
+        "<JobsTable>": _ddb("GetItem"),
+        "<FleetTable>": _ddb("Scan"),
+        "<WaitingRoomTable>": _ddb("Query"),
+        "<BudgetTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
+        RULES: {"ssm:GetParameter"},
+    },
+    "DispatchStateMachine": {  # dispatch.asl.json: dynamodb:updateItem, sqs:sendMessage.waitForTaskToken, lambda:invoke
+        "<JobsTable>": _ddb("UpdateItem"),
+        **{f"<{p}Queue>": {"sqs:SendMessage"} for p in ("Local", "Cloud", "Faas")},
+        "<RouteFunction>": {"lambda:InvokeFunction"},
+    },
+}
+# AWS managed policies SAM attaches, and why they stay: logs and X-Ray take no resource-level
+# permissions; a function with an SQS event source gets AWSLambdaSQSQueueExecutionRole (receive and
+# delete on `*`) from SAM unless its role is written by hand: the one broad grant left (README).
+MANAGED = {
+    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+    "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+    "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole",
+}
+
+
+def _name(expr: Any) -> str:
+    """A resource expression -> its readable name: `!GetAtt JobsTable.Arn` -> `<JobsTable>`."""
+    if isinstance(expr, str):
+        expr = re.sub(r"^arn:\$\{AWS::Partition\}:[a-z0-9-]+:(\$\{AWS::Region\})?:(\$\{AWS::AccountId\})?:", "", expr)
+        return re.sub(r"\$\{(\w+)(\.\w+)?\}", r"<\1>", expr)
+    (kind, value), = expr.items()
+    if kind == "Ref":
+        return f"<{value}>"
+    if kind == "Fn::GetAtt":
+        return f"<{value[0] if isinstance(value, list) else value.split('.')[0]}>"
+    if kind == "Fn::Sub" and isinstance(value, list):
+        text, variables = value
+        for key, sub in variables.items():
+            text = text.replace(f"${{{key}}}", _name(sub))
+        return _name(text)
+    assert kind == "Fn::Sub", expr
+    return _name(value)
+
+
+def _statements(role: dict[str, Any], resources: dict[str, Any]) -> list[dict[str, Any]]:
+    props = role["Properties"]
+    statements = [s for policy in props.get("Policies", []) for s in policy["PolicyDocument"]["Statement"]]
+    for arn in props.get("ManagedPolicyArns", []):
+        if isinstance(arn, dict):  # one of the template's own managed policies
+            statements += resources[arn["Ref"]]["Properties"]["PolicyDocument"]["Statement"]
+        else:
+            assert arn in MANAGED, f"an AWS managed policy nobody vetted: {arn}"
+    return statements
+
+
+def _granted(role: dict[str, Any], resources: dict[str, Any]) -> Grants:
+    granted: Grants = {}
+    for statement in _statements(role, resources):
+        assert statement["Effect"] == "Allow" and "NotAction" not in statement and "NotResource" not in statement
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        targets = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        for action in actions:
+            assert "*" not in action, f"a wildcard action: {action}"
+            for target in targets:
+                assert target != "*", f"{action} on every resource"
+                granted.setdefault(_name(target), set()).add(action)
+    return granted
+
+
+def _roles(translated: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    resources = translated["Resources"]
+    return {name.removesuffix("Role"): r for name, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
+
+
+def test_every_role_is_in_the_needs_table(translated: dict[str, Any]) -> None:
+    assert set(_roles(translated)) == set(NEEDS)
+
+
+@pytest.mark.parametrize("owner", sorted(NEEDS))
+def test_each_role_grants_exactly_what_its_code_needs(translated: dict[str, Any], owner: str) -> None:
+    needs = NEEDS[owner]
+    granted = _granted(_roles(translated)[owner], translated["Resources"])
+    unused = {r: sorted(a - needs.get(r, set())) for r, a in granted.items() if a - needs.get(r, set())}
+    missing = {r: sorted(a - granted.get(r, set())) for r, a in needs.items() if a - granted.get(r, set())}
+    assert unused == {}, f"{owner} is granted what its code does not use"
+    assert missing == {}, f"{owner}'s code needs what the template does not grant"
+
+
+def test_the_policy_check_fails_on_a_broad_grant(translated: dict[str, Any]) -> None:
+    role = {"Properties": {"Policies": [{"PolicyDocument": {"Statement": [
+        {"Effect": "Allow", "Action": ["states:SendTaskSuccess"], "Resource": "*"}]}}]}}
+    with pytest.raises(AssertionError, match="on every resource"):
+        _granted(role, translated["Resources"])
+
+
+def test_resource_names_read_like_the_template() -> None:
+    assert _name({"Fn::GetAtt": ["JobsTable", "Arn"]}) == "<JobsTable>"
+    assert _name({"Fn::Sub": "${ImagesBucket.Arn}/uploads/*"}) == INPUTS
+    assert _name({"Fn::Sub": ["arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${q}",
+                              {"q": {"Fn::GetAtt": ["TimersQueue", "QueueName"]}}]}) == "<TimersQueue>"
+    assert _name({"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${RoutingRulesParameter}"}) == RULES

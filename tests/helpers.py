@@ -36,7 +36,7 @@ def fleet_for(settings: Settings) -> Fleet:
 
 def beat(gpu_id: str, pool: Pool = Pool.LOCAL, vram_mb: int = 8000, slots: int = 2, **extra: Any) -> AgentHeartbeat:
     return AgentHeartbeat(
-        gpu_id=gpu_id, pool=pool, url=f"http://{gpu_id}.agents.test:9000", vram_total_mb=vram_mb, slots=slots,
+        gpu_id=gpu_id, pool=pool, url=f"https://{gpu_id}.agents.test:9000", vram_total_mb=vram_mb, slots=slots,
         services=["remove_furniture", "upscale_2x"], **extra,
     )
 

@@ -411,10 +411,10 @@ def test_the_agent_sends_without_nagle(plane: ControlPlane, start_agent: Any) ->
 
 
 def test_registers_with_a_fleet_heartbeat_and_is_then_ready(plane: ControlPlane, start_agent: Any) -> None:
-    agent = start_agent(advertise_url="http://tunnel.office.test:7001", vram_mb=12000)
+    agent = start_agent(advertise_url="https://tunnel.office.test:7001", vram_mb=12000)
     (beat, *_) = plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
     assert beat["gpu_id"] == "local-7" and beat["pool"] == "local" and beat["vram_total_mb"] == 12000
-    assert beat["url"] == "http://tunnel.office.test:7001/", "the control plane reaches it through the tunnel"
+    assert beat["url"] == "https://tunnel.office.test:7001/", "the control plane reaches it through the tunnel"
     assert set(beat["services"]) == {"remove_furniture", "upscale_2x"} and beat["draining"] is False
     assert httpx.get(f"{agent.listen_url}/healthz", timeout=5).json()["status"] == "ok"
     ready = httpx.get(f"{agent.listen_url}/readyz", timeout=5)

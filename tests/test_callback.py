@@ -51,6 +51,8 @@ def test_without_the_agent_key_nothing_is_written(cloud: Cloud, key: str | None)
         (HEARTBEAT | {"vram_total_mb": -1}, None, "vram_total_mb"),
         (HEARTBEAT | {"pool": "faas"}, None, "pool"),
         ({k: v for k, v in HEARTBEAT.items() if k != "url"}, None, "url"),
+        (HEARTBEAT | {"url": "http://gpu-3.office.example.com"}, None, "https://"),  # pushes in clear
+        (HEARTBEAT | {"url": "http://10.0.0.7:7003"}, None, "https://"),
         (None, "{oops", "JSON"),
     ],
 )
@@ -58,6 +60,12 @@ def test_malformed_heartbeats_get_a_reason(cloud: Cloud, body: Any, raw: str | N
     status, answer = call("/v1/agent/heartbeat", body, agent_key(cloud), raw)
     assert status == 422 and reason in answer["message"]
     assert registered(cloud) == 0
+
+
+@pytest.mark.parametrize("url", ["https://gpu-3.office.example.com", "http://localhost:7003", "http://[::1]:7003"])
+def test_an_agent_url_is_https_or_on_loopback(cloud: Cloud, url: str) -> None:
+    assert call("/v1/agent/heartbeat", HEARTBEAT | {"url": url}, agent_key(cloud))[0] == 200
+    assert registered(cloud) == 1
 
 
 def test_a_result_for_an_unknown_task_is_a_404(cloud: Cloud) -> None:

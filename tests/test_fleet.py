@@ -157,7 +157,7 @@ def test_assign_moves_the_task_out_of_the_room_onto_the_gpu_and_notes_it_on_the_
     task = enqueued(cloud, fleet, 1)
     assigned = fleet.assign(fleet.get("big"), task.waiting_entry(), NOW + 2)
     assert (assigned.state, assigned.gpu_id, assigned.gpu_url, assigned.assigned_at) == (
-        TaskState.ASSIGNED, "big", "http://big.agents.test:9000", NOW + 2)
+        TaskState.ASSIGNED, "big", "https://big.agents.test:9000", NOW + 2)
     assert fleet.waiting_room.depth(Pool.LOCAL) == 0
     assert gpu(fleet, "big") == (13000, 1)
     attempt = cloud.job_item(task.job_id)["attempts"][0]

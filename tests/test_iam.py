@@ -43,11 +43,13 @@ TASK = {
     "<TimersQueue>": {"sqs:SendMessage"},
     STATE_MACHINE: {"states:SendTaskSuccess", "states:SendTaskFailure"},
 }
-# spillway.dispatch: the fleet (scan, heartbeats, leases), the waiting rooms, the agent key for pushes.
+# spillway.dispatch: the fleet (scan, heartbeats, leases), the waiting rooms, the agent key and the tunnel's
+# headers for pushes.
 POOL = {
     "<FleetTable>": _ddb("GetItem", "Scan", "UpdateItem"),
     "<WaitingRoomTable>": _ddb("GetItem", "Query", "PutItem", "DeleteItem"),
     "<AgentKeySecret>": {"secretsmanager:GetSecretValue"},
+    "<AgentTunnelSecret>": {"secretsmanager:GetSecretValue"},
 }
 # spillway.faas: budget reservations (a transaction of Put and Update), the provider's and webhook keys, the rules.
 FAAS = {
@@ -173,4 +175,5 @@ def test_resource_names_read_like_the_template() -> None:
     assert _name({"Fn::Sub": "${ImagesBucket.Arn}/uploads/*"}) == INPUTS
     assert _name({"Fn::Sub": ["arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${q}",
                               {"q": {"Fn::GetAtt": ["TimersQueue", "QueueName"]}}]}) == "<TimersQueue>"
-    assert _name({"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${RoutingRulesParameter}"}) == RULES
+    parameter = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${RoutingRulesParameter}"
+    assert _name({"Fn::Sub": parameter}) == RULES

@@ -6,10 +6,11 @@ exactly the same shapes.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 JobId = Annotated[str, StringConstraints(pattern=r"^j-[0-9a-f]{32}$")]
 TaskId = Annotated[str, StringConstraints(pattern=r"^t-[0-9a-f]{32}$")]
@@ -239,12 +240,29 @@ class AgentTaskAccepted(BaseModel):
     state: Literal["accepted", "running", "succeeded", "failed"]
 
 
+def _https_unless_loopback(url: AnyHttpUrl) -> AnyHttpUrl:
+    """Pushes carry the agent key and presigned URLs: off this machine, only over TLS the poller verifies.
+    Plain http is for an agent on loopback (the embedded stack), which no deployed function can reach."""
+    host = (url.host or "").strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if url.scheme != "https" and not loopback:
+        raise ValueError("an agent's url must be https:// (its tunnel's hostname); plain http only on loopback")
+    return url
+
+
+AgentUrl = Annotated[AnyHttpUrl, AfterValidator(_https_unless_loopback)]
+
+
 class AgentHeartbeat(Strict):
     """Agent -> control plane: POST /v1/agent/heartbeat, every few seconds; the first one registers."""
 
     gpu_id: GpuId
     pool: Literal[Pool.LOCAL, Pool.CLOUD]
-    url: AnyHttpUrl = Field(description="where the control plane reaches this agent (for local GPUs: the tunnel)")
+    url: AgentUrl = Field(description="where the control plane reaches this agent: https:// (for local GPUs: "
+                                       "the tunnel's hostname), http:// only on loopback")
     vram_total_mb: int = Field(gt=0)
     slots: int = Field(default=1, gt=0, le=64, description="tasks this GPU runs at once")
     services: list[str]

@@ -21,6 +21,7 @@ class Settings(BaseModel, frozen=True):
     timers_queue_url: str
     dispatch_state_machine_arn: str
     agent_key_secret_arn: str
+    agent_tunnel_secret_arn: str  # JSON headers for every call to an agent ({} for none)
     heartbeat_seconds: int
     attempt_timeout_seconds: int
     agent_stale_seconds: int
@@ -51,6 +52,7 @@ class Settings(BaseModel, frozen=True):
                 timers_queue_url=env["TIMERS_QUEUE_URL"],
                 dispatch_state_machine_arn=env["DISPATCH_STATE_MACHINE_ARN"],
                 agent_key_secret_arn=env["AGENT_KEY_SECRET_ARN"],
+                agent_tunnel_secret_arn=env["AGENT_TUNNEL_SECRET_ARN"],
                 heartbeat_seconds=env["HEARTBEAT_SECONDS"],
                 attempt_timeout_seconds=env["ATTEMPT_TIMEOUT_SECONDS"],
                 agent_stale_seconds=env["AGENT_STALE_SECONDS"],

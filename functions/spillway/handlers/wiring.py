@@ -1,10 +1,12 @@
 """The domain objects the handlers share, made once per container from the template's settings."""
 
 from functools import cache
+from typing import Any
 
 import httpx
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities import parameters
+from pydantic import TypeAdapter
 
 from spillway import aws
 from spillway.admission import Admission
@@ -34,6 +36,25 @@ def agent_key() -> str:
     return str(parameters.get_secret(settings().agent_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS))
 
 
+_HEADERS = TypeAdapter(dict[str, str])
+
+
+def tunnel_headers() -> dict[str, str]:
+    """What the office tunnel's edge wants on every call to an agent (Cloudflare Access's service token:
+    CF-Access-Client-Id and -Secret), from its secret; {} when there is none."""
+    raw = parameters.get_secret(settings().agent_tunnel_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)
+    return _HEADERS.validate_json(str(raw))
+
+
+def agent_http(**options: Any) -> httpx.Client:
+    """The client for pushes and probes: TLS verified (httpx's default, never turned off here; a deployed
+    agent URL is https://, see models.AgentUrl), the tunnel's headers added to every request."""
+    def through_the_tunnel(request: httpx.Request) -> None:
+        request.headers.update(tunnel_headers())
+
+    return httpx.Client(timeout=PUSH_TIMEOUT, event_hooks={"request": [through_the_tunnel]}, **options)
+
+
 @cache
 def fleet() -> Fleet:
     s = settings()
@@ -49,7 +70,7 @@ def dispatcher() -> Dispatcher:
         timers=TimerQueue(aws.client("sqs"), s.timers_queue_url),
         s3=aws.client("s3"),
         sfn=aws.client("stepfunctions"),
-        http=httpx.Client(timeout=PUSH_TIMEOUT),
+        http=agent_http(),
         bucket=s.images_bucket,
         limits=Limits(heartbeat_seconds=s.heartbeat_seconds, attempt_timeout_seconds=s.attempt_timeout_seconds,
                       agent_stale_seconds=s.agent_stale_seconds, suspect_seconds=s.suspect_seconds),

@@ -6,6 +6,7 @@ import json
 import re
 
 import httpx
+import yaml
 
 from spillway import aws
 from spillway.handlers import wiring
@@ -37,3 +38,17 @@ def test_nothing_turns_tls_verification_off() -> None:
     offenders = [str(path.relative_to(ROOT)) for path in sources
                  if re.search(r"verify\s*=\s*False|CERT_NONE|check_hostname\s*=\s*False", path.read_text())]
     assert offenders == []
+
+
+def test_the_office_tunnel_config_guards_every_agent() -> None:
+    """infra/office/cloudflared.yml: each GPU's hostname has Access checked by cloudflared itself (an
+    `access` block only counts inside a rule), reaches its agent's loopback port, and nothing else goes through."""
+    config = yaml.safe_load((ROOT / "infra/office/cloudflared.yml").read_text())
+    *rules, last = config["ingress"]
+    assert "access" not in config.get("originRequest", {}) and last == {"service": "http_status:404"}
+    for n, rule in enumerate(rules):
+        assert rule["hostname"] == f"local-{n}.gpu.<DOMAIN>"
+        assert rule["service"] == f"http://127.0.0.1:900{n}"  # spillway-agent@N listens there
+        assert rule["originRequest"]["access"]["required"] is True
+    unit = (ROOT / "infra/office/spillway-agent@.service").read_text()
+    assert "--listen 127.0.0.1:900%i" in unit and "--advertise-url https://local-%i.gpu." in unit

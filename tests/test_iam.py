@@ -30,10 +30,11 @@ def _ddb(*actions: str) -> set[str]:
 
 STATE_MACHINE = "<DispatchStateMachine>"
 RULES = "parameter<RoutingRulesParameter>"
-INPUTS, RESULTS = "<ImagesBucket>/uploads/*", "<ImagesBucket>/results/*"
+UPLOADS, INPUTS, RESULTS = "<ImagesBucket>/uploads/*", "<ImagesBucket>/inputs/*", "<ImagesBucket>/results/*"
 
-# A task's life, for both dispatchers: its record, its job's attempt notes, its presigned input and
-# result, its timers, its callback (SendTaskHeartbeat is never called: liveness is our own timers).
+# A task's life, for both dispatchers: its record, its job's attempt notes, its presigned input (the
+# job's pinned copy) and result, its timers, its callback (never SendTaskHeartbeat: liveness is our
+# own timers).
 TASK = {
     "<TasksTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
     "<TasksTable>/index/open-by-pool": _ddb("Query"),
@@ -63,7 +64,8 @@ NEEDS: dict[str, Grants] = {
         "<JobsTable>": _ddb("GetItem", "PutItem", "DeleteItem"),
         "<IdempotencyTable>": _ddb("GetItem", "PutItem", "UpdateItem", "DeleteItem"),
         "<FleetTable>": _ddb("Scan"),
-        INPUTS: {"s3:PutObject", "s3:GetObject"},
+        UPLOADS: {"s3:PutObject", "s3:GetObject"},  # the presigned form POST; the upload read and judged
+        INPUTS: {"s3:PutObject"},  # pinned: the job's own copy of the bytes judged
         RESULTS: {"s3:GetObject"},
         **{f"<Intake{p}Queue>": {"sqs:SendMessage"} for p in ("High", "Normal", "Low")},
     },
@@ -177,7 +179,7 @@ def test_the_policy_check_fails_on_a_broad_grant(translated: dict[str, Any]) -> 
 
 def test_resource_names_read_like_the_template() -> None:
     assert _name({"Fn::GetAtt": ["JobsTable", "Arn"]}) == "<JobsTable>"
-    assert _name({"Fn::Sub": "${ImagesBucket.Arn}/uploads/*"}) == INPUTS
+    assert _name({"Fn::Sub": "${ImagesBucket.Arn}/uploads/*"}) == UPLOADS
     assert _name({"Fn::Sub": ["arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:${q}",
                               {"q": {"Fn::GetAtt": ["TimersQueue", "QueueName"]}}]}) == "<TimersQueue>"
     parameter = "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter${RoutingRulesParameter}"

@@ -384,6 +384,72 @@ def log_tail(stack: LaunchedStack, lines: int = 30) -> str:
     return "\n".join([line for line in text if not OWN_POLLING.search(line)][-lines:])
 
 
+# --- what the jobs cost the machine ---------------------------------------------------------------
+
+ROLES = (("moto", "spillway_embedded.moto_server"), ("agents", " agent "), ("faas", "faas_provider"))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of `spillway dev` ("runtime": the handlers, the tunnels) and of the
+    processes under it, by role. Linux only (/proc); elsewhere empty."""
+    stats: dict[int, tuple[int, float, str]] = {}  # pid -> (parent, cpu seconds, command line)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError):
+            continue  # not a process, or gone
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (name) "
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS, command)
+    cpu: collections.Counter[str] = collections.Counter()
+    for pid, (parent, seconds, _) in stats.items():
+        if pid == root:
+            cpu["runtime"] += seconds
+            continue
+        child = pid  # the ancestor started by `spillway dev` names the role (its own children count with it)
+        while parent not in (root, 0) and parent in stats:
+            child, parent = parent, stats[parent][0]
+        if parent == root:
+            cpu[next((role for role, marker in ROLES if marker in stats[child][2]), "other")] += seconds
+    return dict(cpu)
+
+
+def aws_calls(info: StackInfo) -> dict[str, list[float]]:
+    """AWS calls moto has served so far by API: [calls, CPU seconds of their request threads]."""
+    try:
+        return httpx.get(f"{info.aws_endpoint}/_spillway/calls", timeout=TIMEOUT).raise_for_status().json()
+    except httpx.HTTPError:
+        return {}
+
+
+class Cost:
+    """What a phase cost: CPU seconds by process role and AWS calls by API, between `__init__` and `end`."""
+
+    def __init__(self, launched: LaunchedStack, info: StackInfo):
+        self._launched, self._info = launched, info
+        self._cpu, self._calls = process_cpu(launched.pid or 0), aws_calls(info)
+
+    def end(self, jobs: int) -> dict[str, Any]:
+        cpu, calls = process_cpu(self._launched.pid or 0), aws_calls(self._info)
+        per_job = max(jobs, 1)
+        spent = {api: [n - self._calls.get(api, [0, 0.0])[0], s - self._calls.get(api, [0, 0.0])[1]]
+                 for api, (n, s) in calls.items()}
+        spent = {api: v for api, v in spent.items() if v[0]}
+        return {
+            "cpu_ms_per_job": {role: (cpu[role] - self._cpu.get(role, 0.0)) * 1000 / per_job for role in cpu},
+            "aws_calls_per_job": sum(n for n, _ in spent.values()) / per_job,
+            "aws_calls": {api: {"per_job": n / per_job, "cpu_ms_per_call": s * 1000 / n}
+                          for api, (n, s) in sorted(spent.items(), key=lambda kv: -kv[1][0])},
+        }
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    cpu = ", ".join(f"{role} {ms:.0f}" for role, ms in sorted(cost["cpu_ms_per_job"].items(), key=lambda kv: -kv[1]))
+    top = ", ".join(f"{api} {c['per_job']:.1f}" for api, c in list(cost["aws_calls"].items())[:8])
+    return f"CPU ms/job: {cpu} | AWS calls/job {cost['aws_calls_per_job']:.1f}: {top}"
+
+
 # --- one stack -------------------------------------------------------------------------------------
 
 
@@ -485,6 +551,7 @@ def burst(args: argparse.Namespace, n: int, run: int) -> dict[str, Any]:
             keys, upload_seconds = upload_all(clients, n, args.seed, args.concurrency)
             jobs = [Job(i, service, priority, key) for i, ((service, priority), key) in enumerate(zip(mix, keys,
                                                                                                       strict=True))]
+            cost = Cost(launched, info)  # from the first submit until every job is final (the polling GETs too)
             started = time.perf_counter()
             with ThreadPoolExecutor(args.concurrency) as pool:
                 list(pool.map(lambda job: job.submit(clients), jobs))
@@ -495,11 +562,12 @@ def burst(args: argparse.Namespace, n: int, run: int) -> dict[str, Any]:
                     poller.add(job)
             poller.until_final(time.monotonic() + args.bound)
             poller.close()
+            spent = cost.end(n)
             executions = read_executions(info, jobs)
             result = summarize(jobs)
             result.update(upload_seconds=upload_seconds, submit_seconds=submit_seconds,
                           accepted_per_s=result["accepted"] / submit_seconds, poll_gets=poller.gets,
-                          poll_errors=poller.errors, executions=executions)
+                          poll_errors=poller.errors, executions=executions, cost=spent)
             return result
         finally:
             clients.close()
@@ -512,6 +580,7 @@ def burst(args: argparse.Namespace, n: int, run: int) -> dict[str, Any]:
             f"completed {fmt_n(result['completed_per_s'])}/s | start p50 {fmt_s(result['start']['p50'])}, "
             f"done p50 {fmt_s(result['done']['p50'])} p95 {fmt_s(result['done']['p95'])} | "
             f"executions {ex['described']} described, {ex['listed']} listed")
+        say(f"    {cost_line(result['cost'])} (poll GETs/job {result['poll_gets'] / n:.1f})")
         report_trouble(result)
     return result
 

@@ -13,6 +13,7 @@ from typing import Any
 from unittest.mock import patch
 
 import boto3
+import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -409,3 +410,18 @@ def test_a_form_upload_is_held_to_its_policys_length_range_and_expiry(moto_endpo
     assert not s3.list_objects_v2(Bucket="posts").get("Contents"), "nothing refused was stored"
     assert post(10).status_code == 204
     assert s3.get_object(Bucket="posts", Key="k")["Body"].read() == b"x" * 10
+
+
+def test_the_server_counts_the_calls_it_serves_by_api(moto_endpoint: str) -> None:
+    def calls() -> dict[str, list[float]]:
+        return httpx.get(f"{moto_endpoint}/_spillway/calls", timeout=5).raise_for_status().json()
+
+    before = calls()
+    ddb = ddb_client(moto_endpoint)
+    ddb.list_tables()
+    ddb.list_tables()
+    boto3.client("sqs", region_name=REGION, endpoint_url=moto_endpoint).list_queues()
+    after = calls()
+    counted = {api: after[api][0] - before.get(api, [0, 0.0])[0] for api in after}
+    assert counted["dynamodb.ListTables"] == 2 and counted["sqs.ListQueues"] == 1
+    assert after["dynamodb.ListTables"][1] > 0  # CPU seconds of the calls

@@ -128,6 +128,11 @@ class LaunchedStack:
         self.info = StackInfo.read(stack_file)
         return self.info
 
+    @property
+    def pid(self) -> int | None:
+        """The `spillway dev` process (its children: moto's server, the agents, the FaaS provider)."""
+        return self._process.pid if self._process else None
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

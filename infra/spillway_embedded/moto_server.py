@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -152,8 +154,8 @@ def main(argv: list[str] | None = None) -> None:
         def log_request(self, code: Any = "-", size: Any = "-") -> None:
             pass  # one line per AWS call is noise; errors are still logged
 
-    server = make_server(args.host, args.port, DomainDispatcherApplication(create_backend_app), threaded=True,
-                         request_handler=RequestHandler)
+    server = make_server(args.host, args.port, CallCounter(DomainDispatcherApplication(create_backend_app)),
+                         threaded=True, request_handler=RequestHandler)
 
     def exit_now(*_: Any) -> None:
         raise SystemExit(0)
@@ -168,6 +170,50 @@ def main(argv: list[str] | None = None) -> None:
     with contextlib.suppress(SystemExit):
         server.serve_forever()
     server.server_close()
+
+
+class CallCounter:
+    """WSGI middleware: counts the AWS calls served by API (`dynamodb.UpdateItem`, `s3.PUT` ...) and the CPU
+    time their request threads spent, so a benchmark can say what each job costs moto.
+    `GET /_spillway/calls` answers {api: [calls, cpu_seconds]}."""
+
+    PATH = "/_spillway/calls"
+    _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
+
+    def __init__(self, app: Any):
+        self._app = app
+        self._lock = threading.Lock()
+        self._calls: dict[str, list[float]] = {}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == self.PATH:
+            with self._lock:
+                body = json.dumps(self._calls).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        started = time.thread_time()
+        try:
+            return self._app(environ, start_response)  # moto answers with a body in memory, not a stream
+        finally:
+            spent = time.thread_time() - started
+            api = self.api(environ)
+            with self._lock:
+                counted = self._calls.setdefault(api, [0, 0.0])
+                counted[0] += 1
+                counted[1] += spent
+
+    @classmethod
+    def api(cls, environ: dict[str, Any]) -> str:
+        """`service.Action` from the signature's scope and X-Amz-Target (JSON APIs) or `Action=` (query APIs);
+        REST APIs (S3) by method."""
+        found = cls._SERVICE.search(environ.get("HTTP_AUTHORIZATION", "") + environ.get("QUERY_STRING", "")
+                                    .replace("%2F", "/"))
+        service = found.group(1) if found else "?"
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target:
+            return f"{service}.{target.rpartition('.')[2]}"
+        action = re.search(r"(?:^|&)Action=([A-Za-z]+)", environ.get("QUERY_STRING", ""))
+        return f"{service}.{action.group(1) if action else environ.get('REQUEST_METHOD', '?')}"
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -1,7 +1,7 @@
 """The tunnel proxy stands for the office link: it carries HTTP, and when cut, fails pushes at once.
 
-Also the embedded stack's other HTTP servers (the chaos switchboard, the runtime's API): sent
-without Nagle's delay, and the agents' heartbeats logged quietly.
+Also the runtime's API: the agents' heartbeats logged quietly (its servers' keep-alive and TCP_NODELAY:
+test_serving).
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from werkzeug.serving import make_server
 from werkzeug.test import Client
 
 from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.provision import Function, Route, Stack
-from spillway_embedded.runtime import HttpApi, Invoker, NoDelayRequestHandler
+from spillway_embedded.runtime import HttpApi, Invoker
 from spillway_embedded.tunnel import CutMode, Tunnel
 
 import runtime_handlers
@@ -290,31 +289,6 @@ def test_the_chaos_switchboard_signals_agents_by_gpu_and_refuses_what_it_cannot_
     assert client.post("/agents/kill", json={"gpu_ids": ["local-9"]}).status_code == 404
     assert client.post("/agents/kill", json={}).status_code == 422, "which agents, always"
     assert len(agents.done) == 2
-
-
-# ---------------------------------------------------------------- the embedded stack's werkzeug servers
-
-
-def test_the_werkzeug_servers_send_without_nagle() -> None:
-    """The runtime's HTTP API and the chaos switchboard are served with this handler."""
-    nodelay: list[int] = []
-
-    class Spy(NoDelayRequestHandler):
-        def setup(self) -> None:
-            super().setup()
-            nodelay.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-
-    tunnels = {"local-0": Tunnel()}
-    server = make_server("127.0.0.1", 0, ChaosControl(lambda: tunnels), threaded=True, request_handler=Spy)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with httpx.Client(timeout=TIMEOUT) as client:
-            assert client.get(f"http://127.0.0.1:{server.server_port}/tunnels").status_code == 200
-    finally:
-        server.shutdown()
-        server.server_close()
-        tunnels["local-0"].stop()
-    assert len(nodelay) == 1 and nodelay[0] != 0
 
 
 RECORDER = Function(

@@ -92,7 +92,7 @@ from werkzeug.wrappers import Request, Response
 from spillway.catalog import SERVICES
 from spillway.models import ErrorType
 from spillway_embedded.launcher import wait_for_ready_file
-from spillway_embedded.runtime import NoDelayRequestHandler
+from spillway_embedded.serving import KeepAliveRequestHandler
 
 log = logging.getLogger("embedded.faas")
 
@@ -274,7 +274,7 @@ class FaasProvider:
     # ---- lifecycle
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = make_server(host, port, self, threaded=True, request_handler=NoDelayRequestHandler)
+        self._server = make_server(host, port, self, threaded=True, request_handler=KeepAliveRequestHandler)
         # Polled every 0.1 s: stop() is prompt.
         threading.Thread(target=self._server.serve_forever, args=(0.1,), name="faas-http", daemon=True).start()
 

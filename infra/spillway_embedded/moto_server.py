@@ -143,14 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     from werkzeug.serving import make_server
 
     from spillway_embedded import moto_patches
+    from spillway_embedded.serving import KeepAliveRequestHandler
 
     moto_patches.apply()
     moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
 
-    class RequestHandler(MotoRequestHandler):
-        # TCP_NODELAY: without it a reused connection's small response waits ~40 ms (Nagle + delayed ACK).
-        disable_nagle_algorithm = True
-
+    class RequestHandler(KeepAliveRequestHandler, MotoRequestHandler):  # moto's: S3 metadata headers kept
         def log_request(self, code: Any = "-", size: Any = "-") -> None:
             pass  # one line per AWS call is noise; errors are still logged
 

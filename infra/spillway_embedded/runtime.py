@@ -36,11 +36,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
-from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from spillway_embedded.function_state import function_context
 from spillway_embedded.provision import Function, QueueSource, Route, Schedule, Stack
+from spillway_embedded.serving import KeepAliveRequestHandler
 
 log = logging.getLogger("embedded.runtime")  # not under Powertools' "spillway" logger
 
@@ -266,7 +267,7 @@ class LambdaApi:
 
 def serve_lambda_api(invokers: dict[str, Invoker], host: str = "127.0.0.1", port: int = 0) -> Any:
     """A server (not yet serving: call `serve_forever`) of Lambda's Invoke API for these functions."""
-    return make_server(host, port, LambdaApi(invokers), threaded=True, request_handler=NoDelayRequestHandler)
+    return make_server(host, port, LambdaApi(invokers), threaded=True, request_handler=KeepAliveRequestHandler)
 
 
 # The agents beat every few seconds: a line for each would bury the rest of `spillway dev`'s output.
@@ -277,13 +278,6 @@ def _log_level(request: Request, response: Response) -> int:
     if response.status_code >= 400:
         return logging.WARNING
     return logging.DEBUG if _HEARTBEAT_ROUTES.match(request.path) else logging.INFO
-
-
-class NoDelayRequestHandler(WSGIRequestHandler):
-    """werkzeug's handler with TCP_NODELAY: an answer written in more than one piece is not held back
-    by Nagle until the client's delayed ACK (~40 ms) on a reused connection."""
-
-    disable_nagle_algorithm = True
 
 
 def _json(status: int, body: Any) -> Response:
@@ -489,7 +483,7 @@ class Runtime:
 
         api_id = next((v for (_, name), v in self._stack.attributes.items() if name == "ApiId"), "local")
         self._server = make_server(self._host, self._api_port, HttpApi(self._stack, self.invokers, api_id),
-                                   threaded=True, request_handler=NoDelayRequestHandler)
+                                   threaded=True, request_handler=KeepAliveRequestHandler)
         self._spawn("http-api", self._server.serve_forever)
         self._lambda_server = serve_lambda_api(self.invokers, self._host, self._lambda_port)
         self._spawn("lambda-api", self._lambda_server.serve_forever)

@@ -32,7 +32,8 @@ from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, Gpu
 from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
 from spillway_embedded.moto_server import MotoServer, free_port
 from spillway_embedded.provision import provision
-from spillway_embedded.runtime import NoDelayRequestHandler, Runtime
+from spillway_embedded.runtime import Runtime
+from spillway_embedded.serving import KeepAliveRequestHandler
 from spillway_embedded.template import TEMPLATE, translate
 from spillway_embedded.tunnel import Tunnel
 from spillway_ops.page import serve as serve_ops
@@ -123,7 +124,7 @@ class EmbeddedStack:
         self._runtime.start()
         switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of, agents=self,
                                    outbound=self.outbound_tunnels)
-        self._chaos = make_server("127.0.0.1", 0, switchboard, threaded=True, request_handler=NoDelayRequestHandler)
+        self._chaos = make_server("127.0.0.1", 0, switchboard, threaded=True, request_handler=KeepAliveRequestHandler)
         threading.Thread(target=self._chaos.serve_forever, name="chaos", daemon=True).start()
         # The ops page reads the stack as it would a deployed one: through AWS APIs (here moto's), read-only.
         self._ops = serve_ops(Source(self.physical_ids, REGION, self.endpoint, OFFLINE_CREDENTIALS), port=self.ops_port)

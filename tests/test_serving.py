@@ -1,0 +1,86 @@
+"""The embedded stack's HTTP servers keep connections alive (spillway_embedded.serving)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from spillway_embedded.serving import KeepAliveRequestHandler
+
+
+class Recorder(KeepAliveRequestHandler):
+    connections: list[int] = []  # TCP_NODELAY of each connection the server accepted
+
+    def setup(self) -> None:
+        super().setup()
+        self.connections.append(self.connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+@Request.application
+def app(request: Request) -> Response:
+    if request.path == "/raise":
+        raise RuntimeError("the application failed")
+    if request.path == "/stream":
+        return Response(iter([b"no ", b"length"]))  # werkzeug sends no Content-Length for an iterator
+    body = json.dumps({"method": request.method, "body": request.get_data().decode()})
+    return Response(body, content_type="application/json")
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    Recorder.connections = []
+    served = make_server("127.0.0.1", 0, app, threaded=True, request_handler=Recorder)
+    thread = threading.Thread(target=served.serve_forever, daemon=True)
+    thread.start()
+    yield served
+    served.shutdown()
+    served.server_close()
+
+
+def test_requests_share_one_connection_and_each_reads_exactly_its_own_body(server: Any) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+    answers = []
+    for method, body in (("POST", b"first"), ("GET", None), ("PUT", b"x" * 70_000), ("HEAD", None),
+                         ("POST", b"")):
+        connection.request(method, "/echo", body=body)
+        response = connection.getresponse()
+        data = response.read()
+        assert response.getheader("Connection") is None, "kept alive"
+        answers.append((response.status, json.loads(data)["body"][:5] if data else None))
+    connection.request("GET", "/stream")
+    assert connection.getresponse().read() == b"no length"
+    assert answers == [(200, "first"), (200, ""), (200, "xxxxx"), (200, None), (200, "")]
+    assert len(Recorder.connections) == 1 and Recorder.connections[0] != 0  # one connection, without Nagle
+
+
+def test_a_failing_application_answers_500_and_closes(server: Any) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+    connection.request("GET", "/raise")
+    response = connection.getresponse()
+    assert (response.status, response.getheader("Connection")) == (500, "close")
+    response.read()
+
+
+def test_a_chunked_request_is_answered_and_its_connection_closed(server: Any) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+    connection.request("POST", "/echo", body=iter([b"in ", b"chunks"]), encode_chunked=True,
+                       headers={"Transfer-Encoding": "chunked"})
+    response = connection.getresponse()
+    assert json.loads(response.read())["body"] == "in chunks"
+    assert response.getheader("Connection") == "close"
+
+
+def test_a_client_that_asks_to_close_gets_its_connection_closed(server: Any) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=5)
+    connection.request("GET", "/echo", headers={"Connection": "close"})
+    response = connection.getresponse()
+    assert response.getheader("Connection") == "close"
+    response.read()

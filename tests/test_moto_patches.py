@@ -412,6 +412,113 @@ def test_a_form_upload_is_held_to_its_policys_length_range_and_expiry(moto_endpo
     assert s3.get_object(Bucket="posts", Key="k")["Body"].read() == b"x" * 10
 
 
+# ---------------------------------------------------------------- per-call costs that grew with the data
+
+
+def test_a_table_query_reads_only_its_hash_key_and_answers_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's query sorted every item of the table (every pool's waiting room) to read one hash key's."""
+    from moto.dynamodb.models.table import Table
+
+    with mock_aws():
+        ddb = ddb_client()
+        ddb.create_table(TableName="room", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"},
+                                                      {"AttributeName": "rank", "KeyType": "RANGE"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                               {"AttributeName": "rank", "AttributeType": "S"},
+                                               {"AttributeName": "kind", "AttributeType": "S"}],
+                         GlobalSecondaryIndexes=[{"IndexName": "by-kind",
+                                                  "KeySchema": [{"AttributeName": "kind", "KeyType": "HASH"}],
+                                                  "Projection": {"ProjectionType": "ALL"}}],
+                         BillingMode="PAY_PER_REQUEST")
+        for pool, count in (("local", 7), ("cloud", 3)):
+            for i in random.sample(range(count), count):  # written out of order
+                ddb.put_item(TableName="room", Item={"pk": s(pool), "rank": s(f"{i:03d}"),
+                                                     "kind": s("odd" if i % 2 else "even")})
+
+        def everything(self: Any) -> Any:
+            raise AssertionError("a query read the whole table")
+
+        monkeypatch.setattr(Table, "all_items", everything)
+
+        def ranks(**query: Any) -> list[str]:
+            found, request = [], {"TableName": "room", "ExpressionAttributeValues": {":p": s("local")},
+                                  "KeyConditionExpression": "pk = :p", **query}
+            while True:
+                page = ddb.query(**request)
+                found += [i["rank"]["S"] for i in page["Items"]]
+                if "LastEvaluatedKey" not in page:
+                    return found
+                request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+        assert ranks(Limit=3) == [f"{i:03d}" for i in range(7)]
+        assert ranks(ScanIndexForward=False, Limit=2) == [f"{i:03d}" for i in reversed(range(7))]
+        assert ranks(KeyConditionExpression="pk = :p AND #r > :r", ExpressionAttributeNames={"#r": "rank"},
+                     ExpressionAttributeValues={":p": s("local"), ":r": s("004")}) == ["005", "006"]
+        assert ddb.query(TableName="room", KeyConditionExpression="pk = :p", Select="COUNT",
+                         ExpressionAttributeValues={":p": s("nowhere")})["Count"] == 0
+        odd = ddb.query(TableName="room", IndexName="by-kind", KeyConditionExpression="kind = :k",
+                        ExpressionAttributeValues={":k": s("odd")})["Items"]
+        assert sorted((i["pk"]["S"], i["rank"]["S"]) for i in odd) == [
+            ("cloud", "001"), ("local", "001"), ("local", "003"), ("local", "005")]
+
+
+def test_item_operations_answer_what_motos_serializer_would() -> None:
+    """The item operations skip moto's shape-driven serializer; their answers stay the same bytes' meaning."""
+    from moto.dynamodb.responses import DynamoResult
+
+    serializer = DynamoResult.execute_result.__wrapped__
+    answers: list[tuple[str, Any, Any]] = []
+
+    def both(self: Any, context: Any) -> Any:
+        fast = moto_patches_execute(self, context)
+        answers.append((context.operation_model.name, json.loads(fast[2]), json.loads(serializer(self, context)[2])))
+        assert fast[:2] == serializer(self, context)[:2]
+        return fast
+
+    moto_patches_execute = DynamoResult.execute_result
+    with mock_aws(), patch.object(DynamoResult, "execute_result", both):
+        ddb = ddb_client()
+        create_table(ddb, "items", gsi=True)
+        item = {"pk": s("a"), "kind": s("k"), "b": {"B": b"\x00\xff"}, "n": n(3), "f": {"N": "1.50"},
+                "l": {"L": [{"M": {"x": {"NULL": True}, "y": {"BOOL": False}}}]}, "ss": {"SS": ["p", "q"]},
+                "bs": {"BS": [b"\x01"]}}
+        ddb.put_item(TableName="items", Item=item, ReturnConsumedCapacity="TOTAL")
+        assert ddb.get_item(TableName="items", Key={"pk": s("a")})["Item"] == item
+        ddb.get_item(TableName="items", Key={"pk": s("missing")})
+        ddb.update_item(TableName="items", Key={"pk": s("a")}, UpdateExpression="SET n = n + :one",
+                        ExpressionAttributeValues={":one": n(1)}, ReturnValues="ALL_NEW")
+        ddb.query(TableName="items", IndexName="by-kind", KeyConditionExpression="kind = :k",
+                  ExpressionAttributeValues={":k": s("k")}, Limit=1)
+        ddb.scan(TableName="items", Select="COUNT")
+        ddb.batch_get_item(RequestItems={"items": {"Keys": [{"pk": s("a")}, {"pk": s("zz")}]}})
+        ddb.transact_get_items(TransactItems=[{"Get": {"TableName": "items", "Key": {"pk": s("a")}}}])
+        ddb.delete_item(TableName="items", Key={"pk": s("a")}, ReturnValues="ALL_OLD")
+        ddb.describe_table(TableName="items")  # not an item operation: moto's serializer answers
+    assert {name for name, _, _ in answers} == set(moto_patches._ITEM_OPERATIONS) | {"CreateTable", "DescribeTable"}
+    for name, fast, serialized in answers:
+        assert fast == serialized, name
+
+
+def test_sqs_counts_and_receives_by_one_clock_reading_and_never_computes_every_attribute_to_receive() -> None:
+    from moto.sqs.models import Queue
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name=REGION)
+        url = sqs.create_queue(QueueName="timers")["QueueUrl"]
+        for i in range(5):
+            sqs.send_message(QueueUrl=url, MessageBody=f"later-{i}", DelaySeconds=900)
+        sqs.send_message(QueueUrl=url, MessageBody="now")
+        sqs.send_message(QueueUrl=url, MessageBody="now too")
+        with patch.object(Queue, "attributes", property(lambda self: pytest.fail("every attribute computed"))):
+            first = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=1, VisibilityTimeout=60)["Messages"]
+        assert first[0]["Body"].startswith("now")
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesDelayed"],
+                attributes["ApproximateNumberOfMessagesNotVisible"]) == ("1", "5", "1")
+        rest = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)["Messages"]
+        assert [m["Body"] for m in rest] == [b for b in ("now", "now too") if b != first[0]["Body"]]
+
+
 def test_the_server_counts_the_calls_it_serves_by_api(moto_endpoint: str) -> None:
     def calls() -> dict[str, list[float]]:
         return httpx.get(f"{moto_endpoint}/_spillway/calls", timeout=5).raise_for_status().json()

@@ -20,7 +20,7 @@
 4. Step Functions: a callback (SendTaskSuccess ...) no longer fails while another execution is starting.
 5. Step Functions: a service integration (DynamoDB, SQS ...) reuses one boto3 client per service and
    region, instead of building a client, an SSL context and a new connection for every call (37% of the
-   interpreter's CPU under load); and a JSONPath is parsed once, not by a freshly built yacc parser on
+   interpreter's CPU under load), with a connection pool as large as a burst's concurrent calls; and a JSONPath is parsed once, not by a freshly built yacc parser on
    every evaluation (16%). boto3 clients are thread-safe; parsed JSONPaths are not mutated by `find`.
 6. The server's dispatcher remembers which backend serves a host, instead of scanning every moto module
    on each request (7% of the server's CPU).
@@ -30,6 +30,15 @@
    saw `"Cause": null` and a job lost the reason its attempt failed).
 9. S3: a browser-form POST upload is held to its signed policy's `content-length-range` and expiration,
    as S3 does (moto stored any file, of any size, at any time): the API's upload limit is the storage's.
+10. DynamoDB: a query of a table reads the items under its hash key, not every item of the table, sorted
+    (O(table) per call: the waiting room's front was read by sorting every room's entries); a query of an
+    index no longer sorts the whole table before it picks and sorts the index's items.
+11. DynamoDB: the item operations (GetItem, Query, UpdateItem ...) answer with their result as JSON, as
+   moto's protocol serializer would, without walking botocore's shape model for every attribute (18% of
+   the server's CPU in a burst).
+12. SQS: a queue's messages are filtered with one clock reading, not two per message, and a received
+   message's retention is checked against the queue's setting, not by computing every queue attribute
+   (three passes over all its messages) for each message received.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import inspect
 import json
 import os
 import threading
@@ -48,6 +58,7 @@ from typing import Any
 DYNAMODB_LOCK = threading.RLock()
 LAMBDA_ENDPOINT_VARIABLE = "SPILLWAY_LAMBDA_ENDPOINT"
 PROGRAM_CACHE_SIZE = 64
+INTEGRATION_CONNECTIONS = 64  # per service: pooled connections of the interpreter's integration clients
 
 # Handler methods (one per API action) run under the lock, reads included; see the module docstring.
 _LOCKED_HANDLER_ACTIONS = (
@@ -69,6 +80,9 @@ def apply() -> None:
         if _applied:
             return
         _patch_dynamodb()
+        _patch_dynamodb_query()
+        _patch_dynamodb_results()
+        _patch_sqs()
         _patch_stepfunctions()
         _patch_integrations()
         _patch_dispatcher()
@@ -200,6 +214,107 @@ def _restore(snapshots: list[tuple[Any, ...]], stream_lengths: dict[int, Any]) -
             del records[length:]
 
 
+def _patch_dynamodb_query() -> None:
+    from moto.dynamodb.models.table import Table
+
+    query = Table.query
+    parameters = inspect.signature(query)
+
+    @functools.wraps(query)
+    def table_query(self: Any, *args: Any, **kwargs: Any) -> Any:
+        # moto's query begins with `self.all_items()`: every item of the table, sorted; then keeps those it
+        # wants and sorts them again. It runs here on a view whose all_items() is only what it can keep.
+        given = parameters.bind(self, *args, **kwargs).arguments
+        return query(_QueryView(self, None if given.get("index_name") else given["hash_key"]), *args, **kwargs)
+
+    table_query.__spillway_patched__ = True  # type: ignore[attr-defined]
+    Table.query = table_query
+
+
+class _QueryView:
+    """A table as its `query` sees it: `all_items()` is the items under `hash_key` (a query of the table
+    itself), or every item unsorted (a query of an index, which sorts what it picks); all else is the table."""
+
+    def __init__(self, table: Any, hash_key: Any):
+        self._table = table
+        self._hash_key = hash_key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def all_items(self) -> list[Any]:
+        table = self._table
+        buckets = [table.items.get(self._hash_key, {})] if self._hash_key is not None else table.items.values()
+        if table.range_key_attr:
+            return [item for bucket in buckets for item in bucket.values()]
+        return [bucket for bucket in buckets if bucket]  # hash-only tables map a hash key to its item
+
+
+# The operations answered with a DynamoResult of items and counts: their JSON is the result itself.
+_ITEM_OPERATIONS = frozenset({
+    "GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "Scan", "BatchGetItem", "TransactGetItems",
+})
+
+
+def _patch_dynamodb_results() -> None:
+    from moto.dynamodb.responses import DynamoResult
+
+    serialize = DynamoResult.execute_result
+
+    def plain(value: Any) -> Any:
+        """What the JSON protocol sends: binary as base64, no null members."""
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, bytes):
+            return base64.b64encode(value).decode()
+        return value
+
+    @functools.wraps(serialize)
+    def execute_result(self: Any, context: Any) -> Any:
+        if context.operation_model.name not in _ITEM_OPERATIONS or not isinstance(self.result, dict):
+            return serialize(self, context)
+        members = context.operation_model.output_shape.members  # moto adds a few the API does not have
+        answer = {k: v for k, v in self.result.items() if k in members}
+        return 200, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps(plain(answer))
+
+    execute_result.__spillway_patched__ = True  # type: ignore[attr-defined]
+    DynamoResult.execute_result = execute_result
+
+
+# ---------------------------------------------------------------- SQS
+
+
+def _patch_sqs() -> None:
+    from moto.core.utils import unix_time, unix_time_millis
+    from moto.sqs.models import Queue, SQSBackend
+
+    # Message.visible and .delayed read the clock (a datetime subtraction) for every message, in every pass.
+    def messages(self: Any) -> list[Any]:
+        now = unix_time_millis()
+        return [m for m in self._messages if now > m.visible_at and now >= m.delayed_until]
+
+    def delayed(self: Any) -> int:
+        now = unix_time_millis()
+        return sum(1 for m in self._messages if now < m.delayed_until)
+
+    def not_visible(self: Any) -> int:
+        now = unix_time_millis()
+        return sum(1 for m in self._messages if now <= m.visible_at)
+
+    def retained(self: Any, queue_name: str, message: Any) -> bool:
+        retention = int(self.get_queue(queue_name).message_retention_period)
+        return retention + message.sent_timestamp / 1000 > unix_time()
+
+    for name, value in (("messages", messages), ("approximate_number_of_messages_delayed", delayed),
+                        ("approximate_number_of_messages_not_visible", not_visible)):
+        value.__spillway_patched__ = True  # type: ignore[attr-defined]
+        setattr(Queue, name, property(value))
+    retained.__spillway_patched__ = True  # type: ignore[attr-defined]
+    SQSBackend.is_message_valid_based_on_retention_period = retained
+
+
 # ---------------------------------------------------------------- Step Functions
 
 
@@ -229,8 +344,6 @@ def _patch_stepfunctions() -> None:
 
     # SendTaskFailure's `cause` was dropped by moto's response handler: a Catch saw `"Cause": null`, so a
     # job lost the reason its attempt failed.
-    import inspect
-
     from moto.core.responses import EmptyResult
     from moto.stepfunctions.responses import StepFunctionResponse
 
@@ -316,16 +429,25 @@ def _patch_integrations() -> None:
 
     @functools.lru_cache(maxsize=64)
     def _client(region: str, service: str, port: str, stubbed: bool, lambda_endpoint: str | None) -> Any:
+        import boto3
+        from botocore.config import Config
+        from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
+
         if service == "lambda" and lambda_endpoint:
             # moto runs no Lambda code without Docker: `lambda:invoke` Tasks reach the embedded runtime,
             # which serves Lambda's Invoke API with the real handlers.
-            import boto3
-            from botocore.config import Config
-
-            return boto3.client("lambda", endpoint_url=lambda_endpoint, region_name=region,
-                                aws_access_key_id="testing", aws_secret_access_key="testing",
-                                config=Config(read_timeout=900, retries={"total_max_attempts": 1}))
-        return build_client(region, service)
+            endpoint, timeout = lambda_endpoint, 900
+        elif stubbed:
+            return build_client(region, service)  # in-process moto: calls never leave the process
+        else:
+            endpoint, timeout = f"http://127.0.0.1:{port}", TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS
+        # moto's own client settings, with a connection pool for as many executions as call at once: with
+        # botocore's 10, a burst dropped a connection after nearly every call and opened a new one.
+        return boto3.client(service, endpoint_url=endpoint, region_name=region,
+                            aws_access_key_id="testing", aws_secret_access_key="testing",
+                            config=Config(parameter_validation=False, retries={"total_max_attempts": 1},
+                                          connect_timeout=60, read_timeout=timeout,
+                                          max_pool_connections=INTEGRATION_CONNECTIONS))
 
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
         from moto.core.models import botocore_stubber

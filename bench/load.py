@@ -534,7 +534,7 @@ def guarded(label: str, body: Callable[[LaunchedStack, StackInfo], dict[str, Any
     except Exception as exc:  # noqa: BLE001 - a broken run is a finding, not a crash of the benchmark
         stack.keep = True
         tail = launched.log_tail(40)
-        say(f"  [{label}] FAILED: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"
+        say(f"  [{label}] FAILED: {type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-12)}"
             f"  --- last lines of {launched.log_path} ---\n{tail}\n  ---")
         return {"error": f"{type(exc).__name__}: {exc}", "log_tail": tail, "log_path": str(launched.log_path),
                 "log_errors": log_errors(launched)}

@@ -412,6 +412,18 @@ def test_a_form_upload_is_held_to_its_policys_length_range_and_expiry(moto_endpo
     assert s3.get_object(Bucket="posts", Key="k")["Body"].read() == b"x" * 10
 
 
+def test_a_handler_class_lists_its_actions_once() -> None:
+    import inspect
+
+    from moto.core import responses
+    from moto.dynamodb.responses import DynamoHandler
+
+    names = responses.method_names_from_class(DynamoHandler)
+    assert "get_item" in names
+    with patch.object(inspect, "getmembers", side_effect=AssertionError("listed again")):
+        assert responses.method_names_from_class(DynamoHandler) is names
+
+
 # ---------------------------------------------------------------- per-call costs that grew with the data
 
 

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from unittest.mock import patch
 
@@ -378,6 +379,9 @@ def test_step_functions_integrations_reuse_one_client_and_parse_each_json_path_o
     assert state_task_service_dynamodb.boto_client_for("us-east-1", "dynamodb") is client
     assert state_task_service_dynamodb.boto_client_for("eu-west-1", "dynamodb") is not client
     assert json_path.parse("$.attempt.number") is json_path.parse("$.attempt.number")
+    with ThreadPoolExecutor(8) as pool:  # executions that reach their first integration at once share one client
+        assert len({id(c) for c in pool.map(lambda _: state_task_service_dynamodb.boto_client_for(
+            "ap-south-1", "dynamodb"), range(8))}) == 1
     assert json_path.extract_json("$.attempt.number", {"attempt": {"number": 2}}) == 2
 
 

@@ -428,6 +428,7 @@ def _patch_integrations() -> None:
     json_path.parse = functools.lru_cache(maxsize=4096)(parse_json_path)
 
     build_client = boto_client.boto_client_for
+    clients_lock = threading.Lock()
 
     @functools.lru_cache(maxsize=64)
     def _client(region: str, service: str, port: str, stubbed: bool, lambda_endpoint: str | None) -> Any:
@@ -456,8 +457,11 @@ def _patch_integrations() -> None:
         from moto.settings import moto_server_port
 
         # moto's own function ignores state_credentials (every client signs as the same fake user).
-        return _client(region, service, str(moto_server_port()), botocore_stubber.enabled,
-                       os.environ.get(LAMBDA_ENDPOINT_VARIABLE))
+        # Under a lock: a burst's executions reach their first integration at once, and each would build
+        # its own client (tens of ms of CPU each) before the first was cached.
+        with clients_lock:
+            return _client(region, service, str(moto_server_port()), botocore_stubber.enabled,
+                           os.environ.get(LAMBDA_ENDPOINT_VARIABLE))
 
     boto_client_for.__spillway_patched__ = True  # type: ignore[attr-defined]
     boto_client.boto_client_for = boto_client_for

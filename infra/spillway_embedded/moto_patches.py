@@ -246,10 +246,19 @@ class _QueryView:
 
     def all_items(self) -> list[Any]:
         table = self._table
-        buckets = [table.items.get(self._hash_key, {})] if self._hash_key is not None else table.items.values()
-        if table.range_key_attr:
-            return [item for bucket in buckets for item in bucket.values()]
-        return [bucket for bucket in buckets if bucket]  # hash-only tables map a hash key to its item
+        if self._hash_key is None:
+            buckets = table.items.values()
+            if table.range_key_attr:
+                return [item for bucket in buckets for item in bucket.values()]
+            return list(buckets)  # hash-only tables map a hash key to its item
+        bucket = table.items.get(self._hash_key)
+        if not bucket:
+            return []
+        if not table.range_key_attr:
+            return [bucket]
+        # In range key order already (by each key's value, as DynamoType compares): query's own sort, which
+        # compares DynamoTypes, then only confirms it.
+        return sorted(bucket.values(), key=lambda item: item.range_key.cast_value)
 
 
 # The operations answered with a DynamoResult of items and counts: their JSON is the result itself.

@@ -31,6 +31,7 @@ def fleet_for(settings: Settings) -> Fleet:
     return Fleet(
         aws.table(settings.fleet_table), aws.table(settings.tasks_table), settings.jobs_table,
         WaitingRoom(aws.table(settings.waiting_room_table)), aws.client("dynamodb"),
+        health_policy=settings.health_policy(),
     )
 
 
@@ -47,7 +48,7 @@ def dispatcher_for(settings: Settings, http: Any, clock: Any, sfn: Any = None) -
         s3=aws.client("s3"), sfn=sfn or aws.client("stepfunctions"), http=http, bucket=settings.images_bucket,
         limits=Limits(heartbeat_seconds=settings.heartbeat_seconds,
                       attempt_timeout_seconds=settings.attempt_timeout_seconds,
-                      agent_stale_seconds=settings.agent_stale_seconds, suspect_seconds=settings.suspect_seconds),
+                      agent_stale_seconds=settings.agent_stale_seconds),
         agent_key=lambda: AGENT_KEY, clock=clock,
     )
 

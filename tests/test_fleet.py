@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from spillway import aws
+from spillway import aws, health
 from spillway.dispatch import result_key_for, task_id_for
 from spillway.fleet import ATTEMPT_MOVED_ON, ENTRY_GONE, GPU_TAKEN, Fleet, Refused, Task
+from spillway.health import GpuHealth
 from spillway.models import Pool, Priority, TaskState
 from spillway.waiting_room import WaitingEntry
 
@@ -98,16 +99,84 @@ def test_available_gpus_are_fresh_not_draining_with_a_free_slot_best_fit_first(
     assert [g.gpu_id for g in fleet.available(pool, now, STALE)] == expected
 
 
-def test_a_suspect_gpu_is_unavailable_until_its_window_passes_or_a_probe_clears_it(fleet: Fleet) -> None:
-    fleet.mark_suspect("small", until=NOW + 10)
-    assert fleet.get("small").is_suspect
-    assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW + 9, STALE)] == ["big"], "heartbeats or not"
-    assert not fleet.heartbeat(beat("small", vram_mb=4000), now=NOW + 5), "a beat says nothing of the link"
-    assert not fleet.clear_suspect("small", seen_until=NOW + 3), "marked anew since that probe began"
-    assert fleet.clear_suspect("small", seen_until=NOW + 10)
-    assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW + 5, STALE)] == ["small", "big"]
-    fleet.mark_suspect("gone", until=NOW + 10)  # never registered: nothing to keep work from
-    assert fleet.get("gone") is None
+def test_a_suspect_gpu_is_unavailable_heartbeats_or_not_until_a_probe_reaches_it(fleet: Fleet) -> None:
+    fleet.change_health("small", lambda g: health.push_failed(g.health, NOW, "link down"))
+    assert fleet.get("small").health.state is GpuHealth.SUSPECT
+    fleet.heartbeat(beat("small", vram_mb=4000), now=NOW + 5)  # a beat says nothing of the link
+    assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW + 5, STALE)] == ["big"]
+    fleet.change_health("small", lambda g: health.probed(g.health, True, NOW + 6, fleet.health_policy))
+    assert [g.gpu_id for g in fleet.available(Pool.LOCAL, NOW + 6, STALE)] == ["small", "big"]
+    assert fleet.change_health("gone", lambda g: health.push_failed(g.health, NOW, "x")) is None, "never registered"
+
+
+def test_a_health_write_that_lost_a_race_decides_again_on_what_the_other_wrote(fleet: Fleet) -> None:
+    """Two writers read the same revision: the second's conditional write fails, it reads the first's
+    transition and decides on that, so neither transition is lost."""
+    calls = []
+
+    def decide(gpu):
+        calls.append(gpu.health.state)
+        if len(calls) == 1:  # another writer gets in between this read and this write
+            fleet.change_health("small", lambda g: health.push_failed(g.health, NOW, "link down"))
+        return health.operator(gpu.health, health.OperatorAction.DRAIN, NOW + 1)
+
+    fleet.change_health("small", decide)
+    stored = fleet.get("small").health
+    assert calls == [GpuHealth.HEALTHY, GpuHealth.SUSPECT]
+    assert [(e.from_, e.to) for e in stored.events[1:]] == [
+        (GpuHealth.HEALTHY, GpuHealth.SUSPECT), (GpuHealth.SUSPECT, GpuHealth.DRAINING)]
+    assert stored.rev == 2
+
+
+def test_a_draining_beat_drains_and_a_silent_agent_is_down_at_its_next_beat(fleet: Fleet) -> None:
+    _, after = fleet.heartbeat(beat("big", vram_mb=16000, draining=True), now=NOW + 1)
+    assert after.health.state is GpuHealth.DRAINING
+    _, after = fleet.heartbeat(beat("small", vram_mb=4000), now=NOW + STALE + 10)
+    assert (after.health.state, after.health.reason) == (GpuHealth.DOWN, "silent: no heartbeat for 40 s")
+    assert after.last_heartbeat == NOW + STALE + 10
+
+
+@pytest.mark.parametrize("state", [GpuHealth.SUSPECT, GpuHealth.QUARANTINED, GpuHealth.DRAINING, GpuHealth.DOWN])
+def test_a_gpu_whose_health_refuses_work_takes_nothing_even_from_a_fresh_snapshot(
+    cloud: Cloud, fleet: Fleet, state: GpuHealth
+) -> None:
+    big = fleet.get("big")  # read while healthy
+    fleet.change_health("big", lambda g: health.move(g.health, state, "test", NOW))
+    task = enqueued(cloud, fleet, 1)
+    with pytest.raises(Refused) as refused:
+        fleet.assign(big, task.waiting_entry(), NOW)
+    assert refused.value.reason == GPU_TAKEN
+    assert gpu(fleet, "big") == (16000, 0)
+
+
+def test_a_gpu_on_probation_holds_one_task_at_a_time(cloud: Cloud, fleet: Fleet) -> None:
+    fleet.change_health("big", lambda g: health.move(g.health, GpuHealth.PROBATION, "test", NOW))
+    first, second = enqueued(cloud, fleet, 1), enqueued(cloud, fleet, 2)
+    big = fleet.get("big")
+    assert big.free_slots == 1
+    canary = fleet.assign(big, first.waiting_entry(), NOW)
+    assert fleet.available(Pool.LOCAL, NOW, STALE) == [fleet.get("small")]
+    with pytest.raises(Refused):
+        fleet.assign(big, second.waiting_entry(), NOW)  # a stale snapshot: the write checks it
+    fleet.release(canary, "succeeded", now=NOW + 1)
+    assert fleet.get("big").health.state is GpuHealth.HEALTHY, "its canary succeeded"
+
+
+def test_model_errors_in_a_row_quarantine_a_gpu_and_a_success_resets_the_count(cloud: Cloud, fleet: Fleet) -> None:
+    def run(job: int, outcome: str, error: str | None = None) -> None:
+        task = fleet.assign(fleet.get("big"), enqueued(cloud, fleet, job).waiting_entry(), NOW)
+        fleet.release(task, outcome, error, now=NOW + job)
+
+    run(1, "failed", "ModelError")
+    run(2, "failed", "ModelError")
+    run(3, "succeeded")
+    assert fleet.get("big").model_errors == 0
+    run(4, "failed", "InputUnavailable")  # not the model's fault: counts neither way
+    for job in (5, 6, 7):
+        run(job, "failed", "ModelError")
+    big = fleet.get("big")
+    assert (big.health.state, big.health.until, big.model_errors) == (GpuHealth.QUARANTINED, NOW + 7 + 120, 0)
+    assert big.health.events[-1].detect_s == 2.0, "from the first of the three ModelErrors"
 
 
 def test_a_gpu_with_every_slot_taken_is_not_available(cloud: Cloud, fleet: Fleet) -> None:
@@ -178,16 +247,6 @@ def test_a_gpu_is_never_oversubscribed(cloud: Cloud, fleet: Fleet, slots: int, v
     assert fleet.task(second.task_id).state is TaskState.WAITING, "a refused assignment writes nothing"
     assert list(fleet.waiting_room.front(Pool.LOCAL)) == [second.waiting_entry()]
     assert "gpu_id" not in cloud.job_item(second.job_id)["attempts"][0]
-
-
-def test_a_draining_gpu_takes_nothing_even_from_a_fresh_snapshot(cloud: Cloud, fleet: Fleet) -> None:
-    big = fleet.get("big")
-    fleet.heartbeat(beat("big", vram_mb=16000, draining=True), now=NOW)
-    task = enqueued(cloud, fleet, 1)
-    with pytest.raises(Refused) as refused:
-        fleet.assign(big, task.waiting_entry(), NOW)
-    assert refused.value.reason == GPU_TAKEN
-    assert gpu(fleet, "big") == (16000, 0)
 
 
 @pytest.mark.parametrize(("job_attempt", "status"), [(2, "RUNNING"), (1, "SUCCEEDED"), (1, "FAILED")])

@@ -26,9 +26,10 @@ from typing import Any
 import httpx
 from aws_lambda_powertools import Logger
 
-from spillway import metrics, placement
+from spillway import health, metrics, placement
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
+from spillway.health import GpuHealth
 from spillway.models import AgentHeartbeat, AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
 from spillway.priorities import NEXT_POOL, SPILLS_INTO, job_clock, wait_bound
 from spillway.timers import TimerQueue
@@ -39,6 +40,7 @@ logger = Logger(child=True)
 _TASK_IDS = uuid.UUID("5b1f0f9e-6d43-4c1e-9d2a-9b7a8f2b1c10")
 PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 PROBE_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
+GATEWAY_ERRORS = (502, 504)  # answered by the link in front of the agent (a broken tunnel), not by the agent
 STALE_CONNECTION_RETRIES = 3  # a pool may hold a few connections the other end has dropped
 INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
@@ -59,8 +61,7 @@ def result_key_for(job_id: str, attempt: int) -> str:
 class Limits:
     heartbeat_seconds: int  # the liveness window of a task on a GPU
     attempt_timeout_seconds: int
-    agent_stale_seconds: int  # a GPU whose agent has not reported for this long gets no new work
-    suspect_seconds: int  # a GPU a push could not reach gets no new work for this long, unless a probe answers
+    agent_stale_seconds: int  # a GPU whose agent has not reported for this long is down
 
 
 class Dispatcher:
@@ -252,8 +253,7 @@ class Dispatcher:
         try:
             response = self._send(task, agent_task)
         except httpx.HTTPError as exc:
-            self._fleet.mark_suspect(task.gpu_id or "", self._clock() + self._limits.suspect_seconds)
-            return self.fail(task, ErrorType.GPU_UNREACHABLE, f"{task.gpu_id} unreachable: {exc!r}")
+            return self._unreachable(task, f"{task.gpu_id} unreachable: {exc!r}")
         if response.status_code in (200, 202):
             self._fleet.mark_running(task, self._clock())
             logger.info("pushed", job_id=task.job_id, task_id=task.task_id, gpu_id=task.gpu_id)
@@ -265,9 +265,15 @@ class Dispatcher:
             return "refused"
         if response.status_code >= 500 or response.status_code in (401, 403):
             # Broken, or holding another agent key (a rotation half done): this GPU cannot take it.
-            return self.fail(task, ErrorType.GPU_UNREACHABLE,
-                             f"{task.gpu_id} answered {response.status_code}: {response.text[:200]}")
+            return self._unreachable(task, f"{task.gpu_id} answered {response.status_code}: {response.text[:200]}")
         return self.fail(task, ErrorType.MODEL_ERROR, f"{task.gpu_id} rejected the task: {response.text[:500]}")
+
+    def _unreachable(self, task: Task, cause: str) -> str:
+        """The push did not reach a working agent: the GPU is suspect (no new work until a probe reaches it),
+        the attempt fails at once."""
+        now = self._clock()
+        self._fleet.change_health(task.gpu_id or "", lambda gpu: health.push_failed(gpu.health, now, cause))
+        return self.fail(task, ErrorType.GPU_UNREACHABLE, cause)
 
     def _send(self, task: Task, agent_task: AgentTask) -> httpx.Response:
         """POST the task to its GPU's agent. A pooled connection the other end dropped meanwhile (an agent
@@ -287,15 +293,21 @@ class Dispatcher:
                 logger.debug("stale connection: pushing again", gpu_id=task.gpu_id, error=repr(exc))
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    def after_heartbeat(self, beat: AgentHeartbeat) -> bool:
-        """What an agent's report says beyond the fleet record. Leases it does not report (it restarted, or
-        lost them) end, and their jobs move on; a suspect GPU is probed. True: its pool should be pumped."""
-        gpu = self._fleet.get(beat.gpu_id)
-        if gpu is None:
-            return False
+    def on_heartbeat(self, beat: AgentHeartbeat) -> bool:
+        """An agent's report: the fleet record and what time and the agent's word did to its health (see
+        `Fleet.heartbeat`); then what it says beyond: leases it does not report (it restarted, or lost them)
+        end and their jobs move on; a GPU that is suspect, down, or back from a drain is probed through its
+        URL. True: it can take work it could not take before, or gave leases back: pump its pool."""
+        now = self._clock()
+        stale = self._limits.agent_stale_seconds
+        before, gpu = self._fleet.heartbeat(beat, now)
+        if gpu.health.state is GpuHealth.DOWN and before is not None and before.health.state is not GpuHealth.DOWN:
+            self._fail_tasks_on(gpu, f"{gpu.gpu_id} is down: {gpu.health.reason}")  # silent until this beat
         freed = self._end_unreported(gpu, set(beat.running)) if gpu.running > len(beat.running) else 0
-        reachable_again = self.probe(gpu) if gpu.is_suspect else False
-        return reachable_again or freed > 0
+        if health.needs_probe(gpu.health, beat.draining):
+            gpu = self.probe(gpu, beat.draining)
+        could_before = before is not None and before.accepts_work(now, stale)
+        return (gpu.accepts_work(now, stale) and not could_before) or freed > 0
 
     def _end_unreported(self, gpu: Gpu, reported: set[str]) -> int:
         """Tasks leased on the GPU that its agent does not hold: failed (GpuUnreachable), their VRAM back.
@@ -310,23 +322,45 @@ class Dispatcher:
                       "(it restarted, or lost the task)")
         return len(lost)
 
-    def probe(self, gpu: Gpu) -> bool:
-        """A suspect GPU's agent still reports (it can call out): ask its agent through the GPU's own URL (the
-        tunnel) whether the control plane can reach it. Any answer: reachable again, no longer suspect (True:
-        pump its pool). None: it stays suspect, its window extended from now. Called on its agent's
-        heartbeats, so a link that comes back is noticed within a beat, and one still cut gets no push."""
-        gpu_id = gpu.gpu_id
+    def probe(self, gpu: Gpu, draining: bool = False) -> Gpu:
+        """Its agent still reports (it can call out), but is the GPU reachable from here? Ask its agent through
+        the GPU's own URL (the tunnel) and apply the answer to its health (see `health.probed`). Called on its
+        agent's heartbeats, so a link that comes back is noticed within a beat, and one still cut gets no push.
+        Returns the GPU with its health now."""
         try:
-            self._http.get(f"{gpu.url}/readyz", headers={"Authorization": f"Bearer {self._agent_key()}"},
-                           timeout=PROBE_TIMEOUT)
+            response = self._http.get(f"{gpu.url}/readyz", headers={"Authorization": f"Bearer {self._agent_key()}"},
+                                      timeout=PROBE_TIMEOUT)
+            answered = response.status_code not in GATEWAY_ERRORS
         except httpx.HTTPError as exc:
-            logger.debug("probe failed: still suspect", gpu_id=gpu_id, error=repr(exc))
-            self._fleet.mark_suspect(gpu_id, self._clock() + self._limits.suspect_seconds)
-            return False
-        cleared = self._fleet.clear_suspect(gpu_id, gpu.suspect_until)
-        if cleared:
-            logger.info("reachable again", gpu_id=gpu_id)
-        return cleared
+            logger.debug("probe failed", gpu_id=gpu.gpu_id, error=repr(exc))
+            answered = False
+        now = self._clock()
+        policy = self._fleet.health_policy
+        changed = self._fleet.change_health(gpu.gpu_id, lambda g: health.probed(g.health, answered, now, policy)
+                                            if health.needs_probe(g.health, draining) else g.health)
+        return gpu if changed is None else changed[0].model_copy(update={"health": changed[1]})
+
+    def _fail_tasks_on(self, gpu: Gpu, cause: str) -> int:
+        """Every task leased on the GPU fails now (GpuUnreachable), its job moves on: the GPU is down."""
+        lost = [t for t in self._fleet.open_tasks(gpu.pool)
+                if t.gpu_id == gpu.gpu_id and t.state in (TaskState.ASSIGNED, TaskState.RUNNING)]
+        for task in lost:
+            self.fail(task, ErrorType.GPU_UNREACHABLE, cause)
+        return len(lost)
+
+    def tick(self, gpu: Gpu, now: float) -> Gpu:
+        """What time alone did to the GPU's health (silent -> down, suspect too long -> down, a cool-down over
+        -> probation), written; a GPU that went down has its tasks failed at once."""
+        policy = self._fleet.health_policy
+        if health.tick(gpu.health, now, gpu.last_heartbeat, policy) == gpu.health:
+            return gpu
+        changed = self._fleet.change_health(gpu.gpu_id, lambda g: health.tick(g.health, now, g.last_heartbeat, policy))
+        if changed is None:
+            return gpu
+        before, after = changed
+        if after.state is GpuHealth.DOWN and before.health.state is not GpuHealth.DOWN:
+            self._fail_tasks_on(before, f"{gpu.gpu_id} went silent: {after.reason}")
+        return before.model_copy(update={"health": after})
 
     def _push_alone(self, task: Task) -> str:
         """A push outside a pump: if it frees the slot (failed) or hands the task back, pump the room."""
@@ -339,7 +373,7 @@ class Dispatcher:
         """End a task on a GPU as failed and tell its execution, once."""
         logger.warning("attempt failed", job_id=task.job_id, task_id=task.task_id, gpu_id=task.gpu_id,
                        error=error.value, cause=cause)
-        if self._fleet.release(task, "failed", error.value, cause=cause):
+        if self._fleet.release(task, "failed", error.value, cause=cause, now=self._clock()):
             metrics.attempt_ended(task.pool, error.value)
             self._tell(task, error, cause)
         return error.value
@@ -388,6 +422,8 @@ class Dispatcher:
         gpu = self._fleet.get(task.gpu_id or "")
         agent_silent = now - gpu.last_heartbeat if gpu else float("inf")
         if agent_silent > self._limits.agent_stale_seconds:  # the agent is gone (killed, frozen, cut off)
+            if gpu is not None:
+                self.tick(gpu, now)  # down: its other tasks fail with this one
             outcome = self.fail(task, ErrorType.GPU_UNREACHABLE,
                                 f"{task.gpu_id} went silent: its agent has not reported for {agent_silent:.0f} s")
             self.pump(task.pool)
@@ -452,6 +488,8 @@ class Dispatcher:
         or a timer was lost (a crashed invocation, a message past its retries)."""
         now = self._clock()
         counts: dict[str, int] = {}
+        for gpu in self._fleet.all_gpus():
+            self.tick(gpu, now)  # a silent GPU with no task on it is down too; cool-downs end
         for pool in pools:
             self.pump(pool)
             for task in self._fleet.open_tasks(pool):

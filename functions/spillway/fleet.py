@@ -9,17 +9,20 @@ and a task whose attempt has moved on never runs. Ending a task gives the VRAM b
 
 from __future__ import annotations
 
-import contextlib
+import time
+from collections.abc import Callable
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
 from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from spillway import health
 from spillway.aws import error_code, from_item, paged_items, to_item
+from spillway.health import GpuHealth, HealthEvent, HealthPolicy, HealthRecord
 from spillway.jobs import iso_at
-from spillway.models import AgentHeartbeat, JobStatus, Pool, Priority, TaskState
+from spillway.models import AgentHeartbeat, ErrorType, JobStatus, Pool, Priority, TaskState
 from spillway.waiting_room import WaitingEntry, WaitingRoom
 
 
@@ -32,25 +35,25 @@ class Gpu(BaseModel):
     slots: int = 1
     running: int = 0
     services: list[str]
-    draining: bool = False
     last_heartbeat: float  # epoch seconds
-    # A push to it could not connect: no new work until then (epoch seconds; 0 = not suspect). While its
-    # agent beats, each beat probes it through its URL: an answer clears it, none extends the window.
-    suspect_until: float = 0
+    health: HealthRecord = Field(default_factory=HealthRecord)
+    model_errors: int = 0  # ModelErrors in a row, counted as each task is released (a success resets it)
+    first_error_at: float | None = None  # the first of them: time-to-detect starts there
 
-    def is_healthy(self, now: float, stale_after: float) -> bool:
-        """Could take work when a slot frees: heard from lately, not draining, not suspect."""
-        return not self.draining and now - self.last_heartbeat <= stale_after and now >= self.suspect_until
+    def accepts_work(self, now: float, stale_after: float) -> bool:
+        """Could take work when a slot frees: its health allows it, and its agent was heard from lately."""
+        return self.health.accepts_work(self.running) and now - self.last_heartbeat <= stale_after
 
     def is_available(self, now: float, stale_after: float) -> bool:
-        return self.is_healthy(now, stale_after) and self.running < self.slots
+        return self.accepts_work(now, stale_after) and self.free_slots > 0
 
     @property
-    def is_suspect(self) -> bool:
-        return self.suspect_until > 0
+    def free_slots(self) -> int:
+        """Slots it may still fill in its health state (probation: one task at a time)."""
+        return max(0, self.health.slots(self.slots) - self.running)
 
     def fits(self, service: str, vram_mb: int) -> bool:
-        return service in self.services and self.vram_free_mb >= vram_mb and self.running < self.slots
+        return service in self.services and self.vram_free_mb >= vram_mb and self.free_slots > 0
 
     @property
     def best_fit(self) -> tuple[int, int, str]:
@@ -112,39 +115,91 @@ GPU_TAKEN = "gpu_taken"  # the GPU's VRAM or slots went to someone else first
 ATTEMPT_MOVED_ON = "attempt_moved_on"  # the job is on a later attempt, or over
 
 
+HEALTH_WRITE_ATTEMPTS = 5  # a health write that lost a race reads the record again and decides again
+
+
+Transitioned = Callable[[Gpu, HealthEvent], None]
+
+
 class Fleet:
     def __init__(self, fleet_table: Any, tasks_table: Any, jobs_table_name: str, waiting_room: WaitingRoom,
-                 dynamodb: Any):
+                 dynamodb: Any, health_policy: HealthPolicy | None = None,
+                 transitioned: Transitioned = lambda gpu, event: None):
         self._gpus = fleet_table
         self._tasks = tasks_table
         self._jobs_table_name = jobs_table_name
         self.waiting_room = waiting_room
         self._ddb = dynamodb  # the low-level client, for transactions
+        self.health_policy = health_policy or HealthPolicy()
+        self._transitioned = transitioned  # every health transition written: logs, metrics
 
     # ---- agents report in
 
-    def heartbeat(self, beat: AgentHeartbeat, now: float, stale_after: float = float("inf")) -> bool:
-        """Register a GPU on its first heartbeat; refresh it on every later one. True if the GPU can take
-        work now and could not before (new, back from silence, no longer draining): its pool's room
-        should be pumped."""
+    def heartbeat(self, beat: AgentHeartbeat, now: float) -> tuple[Gpu | None, Gpu]:
+        """Register a GPU on its first heartbeat; refresh it on every later one, with what time and the agent's
+        word did to its health (silent since -> down; a draining beat -> draining; a cool-down over ->
+        probation). Returns the record before the beat (None: new) and after."""
         before = self._gpus.update_item(
             Key={"gpu_id": beat.gpu_id},
             UpdateExpression=(
                 "SET #pool = :pool, #url = :url, vram_total_mb = :total, slots = :slots, services = :services, "
-                "draining = :draining, last_heartbeat = :now, "
+                "last_heartbeat = :now, health = if_not_exists(health, :registered), "
                 "vram_free_mb = if_not_exists(vram_free_mb, :total), #running = if_not_exists(#running, :zero)"
             ),
             ExpressionAttributeNames={"#pool": "pool", "#url": "url", "#running": "running"},
             ExpressionAttributeValues=to_item({
                 ":pool": beat.pool.value, ":url": str(beat.url).rstrip("/"), ":total": beat.vram_total_mb,
-                ":slots": beat.slots, ":services": beat.services, ":draining": beat.draining, ":now": now,
-                ":zero": 0,
+                ":slots": beat.slots, ":services": beat.services, ":now": now, ":zero": 0,
+                ":registered": HealthRecord.registered(now).model_dump(mode="json", by_alias=True),
             }),
             ReturnValues="ALL_OLD",
         ).get("Attributes")
-        if beat.draining:
-            return False
-        return before is None or bool(before.get("draining")) or now - float(before["last_heartbeat"]) > stale_after
+        if before is None:
+            registered = self.get(beat.gpu_id)
+            assert registered is not None  # just written; GPU records are never deleted
+            return None, registered
+        previous = Gpu.model_validate(from_item(before))
+        policy = self.health_policy
+
+        def decide(gpu: Gpu) -> HealthRecord:
+            return health.heartbeat(health.tick(gpu.health, now, previous.last_heartbeat, policy), beat.draining, now)
+
+        after = previous.model_copy(update={"pool": beat.pool, "url": str(beat.url).rstrip("/"), "slots": beat.slots,
+                                            "vram_total_mb": beat.vram_total_mb, "services": beat.services,
+                                            "last_heartbeat": now})
+        if decide(previous) != previous.health:  # most beats change nothing: no second read or write
+            changed = self.change_health(beat.gpu_id, decide)
+            assert changed is not None
+            after = changed[0].model_copy(update={"health": changed[1]})
+        return previous, after
+
+    def change_health(self, gpu_id: str, decide: Callable[[Gpu], HealthRecord]) -> tuple[Gpu, HealthRecord] | None:
+        """Apply a transition to the GPU's health: read, decide, write on the condition that nobody wrote
+        its health meanwhile; a lost race reads and decides again. Returns the record read and the health
+        written (the same when nothing changed), or None if no such GPU."""
+        for _ in range(HEALTH_WRITE_ATTEMPTS):
+            gpu = self.get(gpu_id)
+            if gpu is None:
+                return None
+            after = decide(gpu)
+            if after == gpu.health:
+                return gpu, after
+            after = after.model_copy(update={"rev": gpu.health.rev + 1})
+            update = "SET health = :after"
+            values: dict[str, Any] = {":after": after.model_dump(mode="json", by_alias=True), ":rev": gpu.health.rev}
+            if after.state is not gpu.health.state and after.state in (GpuHealth.QUARANTINED, GpuHealth.PROBATION):
+                update += ", model_errors = :zero REMOVE first_error_at"  # counted anew from here
+                values[":zero"] = 0
+            try:
+                self._gpus.update_item(
+                    Key={"gpu_id": gpu_id}, UpdateExpression=update, ConditionExpression="health.#rev = :rev",
+                    ExpressionAttributeNames={"#rev": "rev"}, ExpressionAttributeValues=to_item(values))
+            except self._gpus.meta.client.exceptions.ConditionalCheckFailedException:
+                continue
+            if after.state is not gpu.health.state:
+                self._transitioned(gpu, after.events[-1])
+            return gpu, after
+        raise RuntimeError(f"{gpu_id}: its health changed under {HEALTH_WRITE_ATTEMPTS} writes in a row")
 
     def gpus(self, pool: Pool) -> list[Gpu]:
         """The pool's GPUs, read consistently: a pump right after a release must see the slot it freed
@@ -159,24 +214,6 @@ class Fleet:
         """The most VRAM any registered GPU that runs `service` has, healthy or not (None: none is registered):
         a job that needs more can never run, and is refused at submit."""
         return max((g.vram_total_mb for g in self.all_gpus() if service in g.services), default=None)
-
-    def mark_suspect(self, gpu_id: str, until: float) -> None:
-        """A push to the GPU could not connect (its link is down, its agent gone): no new work for it
-        until then, though its heartbeats may still arrive (an office can call out with its tunnel cut)."""
-        with contextlib.suppress(self._gpus.meta.client.exceptions.ConditionalCheckFailedException):  # not registered
-            self._gpus.update_item(Key={"gpu_id": gpu_id}, UpdateExpression="SET suspect_until = :until",
-                                   ConditionExpression="attribute_exists(gpu_id)",
-                                   ExpressionAttributeValues=to_item({":until": until}))
-
-    def clear_suspect(self, gpu_id: str, seen_until: float) -> bool:
-        """A probe reached the GPU: it may take work again. False if another failed push marked it anew."""
-        try:
-            self._gpus.update_item(Key={"gpu_id": gpu_id}, UpdateExpression="SET suspect_until = :zero",
-                                   ConditionExpression="suspect_until = :seen",
-                                   ExpressionAttributeValues=to_item({":zero": 0, ":seen": seen_until}))
-        except self._gpus.meta.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
 
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
@@ -263,8 +300,11 @@ class Fleet:
             return False
         return True
 
-    def release(self, task: Task, outcome: str, error_type: str | None = None, cause: str | None = None) -> bool:
-        """End a task on a GPU and give its VRAM back, exactly once. False if it had ended already.
+    def release(self, task: Task, outcome: str, error_type: str | None = None, cause: str | None = None,
+                now: float | None = None) -> bool:
+        """End a task on a GPU and give its VRAM back, exactly once. False if it had ended already. The
+        GPU's ModelErrors in a row are counted in the same write (a success resets them), then applied to
+        its health: a canary's success, K ModelErrors in a row, a failed canary.
 
         With a `cause`, the control plane itself failed it and must still tell its execution: the task
         stays in the open index until `told` (so a lost notice is sent again by its timer or the sweep)."""
@@ -275,14 +315,20 @@ class Fleet:
             update += ", error_type = :error_type"
             values[":error_type"] = error_type
         update = _awaiting_notice(update, values, cause)
+        now = time.time() if now is None else now
+        model_ran = _model_verdict(outcome, error_type)
         try:
             self._transact([
                 _update(self._tasks.name, {"task_id": task.task_id}, update,
                         "#state IN (:assigned, :running)", {"#state": "state"}, values),
-                _free_slot(self._gpus.name, task),
+                _free_slot(self._gpus.name, task, model_ran, now),
             ], reasons=(ENTRY_GONE, ENTRY_GONE))
         except Refused:
             return False
+        if model_ran is not None:
+            policy = self.health_policy
+            self.change_health(task.gpu_id or "", lambda gpu: health.task_ended(
+                gpu.health, model_ran, gpu.model_errors, gpu.first_error_at, now, policy))
         return True
 
     def told(self, task_id: str) -> None:
@@ -375,16 +421,37 @@ def _awaiting_notice(update: str, values: dict[str, Any], cause: str | None) -> 
 
 
 def _take_slot(table: str, gpu_id: str, vram_mb: int) -> dict[str, Any]:
+    """Its health is checked in the same write that leases: a GPU that turned suspect, quarantined or
+    draining since the pump read it takes nothing, and one on probation holds one task at a time."""
     return _update(table, {"gpu_id": gpu_id},
                    "SET vram_free_mb = vram_free_mb - :need, #running = #running + :one",
-                   "vram_free_mb >= :need AND #running < slots AND draining = :false", {"#running": "running"},
-                   {":need": vram_mb, ":one": 1, ":false": False})
+                   "vram_free_mb >= :need AND #running < slots AND "
+                   "(health.#state = :healthy OR (health.#state = :probation AND #running = :zero))",
+                   {"#running": "running", "#state": "state"},
+                   {":need": vram_mb, ":one": 1, ":zero": 0, ":healthy": GpuHealth.HEALTHY.value,
+                    ":probation": GpuHealth.PROBATION.value})
 
 
-def _free_slot(table: str, task: Task) -> dict[str, Any]:
-    return _update(table, {"gpu_id": task.gpu_id},
-                   "SET vram_free_mb = vram_free_mb + :need, #running = #running - :one", None,
-                   {"#running": "running"}, {":need": task.vram_mb, ":one": 1})
+def _model_verdict(outcome: str, error_type: str | None) -> bool | None:
+    """What a task's end says of its GPU's model: True (it ran), False (a ModelError), None (nothing:
+    the input, the upload, the link, a drain)."""
+    if outcome == "succeeded":
+        return True
+    return False if error_type == ErrorType.MODEL_ERROR.value else None
+
+
+def _free_slot(table: str, task: Task, model_ran: bool | None = None, now: float = 0.0) -> dict[str, Any]:
+    """Give the task's VRAM and slot back; count the GPU's ModelErrors in a row (`model_ran`, see above)."""
+    update = "SET vram_free_mb = vram_free_mb + :need, #running = #running - :one"
+    values: dict[str, Any] = {":need": task.vram_mb, ":one": 1}
+    if model_ran is True:
+        update += ", model_errors = :zero REMOVE first_error_at"
+        values[":zero"] = 0
+    elif model_ran is False:
+        update += (", model_errors = if_not_exists(model_errors, :zero) + :one, "
+                   "first_error_at = if_not_exists(first_error_at, :now)")
+        values |= {":zero": 0, ":now": now}
+    return _update(table, {"gpu_id": task.gpu_id}, update, None, {"#running": "running"}, values)
 
 
 def _update(table: str, key: dict[str, Any], expression: str, condition: str | None,

@@ -46,7 +46,7 @@ class TaskReports:
         if result.outcome == "failed" and result.error_type is None:
             result = result.model_copy(update={"error_type": ErrorType.MODEL_ERROR})
         error_type = result.error_type.value if result.error_type else None
-        ended_here = self._fleet.release(task, result.outcome, error_type)
+        ended_here = self._fleet.release(task, result.outcome, error_type, now=self._clock())
         if ended_here:
             metrics.attempt_ended(task.pool, error_type or "succeeded")
         else:

@@ -7,6 +7,7 @@ from functools import cache
 
 from pydantic import BaseModel, ValidationError
 
+from spillway.health import HealthPolicy
 from spillway.models import Priority
 
 
@@ -26,6 +27,10 @@ class Settings(BaseModel, frozen=True):
     attempt_timeout_seconds: int
     agent_stale_seconds: int
     suspect_seconds: int
+    health_probe_failures: int
+    quarantine_after_errors: int
+    quarantine_seconds: int
+    quarantine_rounds: int
     max_attempts: int
     max_legs: int
     budget_table: str
@@ -36,6 +41,11 @@ class Settings(BaseModel, frozen=True):
     faas_api_key_secret_arn: str
     webhook_key_secret_arn: str
     public_api_url: str
+
+    def health_policy(self) -> HealthPolicy:
+        return HealthPolicy(stale_seconds=self.agent_stale_seconds, suspect_seconds=self.suspect_seconds,
+                            probe_failures=self.health_probe_failures, model_errors=self.quarantine_after_errors,
+                            quarantine_seconds=self.quarantine_seconds, quarantine_rounds=self.quarantine_rounds)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -57,6 +67,10 @@ class Settings(BaseModel, frozen=True):
                 attempt_timeout_seconds=env["ATTEMPT_TIMEOUT_SECONDS"],
                 agent_stale_seconds=env["AGENT_STALE_SECONDS"],
                 suspect_seconds=env["SUSPECT_SECONDS"],
+                health_probe_failures=env["HEALTH_PROBE_FAILURES"],
+                quarantine_after_errors=env["QUARANTINE_AFTER_ERRORS"],
+                quarantine_seconds=env["QUARANTINE_SECONDS"],
+                quarantine_rounds=env["QUARANTINE_ROUNDS"],
                 max_attempts=env["MAX_ATTEMPTS"],
                 max_legs=env["MAX_LEGS"],
                 budget_table=env["BUDGET_TABLE"],

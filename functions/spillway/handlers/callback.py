@@ -5,7 +5,6 @@ secret kept in Secrets Manager, instead of signing with IAM.
 """
 
 import hmac
-import time
 from typing import Annotated
 
 from aws_lambda_powertools import Logger, Tracer
@@ -15,9 +14,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway.handlers.http import answer_errors_with_reasons, error_response, unreadable_body
-from spillway.handlers.wiring import agent_key, dispatcher, fleet, reports
+from spillway.handlers.wiring import agent_key, dispatcher, reports
 from spillway.models import AgentHeartbeat, CallbackAck, TaskHeartbeat, TaskId, TaskResult
-from spillway.settings import settings
 
 logger = Logger()
 tracer = Tracer()
@@ -37,8 +35,7 @@ app.use(middlewares=[require_agent_key])
 
 @app.post("/v1/agent/heartbeat", summary="An agent reports its GPU (registers on the first beat)")
 def agent_heartbeat(beat: Annotated[AgentHeartbeat, Body()]) -> CallbackAck:
-    if fleet().heartbeat(beat, now=time.time(), stale_after=settings().agent_stale_seconds) \
-            or dispatcher().after_heartbeat(beat):
+    if dispatcher().on_heartbeat(beat):
         dispatcher().pump(beat.pool)  # a GPU that can take work again pulls from its room at once
     return CallbackAck(current=True)
 

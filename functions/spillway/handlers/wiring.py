@@ -4,7 +4,9 @@ from functools import cache
 from typing import Any
 
 import httpx
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.functions import is_metrics_disabled
 from aws_lambda_powertools.utilities import parameters
 from pydantic import TypeAdapter
 
@@ -15,7 +17,8 @@ from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
 from spillway.faas.dispatcher import FaasDispatcher
 from spillway.faas.runpod import TIMEOUT as FAAS_TIMEOUT
 from spillway.faas.runpod import RunPodProvider
-from spillway.fleet import Fleet
+from spillway.fleet import Fleet, Gpu
+from spillway.health import GpuHealth, HealthEvent
 from spillway.jobs import JobStore
 from spillway.reconcile import Reconciler
 from spillway.reports import TaskReports
@@ -55,11 +58,35 @@ def agent_http(**options: Any) -> httpx.Client:
     return httpx.Client(timeout=PUSH_TIMEOUT, event_hooks={"request": [through_the_tunnel]}, **options)
 
 
+def health_transitioned(gpu: Gpu, event: HealthEvent) -> None:
+    """Every GPU health transition: a log line, and metrics by pool and the state it entered (quarantines,
+    time-to-detect). The GPUs by health per pool are counted by the sweeper."""
+    log = logger.warning if event.to in (GpuHealth.DOWN, GpuHealth.QUARANTINED, GpuHealth.SUSPECT) else logger.info
+    log("gpu health", gpu_id=gpu.gpu_id, pool=gpu.pool.value, health_from=event.from_.value,
+        health_to=event.to.value, reason=event.reason, detect_s=event.detect_s)
+    dimensions = {"Pool": gpu.pool.value, "Health": event.to.value}
+    emit_metric("GpuHealthTransitions", MetricUnit.Count, 1, dimensions)
+    if event.to is GpuHealth.QUARANTINED:
+        emit_metric("GpusQuarantined", MetricUnit.Count, 1, {"Pool": gpu.pool.value})
+    if event.detect_s is not None:
+        emit_metric("GpuTimeToDetect", MetricUnit.Seconds, event.detect_s, dimensions)
+
+
+def emit_metric(name: str, unit: MetricUnit, value: float, dimensions: dict[str, str]) -> None:
+    """One EMF metric with its own dimensions (and the service's), outside any handler's metric set."""
+    if is_metrics_disabled():
+        return
+    with single_metric(name=name, unit=unit, value=value) as metric:  # with the service dimension
+        for key, value_ in dimensions.items():
+            metric.add_dimension(name=key, value=value_)
+
+
 @cache
 def fleet() -> Fleet:
     s = settings()
     return Fleet(aws.table(s.fleet_table), aws.table(s.tasks_table), s.jobs_table,
-                 WaitingRoom(aws.table(s.waiting_room_table)), aws.client("dynamodb"))
+                 WaitingRoom(aws.table(s.waiting_room_table)), aws.client("dynamodb"),
+                 health_policy=s.health_policy(), transitioned=health_transitioned)
 
 
 @cache
@@ -73,7 +100,7 @@ def dispatcher() -> Dispatcher:
         http=agent_http(),
         bucket=s.images_bucket,
         limits=Limits(heartbeat_seconds=s.heartbeat_seconds, attempt_timeout_seconds=s.attempt_timeout_seconds,
-                      agent_stale_seconds=s.agent_stale_seconds, suspect_seconds=s.suspect_seconds),
+                      agent_stale_seconds=s.agent_stale_seconds),
         agent_key=agent_key,
     )
 

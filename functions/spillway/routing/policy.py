@@ -76,7 +76,7 @@ class FleetSnapshot:
     gpus: list[Gpu]
     waiting: dict[Pool, int]
     now: float
-    usable: set[str] = field(default_factory=set)  # gpu ids that are fresh, not draining, not suspect
+    usable: set[str] = field(default_factory=set)  # gpu ids whose health takes work, heard from lately
 
     def candidates(self, pool: Pool, job: JobFacts, avoid: set[str]) -> list[Gpu]:
         """GPUs of the pool that could run the job at all: healthy, its service, enough VRAM in total."""
@@ -85,7 +85,7 @@ class FleetSnapshot:
 
     def starts_now(self, pool: Pool, job: JobFacts, avoid: set[str]) -> bool:
         """A GPU of the pool has a slot and the VRAM for it, and no queue is ahead of it."""
-        free = sum(g.slots - g.running for g in self.candidates(pool, job, avoid) if g.fits(job.service, job.vram_mb))
+        free = sum(g.free_slots for g in self.candidates(pool, job, avoid) if g.fits(job.service, job.vram_mb))
         return free > self.waiting.get(pool, 0)
 
 

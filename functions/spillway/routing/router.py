@@ -53,7 +53,7 @@ def budget_left(rules: RoutingRules, committed: Callable[[str | None], int]) -> 
 
 def fleet_snapshot(gpus: list[Gpu], now: float, stale_after: float, depth: Callable[[Pool, int], int]) -> FleetSnapshot:
     """The fleet as routing sees it: every GPU, the healthy ones, and each room's depth up to QUEUE_PEEK."""
-    return FleetSnapshot(gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.is_healthy(now, stale_after)},
+    return FleetSnapshot(gpus=gpus, now=now, usable={g.gpu_id for g in gpus if g.accepts_work(now, stale_after)},
                          waiting={pool: depth(pool, QUEUE_PEEK) for pool in (Pool.LOCAL, Pool.CLOUD)})
 
 

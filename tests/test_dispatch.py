@@ -141,7 +141,7 @@ def test_two_dispatchers_racing_for_the_last_slot_never_oversubscribe_it(
     clock.advance(1)
     second = queued(cloud, 2)
     dispatcher.enqueue(second)
-    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=1), now=clock.now)
+    dispatcher.on_heartbeat(beat("local-0", vram_mb=6000, slots=1))  # back from its drain: probed, on probation
     seen_by_the_other = fleet.available(Pool.LOCAL, clock.now, cloud.settings.agent_stale_seconds)
     other = dispatcher_for(cloud.settings, agents.client(), clock=clock)
     assert dispatcher.pump(Pool.LOCAL) == {task_id_for(first.job_id, 1): "pushed"}
@@ -246,7 +246,7 @@ def test_a_stale_or_draining_agent_gets_no_work(cloud: Cloud, fleet: Fleet, disp
     task = queued(cloud)
     assert dispatcher.enqueue(task) == {}
     assert agents.pushed == []
-    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=4), now=clock.now)
+    assert dispatcher.on_heartbeat(beat("local-0", vram_mb=6000, slots=4)), "back from silence: probed, probation"
     assert dispatcher.pump(Pool.LOCAL) == {task_id_for(task.job_id, 1): "pushed"}
 
 

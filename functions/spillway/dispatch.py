@@ -301,8 +301,8 @@ class Dispatcher:
         now = self._clock()
         stale = self._limits.agent_stale_seconds
         before, gpu = self._fleet.heartbeat(beat, now)
-        if gpu.health.state is GpuHealth.DOWN and before is not None and before.health.state is not GpuHealth.DOWN:
-            self._fail_tasks_on(gpu, f"{gpu.gpu_id} is down: {gpu.health.reason}")  # silent until this beat
+        if before is not None and now - before.last_heartbeat > stale:  # silent until this beat: down, tasks lost
+            self._fail_tasks_on(gpu, _silent_cause(gpu.gpu_id, now - before.last_heartbeat))
         freed = self._end_unreported(gpu, set(beat.running)) if gpu.running > len(beat.running) else 0
         if health.needs_probe(gpu.health, beat.draining):
             gpu = self.probe(gpu, beat.draining)
@@ -358,8 +358,9 @@ class Dispatcher:
         if changed is None:
             return gpu
         before, after = changed
-        if after.state is GpuHealth.DOWN and before.health.state is not GpuHealth.DOWN:
-            self._fail_tasks_on(before, f"{gpu.gpu_id} went silent: {after.reason}")
+        silent_for = now - before.last_heartbeat
+        if after.state is GpuHealth.DOWN and silent_for > self._limits.agent_stale_seconds:
+            self._fail_tasks_on(before, _silent_cause(gpu.gpu_id, silent_for))
         return before.model_copy(update={"health": after})
 
     def _push_alone(self, task: Task) -> str:
@@ -424,8 +425,7 @@ class Dispatcher:
         if agent_silent > self._limits.agent_stale_seconds:  # the agent is gone (killed, frozen, cut off)
             if gpu is not None:
                 self.tick(gpu, now)  # down: its other tasks fail with this one
-            outcome = self.fail(task, ErrorType.GPU_UNREACHABLE,
-                                f"{task.gpu_id} went silent: its agent has not reported for {agent_silent:.0f} s")
+            outcome = self.fail(task, ErrorType.GPU_UNREACHABLE, _silent_cause(task.gpu_id, agent_silent))
             self.pump(task.pool)
             return outcome
         if now - last_sign >= self._limits.heartbeat_seconds:
@@ -496,3 +496,8 @@ class Dispatcher:
                 outcome = self.check(task, now, rearm=False)
                 counts[outcome] = counts.get(outcome, 0) + 1
         return counts
+
+
+def _silent_cause(gpu_id: str | None, silent_for: float) -> str:
+    return f"{gpu_id} went silent: its agent has not reported for {silent_for:.0f} s"
+

@@ -154,11 +154,11 @@ class Fleet:
             }),
             ReturnValues="ALL_OLD",
         ).get("Attributes")
-        if before is None:
-            registered = self.get(beat.gpu_id)
-            assert registered is not None  # just written; GPU records are never deleted
-            return None, registered
-        previous = Gpu.model_validate(from_item(before))
+        if before is None:  # registered now: its health is new, but its agent may be draining already
+            previous = self.get(beat.gpu_id)
+            assert previous is not None  # just written; GPU records are never deleted
+        else:
+            previous = Gpu.model_validate(from_item(before))
         policy = self.health_policy
 
         def decide(gpu: Gpu) -> HealthRecord:
@@ -171,7 +171,7 @@ class Fleet:
             changed = self.change_health(beat.gpu_id, decide)
             assert changed is not None
             after = changed[0].model_copy(update={"health": changed[1]})
-        return previous, after
+        return (previous if before is not None else None), after
 
     def change_health(self, gpu_id: str, decide: Callable[[Gpu], HealthRecord]) -> tuple[Gpu, HealthRecord] | None:
         """Apply a transition to the GPU's health: read, decide, write on the condition that nobody wrote

@@ -22,7 +22,7 @@ def take_slot(gpus: dict[str, Gpu], gpu: Gpu, vram_mb: int) -> None:
     """A pump's view of its pool: `gpu` now holds one task more; a full GPU leaves the view."""
     gpu.vram_free_mb -= vram_mb
     gpu.running += 1
-    if gpu.running >= gpu.slots:
+    if gpu.free_slots == 0:  # full, or its one task on probation
         gpus.pop(gpu.gpu_id)
 
 

@@ -87,7 +87,7 @@ def clear_caches() -> None:
                 value.cache_clear()
 
 
-HANDLERS = ("wiring", "admit", "api", "callback", "poller", "timers", "sweeper", "route")
+HANDLERS = ("wiring", "admit", "api", "fleet_routes", "callback", "poller", "timers", "sweeper", "route")
 
 
 @pytest.fixture(scope="session")

@@ -63,7 +63,8 @@ NEEDS: dict[str, Grants] = {
     "ApiFunction": {  # intake.py, jobs.py (create, view, delete when the intake send fails), Powertools idempotency
         "<JobsTable>": _ddb("GetItem", "PutItem", "DeleteItem"),
         "<IdempotencyTable>": _ddb("GetItem", "PutItem", "UpdateItem", "DeleteItem"),
-        "<FleetTable>": _ddb("Scan"),
+        "<FleetTable>": _ddb("Scan", "GetItem", "UpdateItem"),  # and fleet_ops.py: operators' health changes
+        "<TasksTable>/index/open-by-pool": _ddb("Query"),  # fleet_ops.py: each GPU's tasks
         UPLOADS: {"s3:PutObject", "s3:GetObject"},  # the presigned form POST; the upload read and judged
         INPUTS: {"s3:PutObject"},  # pinned: the job's own copy of the bytes judged
         RESULTS: {"s3:GetObject"},

@@ -66,6 +66,7 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
     assert routes == {
         ("POST", "/v1/uploads", "ApiFunction"), ("POST", "/v1/jobs", "ApiFunction"),
         ("GET", "/v1/jobs/{job_id}", "ApiFunction"), ("GET", "/v1/openapi.json", "ApiFunction"),
+        ("GET", "/v1/fleet", "ApiFunction"), ("POST", "/v1/fleet/{gpu_id}/{action}", "ApiFunction"),
         ("POST", "/v1/agent/heartbeat", "AgentCallbackFunction"),
         ("POST", "/v1/agent/tasks/{task_id}/heartbeat", "AgentCallbackFunction"),
         ("POST", "/v1/agent/tasks/{task_id}/result", "AgentCallbackFunction"),

@@ -8,6 +8,7 @@ USAGE = """usage: spillway <command> [options]
 
 commands:
   agent   run the agent beside one GPU's model server
+  fleet   every GPU's health, load and recent events; drain, quarantine or readmit one (fleet --help)
   dev     run the whole system on this machine (moto, the template's resources, agents) and stay up
   demo    start the embedded stack, push a few room photos through the API, show where each ran
   graph   draw a job's execution graph, the path it took lit (SVG or PNG)
@@ -26,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         from spillway.agent.cli import main as agent_main
 
         return agent_main(rest)
+    if command == "fleet":
+        from spillway.fleet_cli import main as fleet_main
+
+        return fleet_main(rest)
     if command in ("dev", "demo"):
         try:
             from spillway_embedded import cli as embedded_cli

@@ -307,7 +307,9 @@ class Dispatcher:
         if health.needs_probe(gpu.health, beat.draining):
             gpu = self.probe(gpu, beat.draining)
         could_before = before is not None and before.accepts_work(now, stale)
-        return (gpu.accepts_work(now, stale) and not could_before) or freed > 0
+        # An operator's readmit since its last beat: it takes work again, though it "could" at that beat.
+        readmitted = before is not None and before.health.since > before.last_heartbeat
+        return (gpu.accepts_work(now, stale) and (readmitted or not could_before)) or freed > 0
 
     def _end_unreported(self, gpu: Gpu, reported: set[str]) -> int:
         """Tasks leased on the GPU that its agent does not hold: failed (GpuUnreachable), their VRAM back.

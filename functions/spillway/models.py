@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from spillway.health import GpuHealth
+
 JobId = Annotated[str, StringConstraints(pattern=r"^j-[0-9a-f]{32}$")]
 TaskId = Annotated[str, StringConstraints(pattern=r"^t-[0-9a-f]{32}$")]
 GpuId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
@@ -168,6 +170,43 @@ class JobView(JobFields):
 
 class ApiError(BaseModel):
     message: str
+
+
+# --- operator API: the fleet ------------------------------------------------------------------
+
+
+class HealthEventView(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    at: str
+    from_: GpuHealth = Field(alias="from")
+    to: GpuHealth
+    reason: str
+    detect_s: float | None = Field(default=None, description="from the fault's first sign to this transition")
+
+
+class GpuView(BaseModel):
+    gpu_id: str
+    pool: Pool
+    health: GpuHealth
+    reason: str = Field(description="why it is in that state")
+    since: str = Field(description="when it entered it")
+    quarantined_until: str | None = Field(default=None, description="quarantined: when its cool-down ends "
+                                                                    "(absent: until an operator readmits it)")
+    held: bool = Field(description="an operator drained or quarantined it: only a readmit lets it back")
+    vram_total_mb: int
+    vram_used_mb: int
+    slots: int
+    running: list[str] = Field(description="the tasks leased on it")
+    last_heartbeat: str
+    last_heartbeat_age_s: float
+    model_errors: int = Field(description="ModelErrors in a row")
+    quarantines: int = Field(description="quarantines in a row")
+    events: list[HealthEventView] = Field(description="its recent health transitions, oldest first")
+
+
+class FleetView(BaseModel):
+    gpus: list[GpuView]
 
 
 # --- control plane: state machine and pool queues ----------------------------------------------

@@ -1,4 +1,5 @@
-"""The job API: POST /v1/uploads, POST /v1/jobs, GET /v1/jobs/{job_id}, GET /v1/openapi.json."""
+"""The job API: POST /v1/uploads, POST /v1/jobs, GET /v1/jobs/{job_id}, GET /v1/openapi.json; and the
+operators' fleet routes (`fleet_routes`)."""
 
 from functools import cache
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import P
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway import aws
+from spillway.handlers import fleet_routes
 from spillway.handlers.http import answer_errors_with_reasons, error_response, unreadable_body
 from spillway.handlers.wiring import fleet
 from spillway.intake import Intake
@@ -35,6 +37,7 @@ logger = Logger()
 tracer = Tracer()
 app = APIGatewayHttpResolver(enable_validation=True)
 answer_errors_with_reasons(app)
+app.include_router(fleet_routes.router)
 
 _ERRORS: dict[int | str, Any] = {
     404: {"description": "No such job", "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
@@ -111,7 +114,8 @@ def openapi():  # no return annotation: the document describes itself
 def openapi_document() -> str:
     return app.get_openapi_json_schema(
         title=API_TITLE, version=API_VERSION,
-        description="Submit photo edits to run on GPUs; follow them until their result is ready.",
+        description="Submit photo edits to run on GPUs; follow them until their result is ready. Operators: "
+                    "see the fleet's health, drain, quarantine and readmit GPUs.",
     )
 
 

@@ -1,0 +1,121 @@
+"""`spillway fleet [list|drain|readmit|quarantine GPU_ID]`: the operators' fleet routes from a shell.
+
+It calls the API: a running `spillway dev`'s (its state folder's stack.json), or any URL given with
+`--api` or SPILLWAY_API_URL. A deployed stack's API takes IAM (SigV4) signatures: calls to an
+`execute-api` host are signed with the caller's AWS credentials, as the AWS CLI would sign them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from spillway.health import OperatorAction
+
+TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+DEV_STATE = Path(".spillway/dev")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="spillway fleet", description="See the fleet's health; drain, quarantine "
+                                                                         "or readmit a GPU.")
+    parser.add_argument("action", nargs="?", default="list", choices=["list", *(a.value for a in OperatorAction)])
+    parser.add_argument("gpu_id", nargs="?", help="the GPU to drain, quarantine or readmit")
+    parser.add_argument("--api", default=os.environ.get("SPILLWAY_API_URL"),
+                        help="the API's base URL (default: SPILLWAY_API_URL, else the running `spillway dev`'s)")
+    parser.add_argument("--state-dir", type=Path, default=DEV_STATE, help="a `spillway dev` state folder")
+    parser.add_argument("--events", type=int, default=0, metavar="N", help="list: each GPU's last N health events")
+    parser.add_argument("--json", action="store_true", help="print the API's answer as it is")
+    args = parser.parse_args(argv)
+    if (args.action == "list") != (args.gpu_id is None):
+        parser.error("list takes no GPU; drain, quarantine and readmit take one")
+    try:
+        api = args.api or _dev_api(args.state_dir)
+        if args.action == "list":
+            answer = _call(api, "GET", "/v1/fleet")
+        else:
+            answer = _call(api, "POST", f"/v1/fleet/{args.gpu_id}/{args.action}")
+    except (OSError, httpx.HTTPError, ValueError) as failed:
+        print(f"spillway fleet: {failed}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif args.action == "list":
+        print(table(answer["gpus"], args.events))
+    else:
+        print(table([answer], events=3))
+    return 0
+
+
+def _dev_api(state_dir: Path) -> str:
+    stack_file = state_dir / "stack.json"
+    try:
+        return json.loads(stack_file.read_text())["api_url"]
+    except FileNotFoundError:
+        raise ValueError(f"no running `spillway dev` ({stack_file} does not exist): start one, or give --api") from None
+
+
+def _call(api: str, method: str, path: str) -> dict:
+    url = api.rstrip("/") + path
+    headers = _sigv4(method, url) if ".execute-api." in (urlparse(url).hostname or "") else {}
+    response = httpx.request(method, url, headers=headers, timeout=TIMEOUT)
+    if response.is_error:
+        try:
+            message = response.json().get("message", response.text)
+        except ValueError:
+            message = response.text
+        raise ValueError(f"{method} {path} answered {response.status_code}: {message}")
+    return response.json()
+
+
+def _sigv4(method: str, url: str) -> dict[str, str]:
+    """IAM auth for API Gateway: SigV4 over the request with the caller's credentials (region from the host)."""
+    import boto3
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+
+    region = (urlparse(url).hostname or "").split(".")[2]
+    credentials = boto3.Session().get_credentials()
+    if credentials is None:
+        raise ValueError("the API takes IAM signatures, and no AWS credentials were found")
+    request = AWSRequest(method=method, url=url)
+    SigV4Auth(credentials.get_frozen_credentials(), "execute-api", region).add_auth(request)
+    return dict(request.headers.items())
+
+
+def table(gpus: list[dict], events: int = 0) -> str:
+    """One line per GPU (and its last `events` health transitions under it)."""
+    now = time.time()
+    rows = [("GPU", "POOL", "HEALTH", "FOR", "VRAM USED", "TASKS", "HEARD", "WHY")]
+    for g in gpus:
+        rows.append((g["gpu_id"], g["pool"], g["health"], _age(now - _epoch(g["since"])),
+                     f"{g['vram_used_mb']}/{g['vram_total_mb']} MB", f"{len(g['running'])}/{g['slots']}",
+                     _age(g["last_heartbeat_age_s"]) + " ago", g["reason"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+        if index and events:
+            for event in gpus[index - 1]["events"][-events:]:
+                detected = f" (detected in {event['detect_s']:.1f} s)" if event.get("detect_s") is not None else ""
+                lines.append(f"    {event['at']}  {event['from']} -> {event['to']}: {event['reason']}{detected}")
+    return "\n".join(lines)
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.0f}h"

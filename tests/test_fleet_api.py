@@ -55,3 +55,12 @@ def test_an_operator_drains_quarantines_and_readmits_a_gpu(fleet: Fleet) -> None
 def test_a_bad_action_is_a_4xx_with_the_reason(fleet: Fleet, path: str, status: int, says: str) -> None:
     got, body = call("POST", path)
     assert got == status and says in body["message"], body
+
+
+def test_the_census_counts_gpus_by_health_per_pool_zeros_too(fleet: Fleet) -> None:
+    from spillway.handlers.wiring import fleet_operations
+
+    census = fleet_operations().census()
+    assert census[Pool.LOCAL][health.GpuHealth.HEALTHY] == 1 and sum(census[Pool.LOCAL].values()) == 1
+    assert census[Pool.CLOUD][health.GpuHealth.HEALTHY] == 0, "the alarm sees a 0, not no data"
+    assert census[Pool.CLOUD][health.GpuHealth.DOWN] == 1

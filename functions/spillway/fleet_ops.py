@@ -13,7 +13,7 @@ from collections.abc import Callable
 from spillway import health
 from spillway.errors import Conflict, NotFound
 from spillway.fleet import Fleet, Gpu
-from spillway.health import OperatorAction
+from spillway.health import GpuHealth, OperatorAction
 from spillway.jobs import iso_at
 from spillway.models import FleetView, GpuView, HealthEventView, Pool, TaskState
 
@@ -28,6 +28,16 @@ class FleetOperations:
         gpus = sorted(self._fleet.all_gpus(), key=lambda g: (g.pool.value, g.gpu_id))
         leased = self._leased({g.pool for g in gpus})
         return FleetView(gpus=[self._gpu_view(g, now, leased.get(g.gpu_id, [])) for g in gpus])
+
+    def census(self) -> dict[Pool, dict[GpuHealth, int]]:
+        """GPUs by health, per pool that has any (every state counted, zeros too: an alarm watches healthy)."""
+        now = self._clock()
+        counts: dict[Pool, dict[GpuHealth, int]] = {}
+        for gpu in self._fleet.all_gpus():
+            state = health.tick(gpu.health, now, gpu.last_heartbeat, self._fleet.health_policy).state
+            by_state = counts.setdefault(gpu.pool, dict.fromkeys(GpuHealth, 0))
+            by_state[state] += 1
+        return counts
 
     def act(self, gpu_id: str, action: OperatorAction) -> GpuView:
         """Drain (no new work until readmitted; running tasks finish), quarantine (no work until readmitted),

@@ -16,6 +16,7 @@ from typing import NamedTuple
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 
+from spillway.health import GpuHealth, HealthEvent
 from spillway.models import JobFields, JobStatus, Pool, Priority
 from spillway.waiting_room import RoomLine
 
@@ -25,6 +26,7 @@ class Dimension(StrEnum):
     PRIORITY = "Priority"
     POOL = "Pool"
     OUTCOME = "Outcome"  # `succeeded`, or the failure kind (ErrorType)
+    HEALTH = "Health"  # a GPU's health (GpuHealth)
 
 
 class Metric(StrEnum):
@@ -43,6 +45,10 @@ class Metric(StrEnum):
     FAAS_BUDGET_SPENT = "FaasBudgetSpent"  # a job FaaS would have taken went elsewhere: the budget is spent
     FAAS_SPEND = "FaasSpendUsd"  # today's FaaS spend, settled and reserved
     FAAS_BUDGET = "FaasBudgetUsd"  # today's FaaS cap
+    GPUS = "Gpus"  # GPUs by health, per pool, counted every minute (zeros too: an alarm watches healthy)
+    GPU_HEALTH_TRANSITIONS = "GpuHealthTransitions"  # by the state entered
+    GPUS_QUARANTINED = "GpusQuarantined"
+    GPU_TIME_TO_DETECT = "GpuTimeToDetect"  # from a fault's first sign to the transition it caused
 
 
 class Spec(NamedTuple):
@@ -67,6 +73,10 @@ CATALOG: dict[Metric, Spec] = {
     Metric.FAAS_BUDGET_SPENT: Spec(MetricUnit.Count),
     Metric.FAAS_SPEND: Spec(MetricUnit.NoUnit),
     Metric.FAAS_BUDGET: Spec(MetricUnit.NoUnit),
+    Metric.GPUS: Spec(MetricUnit.Count, (D.POOL, D.HEALTH)),
+    Metric.GPU_HEALTH_TRANSITIONS: Spec(MetricUnit.Count, (D.POOL, D.HEALTH)),
+    Metric.GPUS_QUARANTINED: Spec(MetricUnit.Count, (D.POOL,)),
+    Metric.GPU_TIME_TO_DETECT: Spec(MetricUnit.Seconds, (D.POOL, D.HEALTH)),
 }
 
 
@@ -86,6 +96,22 @@ def emit(metric: Metric, value: float = 1, **dimensions: str) -> None:
 def attempt_ended(pool: Pool, outcome: str) -> None:
     """An attempt ended, once: `succeeded`, or its failure kind."""
     emit(Metric.ATTEMPTS_ENDED, Pool=pool.value, Outcome=outcome)
+
+
+def gpu_health_changed(pool: Pool, event: HealthEvent) -> None:
+    """A GPU's health changed: the state it entered, a quarantine, how long the fault took to detect."""
+    emit(Metric.GPU_HEALTH_TRANSITIONS, Pool=pool.value, Health=event.to.value)
+    if event.to is GpuHealth.QUARANTINED:
+        emit(Metric.GPUS_QUARANTINED, Pool=pool.value)
+    if event.detect_s is not None:
+        emit(Metric.GPU_TIME_TO_DETECT, event.detect_s, Pool=pool.value, Health=event.to.value)
+
+
+def gpu_census(census: dict[Pool, dict[GpuHealth, int]]) -> None:
+    """GPUs by health per pool that has any, every state (a zero, not a gap: an alarm watches healthy)."""
+    for pool, by_state in census.items():
+        for state, count in by_state.items():
+            emit(Metric.GPUS, count, Pool=pool.value, Health=state.value)
 
 
 def room_gauges(pool: Pool, lines: dict[Priority, RoomLine]) -> None:

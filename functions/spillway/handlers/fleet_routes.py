@@ -3,15 +3,13 @@
 IAM-protected like the client routes (the API's default authorizer); served by the API function.
 """
 
-from functools import cache
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Path
 
-from spillway.fleet_ops import FleetOperations
-from spillway.handlers.wiring import fleet
+from spillway.handlers.wiring import fleet_operations
 from spillway.health import OperatorAction
 from spillway.models import ApiError, FleetView, GpuId, GpuView
 
@@ -26,21 +24,16 @@ _ACTION_ERRORS: dict[int | str, Any] = {
 }
 
 
-@cache
-def operations() -> FleetOperations:
-    return FleetOperations(fleet())
-
-
 @router.get("/v1/fleet", summary="Every GPU: pool, health and why, VRAM and tasks, last heartbeat, recent events",
             tags=["fleet"])
 def list_fleet() -> FleetView:
-    return operations().view()
+    return fleet_operations().view()
 
 
 @router.post("/v1/fleet/<gpu_id>/<action>", tags=["fleet"], responses=_ACTION_ERRORS,
              summary="Drain a GPU (no new work; running tasks finish), quarantine it (no work), or readmit it "
                      "(one canary task, then healthy)")
 def act_on_gpu(gpu_id: Annotated[GpuId, Path()], action: Annotated[OperatorAction, Path()]) -> GpuView:
-    view = operations().act(gpu_id, action)
+    view = fleet_operations().act(gpu_id, action)
     logger.warning("operator action", gpu_id=gpu_id, action=action.value, health=view.health.value)
     return view

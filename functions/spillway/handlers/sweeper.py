@@ -12,7 +12,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from spillway import metrics
 from spillway.faas.billing import MICRO
-from spillway.handlers.wiring import budget, dispatcher, faas_dispatcher, fleet, reconciler, routing_rules
+from spillway.handlers.wiring import (
+    budget,
+    dispatcher,
+    faas_dispatcher,
+    fleet,
+    fleet_operations,
+    reconciler,
+    routing_rules,
+)
 from spillway.logs import job_keys
 from spillway.metrics import Metric, emit
 from spillway.models import Pool
@@ -48,10 +56,12 @@ def handler(event: EventBridgeEvent, context: LambdaContext) -> dict:
 
 
 def _gauges() -> dict[str, int]:
-    """Once a minute: the waiting rooms by pool and priority, and today's FaaS spend against its cap."""
+    """Once a minute: the waiting rooms by pool and priority, GPUs by health per pool, and today's FaaS spend
+    against its cap."""
     now = time.time()
     for pool in (Pool.LOCAL, Pool.CLOUD):
         metrics.room_gauges(pool, fleet().waiting_room.summary(pool, now))
+    metrics.gpu_census(fleet_operations().census())
     if settings().faas_endpoint_id:
         emit(Metric.FAAS_SPEND, budget().view().committed_micro / MICRO)
         emit(Metric.FAAS_BUDGET, routing_rules().faas.daily_budget_usd)

@@ -4,13 +4,11 @@ from functools import cache
 from typing import Any
 
 import httpx
-from aws_lambda_powertools import Logger, single_metric
-from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities import parameters
 from pydantic import TypeAdapter
 
-from spillway import aws
+from spillway import aws, metrics
 from spillway.admission import Admission
 from spillway.budget import BudgetLedger
 from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
@@ -18,6 +16,7 @@ from spillway.faas.dispatcher import FaasDispatcher
 from spillway.faas.runpod import TIMEOUT as FAAS_TIMEOUT
 from spillway.faas.runpod import RunPodProvider
 from spillway.fleet import Fleet, Gpu
+from spillway.fleet_ops import FleetOperations
 from spillway.health import GpuHealth, HealthEvent
 from spillway.jobs import JobStore
 from spillway.reconcile import Reconciler
@@ -59,26 +58,11 @@ def agent_http(**options: Any) -> httpx.Client:
 
 
 def health_transitioned(gpu: Gpu, event: HealthEvent) -> None:
-    """Every GPU health transition: a log line, and metrics by pool and the state it entered (quarantines,
-    time-to-detect). The GPUs by health per pool are counted by the sweeper."""
+    """Every GPU health transition: a log line, and its metrics (see `metrics.gpu_health_changed`)."""
     log = logger.warning if event.to in (GpuHealth.DOWN, GpuHealth.QUARANTINED, GpuHealth.SUSPECT) else logger.info
     log("gpu health", gpu_id=gpu.gpu_id, pool=gpu.pool.value, health_from=event.from_.value,
         health_to=event.to.value, reason=event.reason, detect_s=event.detect_s)
-    dimensions = {"Pool": gpu.pool.value, "Health": event.to.value}
-    emit_metric("GpuHealthTransitions", MetricUnit.Count, 1, dimensions)
-    if event.to is GpuHealth.QUARANTINED:
-        emit_metric("GpusQuarantined", MetricUnit.Count, 1, {"Pool": gpu.pool.value})
-    if event.detect_s is not None:
-        emit_metric("GpuTimeToDetect", MetricUnit.Seconds, event.detect_s, dimensions)
-
-
-def emit_metric(name: str, unit: MetricUnit, value: float, dimensions: dict[str, str]) -> None:
-    """One EMF metric with its own dimensions (and the service's), outside any handler's metric set."""
-    if is_metrics_disabled():
-        return
-    with single_metric(name=name, unit=unit, value=value) as metric:  # with the service dimension
-        for key, value_ in dimensions.items():
-            metric.add_dimension(name=key, value=value_)
+    metrics.gpu_health_changed(gpu.pool, event)
 
 
 @cache
@@ -103,6 +87,11 @@ def dispatcher() -> Dispatcher:
                       agent_stale_seconds=s.agent_stale_seconds),
         agent_key=agent_key,
     )
+
+
+@cache
+def fleet_operations() -> FleetOperations:
+    return FleetOperations(fleet())
 
 
 @cache

@@ -20,6 +20,9 @@ them, as an office that cannot call out cannot report a result either (its presi
 go on: the fault is "cannot report", not "cannot work"). `both` cuts the two; restore mends both
 unless told one.
     curl -X POST $CHAOS/agents/kill -d '{"gpu_ids": ["local-2"]}'   # or term, stop, cont, restart
+    curl -X POST $CHAOS/agents/fail-model -d '{"gpu_ids": ["local-2"]}'   # every model run fails (ModelError)
+    curl -X POST $CHAOS/agents/slow -d '{"gpu_ids": ["local-2"], "seconds": 5}'   # every run 5 s longer
+    curl -X POST $CHAOS/agents/heal -d '{"gpu_ids": ["local-2"]}'   # the model is well again
     curl $CHAOS/tunnels
 
 and make the stand-in FaaS provider slow, failing or refusing (forwarded to its own /chaos, see
@@ -40,19 +43,24 @@ import httpx
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.wrappers import Request, Response
 
+from spillway_embedded.model_faults import ModelFault
 from spillway_embedded.tunnel import CutMode, Tunnel
 
 
 class AgentControl(Protocol):
     def agent_signal(self, gpu_ids: list[str], action: str) -> None: ...
     def agent_states(self) -> dict[str, str]: ...
+    def model_fault(self, gpu_ids: list[str], fault: ModelFault | None) -> None: ...
 
 
-AGENT_ACTIONS = ("kill", "term", "stop", "cont", "restart")
+AGENT_SIGNALS = ("kill", "term", "stop", "cont", "restart")
+MODEL_FAULTS = ("fail-model", "slow", "heal")
+AGENT_ACTIONS = AGENT_SIGNALS + MODEL_FAULTS
 
 
 class AgentSelection(BaseModel, extra="forbid"):
     gpu_ids: list[str] = Field(min_length=1)
+    seconds: float = Field(default=0.0, ge=0, le=600, description="slow: how much longer each model run takes")
 
 
 class TunnelSelection(BaseModel, extra="forbid"):
@@ -161,7 +169,11 @@ class ChaosControl:
         unknown = sorted(set(selection.gpu_ids) - set(self._agents.agent_states()))
         if unknown:
             return _json(404, {"message": f"no agent for {', '.join(unknown)}"})
-        self._agents.agent_signal(selection.gpu_ids, action)
+        if action in MODEL_FAULTS:
+            fault = {"mode": action, "seconds": selection.seconds}
+            self._agents.model_fault(selection.gpu_ids, None if action == "heal" else ModelFault.model_validate(fault))
+        else:
+            self._agents.agent_signal(selection.gpu_ids, action)
         return _json(200, {"agents": self._agents.agent_states()})
 
     def _faas(self, request: Request) -> Response:

@@ -61,11 +61,12 @@ class StackInfo:
         (pushes), "out" (the agents' reports) or "both"."""
         self._chaos("cut", gpu_ids, pool, {"mode": mode, "direction": direction})
 
-    def agents(self, action: str, *gpu_ids: str) -> dict[str, str]:
-        """Chaos on agent processes: kill (SIGKILL), term (SIGTERM), stop (SIGSTOP), cont, restart."""
+    def agents(self, action: str, *gpu_ids: str, seconds: float = 0.0) -> dict[str, str]:
+        """Chaos on agent processes: kill (SIGKILL), term (SIGTERM), stop (SIGSTOP), cont, restart; on their
+        models: fail-model (every run fails), slow (every run `seconds` longer), heal."""
         import httpx
 
-        return httpx.post(f"{self.chaos_url}/agents/{action}", json={"gpu_ids": list(gpu_ids)},
+        return httpx.post(f"{self.chaos_url}/agents/{action}", json={"gpu_ids": list(gpu_ids), "seconds": seconds},
                           timeout=90).raise_for_status().json()["agents"]
 
     def break_tunnels(self, *gpu_ids: str, pool: str | None = None) -> None:

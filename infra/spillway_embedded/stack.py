@@ -30,6 +30,7 @@ from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
 from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
 from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
+from spillway_embedded.model_faults import ModelFault, write_fault
 from spillway_embedded.moto_server import MotoServer, free_port
 from spillway_embedded.provision import provision
 from spillway_embedded.runtime import Runtime
@@ -246,6 +247,14 @@ class EmbeddedStack:
             if agents[gpu_id].process.poll() is None:
                 agents[gpu_id].process.send_signal(sig)
 
+    def model_fault(self, gpu_ids: list[str], fault: ModelFault | None) -> None:
+        """Make these GPUs fail every model run, or run slow (None: heal them); their agents read it per run."""
+        for gpu_id in gpu_ids:
+            write_fault(self._fault_file(gpu_id), fault)
+
+    def _fault_file(self, gpu_id: str) -> Path:
+        return self.state_dir / "agents" / f"{gpu_id}.fault.json"
+
     def agent_states(self) -> dict[str, str]:
         return {a.spec.gpu_id: "running" if a.process.poll() is None else f"exited {a.process.returncode}"
                 for a in self._agents}
@@ -267,7 +276,8 @@ class EmbeddedStack:
             outbound = Tunnel(listen=("127.0.0.1", 0), target=(host, int(port)))
             outbound.start()
         command = [
-            sys.executable, "-m", "spillway.cli", "agent",
+            # `spillway agent`, its model wrapped so that chaos can make it fail or slow (see model_faults.py)
+            sys.executable, "-m", "spillway_embedded.model_faults", "--fault-file", str(self._fault_file(spec.gpu_id)),
             "--gpu-id", spec.gpu_id, "--pool", spec.pool.value, "--listen", "127.0.0.1:0",
             "--vram-mb", str(spec.vram_mb), "--slots", str(spec.slots),
             "--control-url", outbound.url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),

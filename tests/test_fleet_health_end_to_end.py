@@ -1,8 +1,11 @@
 """Fleet health, end to end on the embedded stack (real agent processes, real signals): an agent killed
 mid-task, or restarted without its task, costs its job one attempt and a stale window, not the attempt's
-heartbeat window; its lease is given back, and a restarted agent has all its VRAM again.
+heartbeat window; its lease is given back, and a restarted agent has all its VRAM again. A GPU that fails
+every model is quarantined after K failures, gets no work while it is, and after its cool-down takes one
+canary task; an agent told to stop (SIGTERM) mid-load drains: every job is answered.
 
-Each task takes at least MODEL_SECONDS on its GPU, so the chaos lands while the model runs.
+Each task takes at least MODEL_SECONDS on its GPU, so the chaos lands while the model runs. The module's
+stack runs with small health thresholds (QUARANTINE_*), so the tests stay fast.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ pytestmark = pytest.mark.embedded
 
 MODEL_SECONDS = 15.0
 STALE_SECONDS = 30  # the template's AgentStaleSeconds
+QUARANTINE_AFTER = 3  # QuarantineAfterErrors (K)
+QUARANTINE_SECONDS = 10  # QuarantineSeconds: the first cool-down
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    args = ["--api-port", "0", "--model-seconds", str(MODEL_SECONDS)]
+    args = ["--api-port", "0", "--model-seconds", str(MODEL_SECONDS),
+            "--parameter", f"QuarantineAfterErrors={QUARANTINE_AFTER}",
+            "--parameter", f"QuarantineSeconds={QUARANTINE_SECONDS}"]
     with LaunchedStack(tmp_path_factory.mktemp("health"), args) as info:
         yield info
 
@@ -41,17 +48,46 @@ def api(stack: StackInfo) -> Iterator[httpx.Client]:
         yield client
 
 
-def running_job(api: httpx.Client) -> tuple[str, str]:
-    """Submit a job and wait until an agent runs it: (job id, GPU id)."""
-    job_id = api.post("/v1/jobs", json={"service": "upscale_2x", "input_key": upload(api, render_room(3, 320, 240)),
-                                        "segment": {"region": "eu"}}).raise_for_status().json()["job_id"]
-    deadline = time.monotonic() + 30
+def submit(api: httpx.Client) -> str:
+    return api.post("/v1/jobs", json={"service": "upscale_2x", "input_key": upload(api, render_room(3, 320, 240)),
+                                      "segment": {"region": "eu"}}).raise_for_status().json()["job_id"]
+
+
+def first_attempt(api: httpx.Client, job_id: str, done: str, timeout: float = 30) -> dict:
+    """The job's first attempt once it has `done` ("running_at": an agent runs it; "ended_at": it ended)."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         attempts = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()["attempts"]
-        if attempts and attempts[-1].get("running_at"):
-            return job_id, attempts[-1]["gpu_id"]
+        if attempts and attempts[0].get(done):
+            return attempts[0]
         time.sleep(0.2)
-    raise AssertionError(f"{job_id} never started")
+    raise AssertionError(f"{job_id}: its first attempt has no {done} after {timeout} s")
+
+
+def running_job(api: httpx.Client) -> tuple[str, str]:
+    """Submit a job and wait until an agent runs it: (job id, GPU id)."""
+    job_id = submit(api)
+    return job_id, first_attempt(api, job_id, "running_at")["gpu_id"]
+
+
+def gpu_view(api: httpx.Client, gpu_id: str) -> dict:
+    """The GPU as operators see it (GET /v1/fleet): health, reason, events ..."""
+    return next(g for g in api.get("/v1/fleet").raise_for_status().json()["gpus"] if g["gpu_id"] == gpu_id)
+
+
+def wait_for_health(api: httpx.Client, gpu_id: str, states: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        gpu = gpu_view(api, gpu_id)
+        if gpu["health"] in states:
+            return gpu
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{gpu_id} is {gpu['health']} ({gpu['reason']}), not {states} after {timeout} s")
+        time.sleep(0.5)
+
+
+def transitions(gpu: dict) -> list[tuple[str, str]]:
+    return [(e["from"], e["to"]) for e in gpu["events"]]
 
 
 def gpu_record(stack: StackInfo, gpu_id: str) -> dict:
@@ -90,6 +126,10 @@ def test_an_agent_killed_mid_task_costs_its_job_a_stale_window_and_gets_its_vram
     assert moved_on_after < STALE_SECONDS + 10, f"moved on {moved_on_after:.0f} s after the kill, not 60 s"
     assert last["gpu_id"] != gpu_id and last["outcome"] == "succeeded"
     wait_for_full_vram(stack, gpu_id)
+    gpu = wait_for_health(api, gpu_id, {"probation", "healthy"})  # restarted: probed, back on probation
+    down = next(e for e in reversed(gpu["events"]) if e["to"] == "down")
+    assert down["reason"].startswith("silent: no heartbeat for") and down["detect_s"] > STALE_SECONDS, down
+    assert ("down", "probation") in transitions(gpu), gpu["events"]
 
 
 def test_an_agent_restarted_without_its_task_gives_the_lease_back_and_the_job_moves_on(
@@ -104,3 +144,50 @@ def test_an_agent_restarted_without_its_task_gives_the_lease_back_and_the_job_mo
     assert "no longer has it" in first["reason"] or "has not reported" in first["reason"], first["reason"]
     gpu = wait_for_full_vram(stack, gpu_id)
     assert gpu["vram_total_mb"] == next(g["vram_mb"] for g in stack.gpus if g["gpu_id"] == gpu_id)
+
+
+def test_a_gpu_that_fails_every_model_is_quarantined_gets_no_work_then_takes_one_canary(
+    stack: StackInfo, api: httpx.Client
+) -> None:
+    sick = "local-0"  # the best fit of the default fleet while it is free: new jobs go there first
+    wait_for_health(api, sick, {"healthy"})
+    stack.agents("fail-model", sick)
+    try:
+        failed_there = []
+        for _ in range(QUARANTINE_AFTER):  # one at a time, each landing on the sick GPU while it is free
+            job_id = submit(api)
+            attempt = first_attempt(api, job_id, "ended_at")
+            assert (attempt["gpu_id"], attempt["error"]) == (sick, "Spillway.ModelError"), attempt
+            failed_there.append(job_id)
+        gpu = wait_for_health(api, sick, {"quarantined"}, timeout=10)
+        assert f"{QUARANTINE_AFTER} ModelErrors in a row" in gpu["reason"] and gpu["quarantined_until"], gpu
+        later = [submit(api) for _ in range(3)]
+        views = answered(api, failed_there + later, timeout=180)
+    finally:
+        stack.agents("heal", sick)
+    assert {v["status"] for v in views.values()} == {"SUCCEEDED"}, "each moved on to a GPU that works"
+    assert all(a["gpu_id"] != sick for j in later for a in views[j]["attempts"]), "no work while quarantined"
+    gpu = wait_for_health(api, sick, {"probation"}, timeout=QUARANTINE_SECONDS + 30)  # its cool-down is over
+    canary = submit(api)
+    view = answered(api, [canary], timeout=120)[canary]
+    assert [(a["gpu_id"], a["outcome"]) for a in view["attempts"]] == [(sick, "succeeded")], view["attempts"]
+    gpu = wait_for_health(api, sick, {"healthy"}, timeout=10)
+    assert transitions(gpu)[-3:] == [("healthy", "quarantined"), ("quarantined", "probation"),
+                                     ("probation", "healthy")], gpu["events"]
+
+
+def test_an_agent_told_to_stop_mid_load_drains_and_every_job_is_answered(stack: StackInfo, api: httpx.Client) -> None:
+    jobs = [submit(api) for _ in range(8)]
+    gpu_id = first_attempt(api, jobs[0], "running_at")["gpu_id"]
+    stack.agents("term", gpu_id)  # SIGTERM: refuse new work, finish what runs (MODEL_SECONDS < its drain timeout)
+    try:
+        wait_for_health(api, gpu_id, {"draining"}, timeout=10)
+        views = answered(api, jobs, timeout=180)
+        assert {v["status"] for v in views.values()} == {"SUCCEEDED"}, "no job lost"
+        gpu = wait_for_health(api, gpu_id, {"down"}, timeout=STALE_SECONDS + 20)  # drained, its agent gone
+        assert gpu["reason"] == "drained: its agent left" and gpu["running"] == [], gpu
+    finally:
+        stack.agents("restart", gpu_id)
+    assert views[jobs[0]]["attempts"][0]["gpu_id"] == gpu_id
+    assert views[jobs[0]]["attempts"][0]["outcome"] == "succeeded", "a task running at SIGTERM finished there"
+    assert wait_for_health(api, gpu_id, {"probation", "healthy"})["health"] in ("probation", "healthy")

@@ -146,7 +146,7 @@ def test_two_dispatchers_racing_for_the_last_slot_never_oversubscribe_it(
     other = dispatcher_for(cloud.settings, agents.client(), clock=clock)
     assert dispatcher.pump(Pool.LOCAL) == {task_id_for(first.job_id, 1): "pushed"}
     # The other dispatcher read the fleet before that assignment: to it, local-0 still has its slot.
-    monkeypatch.setattr(other._fleet, "available", lambda *args: seen_by_the_other)
+    monkeypatch.setattr(other._fleet, "available", lambda *args, **kwargs: seen_by_the_other)
     assert other.pump(Pool.LOCAL) == {}
     assert (fleet.get("local-0").vram_free_mb, fleet.get("local-0").running) == (3500, 1)
     assert agents.task_ids() == [task_id_for(first.job_id, 1)]

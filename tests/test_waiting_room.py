@@ -437,7 +437,7 @@ def test_a_task_whose_first_delivery_died_before_its_timer_is_still_held_to_its_
     room: Room, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     room.gpu("cloud-0", pool=Pool.CLOUD)  # past its bound it has somewhere to go
-    def throttled(*args: object) -> list:
+    def throttled(*args: object, **kwargs: object) -> list:
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "Query")
 
     with monkeypatch.context() as patch:

@@ -191,8 +191,12 @@ class Dispatcher:
         return assigned, read == len(assigned) and read < LOOK_AHEAD
 
     def _free_gpus(self, pool: Pool, now: float, excluded: set[str]) -> dict[str, Gpu]:
-        return {g.gpu_id: g for g in self._fleet.available(pool, now, self._limits.agent_stale_seconds)
-                if g.gpu_id not in excluded}
+        return {g.gpu_id: g for g in self._available(pool, now) if g.gpu_id not in excluded}
+
+    def _available(self, pool: Pool, now: float) -> list[Gpu]:
+        """The pool's GPUs that can take work now, best fit first, each with what time alone did to its
+        health written first (a cool-down that ended is probation now, here as in the fleet's view)."""
+        return self._fleet.available(pool, now, self._limits.agent_stale_seconds, settle=lambda g: self.tick(g, now))
 
     def _take_spills(self, pool: Pool, excluded: set[str]) -> None:
         """This pool's room is empty and some of its GPUs are free: the tasks that wait past their spill
@@ -461,7 +465,7 @@ class Dispatcher:
     def _could_start(self, pool: Pool, task: Task, now: float) -> bool:
         return placement.could_start(
             pool, lambda: next(self._room.front(pool, page=1), None) is None,
-            lambda: self._fleet.available(pool, now, self._limits.agent_stale_seconds),
+            lambda: self._available(pool, now),
             task.service, task.vram_mb, task.avoid)
 
     def _expire(self, task: Task, now: float) -> str:

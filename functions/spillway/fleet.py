@@ -56,10 +56,11 @@ class Gpu(BaseModel):
         return service in self.services and self.vram_free_mb >= vram_mb and self.free_slots > 0
 
     @property
-    def best_fit(self) -> tuple[int, int, str]:
-        """Sort key, best first: the least free VRAM (big free GPUs stay free for big images), then
-        the fewest running tasks."""
-        return self.vram_free_mb, self.running, self.gpu_id
+    def best_fit(self) -> tuple[bool, int, int, str]:
+        """Sort key, best first: a GPU on probation (its canary task proves it soon, not whenever it happens to
+        fit best), then the least free VRAM (big free GPUs stay free for big images), then the fewest
+        running tasks."""
+        return self.health.state is not GpuHealth.PROBATION, self.vram_free_mb, self.running, self.gpu_id
 
 
 class Task(BaseModel):
@@ -219,10 +220,11 @@ class Fleet:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
         return Gpu.model_validate(from_item(item)) if item else None
 
-    def available(self, pool: Pool, now: float, stale_after: float) -> list[Gpu]:
-        """GPUs of the pool that can take work now, best fit first: the least free VRAM, so that big
-        free GPUs stay free for big images."""
-        fresh = [g for g in self.gpus(pool) if g.is_available(now, stale_after)]
+    def available(self, pool: Pool, now: float, stale_after: float,
+                  settle: Callable[[Gpu], Gpu] = lambda gpu: gpu) -> list[Gpu]:
+        """GPUs of the pool that can take work now, best fit first (see `Gpu.best_fit`). `settle` brings each
+        up to date first (the dispatcher writes what time alone did to its health: a cool-down over)."""
+        fresh = [g for g in map(settle, self.gpus(pool)) if g.is_available(now, stale_after)]
         return sorted(fresh, key=lambda g: g.best_fit)
 
     # ---- a task's life

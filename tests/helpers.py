@@ -281,3 +281,20 @@ def answered(api: httpx.Client, job_ids: list[str], timeout: float = 120.0, poll
         time.sleep(poll_s)
     open_jobs = {j: v["status"] for j, v in views.items() if v["status"] not in ("SUCCEEDED", "FAILED")}
     raise AssertionError(f"{len(open_jobs)} jobs not answered in {timeout}s: {open_jobs}")
+
+
+def gpu_view(api: httpx.Client, gpu_id: str) -> dict:
+    """The GPU as operators see it (GET /v1/fleet): health, reason, events ..."""
+    return next(g for g in api.get("/v1/fleet").raise_for_status().json()["gpus"] if g["gpu_id"] == gpu_id)
+
+
+def wait_for_health(api: httpx.Client, gpu_id: str, states: set[str], timeout: float = 60) -> dict:
+    """The GPU's view once its health is one of `states` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gpu = gpu_view(api, gpu_id)
+        if gpu["health"] in states:
+            return gpu
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{gpu_id} is {gpu['health']} ({gpu['reason']}), not {states} after {timeout} s")
+        time.sleep(0.5)

@@ -22,7 +22,7 @@ from spillway.rooms import render_room
 from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered
+from helpers import answered, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
@@ -68,22 +68,6 @@ def running_job(api: httpx.Client) -> tuple[str, str]:
     """Submit a job and wait until an agent runs it: (job id, GPU id)."""
     job_id = submit(api)
     return job_id, first_attempt(api, job_id, "running_at")["gpu_id"]
-
-
-def gpu_view(api: httpx.Client, gpu_id: str) -> dict:
-    """The GPU as operators see it (GET /v1/fleet): health, reason, events ..."""
-    return next(g for g in api.get("/v1/fleet").raise_for_status().json()["gpus"] if g["gpu_id"] == gpu_id)
-
-
-def wait_for_health(api: httpx.Client, gpu_id: str, states: set[str], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        gpu = gpu_view(api, gpu_id)
-        if gpu["health"] in states:
-            return gpu
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{gpu_id} is {gpu['health']} ({gpu['reason']}), not {states} after {timeout} s")
-        time.sleep(0.5)
 
 
 def back_to_healthy(api: httpx.Client, gpu_id: str) -> None:

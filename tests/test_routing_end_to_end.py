@@ -23,7 +23,7 @@ from spillway.rooms import render_room
 from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered
+from helpers import answered, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
@@ -69,17 +69,16 @@ def photo(api: httpx.Client) -> str:
 
 
 @pytest.fixture(autouse=True)
-def every_gpu_healthy(stack: StackInfo) -> None:
-    """Each test starts from a healthy fleet: links an earlier test restored are probed back within a beat."""
-    typed = TypeDeserializer()
+def every_gpu_healthy(api: httpx.Client) -> None:
+    """Each test starts from a fleet that takes work: links an earlier test restored are probed back within a
+    beat (a GPU that was down comes back on probation: one task at a time until one succeeds)."""
     deadline = time.monotonic() + 30
     while True:
-        items = stack.boto3_client("dynamodb").scan(TableName=stack.resources["FleetTable"], ConsistentRead=True)
-        suspect = [g["gpu_id"] for g in ({k: typed.deserialize(v) for k, v in i.items()} for i in items["Items"])
-                   if g.get("suspect_until", 0) > 0]
-        if not suspect:
+        out = {g["gpu_id"]: g["health"] for g in api.get("/v1/fleet").raise_for_status().json()["gpus"]
+               if g["health"] not in ("healthy", "probation")}
+        if not out:
             return
-        assert time.monotonic() < deadline, f"still suspect after 30 s: {suspect}"
+        assert time.monotonic() < deadline, f"out of service after 30 s: {out}"
         time.sleep(0.5)
 
 
@@ -114,6 +113,11 @@ def test_one_office_gpu_cut_runs_jobs_on_the_other_office_gpus_and_none_on_the_c
     assert len(failed) == 1, failed
     if mode == "silent":
         assert "Timeout" in failed[0]["reason"], "the push waited for its read timeout: nothing answered"
+    local_0 = wait_for_health(api, "local-0", {"healthy", "probation"}, timeout=30)  # its health says so
+    cut = next(e for e in reversed(local_0["events"]) if e["to"] == "suspect")
+    assert cut["from"] == "healthy" and cut["reason"].startswith("a push could not reach it"), cut
+    back = local_0["events"][-1]  # a probe through the mended link brought it back
+    assert (back["from"], back["to"]) in (("suspect", "healthy"), ("down", "probation")), local_0["events"]
 
 
 def test_an_office_gpu_that_cannot_report_costs_its_job_a_stale_window_and_reports_again_once_restored(

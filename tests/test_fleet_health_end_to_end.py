@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import httpx
@@ -22,7 +23,7 @@ from spillway.rooms import render_room
 from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered, wait_for_health
+from helpers import answered, gpu_view, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
@@ -187,3 +188,31 @@ def test_an_agent_told_to_stop_mid_load_drains_and_every_job_is_answered(stack: 
     assert views[jobs[0]]["attempts"][0]["gpu_id"] == gpu_id
     assert views[jobs[0]]["attempts"][0]["outcome"] == "succeeded", "a task running at SIGTERM finished there"
     assert wait_for_health(api, gpu_id, {"probation", "healthy"})["health"] in ("probation", "healthy")
+
+
+def test_agents_killed_and_stopped_under_load_cost_no_job_and_leak_no_lease(
+    stack: StackInfo, api: httpx.Client
+) -> None:
+    """The issue's chaos run: 60 jobs; an office and a cloud agent SIGKILLed, another office agent SIGTERMed,
+    each while it runs tasks. The GPUs left can serve them all: every job succeeds."""
+    for gpu in api.get("/v1/fleet").raise_for_status().json()["gpus"]:
+        back_to_healthy(api, gpu["gpu_id"])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        jobs = list(pool.map(lambda _: submit(api), range(60)))
+    chaos = {"local-1": "kill", "cloud-0": "kill", "local-3": "term"}
+    try:
+        for gpu_id, action in chaos.items():  # the cloud gets work once office jobs wait past their bound
+            deadline = time.monotonic() + 90
+            while not gpu_view(api, gpu_id)["running"]:
+                assert time.monotonic() < deadline, f"{gpu_id} never ran a task"
+                time.sleep(0.2)
+            stack.agents(action, gpu_id)
+        views = answered(api, jobs, timeout=420)
+    finally:
+        stack.agents("restart", *chaos)
+    failed = {j: v["attempts"] for j, v in views.items() if v["status"] != "SUCCEEDED"}
+    assert not failed, failed
+    for gpu_id in chaos:
+        wait_for_full_vram(stack, gpu_id)  # a restarted agent has all its VRAM
+    leased = {g["gpu_id"]: g["running"] for g in api.get("/v1/fleet").json()["gpus"] if g["running"]}
+    assert not leased, f"leases left with every job answered: {leased}"

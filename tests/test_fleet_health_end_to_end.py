@@ -10,6 +10,8 @@ stack runs with small health thresholds (QUARANTINE_*), so the tests stay fast.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -216,3 +218,17 @@ def test_agents_killed_and_stopped_under_load_cost_no_job_and_leak_no_lease(
         wait_for_full_vram(stack, gpu_id)  # a restarted agent has all its VRAM
     leased = {g["gpu_id"]: g["running"] for g in api.get("/v1/fleet").json()["gpus"] if g["running"]}
     assert not leased, f"leases left with every job answered: {leased}"
+
+
+def test_spillway_fleet_lists_drains_and_readmits_on_the_running_stack(stack: StackInfo, api: httpx.Client) -> None:
+    def fleet(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "spillway.cli", "fleet", "--api", stack.api_url, *args],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = fleet("--events", "2").splitlines()
+    assert listed[0].split()[:3] == ["GPU", "POOL", "HEALTH"]
+    assert {line.split()[0] for line in listed[1:] if not line.startswith(" ")} == {g["gpu_id"] for g in stack.gpus}
+    assert "draining" in fleet("drain", "local-4") and gpu_view(api, "local-4")["health"] == "draining"
+    assert "probation" in fleet("readmit", "local-4")

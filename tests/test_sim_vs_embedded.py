@@ -35,13 +35,13 @@ POOL_TOLERANCE = 3  # jobs a pool may serve more or fewer on the stack (its cloc
 
 
 def ready(info: StackInfo, gpus: int) -> None:
-    """Every GPU of the fleet registered and none suspect: the scenario starts from a healthy fleet."""
+    """Every GPU of the fleet registered and healthy: the scenario starts from a healthy fleet."""
     typed = TypeDeserializer()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         items = info.boto3_client("dynamodb").scan(TableName=info.resources["FleetTable"], ConsistentRead=True)
         fleet = [{k: typed.deserialize(v) for k, v in i.items()} for i in items["Items"]]
-        if len(fleet) == gpus and not any(g.get("suspect_until", 0) > 0 for g in fleet):
+        if len(fleet) == gpus and all(g["health"]["state"] == "healthy" for g in fleet):
             return
         time.sleep(0.3)
     raise AssertionError("the fleet did not come up healthy in 60 s")

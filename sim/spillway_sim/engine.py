@@ -247,6 +247,7 @@ class Spillway:
         gpu.tasks.remove(task)
         self.sim.ran(gpu, task.attempt.started, self.env.now)
         self._release(task)
+        self.sim.health.task_succeeded(gpu)
         task.done.succeed()
         self.pump(gpu.spec.pool)
 
@@ -259,6 +260,7 @@ class Spillway:
     def _silent(self, task: Task, due: float) -> Generator[Any, Any, None]:
         yield self.env.timeout(max(0.0, due - self.env.now))
         gpu = task.gpu
+        self.sim.health.went_silent(gpu)
         self.sim.ran(gpu, task.attempt.started, self.env.now)
         self._release(task)
         task.attempt.error = ErrorType.GPU_UNREACHABLE

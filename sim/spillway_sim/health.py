@@ -1,10 +1,12 @@
-"""The simulated GPUs and today's fleet health over them.
+"""The simulated GPUs and the production fleet-health state machine (`spillway.health`) over them.
 
-A GPU as the control plane knows it is the production `fleet.Gpu` record (`is_healthy` decides); as
-it is, a link that may be cut and an agent that may be dead. A push that cannot connect makes the GPU
-suspect; while suspect each beat of its agent probes it through its link, and the first that gets
-through clears it; a dead agent's GPU is stale a stale window after its last beat. `Health` holds
-those transitions in one place, so that a pure fleet-health state machine (issue #8) can take them over.
+A GPU as the control plane knows it is the production `fleet.Gpu` record (its `health` decides); as
+it is, a link that may be cut and an agent that may be dead. `Health` applies the production
+transitions: a push that cannot connect makes the GPU suspect; while it is suspect or down each beat of
+its agent probes it through its link: one that gets through makes it healthy (from suspect) or puts it
+on probation (from down: one task at a time until one succeeds), N that do not, or suspect too long,
+make it down; a dead agent's GPU is down a stale window after its last beat. Models never fail here:
+nothing is quarantined.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import simpy
 
+from spillway import health
 from spillway.fleet import Gpu
 from spillway.models import Pool
 from spillway_embedded.fleet_file import GpuSpec
@@ -44,40 +47,50 @@ class SimGpu:
 
 
 class Health:
-    """Today's fleet-health transitions, on the production `Gpu` record: suspect after a failed push,
-    cleared by a probe that gets through, stale while the agent is dead."""
+    """The production health transitions (`spillway.health`) on the production `Gpu` record."""
 
     def __init__(self, env: simpy.Environment, world: World, on_usable: Callable[[Pool], None]):
         self.env = env
-        self.suspect_s = world.limits.suspect_seconds
-        self.stale_s = world.limits.agent_stale_seconds
+        self.policy = world.limits.health
         self.beat_s = world.scenario.timing.heartbeat_seconds
         self.on_usable = on_usable  # a GPU can take work again: pump its pool
 
     def push_failed(self, gpu: SimGpu) -> None:
-        gpu.gpu.suspect_until = self.env.now + self.suspect_s
+        gpu.gpu.health = health.push_failed(gpu.gpu.health, self.env.now, "its link is cut")
+        self._probe_on_beats(gpu)
+
+    def _probe_on_beats(self, gpu: SimGpu) -> None:
         if not gpu.probing:
             gpu.probing = True
             self.env.process(self._probe(gpu))
 
     def _probe(self, gpu: SimGpu) -> Generator[Any, Any, None]:
         """Each beat of its agent probes it through its link (a dead agent does not beat)."""
-        while gpu.gpu.suspect_until > 0:
+        while health.needs_probe(gpu.gpu.health, draining=False):
             yield self.env.timeout(self.beat_s)
             if gpu.deaths:
                 continue
-            if gpu.cuts == 0:
-                gpu.gpu.suspect_until = 0
+            now = self.env.now
+            ticked = health.tick(gpu.gpu.health, now, gpu.gpu.last_heartbeat, self.policy)
+            gpu.gpu.health = health.probed(ticked, gpu.cuts == 0, now, self.policy)
+            if gpu.gpu.health.accepts_work(gpu.gpu.running):
                 self.on_usable(gpu.spec.pool)
-            else:
-                gpu.gpu.suspect_until = self.env.now + self.suspect_s
         gpu.probing = False
 
     def agent_died(self, gpu: SimGpu) -> float:
-        """When its tasks fail: a stale window (and a second) after its last beat."""
+        """When it is down and its tasks fail: a stale window (and a second) after its last beat."""
         gpu.gpu.last_heartbeat = self.env.now - (self.env.now % self.beat_s)
-        return gpu.gpu.last_heartbeat + self.stale_s + 1
+        return gpu.gpu.last_heartbeat + self.policy.stale_seconds + 1
+
+    def went_silent(self, gpu: SimGpu) -> None:
+        gpu.gpu.health = health.tick(gpu.gpu.health, self.env.now, gpu.gpu.last_heartbeat, self.policy)
 
     def agent_back(self, gpu: SimGpu) -> None:
+        """Its agent beats again: time's transitions first (silent -> down), then a probe each beat."""
+        self.went_silent(gpu)
         gpu.gpu.last_heartbeat = math.inf
-        self.on_usable(gpu.spec.pool)  # a beat after silence: its pool is pumped
+        self._probe_on_beats(gpu)
+
+    def task_succeeded(self, gpu: SimGpu) -> None:
+        """A canary on probation that succeeds makes its GPU healthy."""
+        gpu.gpu.health = health.task_ended(gpu.gpu.health, True, 0, None, self.env.now, self.policy)

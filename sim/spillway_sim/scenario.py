@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from spillway.catalog import SERVICES
+from spillway.health import HealthPolicy
 from spillway.models import Pool, Priority, Segment
 from spillway.routing import rules as routing_rules
 from spillway_embedded.fleet_file import (
@@ -199,7 +200,7 @@ class Limits:
     max_attempts: int
     max_legs: int
     agent_stale_seconds: float
-    suspect_seconds: float
+    health: HealthPolicy
 
 
 @dataclass(frozen=True)
@@ -247,7 +248,12 @@ def load_world(path: Path = DEFAULT_SCENARIO, overrides: dict[str, Any] | None =
     template = parameter_defaults()
     limits = Limits(max_attempts=int(template["MaxAttempts"]), max_legs=int(template["MaxLegs"]),
                     agent_stale_seconds=float(template["AgentStaleSeconds"]),
-                    suspect_seconds=float(template["SuspectSeconds"]))
+                    health=HealthPolicy(stale_seconds=float(template["AgentStaleSeconds"]),
+                                        suspect_seconds=float(template["SuspectSeconds"]),
+                                        probe_failures=int(template["HealthProbeFailures"]),
+                                        model_errors=int(template["QuarantineAfterErrors"]),
+                                        quarantine_seconds=float(template["QuarantineSeconds"]),
+                                        quarantine_rounds=int(template["QuarantineRounds"])))
     unknown = sorted({g for _, _, ids in scenario.outages.at for g in ids} - {g.gpu_id for g in gpus})
     if unknown:  # else its outage would cut nothing, silently
         raise ScenarioError(f"{path}: outages.at: no GPU {', '.join(unknown)} in the fleet {fleet_path}")

@@ -37,8 +37,8 @@ def widgets() -> list[dict[str, Any]]:
     m = Metric
     return [
         {"type": "text", "width": 24, "height": 2, "properties": {"markdown":
-            "## Spillway\nJobs, attempts by pool and failure kind, the waiting rooms and FaaS spend. A job's own "
-            "story: its execution graph in the Step Functions console, or `spillway graph JOB_ID`."}},
+            "## Spillway\nJobs, attempts by pool and failure kind, the waiting rooms, FaaS spend and GPU health. "
+            "A job's own story: its execution graph in the Step Functions console, or `spillway graph JOB_ID`."}},
         graph("Jobs submitted (by service, priority)", search(m.JOBS_SUBMITTED)),
         graph("Jobs admitted (by priority)", search(m.JOBS_ADMITTED)),
         graph("Jobs succeeded (by service, priority)", search(m.JOBS_SUCCEEDED)),
@@ -55,6 +55,10 @@ def widgets() -> list[dict[str, Any]]:
               search(m.FAAS_BUDGET, "Maximum")),
         graph("FaaS budget spent (jobs sent elsewhere); job records reconciled", search(m.FAAS_BUDGET_SPENT),
               search(m.JOBS_RECONCILED)),
+        graph("GPUs by health (by pool, health)", search(m.GPUS, "Maximum"), stacked=True),
+        graph("GPU health transitions (by pool, state entered); quarantines", search(m.GPU_HEALTH_TRANSITIONS),
+              search(m.GPUS_QUARANTINED)),
+        graph("GPU faults: time to detect, s (by pool, state entered)", search(m.GPU_TIME_TO_DETECT, "Maximum")),
         {"type": "alarm", "width": 24, "height": 3, "properties": {"title": "Alarms", "alarms": [
             f"${{{alarm}.Arn}}" for alarm in ALARMS]}},
     ]
@@ -62,7 +66,8 @@ def widgets() -> list[dict[str, Any]]:
 
 # The template's alarms, shown on the dashboard (their logical ids).
 ALARMS = ("DeadLettersAlarm", "PoolDeadLettersAlarm", "FailedExecutionsAlarm", "FaasBudgetSpentAlarm",
-          "FaasBudgetNearlySpentAlarm")
+          "FaasBudgetNearlySpentAlarm", "NoHealthyLocalGpuAlarm", "NoHealthyCloudGpuAlarm", "LocalGpuQuarantinedAlarm",
+          "CloudGpuQuarantinedAlarm")
 
 
 def body() -> dict[str, Any]:

@@ -198,22 +198,17 @@ def _job_body(detail: JobDetail, svg: str) -> str:
 
 
 def _fleet_body(view: FleetView) -> str:
-    has_health = any("health" in line.fields for line in view.gpus)
     rows = []
     for line in view.gpus:
         gpu = line.gpu
-        health = ""
-        if has_health:
-            reason = line.fields.get("health_reason") or line.fields.get("reason") or ""
-            health = f'<td class="health {_e(line.fields.get("health", ""))}" title="{_e(reason)}">' \
-                     f'{_e(line.fields.get("health", "–"))}</td>'
-        flags = " ".join(f for f, on in (("suspect", gpu.is_suspect), ("draining", gpu.draining)) if on)
+        health = f'<td class="health {_e(line.health.state.value)}" title="{_e(line.health.reason)}">' \
+                 f'{_e(line.health.state.value)}</td><td>{_e(line.health.reason)}</td>'
         tasks = " ".join(f'<a href="/jobs/{_e(t.job_id)}">{_e(t.job_id[:10])}…</a> ({_e(t.state.value)})'
                          for t in line.tasks) or "–"
         used = gpu.vram_total_mb - gpu.vram_free_mb
         rows.append(
             f'<tr data-gpu="{_e(gpu.gpu_id)}"><td>{_e(gpu.gpu_id)}</td><td>{_e(gpu.pool.value)}</td>{health}'
-            f"<td>{_e(flags or '–')}</td><td>{used} / {gpu.vram_total_mb} MB</td><td>{gpu.running} / {gpu.slots}</td>"
+            f"<td>{used} / {gpu.vram_total_mb} MB</td><td>{gpu.running} / {gpu.slots}</td>"
             f"<td>{tasks}</td><td>{_seconds(line.heartbeat_age_s)} ago</td></tr>")
     rooms = "".join(
         f"<tr><td>{_e(pool.value)}</td>" + "".join(
@@ -227,9 +222,9 @@ def _fleet_body(view: FleetView) -> str:
     share = min(100.0, 100 * (view.faas_spent_usd + view.faas_reserved_usd) / budget) if budget else 0.0
     return f"""
 <h2>GPUs</h2>
-<table id="gpus"><thead><tr><th>GPU</th><th>pool</th>{'<th>health</th>' if has_health else ''}<th>flags</th>
+<table id="gpus"><thead><tr><th>GPU</th><th>pool</th><th>health</th><th>why</th>
 <th>VRAM in use</th><th>slots in use</th><th>running tasks</th><th>last heartbeat</th></tr></thead>
-<tbody>{''.join(rows) or '<tr><td colspan="8">no GPU has registered</td></tr>'}</tbody></table>
+<tbody>{''.join(rows) or '<tr><td colspan="9">no GPU has registered</td></tr>'}</tbody></table>
 <h2>waiting rooms</h2>
 <table id="rooms"><thead><tr><th>pool</th>{''.join(f'<th>{_e(p.value)}</th>' for p in Priority)}</tr></thead>
 <tbody>{rooms}</tbody></table>
@@ -261,7 +256,7 @@ vertical-align:top} th{background:#fafafa;font-weight:600}
 @keyframes pulse{from{stroke-width:2;opacity:1}to{stroke-width:6;opacity:.55}}
 .bar{display:inline-block;width:200px;height:10px;background:#eee;vertical-align:middle;margin-left:.5rem}
 .bar span{display:block;height:100%;background:#ef6c00}.error{color:#c62828}.missing{color:#c62828}
-tr.alert td{background:#ffcdd2}.health.healthy{color:#2e7d32}.health.quarantined,.health.unreachable{color:#c62828}
+tr.alert td{background:#ffcdd2}.health.healthy{color:#2e7d32}.health.quarantined,.health.down{color:#c62828}
 """
 
 

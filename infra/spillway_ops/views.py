@@ -11,9 +11,11 @@ from typing import Any
 
 from boto3.dynamodb.conditions import Key
 
-from spillway.aws import from_item, paged_items
+from spillway import health
+from spillway.aws import from_item
 from spillway.faas.billing import MICRO
 from spillway.fleet import Gpu, Task
+from spillway.health import HealthRecord
 from spillway.jobs import JobRecord
 from spillway.models import JobStatus, JobView, Pool, Priority
 from spillway.routing.rules import RoutingRules
@@ -113,7 +115,7 @@ def execution_history(source: Source, job_id: str) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class GpuLine:
     gpu: Gpu
-    fields: dict[str, Any]  # every field of its record (health and its reason, once the fleet has them)
+    health: HealthRecord  # as it is now: what time alone did applied (a silent GPU is down at once)
     tasks: list[Task]
     heartbeat_age_s: float
 
@@ -140,10 +142,9 @@ def fleet_view(source: Source) -> FleetView:
     fleet = source.fleet
     open_tasks = [t for pool in ROOM_POOLS for t in fleet.open_tasks(pool)]  # GPU tasks (FaaS's are not)
     gpus = []
-    for item in paged_items(source.table("FleetTable").scan, ConsistentRead=True):
-        fields = from_item(item)
-        gpu = Gpu.model_validate(fields)
-        gpus.append(GpuLine(gpu, fields, [t for t in open_tasks if t.gpu_id == gpu.gpu_id],
+    for gpu in fleet.all_gpus():
+        now_health = health.tick(gpu.health, now, gpu.last_heartbeat, fleet.health_policy)
+        gpus.append(GpuLine(gpu, now_health, [t for t in open_tasks if t.gpu_id == gpu.gpu_id],
                             now - gpu.last_heartbeat))
     gpus.sort(key=lambda line: (list(Pool).index(line.gpu.pool), line.gpu.gpu_id))
     rooms = {pool: fleet.waiting_room.summary(pool, now) for pool in ROOM_POOLS}

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import importlib
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,22 @@ moto_patches.apply()
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "template.yaml"
 REGION = "us-east-1"
+
+
+def _import_time_environment() -> None:
+    """What Lambda sets before a handler's module is imported: the template's literal global variables
+    (Powertools reads POWERTOOLS_SERVICE_NAME when a module builds its Logger). Without it, the first
+    test module to import a handler outside the `cloud` fixture fixed its service as 'service_undefined'
+    for the rest of the run."""
+    from spillway_embedded.template import load
+
+    variables = load(TEMPLATE)["Globals"]["Function"]["Environment"]["Variables"]
+    for name, value in variables.items():
+        if isinstance(value, str):
+            os.environ.setdefault(name, value)
+
+
+_import_time_environment()
 
 
 @pytest.fixture(autouse=True)

@@ -50,6 +50,7 @@ class StackInfo:
     faas_endpoint_id: str | None = None
     faas: dict[str, Any] | None = None  # the fleet's [faas] settings (concurrency, price, ...)
     ops_url: str | None = None  # the ops page (spillway_ops.page)
+    lambda_url: str | None = None  # the runtime's Lambda API; GET /_spillway/usage: what it served (aws_cost.py)
 
     @classmethod
     def read(cls, path: Path) -> StackInfo:

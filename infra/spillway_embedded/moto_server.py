@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import math
 import os
 import re
 import signal
@@ -173,22 +175,39 @@ def main(argv: list[str] | None = None) -> None:
 class CallCounter:
     """WSGI middleware: counts the AWS calls served by API (`dynamodb.UpdateItem`, `s3.PUT` ...) and the CPU
     time their request threads spent, so a benchmark can say what each job costs moto.
-    `GET /_spillway/calls` answers {api: [calls, cpu_seconds]}."""
+    `GET /_spillway/calls` answers {api: [calls, cpu_seconds]}; `GET /_spillway/capacity` the DynamoDB
+    capacity units each API consumed, {api: units} (see `dynamodb_units`)."""
 
     PATH = "/_spillway/calls"
+    CAPACITY_PATH = "/_spillway/capacity"
     _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
 
     def __init__(self, app: Any):
         self._app = app
         self._lock = threading.Lock()
         self._calls: dict[str, list[float]] = {}
+        self._units: dict[str, float] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("PATH_INFO") == self.PATH:
+        if environ.get("PATH_INFO") in (self.PATH, self.CAPACITY_PATH):
             with self._lock:
-                body = json.dumps(self._calls).encode()
+                body = json.dumps(self._calls if environ["PATH_INFO"] == self.PATH else self._units).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if not target.startswith("DynamoDB_"):
+            return self._counted(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        request = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(request)
+        answer = b"".join(self._counted(environ, start_response))  # moto answers in memory, not a stream
+        units = dynamodb_units(target.rpartition(".")[2], request, answer)
+        with self._lock:
+            api = self.api(environ)
+            self._units[api] = self._units.get(api, 0.0) + units
+        return [answer]
+
+    def _counted(self, environ: dict[str, Any], start_response: Any) -> Any:
         started = time.thread_time()
         try:
             return self._app(environ, start_response)  # moto answers with a body in memory, not a stream
@@ -207,11 +226,58 @@ class CallCounter:
         found = cls._SERVICE.search(environ.get("HTTP_AUTHORIZATION", "") + environ.get("QUERY_STRING", "")
                                     .replace("%2F", "/"))
         service = found.group(1) if found else "?"
+        if not found and environ.get("CONTENT_TYPE", "").startswith("multipart/form-data"):
+            service = "s3"  # a browser-style upload: its signature is in the form, not in a header
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if target:
             return f"{service}.{target.rpartition('.')[2]}"
         action = re.search(r"(?:^|&)Action=([A-Za-z]+)", environ.get("QUERY_STRING", ""))
         return f"{service}.{action.group(1) if action else environ.get('REQUEST_METHOD', '?')}"
+
+
+WRITE_UNIT_BYTES, READ_UNIT_BYTES = 1024, 4096  # DynamoDB: a write unit per KB written, a read unit per 4 KB read
+
+
+def dynamodb_units(action: str, request: bytes, answer: bytes) -> float:
+    """The on-demand request units a DynamoDB call consumes, estimated by item size as AWS counts them:
+    a write unit per KB of each item written (twice in a transaction), a read unit per 4 KB read (half for an
+    eventually consistent read, twice in a transaction). Sizes are those of the items' JSON on the wire,
+    which overstates DynamoDB's own item size a little (type tags), never understates it. An update or a
+    delete is counted by its key's size (the item's own is not on the wire): our items are under 1 KB."""
+    try:
+        body, answered = json.loads(request or b"{}"), json.loads(answer or b"{}")
+    except ValueError:
+        return 0.0
+
+    def size(value: Any) -> int:
+        return len(json.dumps(value or {}))
+
+    def writes(item: Any) -> int:
+        return max(1, math.ceil(size(item) / WRITE_UNIT_BYTES))
+
+    def reads(nbytes: int, consistent: bool) -> float:
+        return max(1, math.ceil(nbytes / READ_UNIT_BYTES)) * (1.0 if consistent else 0.5)
+
+    consistent = bool(body.get("ConsistentRead"))
+    if action == "PutItem":
+        return writes(body.get("Item"))
+    if action in ("UpdateItem", "DeleteItem"):
+        return writes(body.get("Key"))
+    if action == "TransactWriteItems":
+        return sum(2 * writes(next(iter(entry.values())).get("Item") or next(iter(entry.values())).get("Key"))
+                   for entry in body.get("TransactItems", []))
+    if action == "BatchWriteItem":
+        return sum(writes((entry.get("PutRequest") or entry.get("DeleteRequest") or {}).get("Item"))
+                   for entries in body.get("RequestItems", {}).values() for entry in entries)
+    if action == "GetItem":
+        return reads(size(answered.get("Item")), consistent)
+    if action in ("Query", "Scan"):
+        return reads(sum(size(item) for item in answered.get("Items", [])), consistent)
+    if action == "TransactGetItems":
+        return sum(2 * reads(size(entry.get("Item")), True) for entry in answered.get("Responses", []))
+    if action == "BatchGetItem":
+        return sum(reads(size(item), False) for items in answered.get("Responses", {}).values() for item in items)
+    return 0.0  # table and stream management: not request units
 
 
 def _exit_with_parent(parent_pid: int) -> None:

@@ -86,6 +86,9 @@ class Invoker:
         self._handler: Handler = getattr(importlib.import_module(module_name), attribute)
         self._context = function_context()  # entered by one invocation at a time: under _lock
         self._lock = threading.Lock()
+        # What Lambda bills: invocations and their durations (read by the cost model, aws_cost.py).
+        self.invocations = 0
+        self.seconds = 0.0
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait for an invocation under way to end; False if it did not within `timeout`."""
@@ -106,6 +109,8 @@ class Invoker:
                 return self._context.run(self._handler, event, context)
             finally:
                 elapsed = time.monotonic() - started
+                self.invocations += 1  # under _lock
+                self.seconds += elapsed
                 if elapsed > self.function.timeout:
                     log.warning("%s ran %.1fs, over its %ss timeout; Lambda would have stopped it",
                                 self.function.logical_id, elapsed, self.function.timeout)
@@ -149,8 +154,10 @@ class HttpApi:
         self._invokers = invokers
         self._api_id = api_id
         self._account_id = stack.account_id
+        self.requests = 0  # what API Gateway bills (the cost model reads it); += is atomic enough under the GIL
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        self.requests += 1
         return self._respond(Request(environ))(environ, start_response)
 
     def _respond(self, request: Request) -> Response:
@@ -230,17 +237,22 @@ class HttpApi:
 class LambdaApi:
     """A WSGI app that plays Lambda's Invoke API (RequestResponse) for the template's functions, as the
     Step Functions `lambda:invoke` integration calls it. A handler that raises answers as Lambda does:
-    200 with `X-Amz-Function-Error: Unhandled` and the error as the payload."""
+    200 with `X-Amz-Function-Error: Unhandled` and the error as the payload.
+    `GET /_spillway/usage` answers what the runtime has served (`Runtime.usage`), for the cost model."""
 
     _PATH = re.compile(r"^/2015-03-31/functions/(?P<name>[^/]+)/invocations$")
+    USAGE_PATH = "/_spillway/usage"
 
-    def __init__(self, invokers: dict[str, Invoker]):
+    def __init__(self, invokers: dict[str, Invoker], usage: Callable[[], dict[str, Any]] | None = None):
         self._invokers = invokers
+        self._usage = usage
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         return self._respond(Request(environ))(environ, start_response)
 
     def _respond(self, request: Request) -> Response:
+        if request.path == self.USAGE_PATH and self._usage is not None:
+            return _json(200, self._usage())
         found = self._PATH.match(request.path)
         invoker = self._find(found.group("name")) if found and request.method == "POST" else None
         if invoker is None:
@@ -265,9 +277,10 @@ class LambdaApi:
         return None
 
 
-def serve_lambda_api(invokers: dict[str, Invoker], host: str = "127.0.0.1", port: int = 0) -> Any:
+def serve_lambda_api(invokers: dict[str, Invoker], host: str = "127.0.0.1", port: int = 0,
+                     usage: Callable[[], dict[str, Any]] | None = None) -> Any:
     """A server (not yet serving: call `serve_forever`) of Lambda's Invoke API for these functions."""
-    return make_server(host, port, LambdaApi(invokers), threaded=True, request_handler=KeepAliveRequestHandler)
+    return make_server(host, port, LambdaApi(invokers, usage), threaded=True, request_handler=KeepAliveRequestHandler)
 
 
 # The agents beat every few seconds: a line for each would bury the rest of `spillway dev`'s output.
@@ -317,6 +330,7 @@ class QueuePoller:
         self._sqs = sqs
         self._region = region
         self._wait_seconds = wait_seconds
+        self.deliveries = 0  # receives that brought messages: what an event source mapping bills per message
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -347,6 +361,7 @@ class QueuePoller:
                 WaitTimeSeconds=0 if batch else self._wait_seconds,
                 AttributeNames=["All"], MessageAttributeNames=["All"],
             ).get("Messages", [])
+            self.deliveries += bool(received)
             if received and not batch:
                 window_ends = time.monotonic() + source.batching_window_s  # the window opens with the first
             batch += received
@@ -459,6 +474,18 @@ class Runtime:
         self._server: Any = None
         self._lambda_server: Any = None
         self.invokers: dict[str, Invoker] = {}
+        self._pollers: list[QueuePoller] = []
+        self._http_api: HttpApi | None = None
+
+    def usage(self) -> dict[str, Any]:
+        """What this runtime has served so far, as AWS would bill it: per function its invocations, seconds
+        and memory; the HTTP API's requests; the event source mappings' receives that brought messages."""
+        return {
+            "lambda": {name: {"invocations": i.invocations, "seconds": i.seconds, "memory_mb": i.function.memory_mb}
+                       for name, i in self.invokers.items()},
+            "api_requests": self._http_api.requests if self._http_api else 0,
+            "sqs_deliveries": sum(p.deliveries for p in self._pollers),
+        }
 
     @property
     def api_url(self) -> str:
@@ -482,16 +509,18 @@ class Runtime:
         self.invokers = {name: Invoker(f, self._region, account) for name, f in self._stack.functions.items()}
 
         api_id = next((v for (_, name), v in self._stack.attributes.items() if name == "ApiId"), "local")
-        self._server = make_server(self._host, self._api_port, HttpApi(self._stack, self.invokers, api_id),
+        self._http_api = HttpApi(self._stack, self.invokers, api_id)
+        self._server = make_server(self._host, self._api_port, self._http_api,
                                    threaded=True, request_handler=KeepAliveRequestHandler)
         self._spawn("http-api", self._server.serve_forever)
-        self._lambda_server = serve_lambda_api(self.invokers, self._host, self._lambda_port)
+        self._lambda_server = serve_lambda_api(self.invokers, self._host, self._lambda_port, self.usage)
         self._spawn("lambda-api", self._lambda_server.serve_forever)
 
         sqs = boto3.client("sqs", endpoint_url=self._endpoint_url, region_name=self._region)
         for source in self._stack.queue_sources:
             if source.enabled:
                 poller = QueuePoller(source, self.invokers[source.function], sqs, self._region)
+                self._pollers.append(poller)
                 self._spawn(f"sqs-{source.queue_arn.rsplit(':', 1)[1]}", poller.run, self._stopping)
         for schedule in self._stack.schedules:
             scheduler = Scheduler(schedule, self.invokers[schedule.function], self._region, account)

@@ -318,6 +318,7 @@ class EmbeddedStack:
             "api_url": self.api_url,
             "chaos_url": self.chaos_url,
             "ops_url": self.ops_url,
+            "lambda_url": self._runtime.lambda_url if self._runtime else None,
             "aws_endpoint": self.endpoint,
             "region": REGION,
             "resources": self.physical_ids,

@@ -29,11 +29,6 @@ from spillway_embedded.launcher import LaunchedStack
 from spillway_embedded.template import TEMPLATE, load
 
 MONTH_SECONDS = 30 * 24 * 3600
-# A job's window holds only the job's calls: no fleet heartbeats (an hour apart; the GPUs stay fresh for two);
-# its timers fire soon (the shortest liveness window; a high job's 5 s wait bound), so the window is short.
-QUIET = ["--agent-heartbeat-seconds", "3600", "--parameter", "AgentStaleSeconds=7200",
-         "--parameter", "HeartbeatSeconds=5"]
-EU_JOB = {"service": "remove_furniture", "priority": "high", "segment": {"region": "eu"}}  # never FaaS
 US_PRIORITY_JOB = {"service": "remove_furniture", "priority": "high", "segment": {"region": "us"}}
 # One office GPU that beats once and is stale 5 s later, and the default FaaS endpoint: with no healthy GPU,
 # a FaaS-eligible job goes to FaaS.
@@ -61,10 +56,10 @@ def path_of(view: dict[str, Any]) -> str:
 
 
 def happy_and_fallback(jobs: int) -> dict[str, PathCost]:
-    with tempfile.TemporaryDirectory() as state, launched(state, *QUIET) as info:
-        runs = [aws_cost.measure_job(info, EU_JOB, render_room(seed)) for seed in range(jobs)]
+    with tempfile.TemporaryDirectory() as state, launched(state, *aws_cost.QUIET_STACK) as info:
+        runs = [aws_cost.measure_job(info, aws_cost.EU_JOB, render_room(seed)) for seed in range(jobs)]
         info.cut_tunnels(pool="local")  # refused at once, as a dropped office link
-        fallback = aws_cost.measure_job(info, EU_JOB, render_room(jobs))
+        fallback = aws_cost.measure_job(info, aws_cost.EU_JOB, render_room(jobs))
     return {"happy": average(runs), "fallback": average([fallback])}
 
 

@@ -28,7 +28,6 @@ from spillway_embedded import aws_cost
 from spillway_embedded.launcher import LaunchedStack
 from spillway_embedded.template import TEMPLATE, load
 
-MONTH_SECONDS = 30 * 24 * 3600
 US_PRIORITY_JOB = {"service": "remove_furniture", "priority": "high", "segment": {"region": "us"}}
 # One office GPU that beats once and is stale 5 s later, and the default FaaS endpoint: with no healthy GPU,
 # a FaaS-eligible job goes to FaaS.
@@ -79,7 +78,7 @@ def idle(seconds: float) -> aws_cost.Usage:
         before = aws_cost.snapshot(info)
         time.sleep(seconds)  # the measuring window itself, not a wait for a condition
         after = aws_cost.snapshot(info)
-    return aws_cost.between(before, after).scaled(MONTH_SECONDS / seconds)
+    return aws_cost.between(before, after).scaled(aws_cost.MONTH_SECONDS / seconds)
 
 
 def average(runs: list[tuple[aws_cost.Usage, Any]]) -> PathCost:

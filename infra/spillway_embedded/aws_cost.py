@@ -36,6 +36,8 @@ QUIET_STACK = ["--agent-heartbeat-seconds", "3600", "--parameter", "AgentStaleSe
                "--parameter", "HeartbeatSeconds=5"]
 # The happy path's job: EU (never FaaS), high priority (its wait bound, 5 s, keeps the window short).
 EU_JOB = {"service": "remove_furniture", "priority": "high", "segment": {"region": "eu"}}
+MONTH_SECONDS = 30 * 24 * 3600
+ESM_POLLERS, LONG_POLL_SECONDS = 5, 20  # Lambda's SQS event source mapping: 5 pollers at least, 20 s long polls
 S3_WRITES = frozenset({"s3.PUT", "s3.POST", "s3.COPY", "s3.ListObjects", "s3.ListObjectsV2"})
 
 
@@ -109,9 +111,16 @@ def dollars(usage: Usage, prices: dict[str, dict[str, float]]) -> dict[str, floa
 
 
 def fixed_monthly(template: dict[str, Any], prices: dict[str, dict[str, float]]) -> dict[str, float]:
-    """What the template's resources cost a month whether jobs run or not: alarms, dashboards, secrets."""
+    """What the template's resources cost a month whether jobs run or not: alarms, dashboards, secrets, and the
+    event source mappings' long polls."""
     kinds = Counter(resource["Type"] for resource in template["Resources"].values())
+    mappings = sum(event["Type"] == "SQS" for resource in template["Resources"].values()
+                   for event in resource.get("Properties", {}).get("Events", {}).values())
     return {
+        # Estimated, not counted: offline one poller per queue polls; Lambda keeps ESM_POLLERS long polls of
+        # LONG_POLL_SECONDS open on each mapping's queue, each an SQS request, whether messages come or not.
+        "SQS long polls (estimate)": mappings * ESM_POLLERS * MONTH_SECONDS / LONG_POLL_SECONDS
+        * prices["sqs"]["per_request"],
         "CloudWatch alarms": kinds["AWS::CloudWatch::Alarm"] * prices["cloudwatch"]["per_alarm_month"],
         "CloudWatch dashboard": kinds["AWS::CloudWatch::Dashboard"] * prices["cloudwatch"]["per_dashboard_month"],
         "Secrets Manager secrets": kinds["AWS::SecretsManager::Secret"] * prices["secrets_manager"]["per_secret_month"],

@@ -548,3 +548,18 @@ def test_the_server_counts_the_calls_it_serves_by_api(moto_endpoint: str) -> Non
     counted = {api: after[api][0] - before.get(api, [0, 0.0])[0] for api in after}
     assert counted["dynamodb.ListTables"] == 2 and counted["sqs.ListQueues"] == 1
     assert after["dynamodb.ListTables"][1] > 0  # CPU seconds of the calls
+
+
+def test_the_server_counts_dynamodb_request_units_and_passes_the_call_through(moto_endpoint: str) -> None:
+    def units() -> dict[str, float]:
+        return httpx.get(f"{moto_endpoint}/_spillway/capacity", timeout=5).raise_for_status().json()
+
+    ddb = ddb_client(moto_endpoint)
+    create_table(ddb, "capacity")
+    before = units()
+    ddb.put_item(TableName="capacity", Item={"pk": {"S": "a"}, "blob": {"S": "x" * 1500}})  # 2 KB: 2 units
+    got = ddb.get_item(TableName="capacity", Key={"pk": {"S": "a"}}, ConsistentRead=True)
+    assert got["Item"]["blob"]["S"] == "x" * 1500  # the request body read for counting still reached moto
+    after = units()
+    assert after["dynamodb.PutItem"] - before.get("dynamodb.PutItem", 0) == 2
+    assert after["dynamodb.GetItem"] - before.get("dynamodb.GetItem", 0) == 1  # strongly consistent, under 4 KB

@@ -154,10 +154,12 @@ class HttpApi:
         self._invokers = invokers
         self._api_id = api_id
         self._account_id = stack.account_id
-        self.requests = 0  # what API Gateway bills (the cost model reads it); += is atomic enough under the GIL
+        self.requests = 0  # what API Gateway bills (the cost model reads it); served by many threads: under _count
+        self._count = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        self.requests += 1
+        with self._count:
+            self.requests += 1
         return self._respond(Request(environ))(environ, start_response)
 
     def _respond(self, request: Request) -> Response:

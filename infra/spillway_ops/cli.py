@@ -8,19 +8,18 @@ import contextlib
 import sys
 from pathlib import Path
 
+from spillway_embedded.launcher import DEV_STATE_DIR, STACK_FILE
 from spillway_ops.graph import MissingGraphviz, path_of, render
 from spillway_ops.source import Source
 from spillway_ops.views import execution_history, state_graph
-
-DEV_STATE = Path(".spillway/dev")
 
 
 def _stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", metavar="NAME",
                         help="a deployed stack's name (default: the one `spillway dev` runs)")
     parser.add_argument("--region", help="the deployed stack's region")
-    parser.add_argument("--state-dir", type=Path, default=DEV_STATE,
-                        help=f"the state folder of `spillway dev` (default {DEV_STATE})")
+    parser.add_argument("--state-dir", type=Path, default=DEV_STATE_DIR,
+                        help=f"the state folder of `spillway dev` (default {DEV_STATE_DIR})")
 
 
 def _source(args: argparse.Namespace) -> Source:
@@ -28,7 +27,7 @@ def _source(args: argparse.Namespace) -> Source:
         if not args.region:
             raise SystemExit("--stack needs --region")
         return Source.deployed(args.stack, args.region)
-    stack_file = args.state_dir / "stack.json"
+    stack_file = args.state_dir / STACK_FILE
     if not stack_file.exists():
         raise SystemExit(f"no stack at {stack_file}: start one with `spillway dev`, or name a deployed one "
                          "with --stack")

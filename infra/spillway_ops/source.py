@@ -6,7 +6,6 @@ own credentials (`spillway ops --stack NAME --region ...`). Nothing here writes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,6 +17,7 @@ from spillway.budget import BudgetLedger
 from spillway.fleet import Fleet
 from spillway.jobs import JobStore
 from spillway.waiting_room import WaitingRoom
+from spillway_embedded.launcher import StackInfo
 
 
 @dataclass
@@ -40,8 +40,8 @@ class Source:
     @classmethod
     def embedded(cls, stack_file: Path) -> Source:
         """The stack `spillway dev` runs, from the stack.json it writes."""
-        info = json.loads(stack_file.read_text())
-        return cls(info["resources"], info["region"], info["aws_endpoint"], OFFLINE_CREDENTIALS)
+        info = StackInfo.read(stack_file)
+        return cls(info.resources, info.region, info.aws_endpoint, OFFLINE_CREDENTIALS)
 
     def client(self, service: str) -> Any:
         if service not in self._clients:  # clients are thread-safe, and slow to make

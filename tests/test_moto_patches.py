@@ -478,6 +478,35 @@ def test_a_table_query_reads_only_its_hash_key_and_answers_as_before(monkeypatch
             ("cloud", "001"), ("local", "001"), ("local", "003"), ("local", "005")]
 
 
+def test_dynamodb_expressions_are_parsed_once_per_text_and_resolved_per_call() -> None:
+    """An UpdateItem parsed its update expression and lexed its condition twice each, for every call."""
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import ExpressionTokenizer
+
+    with mock_aws():
+        ddb = ddb_client()
+        create_table(ddb, "jobs")
+        ddb.put_item(TableName="jobs", Item={"pk": s("a"), "n": n(0), "state": s("open"), "other": s("open")})
+
+        def bump(by: int, name: str = "state", expect: str = "open") -> dict[str, Any]:
+            return ddb.update_item(TableName="jobs", Key={"pk": s("a")}, UpdateExpression="SET n = n + :by, #x = :x",
+                                   ConditionExpression="#s = :expect", ReturnValues="ALL_NEW",
+                                   ExpressionAttributeNames={"#x": "touched", "#s": name},
+                                   ExpressionAttributeValues={":by": n(by), ":x": s(f"by {by}"), ":expect": s(expect)})
+
+        bump(1)  # parsed and lexed here, once
+        with patch.object(ExpressionTokenizer, "make_list", side_effect=AssertionError("parsed again")), \
+                patch.object(ConditionExpressionParser, "_lex_one_node", side_effect=AssertionError("lexed again")):
+            assert bump(2)["Attributes"]["n"] == n(3)
+            assert bump(4, name="other")["Attributes"]["touched"] == s("by 4")  # the same text, other names
+            with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+                bump(8, expect="closed")  # the same text, other values
+        assert ddb.get_item(TableName="jobs", Key={"pk": s("a")})["Item"]["n"] == n(7)
+        with pytest.raises(ClientError, match="ValidationException"):  # a bad expression still fails, every time
+            ddb.update_item(TableName="jobs", Key={"pk": s("a")}, UpdateExpression="SET n = = :x",
+                            ExpressionAttributeValues={":x": n(1)})
+
+
 def test_item_operations_answer_what_motos_serializer_would() -> None:
     """The item operations skip moto's shape-driven serializer; their answers stay the same bytes' meaning."""
     from moto.dynamodb.responses import DynamoResult

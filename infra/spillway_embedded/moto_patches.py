@@ -41,6 +41,9 @@
 12. SQS: a queue's messages are filtered with one clock reading, not two per message, and a received
    message's retention is checked against the queue's setting, not by computing every queue attribute
    (three passes over all its messages) for each message received.
+13. DynamoDB: an UpdateExpression is parsed, and a condition (or key, or filter) expression lexed, once per
+    distinct text instead of twice per call (a fifth of an UpdateItem's CPU); names and values are still
+    resolved on every call.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ import inspect
 import json
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -60,6 +63,7 @@ from typing import Any
 DYNAMODB_LOCK = threading.RLock()
 LAMBDA_ENDPOINT_VARIABLE = "SPILLWAY_LAMBDA_ENDPOINT"
 PROGRAM_CACHE_SIZE = 64
+EXPRESSION_CACHE_SIZE = 1024  # distinct DynamoDB expressions kept parsed
 INTEGRATION_CONNECTIONS = 64  # per service: pooled connections of the interpreter's integration clients
 
 # Handler methods (one per API action) run under the lock, reads included; see the module docstring.
@@ -84,6 +88,7 @@ def apply() -> None:
         _patch_dynamodb()
         _patch_dynamodb_query()
         _patch_dynamodb_results()
+        _patch_dynamodb_expressions()
         _patch_sqs()
         _patch_stepfunctions()
         _patch_integrations()
@@ -259,6 +264,32 @@ class _QueryView:
         # In range key order already (by each key's value, as DynamoType compares): query's own sort, which
         # compares DynamoTypes, then only confirms it.
         return sorted(bucket.values(), key=lambda item: item.range_key.cast_value)
+
+
+def _patch_dynamodb_expressions() -> None:
+    from moto.dynamodb.comparisons import ConditionExpressionParser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    # An UpdateItem parsed its UpdateExpression twice (the handler, then the backend), token by token, and a
+    # handful of distinct expressions make every update. The tree is shared: its readers only read it, and
+    # moto's validator deep-copies it before it resolves names and values in it.
+    make = functools.lru_cache(maxsize=EXPRESSION_CACHE_SIZE)(UpdateExpressionParser.make.__func__)
+    UpdateExpressionParser.make = classmethod(make)
+
+    # A ConditionExpression (or a query's key and filter expressions) is lexed by trying a dozen regular
+    # expressions at every position, twice per UpdateItem. Its tokens depend on the text only (names and
+    # values are resolved after), and are immutable tuples: lexed once, each parse gets a fresh deque of them.
+    lex = ConditionExpressionParser._lex_condition_expression
+    lexed = functools.lru_cache(maxsize=EXPRESSION_CACHE_SIZE)(
+        lambda text: tuple(lex(ConditionExpressionParser(text, None, None))))
+
+    @functools.wraps(lex)
+    def _lex_condition_expression(self: Any) -> Any:
+        return deque(lexed(self.condition_expression))
+
+    for patched in (make, _lex_condition_expression):
+        patched.__spillway_patched__ = True  # type: ignore[attr-defined]
+    ConditionExpressionParser._lex_condition_expression = _lex_condition_expression
 
 
 # The operations answered with a DynamoResult of items and counts: their JSON is the result itself.

@@ -385,6 +385,42 @@ def test_step_functions_integrations_reuse_one_client_and_parse_each_json_path_o
     assert json_path.extract_json("$.attempt.number", {"attempt": {"number": 2}}) == 2
 
 
+def test_in_the_server_the_interpreters_integrations_are_served_in_process_and_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+        state_task_service_dynamodb,
+        state_task_service_sqs,
+    )
+
+    from spillway_embedded.moto_server import CallCounter, free_port
+
+    server_app = CallCounter(DomainDispatcherApplication(create_backend_app))  # the server's, as its main() builds it
+    monkeypatch.setattr(moto_patches, "_server_app", None)
+    moto_patches.serve_integrations_in_process(server_app)
+    monkeypatch.setenv("MOTO_PORT", str(free_port()))  # nothing listens there: a call over HTTP would fail
+    region, name = "ca-central-1", f"in-process-{uuid.uuid4().hex}"  # this process's backends are not reset here
+    ddb = state_task_service_dynamodb.boto_client_for(region, "dynamodb")
+    sqs = state_task_service_sqs.boto_client_for(region, "sqs")
+    create_table(ddb, name)
+    try:
+        ddb.put_item(TableName=name, Item={"pk": s("a"), "n": n(1)})
+        assert ddb.get_item(TableName=name, Key={"pk": s("a")})["Item"]["n"] == n(1)
+        with pytest.raises(ClientError, match="ConditionalCheckFailed"):  # an error answers as over HTTP
+            ddb.put_item(TableName=name, Item={"pk": s("a")}, ConditionExpression="attribute_not_exists(pk)")
+        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="token 1", MessageAttributes={
+            "kind": {"DataType": "String", "StringValue": "task"}})
+        received = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"]
+        assert [(m["Body"], m["MessageAttributes"]["kind"]["StringValue"]) for m in received] == [("token 1", "task")]
+        sqs.delete_queue(QueueUrl=url)
+    finally:
+        ddb.delete_table(TableName=name)
+    counted = {api: calls for api, (calls, _) in server_app._calls.items()}
+    assert counted["dynamodb.PutItem"] == 2 and counted["dynamodb.GetItem"] == 1
+    assert counted["sqs.SendMessage"] == counted["sqs.ReceiveMessage"] == 1
+
+
 def test_the_server_finds_a_hosts_backend_once() -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 

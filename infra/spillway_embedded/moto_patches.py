@@ -44,6 +44,8 @@
 13. DynamoDB: an UpdateExpression is parsed, and a condition (or key, or filter) expression lexed, once per
     distinct text instead of twice per call (a fifth of an UpdateItem's CPU); names and values are still
     resolved on every call.
+14. Step Functions: in moto's server, the interpreter's service integrations are served in-process by the
+    server's own application (`serve_integrations_in_process`), not over HTTP to itself.
 """
 
 from __future__ import annotations
@@ -471,7 +473,8 @@ def _patch_integrations() -> None:
     clients_lock = threading.Lock()
 
     @functools.lru_cache(maxsize=64)
-    def _client(region: str, service: str, port: str, stubbed: bool, lambda_endpoint: str | None) -> Any:
+    def _client(region: str, service: str, port: str, stubbed: bool, lambda_endpoint: str | None,
+                server_app: Any) -> Any:
         import boto3
         from botocore.config import Config
         from moto.stepfunctions.parser.asl.component.common.timeouts.timeout import TimeoutSeconds
@@ -486,11 +489,14 @@ def _patch_integrations() -> None:
             endpoint, timeout = f"http://127.0.0.1:{port}", TimeoutSeconds.DEFAULT_TIMEOUT_SECONDS
         # moto's own client settings, with a connection pool for as many executions as call at once: with
         # botocore's 10, a burst dropped a connection after nearly every call and opened a new one.
-        return boto3.client(service, endpoint_url=endpoint, region_name=region,
-                            aws_access_key_id="testing", aws_secret_access_key="testing",
-                            config=Config(parameter_validation=False, retries={"total_max_attempts": 1},
-                                          connect_timeout=60, read_timeout=timeout,
-                                          max_pool_connections=INTEGRATION_CONNECTIONS))
+        client = boto3.client(service, endpoint_url=endpoint, region_name=region,
+                              aws_access_key_id="testing", aws_secret_access_key="testing",
+                              config=Config(parameter_validation=False, retries={"total_max_attempts": 1},
+                                            connect_timeout=60, read_timeout=timeout,
+                                            max_pool_connections=INTEGRATION_CONNECTIONS))
+        if server_app is not None and endpoint != lambda_endpoint:
+            client.meta.events.register("before-send", functools.partial(_send_in_process, server_app))
+        return client
 
     def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
         from moto.core.models import botocore_stubber
@@ -501,7 +507,7 @@ def _patch_integrations() -> None:
         # its own client (tens of ms of CPU each) before the first was cached.
         with clients_lock:
             return _client(region, service, str(moto_server_port()), botocore_stubber.enabled,
-                           os.environ.get(LAMBDA_ENDPOINT_VARIABLE))
+                           os.environ.get(LAMBDA_ENDPOINT_VARIABLE), _server_app)
 
     boto_client_for.__spillway_patched__ = True  # type: ignore[attr-defined]
     boto_client.boto_client_for = boto_client_for
@@ -514,6 +520,48 @@ def _patch_integrations() -> None:
     for module in modules:
         if getattr(module, "boto_client_for", None) is build_client:
             module.boto_client_for = boto_client_for
+
+
+_server_app: Any = None  # the server's WSGI application, once it serves the interpreter's integrations
+
+
+def serve_integrations_in_process(server_app: Any) -> None:
+    """The Step Functions interpreter's integration calls (DynamoDB, SQS ...) are handed to `server_app`, the
+    server's own WSGI application (its counters included), in the calling thread: before, each one went out
+    over HTTP to this same process (botocore's HTTP client, a socket, werkzeug's request parsing, a server
+    thread) and back. `lambda:invoke` still goes to the embedded runtime, another process."""
+    global _server_app
+    _server_app = server_app
+
+
+def _send_in_process(server_app: Any, request: Any, **_: Any) -> Any:
+    """A botocore `before-send` handler: the request answered by `server_app`, as if it had crossed HTTP."""
+    from urllib.parse import urlsplit
+
+    from botocore.awsrequest import AWSResponse
+    from moto.core.botocore_stubber import MockRawResponse
+    from werkzeug.test import EnvironBuilder
+
+    url = urlsplit(request.url)
+    body = request.body or b""
+    if not isinstance(body, bytes | str):
+        body = body.read()  # a file-like body (botocore streams large payloads)
+    headers = [(k, v.decode() if isinstance(v, bytes) else v) for k, v in request.headers.items()]  # some are bytes
+    environ = EnvironBuilder(method=request.method, base_url=f"{url.scheme}://{url.netloc}", path=url.path,
+                             query_string=url.query, headers=headers, data=body).get_environ()
+    started: list[Any] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started[:] = [int(status.split(" ", 1)[0]), dict(headers)]
+        return lambda data: None  # moto's apps answer with a body, never through write()
+
+    answer = server_app(environ, start_response)
+    try:
+        data = b"".join(answer)
+    finally:
+        if hasattr(answer, "close"):
+            answer.close()
+    return AWSResponse(request.url, started[0], started[1], MockRawResponse(data))
 
 
 def _patch_dispatcher() -> None:

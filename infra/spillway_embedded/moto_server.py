@@ -154,8 +154,9 @@ def main(argv: list[str] | None = None) -> None:
         def log_request(self, code: Any = "-", size: Any = "-") -> None:
             pass  # one line per AWS call is noise; errors are still logged
 
-    server = make_server(args.host, args.port, CallCounter(DomainDispatcherApplication(create_backend_app)),
-                         threaded=True, request_handler=RequestHandler)
+    app = CallCounter(DomainDispatcherApplication(create_backend_app))
+    moto_patches.serve_integrations_in_process(app)
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=RequestHandler)
 
     def exit_now(*_: Any) -> None:
         raise SystemExit(0)

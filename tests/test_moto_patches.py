@@ -543,6 +543,34 @@ def test_dynamodb_expressions_are_parsed_once_per_text_and_resolved_per_call() -
                             ExpressionAttributeValues={":x": n(1)})
 
 
+def test_a_table_query_or_scan_answers_without_copying_items_and_leaves_them_whole() -> None:
+    from moto.dynamodb.models.dynamo_type import Item
+
+    with mock_aws():
+        ddb = ddb_client()
+        ddb.create_table(TableName="gpus", KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                         AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                               {"AttributeName": "kind", "AttributeType": "S"}],
+                         GlobalSecondaryIndexes=[{"IndexName": "by-kind",
+                                                  "KeySchema": [{"AttributeName": "kind", "KeyType": "HASH"}],
+                                                  "Projection": {"ProjectionType": "KEYS_ONLY"}}],
+                         BillingMode="PAY_PER_REQUEST")
+        history = {"L": [{"M": {"to": s("healthy"), "at": n(i)}} for i in range(20)]}
+        for i in range(3):
+            ddb.put_item(TableName="gpus", Item={"pk": s(f"g{i}"), "kind": s("local"), "vram": n(i), "events": history})
+        with patch.object(Item, "__deepcopy__", side_effect=AssertionError("copied")):
+            scanned = ddb.scan(TableName="gpus", FilterExpression="vram > :v", ProjectionExpression="pk, vram",
+                               ExpressionAttributeValues={":v": n(0)})["Items"]
+            queried = ddb.query(TableName="gpus", KeyConditionExpression="pk = :p", ProjectionExpression="vram",
+                                ExpressionAttributeValues={":p": s("g2")})["Items"]
+        assert sorted(i["pk"]["S"] for i in scanned) == ["g1", "g2"] and queried == [{"vram": n(2)}]
+        keys = ddb.query(TableName="gpus", IndexName="by-kind", KeyConditionExpression="kind = :k",
+                         ExpressionAttributeValues={":k": s("local")})["Items"]  # projected onto a copy
+        assert sorted(k["pk"]["S"] for k in keys) == ["g0", "g1", "g2"] and "events" not in keys[0]
+        whole = ddb.get_item(TableName="gpus", Key={"pk": s("g1")})["Item"]  # no projection reached the store
+        assert whole == {"pk": s("g1"), "kind": s("local"), "vram": n(1), "events": history}
+
+
 def test_item_operations_answer_what_motos_serializer_would() -> None:
     """The item operations skip moto's shape-driven serializer; their answers stay the same bytes' meaning."""
     from moto.dynamodb.responses import DynamoResult

@@ -46,6 +46,8 @@
     resolved on every call.
 14. Step Functions: in moto's server, the interpreter's service integrations are served in-process by the
     server's own application (`serve_integrations_in_process`), not over HTTP to itself.
+15. DynamoDB: a Query or Scan of a table no longer deep-copies every item it answers with: its handler
+    serializes them under the lock (patch 1), before any write can change them.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def apply() -> None:
         _patch_dynamodb_query()
         _patch_dynamodb_results()
         _patch_dynamodb_expressions()
+        _patch_dynamodb_result_copies()
         _patch_sqs()
         _patch_stepfunctions()
         _patch_integrations()
@@ -292,6 +295,40 @@ def _patch_dynamodb_expressions() -> None:
     for patched in (make, _lex_condition_expression):
         patched.__spillway_patched__ = True  # type: ignore[attr-defined]
     ConditionExpressionParser._lex_condition_expression = _lex_condition_expression
+
+
+def _patch_dynamodb_result_copies() -> None:
+    import moto.dynamodb.models.table as table_module
+    from moto.dynamodb.responses import DynamoHandler
+
+    # Table.query and Table.scan deep-copy every item they return (a GPU's record with its health history is
+    # hundreds of DynamoType objects), so that the answer cannot change under a later write. The handler turns
+    # them into plain JSON (DynamoResult) before it returns, under DYNAMODB_LOCK: no write comes in between.
+    # Items read through an index are still copied (moto projects them onto the index in place).
+    for name in ("query", "scan"):
+        handler = getattr(DynamoHandler, name)
+
+        def answer(self: Any, _handler: Callable[..., Any] = handler) -> Any:
+            with DYNAMODB_LOCK:
+                _tls.answered_under_lock = not self.body.get("IndexName")
+                try:
+                    return _handler(self)
+                finally:
+                    _tls.answered_under_lock = False
+
+        answer.__spillway_patched__ = True  # type: ignore[attr-defined]
+        setattr(DynamoHandler, name, functools.wraps(handler)(answer))
+    table_module.copy = _ResultCopyShim()  # type: ignore[attr-defined]
+
+
+class _ResultCopyShim:
+    """Stands for the `copy` module inside moto.dynamodb.models.table: no copies of a handler's results."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(copy, name)
+
+    def deepcopy(self, value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return value if getattr(_tls, "answered_under_lock", False) else copy.deepcopy(value, memo)
 
 
 # The operations answered with a DynamoResult of items and counts: their JSON is the result itself.

@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
     args = parser.parse_args(argv)
 
-    # Before the first execution: the interpreter reaches DynamoDB, SQS ... at localhost:$MOTO_PORT.
+    # Before the first execution: the interpreter addresses DynamoDB, SQS ... at localhost:$MOTO_PORT (its
+    # calls are then served in this process, by `app` below).
     os.environ["MOTO_PORT"] = str(args.port)
 
     from moto.moto_api._internal.models import moto_api_backend

@@ -19,14 +19,14 @@ STALE = 30  # agent_stale_seconds, as the tests pass it
 
 
 def waiting_task(job: int, vram_mb: int = 3000, attempt: int = 1, arrived_at: float = NOW,
-                 priority: Priority = Priority.NORMAL, pool: Pool = Pool.LOCAL) -> Task:
+                 priority: Priority = Priority.NORMAL, pool: Pool = Pool.LOCAL, compute: int = 30) -> Task:
     """A task as the dispatcher writes it when its attempt enters the pool's waiting room."""
     job_id = job_id_for(job)
     task_id = task_id_for(job_id, attempt)
     return Task(
         task_id=task_id, job_id=job_id, attempt=attempt, pool=pool, service="remove_furniture",
         input_key="uploads/in.png", result_key=result_key_for(job_id, attempt), vram_mb=vram_mb,
-        priority=priority, task_token=f"token-{job}", rank=WaitingEntry.rank_for(priority, arrived_at, task_id),
+        compute=compute, priority=priority, task_token=f"token-{job}", rank=WaitingEntry.rank_for(priority, arrived_at, task_id),
         arrived_at=arrived_at, wait_until=arrived_at + 60, deadline=arrived_at + 3600, open_pool=pool.value,
         expires_at=int(NOW) + 86_400,
     )
@@ -47,9 +47,9 @@ def fleet(cloud: Cloud) -> Fleet:
 
 
 def enqueued(cloud: Cloud, fleet: Fleet, job: int, vram_mb: int = 3000, attempt: int = 1,
-             arrived_at: float = NOW) -> Task:
+             arrived_at: float = NOW, compute: int = 30) -> Task:
     """A task in the room, for a job whose state machine has opened that attempt."""
-    task = waiting_task(job, vram_mb, attempt, arrived_at)
+    task = waiting_task(job, vram_mb, attempt, arrived_at, compute=compute)
     running_job(cloud.settings, task.job_id, attempt)
     assert fleet.enqueue(task) is True
     return task
@@ -62,6 +62,12 @@ def gpu(fleet: Fleet, gpu_id: str) -> tuple[int, int]:
     return stored.vram_free_mb, stored.running
 
 
+def compute_free(fleet: Fleet, gpu_id: str) -> int:
+    stored = fleet.get(gpu_id)
+    assert stored is not None
+    return stored.compute_free
+
+
 # ---- agents report in
 
 
@@ -69,6 +75,10 @@ def test_first_heartbeat_registers_a_gpu_with_all_its_vram_and_slots_free(fleet:
     big = fleet.get("big")
     assert big is not None
     assert (big.pool, big.vram_total_mb, big.vram_free_mb, big.slots, big.running) == (Pool.LOCAL, 16000, 16000, 2, 0)
+    assert (big.compute_total, big.compute_free) == (100, 100), "an agent that does not say: a reference GPU's"
+    fleet.heartbeat(beat("h100", compute=250), now=NOW)
+    h100 = fleet.get("h100")
+    assert h100 is not None and (h100.compute_total, h100.compute_free) == (250, 250)
 
 
 def test_a_later_heartbeat_keeps_what_is_leased(cloud: Cloud, fleet: Fleet) -> None:
@@ -77,6 +87,7 @@ def test_a_later_heartbeat_keeps_what_is_leased(cloud: Cloud, fleet: Fleet) -> N
     fleet.heartbeat(beat("big", vram_mb=16000, slots=3), now=NOW + 5)
     big = fleet.get("big")
     assert (big.vram_free_mb, big.running, big.slots, big.last_heartbeat) == (13000, 1, 3, NOW + 5)
+    assert (big.compute_total, big.compute_free) == (100, 70)
 
 
 @pytest.mark.parametrize(
@@ -187,12 +198,13 @@ def test_a_gpu_with_every_slot_taken_is_not_available(cloud: Cloud, fleet: Fleet
 
 
 @pytest.mark.parametrize(
-    ("service", "vram_mb", "fits"),
-    [("remove_furniture", 4000, True), ("remove_furniture", 4001, False), ("unknown_service", 100, False)],
+    ("service", "vram_mb", "compute", "fits"),
+    [("remove_furniture", 4000, 100, True), ("remove_furniture", 4001, 10, False),
+     ("remove_furniture", 100, 101, False), ("unknown_service", 100, 10, False)],
 )
-def test_a_gpu_fits_a_service_it_serves_within_its_free_vram(fleet: Fleet, service: str, vram_mb: int,
-                                                            fits: bool) -> None:
-    assert fleet.get("small").fits(service, vram_mb) is fits
+def test_a_gpu_fits_a_service_it_serves_within_its_free_vram_and_compute(fleet: Fleet, service: str, vram_mb: int,
+                                                                        compute: int, fits: bool) -> None:
+    assert fleet.get("small").fits(service, vram_mb, compute) is fits
 
 
 # ---- entering the room, and leaving it for a GPU
@@ -234,16 +246,18 @@ def test_assign_moves_the_task_out_of_the_room_onto_the_gpu_and_notes_it_on_the_
     assert attempt["assigned_at"].startswith("1970-01-12T13:46:42")
 
 
-@pytest.mark.parametrize(("slots", "vram_mb"), [(2, 3000), (1, 100)], ids=["vram", "slots"])
-def test_a_gpu_is_never_oversubscribed(cloud: Cloud, fleet: Fleet, slots: int, vram_mb: int) -> None:
+@pytest.mark.parametrize(("slots", "vram_mb", "compute"), [(2, 3000, 30), (1, 100, 30), (3, 100, 60)],
+                         ids=["vram", "slots", "compute"])
+def test_a_gpu_is_never_oversubscribed(cloud: Cloud, fleet: Fleet, slots: int, vram_mb: int, compute: int) -> None:
     fleet.heartbeat(beat("small", vram_mb=4000, slots=slots), now=NOW)
-    first, second = enqueued(cloud, fleet, 1, vram_mb), enqueued(cloud, fleet, 2, vram_mb)
+    first, second = enqueued(cloud, fleet, 1, vram_mb, compute=compute), enqueued(cloud, fleet, 2, vram_mb,
+                                                                                  compute=compute)
     small = fleet.get("small")
     fleet.assign(small, first.waiting_entry(), NOW)
     with pytest.raises(Refused) as refused:
         fleet.assign(small, second.waiting_entry(), NOW)  # `small` is a stale snapshot: no room any more
     assert refused.value.reason == GPU_TAKEN
-    assert gpu(fleet, "small") == (4000 - vram_mb, 1)
+    assert gpu(fleet, "small") == (4000 - vram_mb, 1) and compute_free(fleet, "small") == 100 - compute
     assert fleet.task(second.task_id).state is TaskState.WAITING, "a refused assignment writes nothing"
     assert list(fleet.waiting_room.front(Pool.LOCAL)) == [second.waiting_entry()]
     assert "gpu_id" not in cloud.job_item(second.job_id)["attempts"][0]
@@ -291,12 +305,13 @@ def test_beats_count_only_from_the_gpu_that_has_the_task_and_only_while_it_is_op
     assert fleet.beat(task.task_id, "big", NOW + 5) is False, "over: the agent should stop"
 
 
-def test_release_gives_vram_and_the_slot_back_exactly_once(cloud: Cloud, fleet: Fleet) -> None:
+def test_release_gives_vram_compute_and_the_slot_back_exactly_once(cloud: Cloud, fleet: Fleet) -> None:
     task = enqueued(cloud, fleet, 1)
     assigned = fleet.assign(fleet.get("big"), task.waiting_entry(), NOW)
+    assert compute_free(fleet, "big") == 70
     assert fleet.release(assigned, "succeeded") is True
     assert fleet.release(assigned, "failed", "ModelError") is False
-    assert gpu(fleet, "big") == (16000, 0)
+    assert gpu(fleet, "big") == (16000, 0) and compute_free(fleet, "big") == 100
     stored = fleet.task(task.task_id)
     assert (stored.state, stored.outcome, stored.error_type, stored.open_pool) == (
         TaskState.DONE, "succeeded", None, None)
@@ -342,3 +357,17 @@ def test_open_tasks_are_every_task_of_the_pool_not_done(cloud: Cloud, fleet: Fle
     fleet.release(fleet.assign(fleet.get("big"), done.waiting_entry(), NOW), "succeeded")
     assert sorted(t.task_id for t in fleet.open_tasks(Pool.LOCAL)) == sorted([waiting.task_id, assigned.task_id])
     assert fleet.open_tasks(Pool.CLOUD) == []
+
+
+def test_a_gpu_recorded_before_compute_was_packed_leases_and_releases_compute_as_a_reference_gpu(
+    cloud: Cloud, fleet: Fleet
+) -> None:
+    aws.table(cloud.settings.fleet_table).update_item(Key={"gpu_id": "big"},
+                                                      UpdateExpression="REMOVE compute_total, compute_free")
+    old = fleet.get("big")
+    assert old is not None and (old.compute_total, old.compute_free) == (100, 100)
+    task = enqueued(cloud, fleet, 1)
+    assigned = fleet.assign(old, task.waiting_entry(), NOW)
+    assert compute_free(fleet, "big") == 70
+    fleet.release(assigned, "succeeded")
+    assert compute_free(fleet, "big") == 100

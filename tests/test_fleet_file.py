@@ -26,7 +26,7 @@ def test_the_default_fleet_is_the_office_the_cloud_and_faas() -> None:
     assert fleet.faas is not None
     assert fleet.faas.model_dump() == {
         "endpoint_id": "spillway-dev", "concurrency": 30, "cold_start_seconds": 2.0, "idle_seconds": 60.0,
-        "price_per_second_usd": 0.00076, "max_seconds": 120.0,
+        "price_per_second_usd": 0.00076, "max_seconds": 120.0, "vram_mb": 80000,
     }
     assert fleet.faas.max_billed_seconds == 122
     assert fleet.source == DEFAULT_FLEET

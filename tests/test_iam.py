@@ -69,6 +69,7 @@ NEEDS: dict[str, Grants] = {
         INPUTS: {"s3:PutObject"},  # pinned: the job's own copy of the bytes judged
         RESULTS: {"s3:GetObject"},
         **{f"<Intake{p}Queue>": {"sqs:SendMessage"} for p in ("High", "Normal", "Low")},
+        RULES: {"ssm:GetParameter"},  # FaaS segments and its GPU's memory: judged at submit
     },
     "AgentCallbackFunction": _merge(TASK, POOL),
     "AdmitFunction": {STATE_MACHINE: {"states:StartExecution"}},

@@ -20,17 +20,21 @@ US_HIGH = dict(service="remove_furniture", priority=Priority.HIGH, segment=Segme
 EU_NORMAL = dict(service="remove_furniture", priority=Priority.NORMAL, segment=Segment(region="eu"))
 
 
-def gpu(gpu_id: str, vram: int = 8_000, slots: int = 2, running: int = 0) -> Gpu:
+def gpu(gpu_id: str, vram: int = 8_000, slots: int = 2, running: int = 0, compute: int = 100,
+        compute_used: int = 0) -> Gpu:
     pool = Pool.LOCAL if gpu_id.startswith("local") else Pool.CLOUD
     return Gpu(gpu_id=gpu_id, pool=pool, url=f"http://{gpu_id}", vram_total_mb=vram,
-               vram_free_mb=vram - 3_000 * running, slots=slots, running=running, services=SERVICES,
-               last_heartbeat=NOW)
+               vram_free_mb=vram - 3_000 * running, compute_total=compute, compute_free=compute - compute_used,
+               slots=slots, running=running, services=SERVICES, last_heartbeat=NOW)
 
 
 OFFICE = [gpu(f"local-{i}") for i in range(3)]
 CLOUD = [gpu("cloud-0", 24_000, 4), gpu("cloud-1", 24_000, 4)]
 BUSY_OFFICE = [gpu(f"local-{i}", running=2) for i in range(3)]
 BUSY_CLOUD = [gpu("cloud-0", 24_000, 4, running=4), gpu("cloud-1", 24_000, 4, running=4)]
+# A slot and the VRAM free on every GPU, but nearly all compute in use (one heavy task each).
+COMPUTE_BOUND = [gpu(f"local-{i}", running=1, compute_used=90) for i in range(3)] + \
+    [gpu(f"cloud-{i}", 24_000, 4, running=1, compute_used=90) for i in range(2)]
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Case:
     faas_refused: bool = False
     deadline_in: float = 600
     vram_mb: int = 3_000
+    compute: int = 30
     # what it must come to
     pool: Pool | None = None  # None: the job fails
     avoid: list[str] = field(default_factory=list)
@@ -67,6 +72,8 @@ CASES = [
     Case("no healthy office GPU: cloud", EU_NORMAL, down={"local-0", "local-1", "local-2"}, pool=C,
          reason_has=("no healthy local GPU",)),
     Case("too big for every office GPU: cloud", EU_NORMAL, vram_mb=20_000, pool=C),
+    Case("more compute than any office GPU has: cloud", EU_NORMAL,
+         gpus=[gpu(f"local-{i}", compute=50) for i in range(3)] + CLOUD, compute=60, pool=C),
     # spill-over is not an attempt
     Case("waited past its bound in the office: cloud", EU_NORMAL, [failed(L, None, E.WAIT_EXPIRED)], pool=C,
          reason_has=("spilled over from local",)),
@@ -104,6 +111,10 @@ CASES = [
     Case("eligible, nothing can start it now: faas", US_HIGH, gpus=BUSY_OFFICE + BUSY_CLOUD, waiting={L: 3, C: 2},
          pool=F, reason_has=("us-priority", "could start it now")),
     Case("eligible, a queue ahead of the free slots: faas", US_HIGH, waiting={L: 10, C: 10}, pool=F),
+    Case("eligible, slots and VRAM free but no GPU has the compute now: faas", US_HIGH, gpus=COMPUTE_BOUND,
+         pool=F, reason_has=("could start it now",)),
+    Case("not eligible, no GPU has the compute now: waits in the office", EU_NORMAL, gpus=COMPUTE_BOUND,
+         pool=L, reason_has=("waits",)),
     Case("eligible, no healthy GPU at all: faas", US_HIGH, down={g.gpu_id for g in OFFICE + CLOUD}, pool=F,
          reason_has=("no other pool can run it",)),
     Case("eligible, two attempts failed: the last one on faas", US_HIGH,
@@ -144,7 +155,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_routing(case: Case) -> None:
-    job = JobFacts(vram_mb=case.vram_mb, deadline=NOW + case.deadline_in, **case.job)
+    job = JobFacts(vram_mb=case.vram_mb, compute=case.compute, deadline=NOW + case.deadline_in, **case.job)
     usable = {g.gpu_id for g in case.gpus} - case.down
     fleet = FleetSnapshot(gpus=case.gpus, waiting=case.waiting, now=NOW, usable=usable)
     route = decide(job, case.attempts, fleet, case.budget, RULES, max_attempts=3,
@@ -172,9 +183,19 @@ def test_routing(case: Case) -> None:
 ], ids=["office-then-cloud", "eligible-office-then-cloud", "cloud-holds", "cloud-then-faas", "cloud-holds-no-budget"])
 def test_each_route_says_where_the_attempt_spills_past_its_wait_bound(job, down, budget, pool, spill_to) -> None:
     fleet = FleetSnapshot(gpus=OFFICE + CLOUD, waiting={}, now=NOW, usable={g.gpu_id for g in OFFICE + CLOUD} - down)
-    route = decide(JobFacts(vram_mb=3_000, deadline=NOW + 600, **job), [], fleet, budget, RULES, max_attempts=3,
-                   current_attempt=0)
+    route = decide(JobFacts(vram_mb=3_000, compute=30, deadline=NOW + 600, **job), [], fleet, budget, RULES,
+                   max_attempts=3, current_attempt=0)
     assert (route.pool, route.spill_to) == (pool, spill_to), route.reason
+
+
+def test_a_job_too_big_for_faas_gpu_never_goes_there_even_in_a_faas_segment() -> None:
+    rules = load({"faas": {"vram_mb": 16_000}})
+    fleet = FleetSnapshot(gpus=BUSY_OFFICE + BUSY_CLOUD, waiting={L: 3, C: 2}, now=NOW,
+                          usable={g.gpu_id for g in BUSY_OFFICE + BUSY_CLOUD})
+    for vram_mb, pool in ((16_000, F), (16_001, C)):
+        route = decide(JobFacts(vram_mb=vram_mb, compute=30, deadline=NOW + 600, **US_HIGH), [], fleet, PLENTY,
+                       rules, max_attempts=3, current_attempt=0)
+        assert (route.pool, route.faas_segment) == (pool, "us-priority" if pool is F else None), route.reason
 
 
 def test_rules_are_data_and_overrides_merge() -> None:

@@ -2,7 +2,7 @@
 
 Dispatch by capacity, not by re-polling: an attempt enters its pool's waiting room when the state
 machine sends it (`enqueue`), and the room is *pumped* — its front assigned to GPUs that have the
-VRAM and a slot — whenever something arrives or a slot frees (`pump`), plus a periodic sweep as a
+VRAM, the compute and a slot — whenever something arrives or a slot frees (`pump`), plus a periodic sweep as a
 safety net. Two clocks, kept apart:
 
 - the wait for a GPU is bounded by the priority's spill bound or the job's deadline
@@ -134,7 +134,7 @@ class Dispatcher:
         return Task(
             task_id=task_id, job_id=queued.job_id, attempt=queued.attempt, pool=queued.pool,
             service=queued.service, input_key=queued.input_key,
-            result_key=result_key_for(queued.job_id, queued.attempt), vram_mb=queued.vram_mb,
+            result_key=result_key_for(queued.job_id, queued.attempt), vram_mb=queued.vram_mb, compute=queued.compute,
             priority=queued.priority, task_token=queued.task_token,
             # Ranked by the job's age, not the attempt's: a job that waited elsewhere keeps its place.
             rank=WaitingEntry.rank_for(queued.priority, min(submitted, now), task_id), arrived_at=now,
@@ -171,27 +171,28 @@ class Dispatcher:
     def _assign_front(self, pool: Pool, excluded: set[str]) -> tuple[list[Task], bool]:
         """One pass over the room, front to back: each entry, in order, to the best-fitting GPU with
         room, until no GPU has a free slot or LOOK_AHEAD entries were read. An entry that fits no
-        free GPU now does not hold back a smaller one behind it. Returns the tasks assigned, and
-        whether the room is empty now."""
+        free GPU now does not hold back a smaller one behind it, except on the GPU the first such
+        entry reserves (see `placement.PoolView`). Returns the tasks assigned, and whether the room
+        is empty now."""
         now = self._clock()
         entries = islice(self._room.front(pool), LOOK_AHEAD)
         first = next(entries, None)
         if first is None:
             return [], True  # an empty room: no need to look at the fleet
-        gpus = self._free_gpus(pool, now, excluded)
+        view = self._free_gpus(pool, now, excluded)
         assigned: list[Task] = []
         read = 0
         for entry in chain([first], entries):
             read += 1
-            if not gpus:
+            if not view:
                 return assigned, False
-            task = self._assign(entry, gpus, now)
+            task = self._assign(entry, view, now)
             if task is not None:
                 assigned.append(task)
         return assigned, read == len(assigned) and read < LOOK_AHEAD
 
-    def _free_gpus(self, pool: Pool, now: float, excluded: set[str]) -> dict[str, Gpu]:
-        return {g.gpu_id: g for g in self._available(pool, now) if g.gpu_id not in excluded}
+    def _free_gpus(self, pool: Pool, now: float, excluded: set[str]) -> placement.PoolView:
+        return placement.PoolView(g for g in self._available(pool, now) if g.gpu_id not in excluded)
 
     def _available(self, pool: Pool, now: float) -> list[Gpu]:
         """The pool's GPUs that can take work now, best fit first, each with what time alone did to its
@@ -204,38 +205,36 @@ class Dispatcher:
         fit here now; their executions send them here as their next attempt. Event-driven: a task
         past its bound does not poll for room elsewhere, the pool with room pulls it."""
         now = self._clock()
-        gpus = self._free_gpus(pool, now, excluded)
+        view = self._free_gpus(pool, now, excluded)
         for source in SPILLS_INTO[pool]:
             for entry in islice(self._room.front(source), SPILL_LOOK_AHEAD):
-                if not gpus:
+                if not view:
                     return
                 if not placement.pulled_by(entry, pool, now):
                     continue  # within its bound (its own pool may still start it), or it spills elsewhere
-                fitting = placement.best_fit(entry, gpus.values())
+                fitting = view.best_fit(entry)
                 task = self._fleet.task(entry.task_id) if fitting else None
                 if task is None or task.state is not TaskState.WAITING or self._expire(task, now) == "started":
                     continue
-                placement.take_slot(gpus, fitting[0], entry.vram_mb)
+                view.take(fitting[0], entry)
 
-    def _assign(self, entry: WaitingEntry, gpus: dict[str, Gpu], now: float) -> Task | None:
-        """Assign one entry to the GPU that fits it best (least free VRAM that fits); keeps `gpus`, the
-        pass's view of the pool, up to date."""
-        for gpu in placement.best_fit(entry, gpus.values()):
+    def _assign(self, entry: WaitingEntry, view: placement.PoolView, now: float) -> Task | None:
+        """Assign one entry to the GPU that fits it best (see `placement`); keeps `view`, the pass's view of
+        the pool, up to date."""
+        for gpu in view.best_fit(entry):
             try:
                 task = self._fleet.assign(gpu, entry, now)
             except Refused as refused:
                 if refused.reason == GPU_TAKEN:  # another dispatcher got there first: look again
                     fresh = self._fleet.get(gpu.gpu_id)
-                    if fresh is None or not fresh.is_available(now, self._limits.agent_stale_seconds):
-                        gpus.pop(gpu.gpu_id, None)
-                    else:
-                        gpus[gpu.gpu_id] = fresh
+                    usable = fresh is not None and fresh.is_available(now, self._limits.agent_stale_seconds)
+                    view.update(gpu.gpu_id, fresh if usable else None)
                     continue
                 if refused.reason == ATTEMPT_MOVED_ON:
                     logger.info("attempt moved on while waiting", job_id=entry.job_id, task_id=entry.task_id)
                     self._fleet.close_waiting(entry, "abandoned", ErrorType.WAIT_EXPIRED.value)
                 return None  # assigned by someone else, expired, or abandoned
-            placement.take_slot(gpus, gpu, entry.vram_mb)
+            view.take(gpu, entry)
             logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id,
                         waited_ms=int((now - entry.arrived_at) * 1000))
             self._timers.set(self._liveness_timer(task, now), now)
@@ -465,8 +464,7 @@ class Dispatcher:
     def _could_start(self, pool: Pool, task: Task, now: float) -> bool:
         return placement.could_start(
             pool, lambda: next(self._room.front(pool, page=1), None) is None,
-            lambda: self._available(pool, now),
-            task.service, task.vram_mb, task.avoid)
+            lambda: self._available(pool, now), task.waiting_entry())
 
     def _expire(self, task: Task, now: float) -> str:
         waited = f"{now - task.arrived_at:.0f} s" + (", its deadline" if now >= task.deadline else "")

@@ -1,10 +1,10 @@
-"""The fleet: GPUs as their agents report them, and the tasks on them, packed by free VRAM and slots.
+"""The fleet: GPUs as their agents report them, and the tasks on them, packed by free VRAM, compute and slots.
 
 Every change of a task's state is one DynamoDB transaction whose items each carry a condition:
-assigning a waiting task takes its entry out of the waiting room, VRAM and a slot from the GPU,
+assigning a waiting task takes its entry out of the waiting room, VRAM, compute and a slot from the GPU,
 moves the task to `assigned` and notes the GPU on the job's current attempt, all or nothing. So
 a GPU is never oversubscribed, a task never starts twice, a duplicate delivery never leases twice,
-and a task whose attempt has moved on never runs. Ending a task gives the VRAM back exactly once.
+and a task whose attempt has moved on never runs. Ending a task gives them back exactly once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from spillway import health
 from spillway.aws import error_code, from_item, paged_items, to_item
+from spillway.catalog import GPU_COMPUTE
 from spillway.health import GpuHealth, HealthEvent, HealthPolicy, HealthRecord
 from spillway.jobs import iso_at
 from spillway.models import AgentHeartbeat, ErrorType, JobStatus, Pool, Priority, TaskState
@@ -32,6 +33,9 @@ class Gpu(BaseModel):
     url: str
     vram_total_mb: int
     vram_free_mb: int
+    # Records from before compute was packed have none: a reference GPU's, all of it free.
+    compute_total: int = GPU_COMPUTE
+    compute_free: int = GPU_COMPUTE
     slots: int = 1
     running: int = 0
     services: list[str]
@@ -52,15 +56,23 @@ class Gpu(BaseModel):
         """Slots it may still fill in its health state (probation: one task at a time)."""
         return max(0, self.health.slots(self.slots) - self.running)
 
-    def fits(self, service: str, vram_mb: int) -> bool:
-        return service in self.services and self.vram_free_mb >= vram_mb and self.free_slots > 0
+    def fits(self, service: str, vram_mb: int, compute: int) -> bool:
+        """It could start the task now: its service, the VRAM and the compute free, and a slot."""
+        return self.could_hold(service, vram_mb, compute) and self.vram_free_mb >= vram_mb \
+            and self.compute_free >= compute and self.free_slots > 0
 
-    @property
-    def best_fit(self) -> tuple[bool, int, int, str]:
-        """Sort key, best first: a GPU on probation (its canary task proves it soon, not whenever it happens to
-        fit best), then the least free VRAM (big free GPUs stay free for big images), then the fewest
-        running tasks."""
-        return self.health.state is not GpuHealth.PROBATION, self.vram_free_mb, self.running, self.gpu_id
+    def could_hold(self, service: str, vram_mb: int, compute: int) -> bool:
+        """It could ever run the task: its service, and the VRAM and compute in all (once it is idle)."""
+        return service in self.services and self.vram_total_mb >= vram_mb and self.compute_total >= compute
+
+    def fit_order(self, vram_mb: int = 0, compute: int = 0) -> tuple[bool, float, float, int, int, str]:
+        """Sort key of GPUs for a task (see `placement`), best first: a GPU on probation (its canary task proves
+        it soon, not whenever it happens to fit best), then the least room left once the task runs — the
+        tighter of its remaining VRAM and compute fractions (a big task needs both), then the looser, then the
+        least VRAM left (of two idle GPUs, the smaller) — then the fewest running tasks."""
+        left = ((self.vram_free_mb - vram_mb) / self.vram_total_mb, (self.compute_free - compute) / self.compute_total)
+        return (self.health.state is not GpuHealth.PROBATION, min(left), max(left), self.vram_free_mb, self.running,
+                self.gpu_id)
 
 
 class Task(BaseModel):
@@ -74,6 +86,7 @@ class Task(BaseModel):
     input_key: str
     result_key: str
     vram_mb: int
+    compute: int = 0  # absent from tasks leased before compute was packed: they took none
     priority: Priority
     task_token: str
     state: TaskState = TaskState.WAITING
@@ -97,7 +110,8 @@ class Task(BaseModel):
     def waiting_entry(self) -> WaitingEntry:
         return WaitingEntry(
             pool=self.pool, rank=self.rank, task_id=self.task_id, job_id=self.job_id, attempt=self.attempt,
-            service=self.service, vram_mb=self.vram_mb, priority=self.priority, arrived_at=self.arrived_at,
+            service=self.service, vram_mb=self.vram_mb, compute=self.compute, priority=self.priority,
+            arrived_at=self.arrived_at,
             wait_until=self.wait_until, avoid=self.avoid, spill_to=self.spill_to,
         )
 
@@ -112,7 +126,7 @@ class Refused(Exception):
 
 # Why an assignment was refused, by the item whose condition failed.
 ENTRY_GONE = "entry_gone"  # another dispatcher assigned it, or it expired
-GPU_TAKEN = "gpu_taken"  # the GPU's VRAM or slots went to someone else first
+GPU_TAKEN = "gpu_taken"  # the GPU's VRAM, compute or slots went to someone else first
 ATTEMPT_MOVED_ON = "attempt_moved_on"  # the job is on a later attempt, or over
 
 
@@ -143,13 +157,15 @@ class Fleet:
         before = self._gpus.update_item(
             Key={"gpu_id": beat.gpu_id},
             UpdateExpression=(
-                "SET #pool = :pool, #url = :url, vram_total_mb = :total, slots = :slots, services = :services, "
-                "last_heartbeat = :now, health = if_not_exists(health, :registered), "
-                "vram_free_mb = if_not_exists(vram_free_mb, :total), #running = if_not_exists(#running, :zero)"
+                "SET #pool = :pool, #url = :url, vram_total_mb = :total, compute_total = :compute, slots = :slots, "
+                "services = :services, last_heartbeat = :now, health = if_not_exists(health, :registered), "
+                "vram_free_mb = if_not_exists(vram_free_mb, :total), "
+                "compute_free = if_not_exists(compute_free, :compute), #running = if_not_exists(#running, :zero)"
             ),
             ExpressionAttributeNames={"#pool": "pool", "#url": "url", "#running": "running"},
             ExpressionAttributeValues=to_item({
                 ":pool": beat.pool.value, ":url": str(beat.url).rstrip("/"), ":total": beat.vram_total_mb,
+                ":compute": beat.compute,
                 ":slots": beat.slots, ":services": beat.services, ":now": now, ":zero": 0,
                 ":registered": HealthRecord.registered(now).model_dump(mode="json", by_alias=True),
             }),
@@ -166,7 +182,8 @@ class Fleet:
             return health.heartbeat(health.tick(gpu.health, now, previous.last_heartbeat, policy), beat.draining, now)
 
         after = previous.model_copy(update={"pool": beat.pool, "url": str(beat.url).rstrip("/"), "slots": beat.slots,
-                                            "vram_total_mb": beat.vram_total_mb, "services": beat.services,
+                                            "vram_total_mb": beat.vram_total_mb, "compute_total": beat.compute,
+                                            "services": beat.services,
                                             "last_heartbeat": now})
         if decide(previous) != previous.health:  # most beats change nothing: no second read or write
             changed = self.change_health(beat.gpu_id, decide)
@@ -211,21 +228,16 @@ class Fleet:
     def all_gpus(self) -> list[Gpu]:
         return [Gpu.model_validate(from_item(i)) for i in paged_items(self._gpus.scan, ConsistentRead=True)]
 
-    def largest_vram(self, service: str) -> int | None:
-        """The most VRAM any registered GPU that runs `service` has, healthy or not (None: none is registered):
-        a job that needs more can never run, and is refused at submit."""
-        return max((g.vram_total_mb for g in self.all_gpus() if service in g.services), default=None)
-
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
         return Gpu.model_validate(from_item(item)) if item else None
 
     def available(self, pool: Pool, now: float, stale_after: float,
                   settle: Callable[[Gpu], Gpu] = lambda gpu: gpu) -> list[Gpu]:
-        """GPUs of the pool that can take work now, best fit first (see `Gpu.best_fit`). `settle` brings each
+        """GPUs of the pool that can take work now, fullest first (see `Gpu.fit_order`). `settle` brings each
         up to date first (the dispatcher writes what time alone did to its health: a cool-down over)."""
         fresh = [g for g in map(settle, self.gpus(pool)) if g.is_available(now, stale_after)]
-        return sorted(fresh, key=lambda g: g.best_fit)
+        return sorted(fresh, key=Gpu.fit_order)
 
     # ---- a task's life
 
@@ -242,12 +254,12 @@ class Fleet:
         return True
 
     def assign(self, gpu: Gpu, entry: WaitingEntry, now: float) -> Task:
-        """Take the entry out of the room and lease VRAM and a slot on `gpu` for it: all or nothing."""
+        """Take the entry out of the room and lease VRAM, compute and a slot on `gpu` for it: all or nothing."""
         n = entry.attempt - 1
         self._transact([
             {"Delete": {"TableName": self.waiting_room.table_name, "Key": entry.key,
                         "ConditionExpression": "attribute_exists(task_id)"}},
-            _take_slot(self._gpus.name, gpu.gpu_id, entry.vram_mb),
+            _take_slot(self._gpus.name, gpu.gpu_id, entry.vram_mb, entry.compute),
             _update(self._tasks.name, {"task_id": entry.task_id},
                     "SET #state = :assigned, gpu_id = :gpu, gpu_url = :url, assigned_at = :now",
                     "#state = :waiting", {"#state": "state"},
@@ -304,7 +316,7 @@ class Fleet:
 
     def release(self, task: Task, outcome: str, error_type: str | None = None, cause: str | None = None,
                 now: float | None = None) -> bool:
-        """End a task on a GPU and give its VRAM back, exactly once. False if it had ended already. The
+        """End a task on a GPU and give its VRAM and compute back, exactly once. False if it had ended already. The
         GPU's ModelErrors in a row are counted in the same write (a success resets them), then applied to
         its health: a canary's success, K ModelErrors in a row, a failed canary.
 
@@ -422,16 +434,19 @@ def _awaiting_notice(update: str, values: dict[str, Any], cause: str | None) -> 
     return update + ", cause = :cause"
 
 
-def _take_slot(table: str, gpu_id: str, vram_mb: int) -> dict[str, Any]:
+def _take_slot(table: str, gpu_id: str, vram_mb: int, compute: int) -> dict[str, Any]:
     """Its health is checked in the same write that leases: a GPU that turned suspect, quarantined or
-    draining since the pump read it takes nothing, and one on probation holds one task at a time."""
+    draining since the pump read it takes nothing, and one on probation holds one task at a time. A record
+    from before compute was packed gets its compute in the same write (as `Gpu`'s defaults read it)."""
     return _update(table, {"gpu_id": gpu_id},
-                   "SET vram_free_mb = vram_free_mb - :need, #running = #running + :one",
-                   "vram_free_mb >= :need AND #running < slots AND "
+                   "SET vram_free_mb = vram_free_mb - :need, "
+                   "compute_free = if_not_exists(compute_free, :full) - :compute, #running = #running + :one",
+                   "vram_free_mb >= :need AND (compute_free >= :compute OR attribute_not_exists(compute_free)) "
+                   "AND #running < slots AND "
                    "(health.#state = :healthy OR (health.#state = :probation AND #running = :zero))",
                    {"#running": "running", "#state": "state"},
-                   {":need": vram_mb, ":one": 1, ":zero": 0, ":healthy": GpuHealth.HEALTHY.value,
-                    ":probation": GpuHealth.PROBATION.value})
+                   {":need": vram_mb, ":compute": compute, ":full": GPU_COMPUTE, ":one": 1, ":zero": 0,
+                    ":healthy": GpuHealth.HEALTHY.value, ":probation": GpuHealth.PROBATION.value})
 
 
 def _model_verdict(outcome: str, error_type: str | None) -> bool | None:
@@ -443,9 +458,11 @@ def _model_verdict(outcome: str, error_type: str | None) -> bool | None:
 
 
 def _free_slot(table: str, task: Task, model_ran: bool | None = None, now: float = 0.0) -> dict[str, Any]:
-    """Give the task's VRAM and slot back; count the GPU's ModelErrors in a row (`model_ran`, see above)."""
-    update = "SET vram_free_mb = vram_free_mb + :need, #running = #running - :one"
-    values: dict[str, Any] = {":need": task.vram_mb, ":one": 1}
+    """Give the task's VRAM, compute and slot back; count the GPU's ModelErrors in a row (`model_ran`, see
+    above)."""
+    update = ("SET vram_free_mb = vram_free_mb + :need, compute_free = if_not_exists(compute_free, :full) + :compute, "
+              "#running = #running - :one")
+    values: dict[str, Any] = {":need": task.vram_mb, ":compute": task.compute, ":full": GPU_COMPUTE, ":one": 1}
     if model_ran is True:
         update += ", model_errors = :zero REMOVE first_error_at"
         values[":zero"] = 0

@@ -94,10 +94,11 @@ def _sigv4(method: str, url: str) -> dict[str, str]:
 def table(gpus: list[dict], events: int = 0) -> str:
     """One line per GPU (and its last `events` health transitions under it)."""
     now = time.time()
-    rows = [("GPU", "POOL", "HEALTH", "FOR", "VRAM USED", "TASKS", "HEARD", "WHY")]
+    rows = [("GPU", "POOL", "HEALTH", "FOR", "VRAM USED", "COMPUTE USED", "TASKS", "HEARD", "WHY")]
     for g in gpus:
         rows.append((g["gpu_id"], g["pool"], g["health"], _age(now - _epoch(g["since"])),
-                     f"{g['vram_used_mb']}/{g['vram_total_mb']} MB", f"{len(g['running'])}/{g['slots']}",
+                     f"{g['vram_used_mb']}/{g['vram_total_mb']} MB", f"{g['compute_used']}/{g['compute_total']}%",
+                     f"{len(g['running'])}/{g['slots']}",
                      _age(g["last_heartbeat_age_s"]) + " ago", g["reason"]))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []

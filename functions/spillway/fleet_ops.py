@@ -68,7 +68,8 @@ class FleetOperations:
         return GpuView(
             gpu_id=gpu.gpu_id, pool=gpu.pool, health=record.state, reason=record.reason, since=iso_at(record.since),
             quarantined_until=iso_at(record.until) if record.until is not None else None, held=record.held,
-            vram_total_mb=gpu.vram_total_mb, vram_used_mb=gpu.vram_total_mb - gpu.vram_free_mb, slots=gpu.slots,
+            vram_total_mb=gpu.vram_total_mb, vram_used_mb=gpu.vram_total_mb - gpu.vram_free_mb,
+            compute_total=gpu.compute_total, compute_used=gpu.compute_total - gpu.compute_free, slots=gpu.slots,
             running=sorted(running), last_heartbeat=iso_at(gpu.last_heartbeat),
             last_heartbeat_age_s=round(now - gpu.last_heartbeat, 1), model_errors=gpu.model_errors,
             quarantines=record.quarantines,

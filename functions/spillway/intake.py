@@ -14,6 +14,7 @@ from spillway import imageinfo
 from spillway.aws import error_code
 from spillway.catalog import SERVICES
 from spillway.errors import Invalid, NotFound
+from spillway.fleet import Gpu
 from spillway.jobs import JobRecord, JobStore
 from spillway.models import (
     DispatchInput,
@@ -25,6 +26,7 @@ from spillway.models import (
     UploadTicket,
 )
 from spillway.priorities import deadline_for
+from spillway.routing.rules import RoutingRules, default_rules
 from spillway.settings import Settings
 
 UPLOAD_URL_SECONDS = 15 * 60
@@ -53,7 +55,8 @@ class Intake:
         sqs: Any,
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-        largest_gpu: Callable[[str], int | None] = lambda service: None,
+        fleet: Callable[[], list[Gpu]] = list,
+        rules: Callable[[], RoutingRules] = default_rules,
     ):
         self._settings = settings
         self._jobs = jobs
@@ -61,7 +64,8 @@ class Intake:
         self._sqs = sqs
         self._clock = clock
         self._new_id = new_id
-        self._largest_gpu = largest_gpu  # the most VRAM a registered GPU running the service has (None: no fleet yet)
+        self._fleet = fleet  # the enrolled GPUs, healthy or not (a recent read will do: they change seldom)
+        self._rules = rules  # the routing rules: who may use FaaS, and its GPU's memory
 
     def upload_ticket(self, request: UploadRequest) -> UploadTicket:
         """A presigned POST: its signed policy makes the storage itself refuse a file over the limit."""
@@ -92,11 +96,8 @@ class Intake:
                 f"the input is {width}x{height} ({megapixels:.1f} MP); "
                 f"{service.name} takes at most {service.max_megapixels:g} MP"
             )
-        vram_mb = service.vram_mb(width, height)
-        largest = self._largest_gpu(service.name)
-        if largest is not None and vram_mb > largest:
-            raise Invalid(f"the input is {width}x{height}: {service.name} needs {vram_mb} MB of GPU memory for it, "
-                          f"and the largest GPU that runs it has {largest} MB; send a smaller image")
+        vram_mb, compute = service.vram_mb(width, height), service.compute(width, height)
+        self._check_some_gpu_holds(request, vram_mb, compute, f"{width}x{height}")
         submitted = self._clock()
         now = iso(submitted)
         deadline = request.deadline_at or deadline_for(request.priority, submitted)
@@ -114,6 +115,7 @@ class Intake:
             width=width,
             height=height,
             vram_mb=vram_mb,
+            compute=compute,
             created_at=now,
             updated_at=now,
             deadline_at=iso(deadline.astimezone(UTC)),
@@ -126,6 +128,7 @@ class Intake:
             input_key=job.input_key,
             priority=job.priority,
             vram_mb=job.vram_mb,
+            compute=job.compute,
             submitted_at=job.created_at,
             deadline_at=job.deadline_at,
         )
@@ -138,6 +141,25 @@ class Intake:
             self._jobs.delete(job.job_id)
             raise
         return JobAccepted(job_id=job.job_id, status=job.status)
+
+    def _check_some_gpu_holds(self, request: JobRequest, vram_mb: int, compute: int, size: str) -> None:
+        """Refuse a job no GPU of any pool that may serve it could ever hold: the office's and the cloud's
+        enrolled GPUs (healthy or not: a GPU that is down comes back), and FaaS's if the job's segment may use
+        it. While no GPU that runs the service has enrolled yet, nothing is known: the job waits for one."""
+        rules = self._rules()
+        gpus = [g for g in self._fleet() if g.pool in rules.pool_order and request.service in g.services]
+        faas_open = bool(self._settings.faas_endpoint_id) and \
+            rules.faas.segment_for(request.segment, request.service, request.priority) is not None
+        if not gpus or any(g.could_hold(request.service, vram_mb, compute) for g in gpus) \
+                or (faas_open and rules.faas.holds(vram_mb)):
+            return
+        largest = ", ".join(f"{max(g.vram_total_mb for g in of_pool)} MB and {max(g.compute_total for g in of_pool)}% "
+                            f"compute in {pool.value}"
+                            for pool in rules.pool_order if (of_pool := [g for g in gpus if g.pool is pool]))
+        faas = f"FaaS's has {rules.faas.vram_mb} MB" if faas_open else "FaaS does not serve its segment"
+        raise Invalid(f"the input is {size}: {request.service} needs {vram_mb} MB of GPU memory and {compute}% of "
+                      f"a GPU's compute for it; the largest GPU that runs it has {largest}, and {faas}; "
+                      "send a smaller image")
 
     def view(self, job_id: str) -> JobView:
         job = self._jobs.get(job_id)

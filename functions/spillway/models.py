@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
+from spillway.catalog import GPU_COMPUTE
 from spillway.health import GpuHealth
 
 JobId = Annotated[str, StringConstraints(pattern=r"^j-[0-9a-f]{32}$")]
@@ -153,6 +154,8 @@ class JobFields(BaseModel):
     width: int
     height: int
     vram_mb: int
+    compute: int = Field(default=0, description="its share of a GPU's compute (SM%; 0 on jobs from before "
+                                                "compute was packed)")
     created_at: str
     updated_at: str
     deadline_at: str | None = Field(default=None, description="the job is answered by then: done, or failed "
@@ -196,6 +199,8 @@ class GpuView(BaseModel):
     held: bool = Field(description="an operator drained or quarantined it: only a readmit lets it back")
     vram_total_mb: int
     vram_used_mb: int
+    compute_total: int
+    compute_used: int = Field(description="the compute shares of the tasks leased on it")
     slots: int
     running: list[str] = Field(description="the tasks leased on it")
     last_heartbeat: str
@@ -220,6 +225,7 @@ class DispatchInput(BaseModel):
     input_key: str
     priority: Priority
     vram_mb: int
+    compute: int = 0  # absent from jobs queued before compute was packed: they take none
     # Absent from executions started before deadlines existed: the priority's defaults apply.
     submitted_at: str | None = None
     deadline_at: str | None = None
@@ -241,6 +247,8 @@ class PoolTask(BaseModel):
     service: str
     input_key: str
     vram_mb: int
+    compute: int = Field(default=0, description="its share of a GPU's compute (absent: an execution started "
+                                                "before compute was packed; it takes none)")
     priority: Priority
     submitted_at: str | None = Field(default=None, description="when the job was submitted: its age ranks it")
     deadline_at: str | None = None
@@ -303,6 +311,8 @@ class AgentHeartbeat(Strict):
     url: AgentUrl = Field(description="where the control plane reaches this agent: https:// (for local GPUs: "
                                        "the tunnel's hostname), http:// only on loopback")
     vram_total_mb: int = Field(gt=0)
+    compute: int = Field(default=GPU_COMPUTE, gt=0, le=10 * GPU_COMPUTE,
+                         description=f"its compute capacity, in SM% of a reference GPU ({GPU_COMPUTE}: one)")
     slots: int = Field(default=1, gt=0, le=64, description="tasks this GPU runs at once")
     services: list[str]
     running: list[TaskId] = Field(default_factory=list, description="the tasks it holds: running, or their result "

@@ -2,7 +2,7 @@
 
 A DynamoDB table keyed by pool and rank, where the rank is the task's virtual arrival time (see
 `priorities`), so a query in key order reads the room front to back, strongly consistent. An
-entry holds what placement needs (service, VRAM) and no task token: tokens stay in the tasks table.
+entry holds what placement needs (service, VRAM, compute) and no task token: tokens stay in the tasks table.
 An entry leaves the room in the same transaction that leases its GPU (see `Fleet.assign`), or
 when its wait bound passes; either happens once.
 """
@@ -28,6 +28,7 @@ class WaitingEntry(BaseModel):
     attempt: int
     service: str
     vram_mb: int
+    compute: int = 0  # absent from entries queued before compute was packed: they take none
     priority: Priority
     arrived_at: float  # epoch seconds
     wait_until: float  # epoch seconds: the wait bound

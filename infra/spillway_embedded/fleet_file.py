@@ -6,11 +6,12 @@ another), validated here so that a mistake is named by file and field, not found
     [pools.local]                 # a pool of GPUs, by the control plane's pool name: local or cloud
     slots = 2                     # tasks each GPU runs at once, unless a GPU says otherwise
     services = ["remove_furniture", "upscale_2x"]   # what its GPUs run (default: every service)
-    gpus = [{ id = "local-0", vram_mb = 6000 }, { id = "local-4", vram_mb = 12000, slots = 3 }]
+    gpus = [{ id = "local-0", vram_mb = 6000 }, { id = "local-4", vram_mb = 12000, slots = 3, compute = 150 }]
 
     [faas]                        # optional: the stand-in FaaS provider (see faas_provider.py)
     endpoint_id = "spillway-dev"
     price_per_second_usd = 0.00076
+    vram_mb = 80000               # its workers' GPU memory: a job that needs more never goes there
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from spillway.catalog import SERVICES
+from spillway.catalog import GPU_COMPUTE, SERVICES
 from spillway.models import Pool
 
 DEFAULT_FLEET = Path(__file__).resolve().parent / "fleets" / "default.toml"
@@ -51,6 +52,7 @@ class _Strict(BaseModel):
 class GpuEntry(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     vram_mb: int = Field(gt=0)
+    compute: int = Field(default=GPU_COMPUTE, gt=0, le=10 * GPU_COMPUTE)  # SM% of a reference GPU
     slots: int | None = Field(default=None, ge=1, le=64)  # the pool's otherwise
     services: list[ServiceName] | None = Field(default=None, min_length=1)  # the pool's otherwise
 
@@ -69,6 +71,7 @@ class FaasSettings(_Strict):
     cold_start_seconds: float = Field(default=2.0, ge=0, le=600, description="a cold worker's start, billed")
     idle_seconds: float = Field(default=60.0, ge=0, description="a worker idle longer is cold again")
     price_per_second_usd: float = Field(gt=0, le=1)
+    vram_mb: int = Field(default=80_000, gt=0, description="its workers' GPU memory")
     # The endpoint's execution timeout: over 5 s, as RunPod requires of a job's executionTimeout.
     max_seconds: float = Field(default=120.0, gt=5, le=3600, description="the longest a run may execute")
 
@@ -87,6 +90,7 @@ class GpuSpec:
     vram_mb: int
     slots: int
     services: tuple[str, ...]
+    compute: int = GPU_COMPUTE
 
 
 class Fleet(_Strict):
@@ -114,11 +118,13 @@ class Fleet(_Strict):
         if self.faas is None:
             return {}
         return {"faas": {"price_per_second_usd": self.faas.price_per_second_usd,
-                         "max_seconds": int(self.faas.max_seconds), "cold_start_seconds": self.faas.cold_start_seconds}}
+                         "max_seconds": int(self.faas.max_seconds), "cold_start_seconds": self.faas.cold_start_seconds,
+                         "vram_mb": self.faas.vram_mb}}
 
     def gpus(self) -> tuple[GpuSpec, ...]:
         return tuple(
-            GpuSpec(gpu.id, Pool(pool), gpu.vram_mb, gpu.slots or entry.slots, tuple(gpu.services or entry.services))
+            GpuSpec(gpu.id, Pool(pool), gpu.vram_mb, gpu.slots or entry.slots, tuple(gpu.services or entry.services),
+                    gpu.compute)
             for pool, entry in self.pools.items() for gpu in entry.gpus
         )
 

@@ -279,7 +279,7 @@ class EmbeddedStack:
             # `spillway agent`, its model wrapped so that chaos can make it fail or slow (see model_faults.py)
             sys.executable, "-m", "spillway_embedded.model_faults", "--fault-file", str(self._fault_file(spec.gpu_id)),
             "--gpu-id", spec.gpu_id, "--pool", spec.pool.value, "--listen", "127.0.0.1:0",
-            "--vram-mb", str(spec.vram_mb), "--slots", str(spec.slots),
+            "--vram-mb", str(spec.vram_mb), "--compute", str(spec.compute), "--slots", str(spec.slots),
             "--control-url", outbound.url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
             "--ready-file", str(ready_file), "--min-run-seconds", str(self.model_seconds),
         ]
@@ -323,8 +323,9 @@ class EmbeddedStack:
             "region": REGION,
             "resources": self.physical_ids,
             "gpus": [
-                {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool.value, "vram_mb": a.spec.vram_mb, "slots": a.spec.slots,
-                 "services": list(a.spec.services), "listen_url": a.listen_url, "advertised_url": a.advertised_url,
+                {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool.value, "vram_mb": a.spec.vram_mb,
+                 "compute": a.spec.compute, "slots": a.spec.slots, "services": list(a.spec.services),
+                 "listen_url": a.listen_url, "advertised_url": a.advertised_url,
                  "pid": a.process.pid}
                 for a in self._agents
             ],

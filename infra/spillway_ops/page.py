@@ -208,7 +208,8 @@ def _fleet_body(view: FleetView) -> str:
         used = gpu.vram_total_mb - gpu.vram_free_mb
         rows.append(
             f'<tr data-gpu="{_e(gpu.gpu_id)}"><td>{_e(gpu.gpu_id)}</td><td>{_e(gpu.pool.value)}</td>{health}'
-            f"<td>{used} / {gpu.vram_total_mb} MB</td><td>{gpu.running} / {gpu.slots}</td>"
+            f"<td>{used} / {gpu.vram_total_mb} MB</td><td>{gpu.compute_total - gpu.compute_free} / "
+            f"{gpu.compute_total}%</td><td>{gpu.running} / {gpu.slots}</td>"
             f"<td>{tasks}</td><td>{_seconds(line.heartbeat_age_s)} ago</td></tr>")
     rooms = "".join(
         f"<tr><td>{_e(pool.value)}</td>" + "".join(
@@ -223,8 +224,9 @@ def _fleet_body(view: FleetView) -> str:
     return f"""
 <h2>GPUs</h2>
 <table id="gpus"><thead><tr><th>GPU</th><th>pool</th><th>health</th><th>why</th>
-<th>VRAM in use</th><th>slots in use</th><th>running tasks</th><th>last heartbeat</th></tr></thead>
-<tbody>{''.join(rows) or '<tr><td colspan="9">no GPU has registered</td></tr>'}</tbody></table>
+<th>VRAM in use</th><th>compute in use</th><th>slots in use</th><th>running tasks</th><th>last heartbeat</th>
+</tr></thead>
+<tbody>{''.join(rows) or '<tr><td colspan="10">no GPU has registered</td></tr>'}</tbody></table>
 <h2>waiting rooms</h2>
 <table id="rooms"><thead><tr><th>pool</th>{''.join(f'<th>{_e(p.value)}</th>' for p in Priority)}</tr></thead>
 <tbody>{rooms}</tbody></table>

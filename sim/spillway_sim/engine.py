@@ -70,6 +70,7 @@ class Spillway:
         result = self.sim.result(job)
         timing = self.sim.world.scenario.timing
         facts = JobFacts(service=job.service, priority=job.priority, segment=job.segment, vram_mb=job.vram_mb,
+                         compute=job.compute,
                          deadline=job.at + PRIORITY_CLASSES[job.priority].deadline_s)
         past: list[PastAttempt] = []
         while True:
@@ -119,7 +120,8 @@ class Spillway:
         task_id = task_id_for(job.job_id, number)
         entry = WaitingEntry(
             pool=route.pool, rank=WaitingEntry.rank_for(job.priority, job.at, task_id), task_id=task_id,
-            job_id=job.job_id, attempt=number, service=job.service, vram_mb=job.vram_mb, priority=job.priority,
+            job_id=job.job_id, attempt=number, service=job.service, vram_mb=job.vram_mb, compute=job.compute,
+            priority=job.priority,
             arrived_at=now, wait_until=wait_bound(job.priority, route.spill_to, now, deadline),
             avoid=route.avoid_gpus, spill_to=route.spill_to)
         task = Task(job=job, entry=entry, deadline=deadline, done=self.env.event(), attempt=attempt)
@@ -141,8 +143,7 @@ class Spillway:
         self._expire(task)
 
     def _could_start(self, pool: Pool, task: Task) -> bool:
-        return placement.could_start(pool, lambda: not self.rooms[pool], lambda: self._available(pool),
-                                     task.job.service, task.job.vram_mb, task.entry.avoid)
+        return placement.could_start(pool, lambda: not self.rooms[pool], lambda: self._available(pool), task.entry)
 
     def _expire(self, task: Task) -> None:
         self.rooms[task.entry.pool].remove(task)
@@ -154,7 +155,7 @@ class Spillway:
     def _available(self, pool: Pool) -> list[Gpu]:
         now = self.env.now
         return sorted((g.gpu for g in self.sim.gpus.values() if g.spec.pool is pool
-                       and g.gpu.is_available(now, self.limits.agent_stale_seconds)), key=lambda g: g.best_fit)
+                       and g.gpu.is_available(now, self.limits.agent_stale_seconds)), key=Gpu.fit_order)
 
     # -- the pump (`dispatch.Dispatcher.pump`)
 
@@ -181,33 +182,33 @@ class Spillway:
         if not room:
             return [], True
         # The view is the fleet's own records: taking a slot in it is the lease.
-        gpus = {g.gpu_id: g for g in self._available(pool) if g.gpu_id not in excluded}
+        view = placement.PoolView(g for g in self._available(pool) if g.gpu_id not in excluded)
         assigned: list[Task] = []
         front = room[:LOOK_AHEAD]
         for task in front:
-            if not gpus:
+            if not view:
                 return assigned, False
-            fitting = placement.best_fit(task.entry, gpus.values())
+            fitting = view.best_fit(task.entry)
             if fitting:
                 room.remove(task)
                 task.gpu = self.sim.gpus[fitting[0].gpu_id]
-                placement.take_slot(gpus, fitting[0], task.job.vram_mb)
+                view.take(fitting[0], task.entry)
                 assigned.append(task)
         return assigned, len(front) == len(assigned) and len(front) < LOOK_AHEAD
 
     def _take_spills(self, pool: Pool, excluded: set[str]) -> None:
         now = self.env.now
-        gpus = {g.gpu_id: g.model_copy() for g in self._available(pool) if g.gpu_id not in excluded}
+        view = placement.PoolView(g.model_copy() for g in self._available(pool) if g.gpu_id not in excluded)
         for source in SPILLS_INTO[pool]:
             for task in self.rooms[source][:SPILL_LOOK_AHEAD]:
-                if not gpus:
+                if not view:
                     return
                 if not placement.pulled_by(task.entry, pool, now):
                     continue
-                fitting = placement.best_fit(task.entry, gpus.values())
+                fitting = view.best_fit(task.entry)
                 if fitting:
                     self._expire(task)
-                    placement.take_slot(gpus, fitting[0], task.job.vram_mb)
+                    view.take(fitting[0], task.entry)
 
     def _give_back(self, task: Task) -> None:
         self._release(task)
@@ -217,6 +218,7 @@ class Spillway:
     def _release(self, task: Task) -> None:
         gpu = task.gpu.gpu
         gpu.vram_free_mb += task.job.vram_mb
+        gpu.compute_free += task.job.compute
         gpu.running -= 1
 
     def _push(self, task: Task) -> bool:

@@ -34,8 +34,8 @@ class SimGpu:
         self.spec = spec
         # Its agent beats all along (never stale) until it dies; then its last beat is when it died.
         self.gpu = Gpu(gpu_id=spec.gpu_id, pool=spec.pool, url=f"sim://{spec.gpu_id}", vram_total_mb=spec.vram_mb,
-                       vram_free_mb=spec.vram_mb, slots=spec.slots, services=list(spec.services),
-                       last_heartbeat=math.inf)
+                       vram_free_mb=spec.vram_mb, compute_total=spec.compute, compute_free=spec.compute,
+                       slots=spec.slots, services=list(spec.services), last_heartbeat=math.inf)
         self.cuts = 0  # outages covering its link now
         self.deaths = 0  # crashes of its agent not yet restarted
         self.probing = False

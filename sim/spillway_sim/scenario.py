@@ -242,7 +242,8 @@ def load_world(path: Path = DEFAULT_SCENARIO, overrides: dict[str, Any] | None =
         cloud = [g for g in gpus if g.pool is Pool.CLOUD]
         if not cloud and scenario.cloud_gpus:
             raise ScenarioError(f"{path}: cloud_gpus: the fleet {fleet_path} has no cloud GPU to copy")
-        copies = tuple(GpuSpec(f"cloud-{i}", Pool.CLOUD, cloud[0].vram_mb, cloud[0].slots, cloud[0].services)
+        copies = tuple(GpuSpec(f"cloud-{i}", Pool.CLOUD, cloud[0].vram_mb, cloud[0].slots, cloud[0].services,
+                               cloud[0].compute)
                        for i in range(scenario.cloud_gpus))
         gpus = tuple(g for g in gpus if g.pool is not Pool.CLOUD) + copies
     template = parameter_defaults()

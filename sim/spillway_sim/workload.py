@@ -23,6 +23,7 @@ class SimJob:
     service: str
     size: str
     vram_mb: int
+    compute: int
     run_s: float  # the model's run on an office GPU
     priority: Priority
     segment: Segment
@@ -85,7 +86,6 @@ def _jobs(s: Scenario, world: World, rng: np.random.Generator) -> tuple[list[Sim
     service_picks = rng.choice(len(services), len(times), p=_shares([s.services[n].share for n in services]))
     noise = rng.standard_normal(len(times))
     size_draws = rng.uniform(0, 1, len(times))
-    largest = {name: max((g.vram_mb for g in world.gpus if name in g.services), default=0) for name in SERVICES}
     segments = [m.segment for m in mix]
     jobs, refused = [], 0
     for i, at in enumerate(times):
@@ -95,12 +95,13 @@ def _jobs(s: Scenario, world: World, rng: np.random.Generator) -> tuple[list[Sim
         sizes = list(spec.sizes)
         size = sizes[int(np.searchsorted(np.cumsum(_shares(list(spec.sizes.values()))), size_draws[i]))]
         width, height, mp = megapixels(size)
-        vram = SERVICES[service].vram_mb(width, height)
-        if vram > largest[service]:
+        vram, compute = SERVICES[service].vram_mb(width, height), SERVICES[service].compute(width, height)
+        if not any(service in g.services and g.vram_mb >= vram and g.compute >= compute for g in world.gpus):
             refused += 1
             continue
         run_s = (spec.seconds.base + spec.seconds.per_megapixel * mp) * float(np.exp(spec.seconds.sigma * noise[i]))
-        jobs.append(SimJob(index=len(jobs), at=float(at), service=service, size=size, vram_mb=vram, run_s=run_s,
+        jobs.append(SimJob(index=len(jobs), at=float(at), service=service, size=size, vram_mb=vram, compute=compute,
+                           run_s=run_s,
                            priority=segment.priority, segment=segments[picks[i]], label=segment.label))
     return jobs, refused
 

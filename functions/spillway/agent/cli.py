@@ -17,6 +17,7 @@ import httpx
 from spillway.agent import model
 from spillway.agent.inference import RemoteModel
 from spillway.agent.server import Agent, AgentConfig, JobFilter
+from spillway.catalog import GPU_COMPUTE
 from spillway.models import Pool
 
 ENVIRONMENT = """environment variables:
@@ -49,6 +50,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pool", required=True, choices=[Pool.LOCAL.value, Pool.CLOUD.value],
                         help="local: an office GPU; cloud: a rented one")
     parser.add_argument("--vram-mb", required=True, type=int, help="the GPU's memory")
+    parser.add_argument("--compute", type=int, default=GPU_COMPUTE,
+                        help=f"the GPU's compute, in SM%% of a reference GPU: tasks are packed onto it by their "
+                        f"services' shares of it as well as by VRAM (default {GPU_COMPUTE})")
     parser.add_argument("--control-url", required=True, help="the Spillway API, e.g. https://api.example.com")
     parser.add_argument("--listen", type=listen_address, default=("127.0.0.1", 9000),
                         help="HOST:PORT to take tasks on; port 0 picks one (default 127.0.0.1:9000)")
@@ -99,7 +103,8 @@ def main(argv: list[str]) -> int:
         remote = RemoteModel(args.model_url, httpx.Timeout(args.model_timeout, connect=2.0))
         run_model, model_not_ready = remote.run, remote.not_ready
     agent = Agent(AgentConfig(
-        gpu_id=args.gpu_id, pool=Pool(args.pool), vram_mb=args.vram_mb, control_url=args.control_url,
+        gpu_id=args.gpu_id, pool=Pool(args.pool), vram_mb=args.vram_mb, compute=args.compute,
+        control_url=args.control_url,
         agent_key=agent_key, listen=args.listen, advertise_url=args.advertise_url, slots=args.slots,
         heartbeat_interval_s=args.heartbeat_interval, drain_timeout_s=args.drain_timeout, ready_file=args.ready_file,
     ), run_model=at_least(args.min_run_seconds, run_model), model_not_ready=model_not_ready)

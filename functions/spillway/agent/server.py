@@ -33,7 +33,7 @@ import httpx
 from pydantic import ValidationError
 
 from spillway.agent import model
-from spillway.catalog import SERVICES
+from spillway.catalog import GPU_COMPUTE, SERVICES
 from spillway.models import (
     AgentHeartbeat,
     AgentTask,
@@ -76,6 +76,7 @@ class AgentConfig:
     listen: tuple[str, int] = ("127.0.0.1", 9000)
     advertise_url: str | None = None  # e.g. the tunnel in front of an office GPU
     slots: int = 2
+    compute: int = GPU_COMPUTE  # SM% of a reference GPU
     heartbeat_interval_s: float = 5.0
     drain_timeout_s: float = 30.0
     report_deadline_s: float = 600.0  # keep retrying a result this long
@@ -210,7 +211,7 @@ class Agent:
     def beat(self) -> bool:
         heartbeat = AgentHeartbeat(
             gpu_id=self.config.gpu_id, pool=self.config.pool, url=self.url, vram_total_mb=self.config.vram_mb,
-            slots=self.config.slots,
+            compute=self.config.compute, slots=self.config.slots,
             services=list(SERVICES), running=[r.task.task_id for r in self._unsettled()],
             draining=self._draining.is_set(),
         )

@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from spillway import aws
 from spillway.handlers import fleet_routes
 from spillway.handlers.http import answer_errors_with_reasons, error_response, unreadable_body
-from spillway.handlers.wiring import fleet
+from spillway.handlers.wiring import enrolled_gpus, routing_rules
 from spillway.intake import Intake
 from spillway.jobs import JobStore
 from spillway.logs import job_keys
@@ -50,7 +50,7 @@ _ERRORS: dict[int | str, Any] = {
 def intake() -> Intake:
     s = settings()
     return Intake(s, JobStore(aws.table(s.jobs_table)), aws.client("s3"), aws.client("sqs"),
-                  largest_gpu=fleet().largest_vram)
+                  fleet=enrolled_gpus(), rules=routing_rules)
 
 
 idempotency = IdempotencyConfig(

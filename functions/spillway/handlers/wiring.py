@@ -1,5 +1,7 @@
 """The domain objects the handlers share, made once per container from the template's settings."""
 
+import time
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -31,6 +33,7 @@ logger = Logger(child=True)
 
 AGENT_KEY_CACHE_SECONDS = 300  # also the FaaS API key's and the webhook key's: a rotation is live within it
 RULES_CACHE_SECONDS = 60  # a change of the routing rules parameter is live within a minute
+ENROLLED_CACHE_SECONDS = 60  # a GPU enrolled (or resized) counts in the submit check within a minute
 
 
 def agent_key() -> str:
@@ -71,6 +74,23 @@ def fleet() -> Fleet:
     return Fleet(aws.table(s.fleet_table), aws.table(s.tasks_table), s.jobs_table,
                  WaitingRoom(aws.table(s.waiting_room_table)), aws.client("dynamodb"),
                  health_policy=s.health_policy(), transitioned=health_transitioned)
+
+
+@cache
+def enrolled_gpus() -> Callable[[], list[Gpu]]:
+    """Every enrolled GPU, healthy or not, read at most once a minute (the submit check's: a fleet changes
+    seldom); while none has enrolled, read each time."""
+    kept: list[tuple[float, list[Gpu]]] = []
+
+    def read() -> list[Gpu]:
+        now = time.monotonic()
+        if not kept or now - kept[0][0] > ENROLLED_CACHE_SECONDS:
+            gpus = fleet().all_gpus()
+            kept[:] = [(now, gpus)] if gpus else []
+            return gpus
+        return kept[0][1]
+
+    return read
 
 
 @cache

@@ -52,6 +52,7 @@ class JobFacts:
     priority: Priority
     segment: Segment
     vram_mb: int
+    compute: int
     deadline: float  # epoch seconds
 
 
@@ -79,13 +80,14 @@ class FleetSnapshot:
     usable: set[str] = field(default_factory=set)  # gpu ids whose health takes work, heard from lately
 
     def candidates(self, pool: Pool, job: JobFacts, avoid: set[str]) -> list[Gpu]:
-        """GPUs of the pool that could run the job at all: healthy, its service, enough VRAM in total."""
+        """GPUs of the pool that could run the job at all: healthy, its service, enough VRAM and compute in all."""
         return [g for g in self.gpus if g.pool is pool and g.gpu_id in self.usable and g.gpu_id not in avoid
-                and job.service in g.services and g.vram_total_mb >= job.vram_mb]
+                and g.could_hold(job.service, job.vram_mb, job.compute)]
 
     def starts_now(self, pool: Pool, job: JobFacts, avoid: set[str]) -> bool:
-        """A GPU of the pool has a slot and the VRAM for it, and no queue is ahead of it."""
-        free = sum(g.free_slots for g in self.candidates(pool, job, avoid) if g.fits(job.service, job.vram_mb))
+        """A GPU of the pool has a slot, the VRAM and the compute for it, and no queue is ahead of it."""
+        free = sum(g.free_slots for g in self.candidates(pool, job, avoid)
+                   if g.fits(job.service, job.vram_mb, job.compute))
         return free > self.waiting.get(pool, 0)
 
 
@@ -148,7 +150,8 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
         pools = [last.pool] + [p for p in pools if p is not last.pool]
     why = f" (after {len(counted)} failed attempt{'s' if len(counted) > 1 else ''})" if counted else ""
 
-    segment = rules.faas.segment_for(job.segment, job.service, job.priority) if budget.enabled else None
+    segment = rules.faas.segment_for(job.segment, job.service, job.priority) \
+        if budget.enabled and rules.faas.holds(job.vram_mb) else None
     refused_before = any(a.pool is Pool.FAAS and a.error is not None
                          and rules.action_for(a.error) is FailureAction.NEXT_POOL for a in attempts)
     failed_there = any(a.pool is Pool.FAAS for a in counted)
@@ -187,7 +190,7 @@ def decide(job: JobFacts, attempts: list[PastAttempt], fleet: FleetSnapshot, bud
     # (it holds the task until the deadline); if none has, no GPU ever could.
     reason = f"no healthy GPU of {', '.join(p.value for p in pools) or 'any pool'} runs {job.service} " \
              f"with {job.vram_mb} MB"
-    registered = [p for p in pools if any(g.pool is p and job.service in g.services and g.vram_total_mb >= job.vram_mb
+    registered = [p for p in pools if any(g.pool is p and g.could_hold(job.service, job.vram_mb, job.compute)
                                           and g.gpu_id not in avoid for g in fleet.gpus)]
     if registered:
         return run(registered[-1], f"{registered[-1].value}: {reason}; it waits for one to come back{why}")

@@ -38,8 +38,10 @@ def faas_caps(rules: RoutingRules, segment: str | None) -> list[Cap]:
 
 
 def faas_eligible(rules: RoutingRules, facts: JobFacts, faas_enabled: bool) -> bool:
-    """Only a job of a FaaS segment may spend: the budget is read (and a reservation looked for) for it alone."""
-    return faas_enabled and rules.faas.segment_for(facts.segment, facts.service, facts.priority) is not None
+    """Only a job of a FaaS segment that its GPU can hold may spend: the budget is read (and a reservation looked
+    for) for it alone."""
+    return faas_enabled and rules.faas.holds(facts.vram_mb) \
+        and rules.faas.segment_for(facts.segment, facts.service, facts.priority) is not None
 
 
 def budget_left(rules: RoutingRules, committed: Callable[[str | None], int]) -> FaasBudget:
@@ -98,6 +100,7 @@ class Router:
         rules = self._rules()
         _, deadline = job_clock(job.priority, job.created_at, job.deadline_at, now)
         facts = JobFacts(service=job.service, priority=job.priority, segment=job.segment, vram_mb=job.vram_mb,
+                         compute=job.compute,
                          deadline=deadline)
         attempts = [PastAttempt(pool=a.pool, gpu_id=a.gpu_id, error=a.error_type, reason=a.reason)
                     for a in job.attempts]

@@ -52,6 +52,7 @@ class FaasRules(Rules):
     max_seconds: int = Field(gt=5, le=3600, description="a run is stopped past this (the provider's execution timeout)")
     cold_start_seconds: float = Field(ge=0, description="billed on top of a run when a worker starts cold")
     expected_seconds: float = Field(gt=0, description="cold start plus a run, as routing expects it")
+    vram_mb: int = Field(gt=0, description="the endpoint's GPU memory: a job that needs more never goes there")
     daily_budget_usd: float = Field(ge=0)
     last_resort: bool = True
     segments: list[SegmentRule] = Field(default_factory=list)
@@ -61,6 +62,10 @@ class FaasRules(Rules):
         """What one call may cost at most (a cold start and a run to its timeout): reserved before it,
         settled to the billed cost after."""
         return billing.reservation_micro(self.max_seconds + self.cold_start_seconds, self.price_per_second_usd)
+
+    def holds(self, vram_mb: int) -> bool:
+        """The endpoint's GPU could run a job that needs this much memory (one job a worker: compute is whole)."""
+        return vram_mb <= self.vram_mb
 
     def segment_for(self, segment: Segment, service: str, priority: Priority) -> SegmentRule | None:
         return next((rule for rule in self.segments if rule.matches(segment, service, priority)), None)

@@ -271,9 +271,12 @@ def test_a_release_starts_the_next_waiting_task_at_once(room: Room) -> None:
 PLACEMENTS = {
     "too-big-for-the-free-gpu-does-not-block-a-small-one": (
         [("local-0", 6000, 2)], [("big", 8000), ("small", 2000)], {"big": None, "small": "local-0"}),
-    "too-big-for-what-is-left-does-not-block-a-small-one": (
+    "too-big-for-what-is-left-holds-its-gpu-for-itself": (
         [("local-0", 6000, 3)], [("filler", 4000), ("mid", 3000), ("small", 2000)],
-        {"filler": "local-0", "mid": None, "small": "local-0"}),
+        {"filler": "local-0", "mid": None, "small": None}),
+    "a-small-one-goes-around-the-gpu-held-for-a-bigger-one": (
+        [("local-0", 6000, 3), ("local-1", 3000, 2)], [("filler", 4000), ("mid", 5000), ("small", 2000)],
+        {"filler": "local-0", "mid": None, "small": "local-1"}),
     "best-fit-keeps-the-big-gpu-for-the-big-image": (
         [("local-big", 16000, 1), ("local-small", 4000, 1)], [("small", 3000), ("big", 10000)],
         {"small": "local-small", "big": "local-big"}),
@@ -284,7 +287,7 @@ PLACEMENTS = {
 
 
 @pytest.mark.parametrize(("gpus", "arrivals", "placed"), PLACEMENTS.values(), ids=PLACEMENTS.keys())
-def test_tasks_are_packed_by_free_vram_and_one_that_fits_nowhere_blocks_nobody(
+def test_tasks_are_packed_by_free_vram_and_one_that_fits_nowhere_now_holds_only_the_gpu_it_waits_for(
     room: Room, gpus: list[tuple[str, int, int]], arrivals: list[tuple[str, int]], placed: dict[str, str | None]
 ) -> None:
     for gpu_id, vram_mb, slots in gpus:
@@ -297,6 +300,22 @@ def test_tasks_are_packed_by_free_vram_and_one_that_fits_nowhere_blocks_nobody(
     for gpu_id, vram_mb, _ in gpus:
         used = sum(v for label, v in arrivals if placed[label] == gpu_id)
         assert room.free(gpu_id) == (vram_mb - used, len(room.on_gpu(gpu_id)))
+
+
+def test_a_big_task_at_the_head_is_not_overtaken_by_small_ones_for_the_room_it_waits_for(room: Room) -> None:
+    room.gpu("local-0", vram_mb=8000, slots=4)
+    room.arrive("s1", vram_mb=3000)
+    room.arrive("s2", vram_mb=3000)
+    room.advance(1)
+    room.arrive("big", vram_mb=6000)  # 2000 MB free: it waits, and holds local-0
+    room.advance(1)
+    room.arrive("s3", vram_mb=1000)  # would fit in what is free, but behind the big one
+    assert (room.started(), room.waiting()) == (["s1", "s2"], ["big", "s3"])
+    room.finish("s1")
+    assert room.waiting() == ["big", "s3"], "5000 MB free: not yet the big one's, and nobody else's"
+    room.finish("s2")
+    assert (room.started(), room.waiting()) == (["s1", "s2", "big", "s3"], [])
+    assert room.free("local-0") == (1000, 2)
 
 
 def test_a_full_front_of_tasks_that_fit_nowhere_does_not_block_a_small_one_behind_it(room: Room) -> None:

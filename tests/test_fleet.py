@@ -26,7 +26,8 @@ def waiting_task(job: int, vram_mb: int = 3000, attempt: int = 1, arrived_at: fl
     return Task(
         task_id=task_id, job_id=job_id, attempt=attempt, pool=pool, service="remove_furniture",
         input_key="uploads/in.png", result_key=result_key_for(job_id, attempt), vram_mb=vram_mb,
-        compute=compute, priority=priority, task_token=f"token-{job}", rank=WaitingEntry.rank_for(priority, arrived_at, task_id),
+        compute=compute, priority=priority, task_token=f"token-{job}",
+        rank=WaitingEntry.rank_for(priority, arrived_at, task_id),
         arrived_at=arrived_at, wait_until=arrived_at + 60, deadline=arrived_at + 3600, open_pool=pool.value,
         expires_at=int(NOW) + 86_400,
     )

@@ -24,6 +24,7 @@ ENVIRONMENT = """environment variables:
   SPILLWAY_AGENT_KEY  required: the agent key (the stack's AgentKeySecret), presented both ways between the
                       agent and the control plane
   SPILLWAY_MODEL_URL  the default of --model-url
+  SPILLWAY_COMPUTE    the default of --compute
 
 the model server contract (--model-url): KServe's Open Inference Protocol v2, REST, on the same host.
   GET  {model-url}/v2/health/ready            folded into the agent's /readyz
@@ -50,7 +51,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--pool", required=True, choices=[Pool.LOCAL.value, Pool.CLOUD.value],
                         help="local: an office GPU; cloud: a rented one")
     parser.add_argument("--vram-mb", required=True, type=int, help="the GPU's memory")
-    parser.add_argument("--compute", type=int, default=GPU_COMPUTE,
+    parser.add_argument("--compute", type=int, default=int(os.environ.get("SPILLWAY_COMPUTE") or GPU_COMPUTE),
                         help=f"the GPU's compute, in SM%% of a reference GPU: tasks are packed onto it by their "
                         f"services' shares of it as well as by VRAM (default {GPU_COMPUTE})")
     parser.add_argument("--control-url", required=True, help="the Spillway API, e.g. https://api.example.com")

@@ -25,7 +25,7 @@ HAPPY_PATH = {
     "sqs_deliveries": 3,
     "invocations": {"AdmitFunction": 1, "AgentCallbackFunction": 2, "ApiFunction": 3, "PoolPollerFunction": 1,
                     "RouteFunction": 1, "TimerFunction": 1},
-    "calls": {"dynamodb.GetItem": 8, "dynamodb.PutItem": 1, "dynamodb.Query": 4, "dynamodb.Scan": 3,
+    "calls": {"dynamodb.GetItem": 8, "dynamodb.PutItem": 1, "dynamodb.Query": 4, "dynamodb.Scan": 2,
               "dynamodb.TransactWriteItems": 4, "dynamodb.UpdateItem": 3, "s3.GET": 3, "s3.POST": 1, "s3.PUT": 2,
               "sqs.DeleteMessageBatch": 3, "sqs.SendMessage": 3, "states.SendTaskSuccess": 1,
               "states.StartExecution": 1},

@@ -124,11 +124,11 @@ def running_job(settings: Settings, job_id: str, attempt: int = 1, pool: Pool = 
 
 def pool_task(job_id: str, submitted_at: float, attempt: int = 1, pool: Pool = Pool.LOCAL,
               priority: Priority = Priority.NORMAL, vram_mb: int = 2500, service: str = "remove_furniture",
-              avoid_gpus: tuple[str, ...] = ()) -> PoolTask:
+              avoid_gpus: tuple[str, ...] = (), compute: int = 0) -> PoolTask:
     """What the state machine sends to a pool queue; the deadline is the priority's, from `submitted_at`."""
     deadline = deadline_for(priority, datetime.fromtimestamp(submitted_at, UTC))
     return PoolTask(job_id=job_id, attempt=attempt, pool=pool, service=service, input_key="uploads/in.png",
-                    vram_mb=vram_mb, priority=priority, deadline_at=deadline.isoformat(),
+                    vram_mb=vram_mb, compute=compute, priority=priority, deadline_at=deadline.isoformat(),
                     avoid_gpus=list(avoid_gpus), task_token=token_for(job_id, attempt))
 
 

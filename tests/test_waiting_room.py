@@ -96,13 +96,13 @@ class Room:
         return False
 
     def arrive(self, label: str, priority: Priority = NORMAL, pool: Pool = Pool.LOCAL,
-               vram_mb: int = 2500, avoid: tuple[str, ...] = ()) -> dict[str, str]:
+               vram_mb: int = 2500, avoid: tuple[str, ...] = (), compute: int = 0) -> dict[str, str]:
         """The state machine opens attempt 1 of a new job on `pool` and sends it to the pool's queue."""
         job_id = job_id_for(len(self.ids) + 1)
         self.ids[label] = task_id_for(job_id, 1)
         running_job(self.cloud.settings, job_id, pool=pool)
         self.sent[label] = pool_task(job_id, self.clock.now, pool=pool, priority=priority, vram_mb=vram_mb,
-                                     avoid_gpus=avoid)
+                                     avoid_gpus=avoid, compute=compute)
         return self.redeliver(label)
 
     def arrive_together(self, *labels: str) -> dict[str, str]:
@@ -300,6 +300,16 @@ def test_tasks_are_packed_by_free_vram_and_one_that_fits_nowhere_now_holds_only_
     for gpu_id, vram_mb, _ in gpus:
         used = sum(v for label, v in arrivals if placed[label] == gpu_id)
         assert room.free(gpu_id) == (vram_mb - used, len(room.on_gpu(gpu_id)))
+
+
+def test_a_task_waits_for_compute_on_a_gpu_with_the_vram_and_a_slot_free(room: Room) -> None:
+    room.gpu("local-0", vram_mb=8000, slots=2)
+    room.arrive("a", compute=60)
+    room.arrive("b", compute=60)
+    assert (room.started(), room.waiting(), room.free("local-0")) == (["a"], ["b"], (8000 - 2500, 1))
+    room.finish("a")
+    assert (room.started(), room.waiting()) == (["a", "b"], [])
+    assert room.fleet.get("local-0").compute_free == 40
 
 
 def test_a_big_task_at_the_head_is_not_overtaken_by_small_ones_for_the_room_it_waits_for(room: Room) -> None:
@@ -667,8 +677,8 @@ def test_a_task_on_a_gpu_whose_agent_went_silent_fails_a_stale_window_after_its_
 
 def test_leases_the_agent_does_not_report_end_after_a_stale_window(room: Room) -> None:
     room.gpu("local-0", vram_mb=8000, slots=2)
-    room.arrive("a")
-    room.arrive("b")
+    room.arrive("a", compute=40)
+    room.arrive("b", compute=30)
     assert room.on_gpu("local-0") == ["a", "b"]
     room.report("local-0", running=[room.ids["a"]])  # restarted? it does not report b
     assert room.failures() == [], "within a stale window: the report may predate the push"
@@ -677,6 +687,7 @@ def test_leases_the_agent_does_not_report_end_after_a_stale_window(room: Room) -
     ((label, error, cause),) = room.failures()
     assert (label, error) == ("b", "Spillway.GpuUnreachable") and "no longer has it" in cause
     assert room.free("local-0") == (8000 - 2500, 1), "b's VRAM and slot are back; a runs on"
+    assert room.fleet.get("local-0").compute_free == 100 - 40, "and its compute"
 
 
 # ---- the sweep: a safety net for lost timers

@@ -76,6 +76,7 @@ def test_submit_records_the_job_and_queues_it_by_priority(cloud: Cloud) -> None:
     (message,) = cloud.queue_messages("IntakeHighQueue")
     assert message["job_id"] == accepted["job_id"]
     assert message["vram_mb"] == 2000 + 720, "VRAM need grows with the image: 0.48 MP at 1500 MB/MP"
+    assert message["compute"] == 25 + 3, "and its compute share: 0.48 MP at 5% a MP, rounded up"
 
     status, view = call("GET", f"/v1/jobs/{accepted['job_id']}")
     assert status == 200
@@ -94,6 +95,19 @@ def test_a_job_no_registered_gpu_could_ever_hold_is_refused_at_submit(cloud: Clo
     status, body = call("POST", "/v1/jobs", {"service": "remove_furniture", "input_key": bigger})
     assert status == 422 and "8300 MB" in body["message"] and "8000 MB" in body["message"], body
     assert written(cloud) == (1, 1), "nothing written for the refused one"
+
+
+def test_a_job_that_needs_more_compute_than_any_gpu_has_is_refused_at_submit(cloud: Cloud) -> None:
+    import time
+
+    from helpers import beat, fleet_for
+
+    fleet_for(cloud.settings).heartbeat(beat("local-0", vram_mb=80_000, compute=30), now=time.time())
+    small = upload(cloud, render_room(4, 640, 480))  # upscale_2x: 20 + 10 x 0.31 MP = 24%
+    assert call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": small})[0] == 202
+    bigger = upload(cloud, render_room(4, 2000, 1500))  # 3 MP: 50%
+    status, body = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": bigger})
+    assert status == 422 and "50% of a GPU's compute" in body["message"] and "30% compute in local" in body["message"]
 
 
 def test_a_deadline_given_at_submit_is_the_jobs_and_its_executions(cloud: Cloud) -> None:

@@ -24,7 +24,8 @@ _ACTION_ERRORS: dict[int | str, Any] = {
 }
 
 
-@router.get("/v1/fleet", summary="Every GPU: pool, health and why, VRAM and tasks, last heartbeat, recent events",
+@router.get("/v1/fleet",
+            summary="Every GPU: pool, health and why, VRAM, compute and tasks, last heartbeat, recent events",
             tags=["fleet"])
 def list_fleet() -> FleetView:
     return fleet_operations().view()

@@ -283,6 +283,16 @@ def answered(api: httpx.Client, job_ids: list[str], timeout: float = 120.0, poll
     raise AssertionError(f"{len(open_jobs)} jobs not answered in {timeout}s: {open_jobs}")
 
 
+def gpu_record(stack: Any, gpu_id: str) -> dict:
+    """The GPU's fleet record as stored, read from a running stack's DynamoDB (a `StackInfo`)."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    item = stack.boto3_client("dynamodb").get_item(TableName=stack.resources["FleetTable"],
+                                                   Key={"gpu_id": {"S": gpu_id}}, ConsistentRead=True)["Item"]
+    typed = TypeDeserializer()
+    return {k: typed.deserialize(v) for k, v in item.items()}
+
+
 def gpu_view(api: httpx.Client, gpu_id: str) -> dict:
     """The GPU as operators see it (GET /v1/fleet): health, reason, events ..."""
     return next(g for g in api.get("/v1/fleet").raise_for_status().json()["gpus"] if g["gpu_id"] == gpu_id)

@@ -19,13 +19,12 @@ from datetime import datetime
 
 import httpx
 import pytest
-from boto3.dynamodb.types import TypeDeserializer
 
 from spillway.rooms import render_room
 from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered, gpu_view, wait_for_health
+from helpers import answered, gpu_record, gpu_view, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
@@ -85,13 +84,6 @@ def back_to_healthy(api: httpx.Client, gpu_id: str) -> None:
 
 def transitions(gpu: dict) -> list[tuple[str, str]]:
     return [(e["from"], e["to"]) for e in gpu["events"]]
-
-
-def gpu_record(stack: StackInfo, gpu_id: str) -> dict:
-    item = stack.boto3_client("dynamodb").get_item(TableName=stack.resources["FleetTable"],
-                                                   Key={"gpu_id": {"S": gpu_id}}, ConsistentRead=True)["Item"]
-    typed = TypeDeserializer()
-    return {k: typed.deserialize(v) for k, v in item.items()}
 
 
 def wait_for_full_vram(stack: StackInfo, gpu_id: str, timeout: float = 60.0) -> dict:

@@ -19,14 +19,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from boto3.dynamodb.types import TypeDeserializer
 
 from spillway.catalog import SERVICES
 from spillway.rooms import render_room
 from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered
+from helpers import answered, gpu_record
 
 pytestmark = pytest.mark.embedded
 
@@ -61,13 +60,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 def api(stack: StackInfo) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as client:
         yield client
-
-
-def gpu_record(stack: StackInfo, gpu_id: str) -> dict:
-    item = stack.boto3_client("dynamodb").get_item(TableName=stack.resources["FleetTable"],
-                                                   Key={"gpu_id": {"S": gpu_id}}, ConsistentRead=True)["Item"]
-    typed = TypeDeserializer()
-    return {k: typed.deserialize(v) for k, v in item.items()}
 
 
 def png(width: int, height: int) -> bytes:

@@ -675,6 +675,23 @@ def test_a_task_on_a_gpu_whose_agent_went_silent_fails_a_stale_window_after_its_
     assert room.free("local-0") == (8000, 0), "its VRAM and slot are back"
 
 
+def test_a_task_leased_after_its_agents_last_report_fails_a_stale_window_after_that_report(
+    shared_stack: Cloud,
+) -> None:
+    """Its agent's last beat, not the lease, starts the clock: a task leased a beat interval after it does not
+    wait a stale window more (found by bench/faults.py: SIGKILL was detected 5 s late)."""
+    room = make_room(shared_stack, heartbeat_seconds=60)
+    room.gpu("local-0")  # its last report
+    room.silenced.add("local-0")  # SIGKILL just after it
+    room.clock.advance(4)  # a heartbeat interval later, a task is leased on it
+    room.arrive("a")
+    stale = room.cloud.settings.agent_stale_seconds
+    room.advance(stale - 4)
+    assert room.deliver() in ([], [("a", "alive")])
+    room.advance(2)  # a stale window and 2 s after its last report
+    assert room.deliver() == [("a", "GpuUnreachable")]
+
+
 def test_leases_the_agent_does_not_report_end_after_a_stale_window(room: Room) -> None:
     room.gpu("local-0", vram_mb=8000, slots=2)
     room.arrive("a", compute=40)

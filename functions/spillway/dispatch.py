@@ -237,7 +237,7 @@ class Dispatcher:
             view.take(gpu, entry)
             logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id,
                         waited_ms=int((now - entry.arrived_at) * 1000))
-            self._timers.set(self._liveness_timer(task, now), now)
+            self._timers.set(self._liveness_timer(task, now, gpu), now)  # from its agent's last beat
             return task
         return None
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint bench bench-routing bench-cost simulate clean
+.PHONY: demo dev test lint bench bench-routing bench-cost bench-faults simulate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench-routing: $(STAMP)  ## mixed workload with outages: where work went, what i
 
 bench-cost: $(STAMP)  ## what a job costs on AWS by path ($ per 1M jobs) and the idle fleet per month (prints)
 	$(BIN)/python bench/cost.py $(BENCH_ARGS)
+
+bench-faults: $(STAMP)  ## each GPU fault on one stack: time to detect and to move on, medians of 3 runs (prints)
+	$(BIN)/python bench/faults.py $(BENCH_ARGS)
 
 simulate: $(STAMP)  ## one simulated day of the default scenario through every policy: table, plots in sim-output/; SIM_ARGS=--sweep cloud_gpus=0,1,2,3
 	$(BIN)/spillway simulate $(SIM_ARGS)

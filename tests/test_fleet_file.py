@@ -43,6 +43,17 @@ def test_defaults_apply_and_faas_is_optional(tmp_path: Path) -> None:
     assert fleet.faas is None
 
 
+def test_a_gpu_may_front_the_stand_in_model_server_or_one_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "servers.toml"
+    path.write_text('[pools.local]\ngpus = [{ id = "local-0", vram_mb = 6000, model_server = true },'
+                    ' { id = "local-1", vram_mb = 6000, model_url = "http://127.0.0.1:8000/" },'
+                    ' { id = "local-2", vram_mb = 6000 }]\n')
+    started, own, built_in = load_fleet(path).gpus()
+    assert (started.model_server, started.model_url, started.built_in_model) == (True, None, False)
+    assert (own.model_server, own.model_url, own.built_in_model) == (False, "http://127.0.0.1:8000", False)
+    assert built_in.built_in_model
+
+
 @pytest.mark.parametrize(("content", "problem"), [
     (f"[pools.local]\ngpus = [{GPU}, {{ id = \"local-1\", vram_mb = -5 }}]",
      "pools.local.gpus[1].vram_mb: Input should be greater than 0 (got -5)"),
@@ -57,6 +68,10 @@ def test_defaults_apply_and_faas_is_optional(tmp_path: Path) -> None:
     (f"[pools.local]\ngpus = [{GPU}]\n[faas]\nendpoint_id = \"e\"", "faas.price_per_second_usd: Field required"),
     (f"[pools.local]\ngpus = [{GPU}]\n[faas]\nendpoint_id = \"e\"\nprice_per_second_usd = 0.001\nmax_seconds = 2",
      "faas.max_seconds: Input should be greater than 5 (got 2)"),
+    ("[pools.local]\ngpus = [{ id = \"local-0\", vram_mb = 6000, model_server = true, model_url = \"http://h:1\" }]",
+     "pools.local.gpus[0]: model_server = true starts a model server for the agent; model_url names one"),
+    ("[pools.local]\ngpus = [{ id = \"local-0\", vram_mb = 6000, model_url = \"not a url\" }]",
+     "pools.local.gpus[0].model_url: Input should be a valid URL"),
     ("[pools.local\n", "not valid TOML"),
 ])
 def test_a_bad_fleet_file_is_named_by_file_and_field(tmp_path: Path, content: str, problem: str) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from werkzeug.test import Client
 
-from spillway_embedded.chaos import ChaosControl
+from spillway_embedded.chaos import ChaosControl, ChaosRefused
 from spillway_embedded.model_faults import ChaosModelError, ModelFault, read_fault, with_faults, write_fault
 
 
@@ -36,9 +36,11 @@ class FaultedAgents:
         raise AssertionError("a model fault is no signal")
 
     def agent_states(self) -> dict[str, str]:
-        return {"local-0": "running", "cloud-0": "running"}
+        return {"local-0": "running", "cloud-0": "running", "cloud-9": "running"}
 
     def model_fault(self, gpu_ids: list[str], fault: ModelFault | None) -> None:
+        if "cloud-9" in gpu_ids:
+            raise ChaosRefused("cloud-9: its agent fronts a model server the stack did not start")
         self.faults.append((gpu_ids, fault))
 
 
@@ -52,3 +54,9 @@ def test_the_chaos_switchboard_makes_models_fail_slow_and_heals_them() -> None:
                              (["cloud-0"], ModelFault(mode="slow", seconds=4)), (["local-0", "cloud-0"], None)]
     assert client.post("/agents/slow", json={"gpu_ids": ["local-0"], "seconds": -1}).status_code == 422
     assert client.post("/agents/fail-model", json={"gpu_ids": ["local-9"]}).status_code == 404
+
+
+def test_a_model_fault_the_stack_cannot_inject_is_a_409_with_the_reason() -> None:
+    client = Client(ChaosControl(dict, agents=FaultedAgents()))
+    answer = client.post("/agents/fail-model", json={"gpu_ids": ["cloud-9"]})
+    assert answer.status_code == 409 and "did not start" in answer.json["message"]

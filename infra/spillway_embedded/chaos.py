@@ -47,6 +47,10 @@ from spillway_embedded.model_faults import ModelFault
 from spillway_embedded.tunnel import CutMode, Tunnel
 
 
+class ChaosRefused(Exception):
+    """A fault the stack cannot inject (e.g. into a model server it did not start), with the reason: a 409."""
+
+
 class AgentControl(Protocol):
     def agent_signal(self, gpu_ids: list[str], action: str) -> None: ...
     def agent_states(self) -> dict[str, str]: ...
@@ -171,7 +175,11 @@ class ChaosControl:
             return _json(404, {"message": f"no agent for {', '.join(unknown)}"})
         if action in MODEL_FAULTS:
             fault = {"mode": action, "seconds": selection.seconds}
-            self._agents.model_fault(selection.gpu_ids, None if action == "heal" else ModelFault.model_validate(fault))
+            try:
+                self._agents.model_fault(selection.gpu_ids,
+                                         None if action == "heal" else ModelFault.model_validate(fault))
+            except ChaosRefused as refused:
+                return _json(409, {"message": str(refused)})
         else:
             self._agents.agent_signal(selection.gpu_ids, action)
         return _json(200, {"agents": self._agents.agent_states()})

@@ -6,12 +6,18 @@ another), validated here so that a mistake is named by file and field, not found
     [pools.local]                 # a pool of GPUs, by the control plane's pool name: local or cloud
     slots = 2                     # tasks each GPU runs at once, unless a GPU says otherwise
     services = ["remove_furniture", "upscale_2x"]   # what its GPUs run (default: every service)
-    gpus = [{ id = "local-0", vram_mb = 6000 }, { id = "local-4", vram_mb = 12000, slots = 3, compute = 150 }]
+    gpus = [{ id = "local-0", vram_mb = 6000 }, { id = "local-4", vram_mb = 12000, slots = 3, compute = 150 },
+            { id = "local-5", vram_mb = 8000, model_server = true },   # see below
+            { id = "local-6", vram_mb = 8000, model_url = "http://127.0.0.1:8000" }]
 
     [faas]                        # optional: the stand-in FaaS provider (see faas_provider.py)
     endpoint_id = "spillway-dev"
     price_per_second_usd = 0.00076
     vram_mb = 80000               # its workers' GPU memory: a job that needs more never goes there
+
+A GPU's agent runs the built-in demo model, unless it fronts a model server (`spillway agent --model-url`):
+`model_server = true` starts the stand-in (`python -m spillway.agent.model_server`) beside the agent;
+`model_url` names a server of your own, which the stack neither starts nor upsets (no model chaos there).
 """
 
 from __future__ import annotations
@@ -22,7 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
 
 from spillway.catalog import GPU_COMPUTE, SERVICES
 from spillway.models import Pool
@@ -55,6 +70,15 @@ class GpuEntry(_Strict):
     compute: int = Field(default=GPU_COMPUTE, gt=0, le=10 * GPU_COMPUTE)  # SM% of a reference GPU
     slots: int | None = Field(default=None, ge=1, le=64)  # the pool's otherwise
     services: list[ServiceName] | None = Field(default=None, min_length=1)  # the pool's otherwise
+    model_server: bool = False  # the stack starts the stand-in model server and the agent fronts it
+    model_url: HttpUrl | None = None  # the agent fronts this model server, which the stack does not start
+
+    @model_validator(mode="after")
+    def _one_model(self) -> GpuEntry:
+        if self.model_server and self.model_url is not None:
+            raise ValueError("model_server = true starts a model server for the agent; model_url names one already "
+                             "running: not both")
+        return self
 
 
 class PoolEntry(_Strict):
@@ -91,6 +115,12 @@ class GpuSpec:
     slots: int
     services: tuple[str, ...]
     compute: int = GPU_COMPUTE
+    model_server: bool = False  # the stand-in model server runs beside its agent
+    model_url: str | None = None  # its agent fronts this model server
+
+    @property
+    def built_in_model(self) -> bool:
+        return not self.model_server and self.model_url is None
 
 
 class Fleet(_Strict):
@@ -124,7 +154,7 @@ class Fleet(_Strict):
     def gpus(self) -> tuple[GpuSpec, ...]:
         return tuple(
             GpuSpec(gpu.id, Pool(pool), gpu.vram_mb, gpu.slots or entry.slots, tuple(gpu.services or entry.services),
-                    gpu.compute)
+                    gpu.compute, gpu.model_server, str(gpu.model_url).rstrip("/") if gpu.model_url else None)
             for pool, entry in self.pools.items() for gpu in entry.gpus
         )
 

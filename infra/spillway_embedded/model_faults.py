@@ -1,12 +1,16 @@
-"""An embedded GPU whose model the chaos switchboard can upset: `spillway agent`, its model wrapped.
+"""An embedded GPU whose model the chaos switchboard can upset: `spillway agent`, or the stand-in model server
+an agent fronts (`--model-server`), its model wrapped.
 
-The embedded stack launches each agent through this module. Before every model run the wrapper reads the
+The embedded stack launches each agent, and each stand-in model server, through this module: where the model
+runs, the fault is (a model server answers a failed run with a 500, which its agent reports as a ModelError,
+through the same contract as a real server's crash). Before every model run the wrapper reads the
 GPU's fault file in the state folder (written by the switchboard: `/agents/fail-model`, `/agents/slow`,
 `/agents/heal`): absent, the model runs as it is; `fail-model`, every run raises (the agent reports a
 ModelError, as a GPU with bad memory or a broken driver would); `slow`, every run takes `seconds` longer.
 Production code is untouched: this is the embedded stack's stand-in for a sick GPU.
 
     python -m spillway_embedded.model_faults --fault-file FILE <spillway agent options>
+    python -m spillway_embedded.model_faults --fault-file FILE --model-server <model server options>
 """
 
 from __future__ import annotations
@@ -64,11 +68,12 @@ def with_faults(run: Model, fault_file: Path, sleep: Callable[[float], None] = t
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="model_faults", add_help=False)
     parser.add_argument("--fault-file", type=Path, required=True)
-    known, agent_args = parser.parse_known_args(argv)
-    from spillway.agent import cli, model
+    parser.add_argument("--model-server", action="store_true", help="run the stand-in model server, not an agent")
+    known, rest = parser.parse_known_args(argv)
+    from spillway.agent import cli, model, model_server
 
-    model.run = with_faults(model.run, known.fault_file)  # the agent's CLI looks it up when it starts
-    return cli.main(agent_args)
+    model.run = with_faults(model.run, known.fault_file)  # both look it up when they start
+    return model_server.main(rest) if known.model_server else cli.main(rest)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import boto3
 from werkzeug.serving import make_server
 
 from spillway.catalog import SERVICES
-from spillway_embedded.chaos import ChaosControl
+from spillway_embedded.chaos import ChaosControl, ChaosRefused
 from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
 from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
 from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
@@ -52,6 +52,8 @@ class AgentProcess:
     log_path: Path
     tunnel: Tunnel | None = None
     outbound: Tunnel | None = None  # its calls to the API (heartbeats, results), cut to stop its reports
+    model_server: subprocess.Popen[bytes] | None = None  # the stand-in model server it fronts (fleet: model_server)
+    model_url: str | None = None  # the model server it fronts; None: the built-in model
     listen_url: str = ""  # known once it serves
 
     @property
@@ -153,6 +155,9 @@ class EmbeddedStack:
             for link in (agent.tunnel, agent.outbound):
                 if link:
                     link.stop()
+            if agent.model_server is not None and agent.model_server.poll() is None:
+                agent.model_server.terminate()
+                agent.model_server.wait(timeout=10)
         self._agents.clear()
         if self._faas:
             self._faas.stop()
@@ -238,7 +243,8 @@ class EmbeddedStack:
                 if old.process.poll() is None:
                     old.process.kill()
                     old.process.wait(timeout=10)
-                new = self._launch_agent(old.spec, key["SecretString"], tunnel=old.tunnel, outbound=old.outbound)
+                new = self._launch_agent(old.spec, key["SecretString"], tunnel=old.tunnel, outbound=old.outbound,
+                                         model_server=old.model_server)
                 self._agents[self._agents.index(old)] = new
                 self._await_agent(new)
             return
@@ -248,7 +254,12 @@ class EmbeddedStack:
                 agents[gpu_id].process.send_signal(sig)
 
     def model_fault(self, gpu_ids: list[str], fault: ModelFault | None) -> None:
-        """Make these GPUs fail every model run, or run slow (None: heal them); their agents read it per run."""
+        """Make these GPUs fail every model run, or run slow (None: heal them); where their model runs (the agent,
+        or the stand-in model server it fronts), the fault file is read per run."""
+        external = [a.spec.gpu_id for a in self._agents if a.spec.gpu_id in gpu_ids and a.spec.model_url]
+        if external:
+            raise ChaosRefused(f"{', '.join(external)}: its agent fronts a model server the stack did not start "
+                               "(model_url in the fleet file): its model is not the stack's to upset")
         for gpu_id in gpu_ids:
             write_fault(self._fault_file(gpu_id), fault)
 
@@ -260,10 +271,15 @@ class EmbeddedStack:
                 for a in self._agents}
 
     def _launch_agent(self, spec: GpuSpec, agent_key: str, tunnel: Tunnel | None = None,
-                      outbound: Tunnel | None = None) -> AgentProcess:
-        """Start the process; it is wired (tunnel target, listen URL) once it says it serves."""
+                      outbound: Tunnel | None = None, model_server: subprocess.Popen[bytes] | None = None
+                      ) -> AgentProcess:
+        """Start the process; it is wired (tunnel target, listen URL) once it says it serves. A GPU whose agent
+        fronts the stand-in model server has it started first (and kept when its agent restarts)."""
         folder = self.state_dir / "agents"
         folder.mkdir(parents=True, exist_ok=True)
+        model_url = spec.model_url
+        if spec.model_server:
+            model_server, model_url = self._model_server(spec, model_server)
         ready_file = folder / f"{spec.gpu_id}.json"
         ready_file.unlink(missing_ok=True)
         if tunnel is None:
@@ -285,12 +301,32 @@ class EmbeddedStack:
         ]
         if tunnel:
             command += ["--advertise-url", tunnel.url]  # the control plane reaches the GPU through it
+        if model_url:
+            command += ["--model-url", model_url]
         log_path = folder / f"{spec.gpu_id}.log"
         with log_path.open("ab") as log:  # appended: a restarted agent's log follows the killed one's
             process = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
             )
-        return AgentProcess(spec, process, ready_file, log_path, tunnel, outbound)
+        return AgentProcess(spec, process, ready_file, log_path, tunnel, outbound, model_server, model_url)
+
+    def _model_server(self, spec: GpuSpec, running: subprocess.Popen[bytes] | None
+                      ) -> tuple[subprocess.Popen[bytes], str]:
+        """The GPU's stand-in model server (started, or the one still running) and its URL. It runs the demo model
+        wrapped like an agent's, so that the GPU's model faults happen in the model server."""
+        ready_file = self.state_dir / "agents" / f"{spec.gpu_id}.model-server.json"
+        if running is None or running.poll() is not None:
+            ready_file.unlink(missing_ok=True)
+            with (self.state_dir / "agents" / f"{spec.gpu_id}.model-server.log").open("ab") as log:
+                running = subprocess.Popen([
+                    sys.executable, "-m", "spillway_embedded.model_faults", "--model-server",
+                    "--fault-file", str(self._fault_file(spec.gpu_id)),
+                    "--listen", "127.0.0.1:0", "--ready-file", str(ready_file),
+                ], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            return running, wait_for_ready_file(ready_file, running, 60, f"{spec.gpu_id}'s model server")
+        except (RuntimeError, TimeoutError) as failed:
+            raise RuntimeError(f"{failed}; see {ready_file.with_suffix('.log')}") from None
 
     def _await_agent(self, agent: AgentProcess, timeout: float = 60) -> None:
         try:
@@ -326,7 +362,7 @@ class EmbeddedStack:
                 {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool.value, "vram_mb": a.spec.vram_mb,
                  "compute": a.spec.compute, "slots": a.spec.slots, "services": list(a.spec.services),
                  "listen_url": a.listen_url, "advertised_url": a.advertised_url,
-                 "pid": a.process.pid}
+                 "pid": a.process.pid, "model_url": a.model_url}
                 for a in self._agents
             ],
             "fleet_file": str(self.fleet.source) if self.fleet.source else None,

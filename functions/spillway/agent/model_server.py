@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="HOST:PORT to serve on; port 0 picks one (default 127.0.0.1:8000)")
     parser.add_argument("--ready-file", type=Path, help="write {listen_url, pid} here once ready")
     args = parser.parse_args(argv)
-    server = ModelServer(args.listen)
+    server = ModelServer(args.listen, run_model=model.run)  # looked up now: a wrapper installed before applies
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     server.warm_up()
     if args.ready_file:

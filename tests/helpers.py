@@ -197,6 +197,7 @@ class FakeAgents:
         self.answers: dict[str, int | Exception] = {}  # by GPU id
         self.script: list[int | Exception] = []  # the next pushes' answers, whichever GPU
         self.unreachable: set[str] = set()  # GPUs whose link is down for a probe (GET /readyz)
+        self.not_ready: set[str] = set()  # GPUs whose agent answers a probe, not ready (its model server is down)
         self.probed: list[str] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -205,6 +206,8 @@ class FakeAgents:
             if gpu_id in self.unreachable:
                 raise httpx.ConnectError("link down")
             self.probed.append(gpu_id)
+            if gpu_id in self.not_ready:
+                return httpx.Response(503, json={"status": "the model server is not ready: it answered 503"})
             return httpx.Response(200, json={"status": "ready"})
         answer = self.script.pop(0) if self.script else self.answers.get(gpu_id, self.answer)
         if isinstance(answer, Exception):

@@ -45,7 +45,18 @@ def test_n_failed_probes_make_a_suspect_gpu_down() -> None:
         r = health.probed(r, False, T0 + n, POLICY)
         assert (r.state, r.probe_failures) == (S, n)
     r = health.probed(r, False, T0 + 3, POLICY)
-    assert (r.state, r.reason, r.events[-1].detect_s) == (D, "unreachable: 3 probes through its URL failed", 3.0)
+    assert (r.state, r.events[-1].detect_s) == (D, 3.0)
+    assert r.reason == "3 probes through its URL failed (unreachable or not ready)"
+
+
+def test_an_agent_that_says_it_is_not_ready_makes_its_gpu_suspect_at_once() -> None:
+    r = health.heartbeat(record(), False, T0 + 1, not_ready="the model server answered 503")
+    assert (r.state, r.reason, r.events[-1].detect_s) == (S, "its agent is not ready: the model server answered 503",
+                                                          0.0)
+    assert health.heartbeat(record(P), False, T0, not_ready="x").state is S, "a GPU on probation too"
+    for state in (S, D, Q, DR):
+        assert health.heartbeat(record(state), False, T0, not_ready="x") == record(state), f"{state}: no change"
+    assert health.heartbeat(record(), False, T0) == record(), "ready: no change"
 
 
 def test_a_gpu_suspect_past_its_window_is_down() -> None:

@@ -1,7 +1,8 @@
 """A fleet whose agent fronts a model server, end to end on the embedded stack (real processes): the fleet file's
 `model_server = true` starts the stand-in model server beside the GPU's agent (`--model-url`), jobs run through
 it, and the model chaos (fail-model, heal) happens in the model server, reaching the agent through the contract.
-A GPU whose agent fronts a model server the stack did not start (`model_url`) is not the stack's to upset."""
+A GPU whose agent fronts a model server the stack did not start (`model_url`) is not the stack's to upset, and one
+whose model server does not answer gets no work."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from spillway.rooms import render_room
 from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered
+from helpers import answered, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
-# local-0 (the best fit while free) fronts the stand-in; cloud-0 fronts a server of its own (not started here,
-# so it is never ready: it only takes the 409 below).
+# local-0 (the best fit while free) fronts the stand-in; cloud-0 fronts a server of its own that is not there (its
+# agent runs, answers, but is never ready).
 FLEET = """
 [pools.local]
 gpus = [{ id = "local-0", vram_mb = 6000, model_server = true }, { id = "local-1", vram_mb = 8000 }]
@@ -77,3 +78,12 @@ def test_the_stand_in_model_server_runs_beside_its_agent_and_takes_the_gpus_mode
 def test_a_model_server_the_stack_did_not_start_is_not_its_to_upset(stack: StackInfo) -> None:
     answer = httpx.post(f"{stack.chaos_url}/agents/fail-model", json={"gpu_ids": ["cloud-0"]}, timeout=TIMEOUT)
     assert answer.status_code == 409 and "did not start" in answer.json()["message"], answer.text
+
+
+def test_a_gpu_whose_model_server_is_down_gets_no_work(stack: StackInfo, api: httpx.Client) -> None:
+    """Its agent beats and answers probes, but says it is not ready: out of service, not merely unlucky."""
+    gpu = wait_for_health(api, "cloud-0", {"suspect", "down"}, timeout=30)
+    reasons = [e["reason"] for e in gpu["events"]]
+    assert any(r.startswith("its agent is not ready: the model server at http://127.0.0.1:9 did not answer")
+               for r in reasons), reasons
+    assert gpu["running"] == [] and gpu["model_errors"] == 0, "no task was ever pushed there"

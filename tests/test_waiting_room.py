@@ -656,6 +656,26 @@ def test_a_suspect_gpu_is_probed_on_its_beats_and_takes_work_only_once_a_probe_r
     assert set(room.agents.probed) == {"local-0"}, "a GPU that is not suspect is not probed"
 
 
+def test_a_gpu_whose_agent_is_not_ready_gets_no_work_until_a_probe_finds_it_ready(room: Room) -> None:
+    """Its agent runs and answers, but its model server is down: the agent's beat says so, it is suspect at once,
+    and a probe answering 503 (reachable, not ready) keeps it out; ready again, it takes work."""
+    room.gpu("local-0")  # the best fit
+    room.gpu("local-1", vram_mb=12000)
+    room.agents.not_ready.add("local-0")
+    room.dispatcher.on_heartbeat(beat("local-0", vram_mb=8000, slots=1, not_ready="the model server answered 503"))
+    gpu = room.fleet.get("local-0")
+    assert gpu is not None and gpu.health.state is GpuHealth.SUSPECT, gpu.health
+    assert gpu.health.reason == "its agent is not ready: the model server answered 503"
+    assert room.agents.probed == ["local-0"], "probed at once: reachable, but not ready"
+    room.arrive("a")
+    assert room.on_gpu("local-1") == ["a"] and room.on_gpu("local-0") == [], "no work while it is not ready"
+    room.agents.not_ready.clear()  # the model server is back
+    assert room.report("local-0"), "ready: healthy, its pool pumped"
+    assert room.fleet.get("local-0").health.state is GpuHealth.HEALTHY
+    room.arrive("b")
+    assert room.on_gpu("local-0") == ["b"]
+
+
 def test_a_task_on_a_gpu_whose_agent_went_silent_fails_a_stale_window_after_its_last_report(
     shared_stack: Cloud,
 ) -> None:

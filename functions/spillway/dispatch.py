@@ -40,7 +40,6 @@ logger = Logger(child=True)
 _TASK_IDS = uuid.UUID("5b1f0f9e-6d43-4c1e-9d2a-9b7a8f2b1c10")
 PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 PROBE_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
-GATEWAY_ERRORS = (502, 504)  # answered by the link in front of the agent (a broken tunnel), not by the agent
 STALE_CONNECTION_RETRIES = 3  # a pool may hold a few connections the other end has dropped
 INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
@@ -328,14 +327,19 @@ class Dispatcher:
         return len(lost)
 
     def probe(self, gpu: Gpu, draining: bool = False) -> Gpu:
-        """Its agent still reports (it can call out), but is the GPU reachable from here? Ask its agent through
-        the GPU's own URL (the tunnel) and apply the answer to its health (see `health.probed`). Called on its
+        """Its agent still reports (it can call out), but is the GPU reachable from here, and ready? Ask its agent
+        through the GPU's own URL (the tunnel) and apply the answer to its health (see `health.probed`). Called on its
         agent's heartbeats, so a link that comes back is noticed within a beat, and one still cut gets no push.
         Returns the GPU with its health now."""
         try:
             response = self._http.get(f"{gpu.url}/readyz", headers={"Authorization": f"Bearer {self._agent_key()}"},
                                       timeout=PROBE_TIMEOUT)
-            answered = response.status_code not in GATEWAY_ERRORS
+            # Ready to take work, not merely reachable: a 503 (its model server is down, it is draining) keeps
+            # it out, as a cut link would.
+            answered = response.status_code == 200
+            if not answered:
+                logger.debug("probe: not ready", gpu_id=gpu.gpu_id, status=response.status_code,
+                             answer=response.text[:200])
         except httpx.HTTPError as exc:
             logger.debug("probe failed", gpu_id=gpu.gpu_id, error=repr(exc))
             answered = False

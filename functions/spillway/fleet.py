@@ -152,8 +152,8 @@ class Fleet:
 
     def heartbeat(self, beat: AgentHeartbeat, now: float) -> tuple[Gpu | None, Gpu]:
         """Register a GPU on its first heartbeat; refresh it on every later one, with what time and the agent's
-        word did to its health (silent since -> down; a draining beat -> draining; a cool-down over ->
-        probation). Returns the record before the beat (None: new) and after."""
+        word did to its health (silent since -> down; a draining beat -> draining; a not-ready beat -> suspect;
+        a cool-down over -> probation). Returns the record before the beat (None: new) and after."""
         before = self._gpus.update_item(
             Key={"gpu_id": beat.gpu_id},
             UpdateExpression=(
@@ -179,7 +179,8 @@ class Fleet:
         policy = self.health_policy
 
         def decide(gpu: Gpu) -> HealthRecord:
-            return health.heartbeat(health.tick(gpu.health, now, previous.last_heartbeat, policy), beat.draining, now)
+            return health.heartbeat(health.tick(gpu.health, now, previous.last_heartbeat, policy), beat.draining, now,
+                                    beat.not_ready)
 
         after = previous.model_copy(update={"pool": beat.pool, "url": str(beat.url).rstrip("/"), "slots": beat.slots,
                                             "vram_total_mb": beat.vram_total_mb, "compute_total": beat.compute,

@@ -1,6 +1,6 @@
 """A GPU's health: a small state machine, plain code over an injected clock and thresholds.
 
-    healthy ──push cannot connect──▶ suspect ──N failed probes, or suspect past SuspectSeconds──▶ down
+    healthy ──push cannot connect, or its agent not ready──▶ suspect ──N failed probes, or past SuspectSeconds──▶ down
        ▲  ▲                            │ a probe answers                                          │
        │  └────────────────────────────┘                      its agent beats and a probe answers │
        │                                                                                          ▼
@@ -14,6 +14,8 @@
 
 A GPU that was down comes back on probation, not healthy: it proves itself with one task first. A
 suspect GPU that a probe reaches again is healthy at once (a link blip is no reason to doubt the GPU).
+A probe asks the agent's readiness (`/readyz`): it counts only if the agent is ready to take work, so an agent
+that answers but cannot work (its model server is down) stays out until it can.
 
 Every function here returns a new `HealthRecord` (the same one when nothing changes); the fleet store
 writes it conditionally on the record's revision, so concurrent writers never lose a transition.
@@ -162,8 +164,8 @@ def needs_probe(record: HealthRecord, draining: bool) -> bool:
 
 
 def probed(record: HealthRecord, answered: bool, now: float, policy: HealthPolicy) -> HealthRecord:
-    """A probe's outcome. Suspect: an answer -> healthy; N failures -> down. Down, or an agent back from
-    a drain: an answer -> probation; a failure leaves it down."""
+    """A probe's outcome (`answered`: the agent answered that it is ready). Suspect: an answer -> healthy;
+    N failures -> down. Down, or an agent back from a drain: an answer -> probation; a failure leaves it down."""
     state = record.state
     if answered:
         if state is GpuHealth.SUSPECT:
@@ -175,7 +177,8 @@ def probed(record: HealthRecord, answered: bool, now: float, policy: HealthPolic
     if state is GpuHealth.SUSPECT:
         failures = record.probe_failures + 1
         if failures >= policy.probe_failures:
-            return move(record, GpuHealth.DOWN, f"unreachable: {failures} probes through its URL failed", now,
+            return move(record, GpuHealth.DOWN, f"{failures} probes through its URL failed (unreachable or not "
+                                                "ready)", now,
                         detect_s=now - record.since, probe_failures=0)
         return record.model_copy(update={"probe_failures": failures})
     if state is GpuHealth.DRAINING and not record.held:
@@ -183,10 +186,14 @@ def probed(record: HealthRecord, answered: bool, now: float, policy: HealthPolic
     return record
 
 
-def heartbeat(record: HealthRecord, draining: bool, now: float) -> HealthRecord:
-    """The agent's own word: a draining beat (SIGTERM) -> draining."""
+def heartbeat(record: HealthRecord, draining: bool, now: float, not_ready: str | None = None) -> HealthRecord:
+    """The agent's own word: a draining beat (SIGTERM) -> draining; a beat saying it cannot take work (its model
+    server is not ready) -> suspect from healthy or probation: no work until a probe finds it ready."""
     if draining and record.state not in (GpuHealth.DRAINING, GpuHealth.QUARANTINED):
         return move(record, GpuHealth.DRAINING, "its agent is shutting down (SIGTERM): running tasks finish", now)
+    if not_ready is not None and record.state in (GpuHealth.HEALTHY, GpuHealth.PROBATION):
+        return move(record, GpuHealth.SUSPECT, f"its agent is not ready: {not_ready}"[:300], now, detect_s=0.0,
+                    probe_failures=0)
     return record
 
 

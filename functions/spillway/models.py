@@ -318,6 +318,9 @@ class AgentHeartbeat(Strict):
     running: list[TaskId] = Field(default_factory=list, description="the tasks it holds: running, or their result "
                                                                     "not yet acknowledged")
     draining: bool = False
+    not_ready: str | None = Field(default=None, max_length=500,
+                                  description="why it cannot take work though it runs (its model server is not "
+                                              "ready); absent: ready")
 
 
 class TaskHeartbeat(Strict):

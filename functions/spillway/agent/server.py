@@ -213,7 +213,7 @@ class Agent:
             gpu_id=self.config.gpu_id, pool=self.config.pool, url=self.url, vram_total_mb=self.config.vram_mb,
             compute=self.config.compute, slots=self.config.slots,
             services=list(SERVICES), running=[r.task.task_id for r in self._unsettled()],
-            draining=self._draining.is_set(),
+            draining=self._draining.is_set(), not_ready=self._model_not_ready(),
         )
         try:
             self._control("/v1/agent/heartbeat", heartbeat.model_dump_json()).raise_for_status()

@@ -296,6 +296,15 @@ def gpu_record(stack: Any, gpu_id: str) -> dict:
     return {k: typed.deserialize(v) for k, v in item.items()}
 
 
+def submit_room(api: httpx.Client) -> str:
+    """Upload a small room photo and submit an EU upscale job for it (EU: never FaaS); its job id."""
+    from spillway.rooms import render_room
+    from spillway_embedded.client import upload
+
+    body = {"service": "upscale_2x", "input_key": upload(api, render_room(3, 320, 240)), "segment": {"region": "eu"}}
+    return api.post("/v1/jobs", json=body).raise_for_status().json()["job_id"]
+
+
 def gpu_view(api: httpx.Client, gpu_id: str) -> dict:
     """The GPU as operators see it (GET /v1/fleet): health, reason, events ..."""
     return next(g for g in api.get("/v1/fleet").raise_for_status().json()["gpus"] if g["gpu_id"] == gpu_id)

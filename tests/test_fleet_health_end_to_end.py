@@ -20,11 +20,9 @@ from datetime import datetime
 import httpx
 import pytest
 
-from spillway.rooms import render_room
-from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered, gpu_record, gpu_view, wait_for_health
+from helpers import answered, gpu_record, gpu_view, submit_room, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
@@ -50,11 +48,6 @@ def api(stack: StackInfo) -> Iterator[httpx.Client]:
         yield client
 
 
-def submit(api: httpx.Client) -> str:
-    return api.post("/v1/jobs", json={"service": "upscale_2x", "input_key": upload(api, render_room(3, 320, 240)),
-                                      "segment": {"region": "eu"}}).raise_for_status().json()["job_id"]
-
-
 def first_attempt(api: httpx.Client, job_id: str, done: str, timeout: float = 30) -> dict:
     """The job's first attempt once it has `done` ("running_at": an agent runs it; "ended_at": it ended)."""
     deadline = time.monotonic() + timeout
@@ -68,7 +61,7 @@ def first_attempt(api: httpx.Client, job_id: str, done: str, timeout: float = 30
 
 def running_job(api: httpx.Client) -> tuple[str, str]:
     """Submit a job and wait until an agent runs it: (job id, GPU id)."""
-    job_id = submit(api)
+    job_id = submit_room(api)
     return job_id, first_attempt(api, job_id, "running_at")["gpu_id"]
 
 
@@ -78,7 +71,7 @@ def back_to_healthy(api: httpx.Client, gpu_id: str) -> None:
     for _ in range(3):
         if wait_for_health(api, gpu_id, {"probation", "healthy"})["health"] == "healthy":
             return
-        answered(api, [submit(api)], timeout=120)
+        answered(api, [submit_room(api)], timeout=120)
     raise AssertionError(f"{gpu_id} stays on probation")
 
 
@@ -145,21 +138,21 @@ def test_a_gpu_that_fails_every_model_is_quarantined_gets_no_work_then_takes_one
     try:
         failed_there = []
         for n in range(QUARANTINE_AFTER):  # one at a time: with every GPU free, each lands on the sick one
-            failed_there.append(submit(api))
+            failed_there.append(submit_room(api))
             first = first_attempt(api, failed_there[-1], "ended_at")
             assert (first["gpu_id"], first["error"]) == (sick, "Spillway.ModelError"), first
             if n < QUARANTINE_AFTER - 1:
                 answered(api, failed_there[-1:], timeout=120)  # its next attempt, elsewhere, is over too
         gpu = wait_for_health(api, sick, {"quarantined"}, timeout=10)
         assert f"{QUARANTINE_AFTER} ModelErrors in a row" in gpu["reason"] and gpu["quarantined_until"], gpu
-        later = [submit(api) for _ in range(3)]
+        later = [submit_room(api) for _ in range(3)]
         views = answered(api, failed_there + later, timeout=120)
     finally:
         stack.agents("heal", sick)
     assert {v["status"] for v in views.values()} == {"SUCCEEDED"}, "each moved on to a GPU that works"
     assert all(a["gpu_id"] != sick for j in later for a in views[j]["attempts"]), "no work while quarantined"
     gpu = wait_for_health(api, sick, {"probation"}, timeout=QUARANTINE_SECONDS + 30)  # its cool-down is over
-    canary = submit(api)
+    canary = submit_room(api)
     view = answered(api, [canary], timeout=120)[canary]
     assert [(a["gpu_id"], a["outcome"]) for a in view["attempts"]] == [(sick, "succeeded")], view["attempts"]
     gpu = wait_for_health(api, sick, {"healthy"}, timeout=10)
@@ -168,7 +161,7 @@ def test_a_gpu_that_fails_every_model_is_quarantined_gets_no_work_then_takes_one
 
 
 def test_an_agent_told_to_stop_mid_load_drains_and_every_job_is_answered(stack: StackInfo, api: httpx.Client) -> None:
-    jobs = [submit(api) for _ in range(8)]
+    jobs = [submit_room(api) for _ in range(8)]
     gpu_id = first_attempt(api, jobs[0], "running_at")["gpu_id"]
     stack.agents("term", gpu_id)  # SIGTERM: refuse new work, finish what runs (MODEL_SECONDS < its drain timeout)
     try:
@@ -192,7 +185,7 @@ def test_agents_killed_and_stopped_under_load_cost_no_job_and_leak_no_lease(
     for gpu in api.get("/v1/fleet").raise_for_status().json()["gpus"]:
         back_to_healthy(api, gpu["gpu_id"])
     with ThreadPoolExecutor(max_workers=4) as pool:
-        jobs = list(pool.map(lambda _: submit(api), range(60)))
+        jobs = list(pool.map(lambda _: submit_room(api), range(60)))
     chaos = {"local-1": "kill", "cloud-0": "kill", "local-3": "term"}
     try:
         for gpu_id, action in chaos.items():  # the cloud gets work once office jobs wait past their bound

@@ -11,11 +11,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from spillway.rooms import render_room
-from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered, wait_for_health
+from helpers import answered, submit_room, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
@@ -46,8 +44,7 @@ def api(stack: StackInfo) -> Iterator[httpx.Client]:
 
 
 def run_one(api: httpx.Client) -> dict:
-    job = api.post("/v1/jobs", json={"service": "upscale_2x", "input_key": upload(api, render_room(2, 320, 240)),
-                                     "segment": {"region": "eu"}}).raise_for_status().json()["job_id"]
+    job = submit_room(api)
     return answered(api, [job], timeout=120)[job]
 
 

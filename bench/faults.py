@@ -36,6 +36,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -362,6 +363,8 @@ def main(argv: list[str] | None = None) -> None:
                 runs.append(run)
                 say(f"  run {number} {fault.name}: {run.line()}")
     report(console, faults, runs, thresholds, args, (before, uptime()))
+    if args.state_dir is None and not any(run.error for run in runs):
+        shutil.rmtree(state, ignore_errors=True)  # kept when a run broke: its logs say why
     if args.json:
         args.json.write_text(json.dumps([run.__dict__ for run in runs], indent=2, default=str))
 

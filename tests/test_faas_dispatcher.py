@@ -13,7 +13,7 @@ import pytest
 
 from spillway import aws
 from spillway.budget import BudgetLedger, Cap, ReservationState
-from spillway.dispatch import task_id_for
+from spillway.credentials import faas_task_id as task_id_for
 from spillway.faas.dispatcher import SUBMIT_STALE_S, FaasDispatcher, FaasTaskState
 from spillway.faas.provider import FaasRefused, FaasRejected, FaasRequest, FaasState, FaasStatus, FaasUnavailable
 from spillway.models import Pool, Priority, TimerKind

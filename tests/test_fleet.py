@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from spillway import aws, health
-from spillway.dispatch import result_key_for, task_id_for
+from spillway.dispatch import result_key_for
 from spillway.fleet import ATTEMPT_MOVED_ON, ENTRY_GONE, GPU_TAKEN, Fleet, Refused, Task
 from spillway.health import GpuHealth
 from spillway.models import Pool, Priority, TaskState
 from spillway.waiting_room import WaitingEntry
 
 from conftest import Cloud
-from helpers import beat, fleet_for, job_id_for, running_job
+from helpers import beat, fleet_for, job_id_for, running_job, task_id_for
 
 NOW = 1_000_000.0
 STALE = 30  # agent_stale_seconds, as the tests pass it

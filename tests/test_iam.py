@@ -44,12 +44,12 @@ TASK = {
     "<TimersQueue>": {"sqs:SendMessage"},
     STATE_MACHINE: {"states:SendTaskSuccess", "states:SendTaskFailure"},
 }
-# spillway.dispatch: the fleet (scan, heartbeats, leases), the waiting rooms, the agent key and the tunnel's
-# headers for pushes.
+# spillway.dispatch: the fleet (scan, heartbeats, leases), the waiting rooms, the control key (signs pushes, derives
+# task ids and secrets) and the tunnel's headers for pushes.
 POOL = {
     "<FleetTable>": _ddb("GetItem", "Scan", "UpdateItem"),
     "<WaitingRoomTable>": _ddb("GetItem", "Query", "PutItem", "DeleteItem"),
-    "<AgentKeySecret>": {"secretsmanager:GetSecretValue"},
+    "<ControlKeySecret>": {"secretsmanager:GetSecretValue"},
     "<AgentTunnelSecret>": {"secretsmanager:GetSecretValue"},
 }
 # spillway.faas: budget reservations (a transaction of Put and Update), the provider's and webhook keys, the rules.
@@ -65,6 +65,7 @@ NEEDS: dict[str, Grants] = {
         "<IdempotencyTable>": _ddb("GetItem", "PutItem", "UpdateItem", "DeleteItem"),
         "<FleetTable>": _ddb("Scan", "GetItem", "UpdateItem"),  # and fleet_ops.py: operators' health changes
         "<TasksTable>/index/open-by-pool": _ddb("Query"),  # fleet_ops.py: each GPU's tasks
+        "<ControlKeySecret>": {"secretsmanager:GetSecretValue"},  # fleet_ops.py: enroll, rotate
         UPLOADS: {"s3:PutObject", "s3:GetObject"},  # the presigned form POST; the upload read and judged
         INPUTS: {"s3:PutObject"},  # pinned: the job's own copy of the bytes judged
         RESULTS: {"s3:GetObject"},

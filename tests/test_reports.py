@@ -8,7 +8,7 @@ import pytest
 
 from spillway import aws
 from spillway.dispatch import Dispatcher
-from spillway.errors import Conflict, NotFound
+from spillway.errors import NotFound
 from spillway.fleet import Fleet, Task
 from spillway.jobs import JobStore
 from spillway.models import ErrorType, Pool, TaskHeartbeat, TaskResult, TaskState
@@ -25,6 +25,7 @@ from helpers import (
     job_id_for,
     pool_task,
     running_job,
+    task_secret,
     token_for,
 )
 from test_fleet import NOW
@@ -95,7 +96,7 @@ def vram_free(fleet: Fleet) -> tuple[int, int]:
 def test_success_sends_the_result_key_with_the_kept_token_and_frees_the_slot(
     running: Task, reports: TaskReports, sfn: RecordingStepFunctions, fleet: Fleet, freed: list[Task]
 ) -> None:
-    assert reports.result(running.task_id, succeeded()).current is True
+    assert reports.result(running.task_id, succeeded(), task_secret(running.task_id)).current is True
     ((name, call),) = sfn.calls
     assert name == "success" and call["taskToken"] == token_for(running.job_id)
     assert json.loads(call["output"]) == {
@@ -116,8 +117,8 @@ def test_a_repeated_report_resends_the_first_outcome_and_releases_once(
     running: Task, reports: TaskReports, sfn: RecordingStepFunctions, fleet: Fleet, freed: list[Task],
     first: TaskResult, second: TaskResult, sent: str,
 ) -> None:
-    assert reports.result(running.task_id, first).current is True
-    assert reports.result(running.task_id, second).current is True
+    assert reports.result(running.task_id, first, task_secret(running.task_id)).current is True
+    assert reports.result(running.task_id, second, task_secret(running.task_id)).current is True
     assert [name for name, _ in sfn.calls] == [sent, sent]
     assert vram_free(fleet) == (8000, 0), "the VRAM came back exactly once"
     assert len(freed) == 2, "each report pumps the room: a retried report still starts the next task"
@@ -134,7 +135,7 @@ def test_a_repeated_report_resends_the_first_outcome_and_releases_once(
 )
 def test_failure_is_sent_under_its_kind(running: Task, reports: TaskReports, sfn: RecordingStepFunctions,
                                         fleet: Fleet, result: TaskResult, error: str, cause: str) -> None:
-    reports.result(running.task_id, result)
+    reports.result(running.task_id, result, task_secret(running.task_id))
     ((name, call),) = sfn.calls
     assert (name, call["taskToken"], call["error"], call["cause"]) == ("failure", token_for(running.job_id), error,
                                                                        cause)
@@ -145,7 +146,8 @@ def test_a_heartbeat_keeps_the_liveness_clock_and_is_not_relayed(
     running: Task, reports: TaskReports, sfn: RecordingStepFunctions, fleet: Fleet, clock: Clock
 ) -> None:
     clock.advance(4)
-    assert reports.heartbeat(running.task_id, TaskHeartbeat(gpu_id="local-0")).current is True
+    beat_0 = TaskHeartbeat(gpu_id="local-0")
+    assert reports.heartbeat(running.task_id, beat_0, task_secret(running.task_id)).current is True
     assert fleet.task(running.task_id).beat_at == NOW + 4
     assert sfn.calls == [], "Step Functions' own heartbeat clock would count the wait for a GPU too"
 
@@ -154,14 +156,15 @@ def test_a_heartbeat_after_the_task_ended_tells_the_agent_to_stop(
     running: Task, reports: TaskReports, dispatcher: Dispatcher, sfn: RecordingStepFunctions
 ) -> None:
     dispatcher.fail(running, ErrorType.GPU_UNREACHABLE, "local-0 went silent")
-    assert reports.heartbeat(running.task_id, TaskHeartbeat(gpu_id="local-0")).current is False
+    beat_0 = TaskHeartbeat(gpu_id="local-0")
+    assert reports.heartbeat(running.task_id, beat_0, task_secret(running.task_id)).current is False
 
 
 def test_a_late_result_after_the_attempt_timed_out_tells_the_agent_to_stop(
     running: Task, reports: TaskReports, sfn: RecordingStepFunctions, fleet: Fleet, freed: list[Task]
 ) -> None:
     sfn.gone = True  # AWS: TaskTimedOut
-    assert reports.result(running.task_id, succeeded()).current is False
+    assert reports.result(running.task_id, succeeded(), task_secret(running.task_id)).current is False
     assert vram_free(fleet) == (8000, 0), "the VRAM comes back all the same"
     assert len(freed) == 1
 
@@ -173,23 +176,26 @@ def test_a_late_result_after_the_task_was_failed_as_silent_changes_nothing(
     dispatcher.fail(running, ErrorType.GPU_UNREACHABLE, "local-0 went silent")
     assert sfn.failures() == [(token_for(running.job_id), "Spillway.GpuUnreachable")]
     sfn.gone = True  # the execution has moved on to its next attempt
-    assert reports.result(running.task_id, succeeded()).current is False
+    assert reports.result(running.task_id, succeeded(), task_secret(running.task_id)).current is False
     assert vram_free(fleet) == (8000, 0), "freed once, by the failure"
     stored = fleet.task(running.task_id)
     assert (stored.outcome, stored.error_type) == ("failed", "GpuUnreachable"), "the first outcome stands"
 
 
-def test_reports_for_unknown_tasks_or_from_another_gpu_are_refused(
+def test_reports_for_unknown_tasks_from_another_gpu_or_without_the_tasks_secret_are_refused_alike(
     running: Task, reports: TaskReports, fleet: Fleet, sfn: RecordingStepFunctions
 ) -> None:
-    with pytest.raises(NotFound):
-        reports.result("t-" + "0" * 32, succeeded())
-    with pytest.raises(NotFound):
-        reports.heartbeat("t-" + "0" * 32, TaskHeartbeat(gpu_id="local-0"))
-    with pytest.raises(Conflict):
-        reports.result(running.task_id, succeeded(gpu_id="local-9"))
-    with pytest.raises(Conflict):
-        reports.heartbeat(running.task_id, TaskHeartbeat(gpu_id="local-9"))
+    unknown, secret = "t-" + "0" * 32, task_secret(running.task_id)
+    for refused in (
+        lambda: reports.result(unknown, succeeded(), task_secret(unknown)),
+        lambda: reports.heartbeat(unknown, TaskHeartbeat(gpu_id="local-0"), task_secret(unknown)),
+        lambda: reports.result(running.task_id, succeeded(gpu_id="local-9"), secret),
+        lambda: reports.heartbeat(running.task_id, TaskHeartbeat(gpu_id="local-9"), secret),
+        lambda: reports.result(running.task_id, succeeded(), "not-its-secret"),
+        lambda: reports.heartbeat(running.task_id, TaskHeartbeat(gpu_id="local-0"), task_secret(unknown)),
+    ):
+        with pytest.raises(NotFound):  # one answer, whatever is wrong: it reveals nothing
+            refused()
     assert sfn.calls == []
     assert vram_free(fleet) == (5000, 1)
     assert fleet.task(running.task_id).state is TaskState.RUNNING
@@ -202,7 +208,7 @@ def test_a_result_for_a_task_still_waiting_is_refused(cloud: Cloud, dispatcher: 
     running_job(cloud.settings, queued.job_id)
     assert dispatcher.enqueue(queued) == {}
     (task,) = fleet.open_tasks(Pool.LOCAL)
-    with pytest.raises(Conflict):
-        reports.result(task.task_id, succeeded())
+    with pytest.raises(NotFound):
+        reports.result(task.task_id, succeeded(), task_secret(task.task_id))
     assert sfn.calls == []
     assert fleet.task(task.task_id).state is TaskState.WAITING

@@ -13,7 +13,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from spillway import aws
-from spillway.dispatch import Dispatcher, Limits, task_id_for
+from spillway.dispatch import Dispatcher, Limits
 from spillway.fleet import Fleet, Task
 from spillway.health import GpuHealth
 from spillway.jobs import JobStore
@@ -24,7 +24,7 @@ from spillway.timers import MAX_DELAY_SECONDS
 
 from conftest import Cloud
 from helpers import (
-    AGENT_KEY,
+    CONTROL_KEY,
     Clock,
     FakeAgents,
     FakeTimers,
@@ -35,6 +35,8 @@ from helpers import (
     job_id_for,
     pool_task,
     running_job,
+    task_id_for,
+    task_secret,
     token_for,
 )
 from test_fleet import NOW
@@ -124,11 +126,13 @@ class Room:
         """The agent reports success (the callback route, with `freed` pumping the pool as in production)."""
         task = self.task(label)
         assert task.gpu_id is not None, f"{label} is not on a GPU"
-        self.reports.result(task.task_id, TaskResult(gpu_id=task.gpu_id, outcome="succeeded", duration_ms=1))
+        self.reports.result(task.task_id, TaskResult(gpu_id=task.gpu_id, outcome="succeeded", duration_ms=1),
+                            task_secret(task.task_id))
 
     def beat(self, label: str) -> bool:
         task = self.task(label)
-        return self.reports.heartbeat(task.task_id, TaskHeartbeat(gpu_id=task.gpu_id or "none")).current
+        return self.reports.heartbeat(task.task_id, TaskHeartbeat(gpu_id=task.gpu_id or "none"),
+                                      task_secret(task.task_id)).current
 
     def deliver(self) -> list[tuple[str, str]]:
         """Deliver every timer due by now; (label, outcome) of each, in order."""
@@ -183,7 +187,7 @@ def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
         fleet=fleet, timers=timers, s3=aws.client("s3"), sfn=sfn, http=agents.client(), bucket=s.images_bucket,
         limits=Limits(heartbeat_seconds=heartbeat_seconds or s.heartbeat_seconds,
                       attempt_timeout_seconds=s.attempt_timeout_seconds, agent_stale_seconds=s.agent_stale_seconds),
-        agent_key=lambda: AGENT_KEY, clock=clock,
+        control_key=lambda: CONTROL_KEY, clock=clock,
     )
     reports = TaskReports(fleet, sfn, JobStore(aws.table(s.jobs_table)), freed=lambda task: dispatcher.pump(task.pool),
                           clock=clock)

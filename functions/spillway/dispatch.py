@@ -16,8 +16,8 @@ refuses (draining, full) gives the task back to the room, in its place.
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain, islice
@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from aws_lambda_powertools import Logger
 
-from spillway import health, metrics, placement
+from spillway import credentials, health, metrics, placement, signing
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
 from spillway.health import GpuHealth
@@ -37,7 +37,6 @@ from spillway.waiting_room import WaitingEntry
 
 logger = Logger(child=True)
 
-_TASK_IDS = uuid.UUID("5b1f0f9e-6d43-4c1e-9d2a-9b7a8f2b1c10")
 PUSH_TIMEOUT = httpx.Timeout(connect=1.0, read=5.0, write=5.0, pool=1.0)
 PROBE_TIMEOUT = httpx.Timeout(connect=1.0, read=2.0, write=2.0, pool=1.0)
 STALE_CONNECTION_RETRIES = 3  # a pool may hold a few connections the other end has dropped
@@ -45,11 +44,6 @@ INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
 SPILL_LOOK_AHEAD = 25  # entries of another pool's room a pump reads for tasks past their bound: its front
-
-
-def task_id_for(job_id: str, attempt: int) -> str:
-    """Stable per attempt, so a redelivered message finds the task it already made."""
-    return "t-" + uuid.uuid5(_TASK_IDS, f"{job_id}#{attempt}").hex
 
 
 def result_key_for(job_id: str, attempt: int) -> str:
@@ -73,7 +67,7 @@ class Dispatcher:
         http: httpx.Client,
         bucket: str,
         limits: Limits,
-        agent_key: Callable[[], str],
+        control_key: Callable[[], bytes],
         clock: Callable[[], float] = time.time,
     ):
         self._fleet = fleet
@@ -84,7 +78,7 @@ class Dispatcher:
         self._http = http
         self._bucket = bucket
         self._limits = limits
-        self._agent_key = agent_key  # agents take tasks only from who holds it
+        self._control_key = control_key  # derives task ids and secrets, and the agents' secrets that sign pushes
         self._clock = clock
 
     # ---- arrivals
@@ -126,7 +120,8 @@ class Dispatcher:
         self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=task.wait_until), now)
 
     def _new_task(self, queued: PoolTask, now: float) -> Task:
-        task_id = task_id_for(queued.job_id, queued.attempt)
+        key = self._control_key()
+        task_id = credentials.task_id_for(key, queued.job_id, queued.attempt)  # a redelivery finds its task
         submitted, deadline = job_clock(queued.priority, queued.submitted_at, queued.deadline_at, now)
         # Routing names where it spills; an attempt sent before it did goes on to the pool's next one.
         spill_to = queued.spill_to if "spill_to" in queued.model_fields_set else NEXT_POOL.get(queued.pool)
@@ -135,6 +130,7 @@ class Dispatcher:
             service=queued.service, input_key=queued.input_key,
             result_key=result_key_for(queued.job_id, queued.attempt), vram_mb=queued.vram_mb, compute=queued.compute,
             priority=queued.priority, task_token=queued.task_token,
+            secret_hash=credentials.secret_hash(credentials.task_secret(key, task_id)),
             # Ranked by the job's age, not the attempt's: a job that waited elsewhere keeps its place.
             rank=WaitingEntry.rank_for(queued.priority, min(submitted, now), task_id), arrived_at=now,
             wait_until=wait_bound(queued.priority, spill_to, now, deadline), deadline=deadline,
@@ -251,6 +247,7 @@ class Dispatcher:
             output_url=self._presign("put_object", task.result_key, ContentType="image/png"),
             # Beat three times per liveness window, so one lost beat never fails an attempt.
             heartbeat_interval_s=max(1.0, self._limits.heartbeat_seconds / 3),
+            task_secret=credentials.task_secret(self._control_key(), task.task_id),
         )
         try:
             response = self._send(task, agent_task)
@@ -281,12 +278,14 @@ class Dispatcher:
         """POST the task to its GPU's agent. A pooled connection the other end dropped meanwhile (an agent
         restarted, a link reset) fails before any answer: the push is sent again, on the next pooled connection
         or a fresh one (agents take a task idempotently, by its id), so only a GPU unreachable now fails the
-        attempt."""
+        attempt. Each send is signed anew: the agent refuses a message id it has seen (a replay)."""
+        body = agent_task.model_dump_json().encode()
         for retry in (True,) * STALE_CONNECTION_RETRIES + (False,):
             try:
                 return self._http.post(
-                    f"{task.gpu_url}/v1/tasks", content=agent_task.model_dump_json(),
-                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {self._agent_key()}"},
+                    f"{task.gpu_url}/v1/tasks", content=body,
+                    headers={"Content-Type": "application/json",
+                             **self._signed(task.gpu_id or "", task.gpu_generations, body)},
                     timeout=PUSH_TIMEOUT,
                 )
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -294,6 +293,11 @@ class Dispatcher:
                     raise
                 logger.debug("stale connection: pushing again", gpu_id=task.gpu_id, error=repr(exc))
         raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _signed(self, gpu_id: str, generations: list[int], body: bytes) -> dict[str, str]:
+        """Standard Webhooks headers signing `body` with each of the GPU's secrets valid when it was read."""
+        keys = credentials.signing_keys(self._control_key(), gpu_id, generations)
+        return signing.sign(keys, "msg_" + secrets.token_hex(16), body, self._clock())
 
     def on_heartbeat(self, beat: AgentHeartbeat) -> bool:
         """An agent's report: the fleet record and what time and the agent's word did to its health (see
@@ -332,7 +336,8 @@ class Dispatcher:
         agent's heartbeats, so a link that comes back is noticed within a beat, and one still cut gets no push.
         Returns the GPU with its health now."""
         try:
-            response = self._http.get(f"{gpu.url}/readyz", headers={"Authorization": f"Bearer {self._agent_key()}"},
+            generations = [c.generation for c in gpu.credentials if c.valid(self._clock())]
+            response = self._http.get(f"{gpu.url}/readyz", headers=self._signed(gpu.gpu_id, generations, b""),
                                       timeout=PROBE_TIMEOUT)
             # Ready to take work, not merely reachable: a 503 (its model server is down, it is draining) keeps
             # it out, as a cut link would.

@@ -25,3 +25,9 @@ class Conflict(SpillwayError):
 
 class NoCapacity(SpillwayError):
     """No GPU in the pool can take the task now; the message goes back to the queue."""
+
+
+class Forbidden(SpillwayError):
+    """Authenticated, but not allowed this (e.g. an agent speaking for another GPU)."""
+
+    status = 403

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from spillway import health
 from spillway.aws import error_code, from_item, paged_items, to_item
 from spillway.catalog import GPU_COMPUTE
+from spillway.credentials import AgentCredential, Enrolled
 from spillway.health import GpuHealth, HealthEvent, HealthPolicy, HealthRecord
 from spillway.jobs import iso_at
 from spillway.models import AgentHeartbeat, ErrorType, JobStatus, Pool, Priority, TaskState
@@ -43,6 +44,7 @@ class Gpu(BaseModel):
     health: HealthRecord = Field(default_factory=HealthRecord)
     model_errors: int = 0  # ModelErrors in a row, counted as each task is released (a success resets it)
     first_error_at: float | None = None  # the first of them: time-to-detect starts there
+    credentials: list[AgentCredential] = []  # its agent's secrets, hashed (see credentials.py)
 
     def accepts_work(self, now: float, stale_after: float) -> bool:
         """Could take work when a slot frees: its health allows it, and its agent was heard from lately."""
@@ -96,6 +98,8 @@ class Task(BaseModel):
     deadline: float  # the job's, epoch seconds
     gpu_id: str | None = None
     gpu_url: str | None = None
+    gpu_generations: list[int] = []  # the GPU's secrets when it was leased: its push is signed with them
+    secret_hash: str = ""  # of the task's secret (credentials.task_secret): its reports must present it
     assigned_at: float | None = None
     running_at: float | None = None
     beat_at: float | None = None
@@ -130,6 +134,7 @@ GPU_TAKEN = "gpu_taken"  # the GPU's VRAM, compute or slots went to someone else
 ATTEMPT_MOVED_ON = "attempt_moved_on"  # the job is on a later attempt, or over
 
 
+_HEARD_FROM = Attr("last_heartbeat").exists()  # its agent has beaten at least once
 HEALTH_WRITE_ATTEMPTS = 5  # a health write that lost a race reads the record again and decides again
 
 
@@ -153,13 +158,14 @@ class Fleet:
     def heartbeat(self, beat: AgentHeartbeat, now: float) -> tuple[Gpu | None, Gpu]:
         """Register a GPU on its first heartbeat; refresh it on every later one, with what time and the agent's
         word did to its health (silent since -> down; a draining beat -> draining; a not-ready beat -> suspect;
-        a cool-down over -> probation). Returns the record before the beat (None: new) and after."""
+        a cool-down over -> probation). A beat never changes the pool or URL its GPU was enrolled with. Returns the
+        record before the beat (None: new) and after."""
         before = self._gpus.update_item(
             Key={"gpu_id": beat.gpu_id},
             UpdateExpression=(
-                "SET #pool = :pool, #url = :url, vram_total_mb = :total, compute_total = :compute, slots = :slots, "
-                "services = :services, last_heartbeat = :now, health = if_not_exists(health, :registered), "
-                "vram_free_mb = if_not_exists(vram_free_mb, :total), "
+                "SET #pool = if_not_exists(#pool, :pool), #url = if_not_exists(#url, :url), vram_total_mb = :total, "
+                "compute_total = :compute, slots = :slots, services = :services, last_heartbeat = :now, "
+                "health = if_not_exists(health, :registered), vram_free_mb = if_not_exists(vram_free_mb, :total), "
                 "compute_free = if_not_exists(compute_free, :compute), #running = if_not_exists(#running, :zero)"
             ),
             ExpressionAttributeNames={"#pool": "pool", "#url": "url", "#running": "running"},
@@ -171,7 +177,8 @@ class Fleet:
             }),
             ReturnValues="ALL_OLD",
         ).get("Attributes")
-        if before is None:  # registered now: its health is new, but its agent may be draining already
+        if before is None or "last_heartbeat" not in before:  # enrolled or not, this is its first beat
+            before = None
             previous = self.get(beat.gpu_id)
             assert previous is not None  # just written; GPU records are never deleted
         else:
@@ -182,9 +189,8 @@ class Fleet:
             return health.heartbeat(health.tick(gpu.health, now, previous.last_heartbeat, policy), beat.draining, now,
                                     beat.not_ready)
 
-        after = previous.model_copy(update={"pool": beat.pool, "url": str(beat.url).rstrip("/"), "slots": beat.slots,
-                                            "vram_total_mb": beat.vram_total_mb, "compute_total": beat.compute,
-                                            "services": beat.services,
+        after = previous.model_copy(update={"slots": beat.slots, "vram_total_mb": beat.vram_total_mb,
+                                            "compute_total": beat.compute, "services": beat.services,
                                             "last_heartbeat": now})
         if decide(previous) != previous.health:  # most beats change nothing: no second read or write
             changed = self.change_health(beat.gpu_id, decide)
@@ -223,15 +229,52 @@ class Fleet:
     def gpus(self, pool: Pool) -> list[Gpu]:
         """The pool's GPUs, read consistently: a pump right after a release must see the slot it freed
         (the by-pool index is eventually consistent). A fleet is tens of items: one page."""
-        items = paged_items(self._gpus.scan, FilterExpression=Attr("pool").eq(pool.value), ConsistentRead=True)
+        items = paged_items(self._gpus.scan, FilterExpression=Attr("pool").eq(pool.value) & _HEARD_FROM,
+                            ConsistentRead=True)
         return [Gpu.model_validate(from_item(i)) for i in items]
 
     def all_gpus(self) -> list[Gpu]:
-        return [Gpu.model_validate(from_item(i)) for i in paged_items(self._gpus.scan, ConsistentRead=True)]
+        """Every GPU whose agent has reported (an enrolled one that never did is no GPU to use or show yet)."""
+        items = paged_items(self._gpus.scan, FilterExpression=_HEARD_FROM, ConsistentRead=True)
+        return [Gpu.model_validate(from_item(i)) for i in items]
 
     def get(self, gpu_id: str) -> Gpu | None:
         item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True).get("Item")
-        return Gpu.model_validate(from_item(item)) if item else None
+        return Gpu.model_validate(from_item(item)) if item and "last_heartbeat" in item else None
+
+    # ---- enrollment: who may speak for a GPU
+
+    def enroll(self, gpu_id: str, pool: Pool, url: str, vram_mb: int, credential: AgentCredential) -> None:
+        """Record the GPU's pool, URL and memory and its agent's one secret (hashed); again, it replaces them."""
+        self._gpus.update_item(
+            Key={"gpu_id": gpu_id},
+            UpdateExpression="SET #pool = :pool, #url = :url, vram_total_mb = :vram, credentials = :credentials",
+            ExpressionAttributeNames={"#pool": "pool", "#url": "url"},
+            ExpressionAttributeValues=to_item({":pool": pool.value, ":url": url.rstrip("/"), ":vram": vram_mb,
+                                               ":credentials": [credential.model_dump()]}))
+
+    def enrollment(self, gpu_id: str) -> tuple[Enrolled, list[AgentCredential]] | None:
+        """The GPU's pool and URL as enrolled, and its agent's secrets (hashed); None: not enrolled."""
+        item = self._gpus.get_item(Key={"gpu_id": gpu_id}, ConsistentRead=True,
+                                   ProjectionExpression="gpu_id, #pool, #url, credentials",
+                                   ExpressionAttributeNames={"#pool": "pool", "#url": "url"}).get("Item")
+        if not item or "credentials" not in item:
+            return None
+        item = from_item(item)
+        return (Enrolled(gpu_id, Pool(item["pool"]), item["url"]),
+                [AgentCredential.model_validate(c) for c in item["credentials"]])
+
+    def replace_credentials(self, gpu_id: str, before: list[AgentCredential], after: list[AgentCredential]) -> bool:
+        """Swap the GPU's secrets, if nobody changed them since `before` was read. False: they changed."""
+        try:
+            self._gpus.update_item(
+                Key={"gpu_id": gpu_id}, UpdateExpression="SET credentials = :after",
+                ConditionExpression="credentials = :before",
+                ExpressionAttributeValues=to_item({":after": [c.model_dump() for c in after],
+                                                   ":before": [c.model_dump() for c in before]}))
+        except self._gpus.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def available(self, pool: Pool, now: float, stale_after: float,
                   settle: Callable[[Gpu], Gpu] = lambda gpu: gpu) -> list[Gpu]:
@@ -262,10 +305,12 @@ class Fleet:
                         "ConditionExpression": "attribute_exists(task_id)"}},
             _take_slot(self._gpus.name, gpu.gpu_id, entry.vram_mb, entry.compute),
             _update(self._tasks.name, {"task_id": entry.task_id},
-                    "SET #state = :assigned, gpu_id = :gpu, gpu_url = :url, assigned_at = :now",
+                    "SET #state = :assigned, gpu_id = :gpu, gpu_url = :url, gpu_generations = :generations, "
+                    "assigned_at = :now",
                     "#state = :waiting", {"#state": "state"},
                     {":assigned": TaskState.ASSIGNED.value, ":waiting": TaskState.WAITING.value,
-                     ":gpu": gpu.gpu_id, ":url": gpu.url, ":now": now}),
+                     ":gpu": gpu.gpu_id, ":url": gpu.url, ":now": now,
+                     ":generations": [c.generation for c in gpu.credentials if c.valid(now)]}),
             _update(self._jobs_table_name, {"job_id": entry.job_id},
                     f"SET attempts[{n}].gpu_id = :gpu, attempts[{n}].task_id = :task, "
                     f"attempts[{n}].assigned_at = :at",

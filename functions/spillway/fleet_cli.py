@@ -1,4 +1,4 @@
-"""`spillway fleet [list|drain|readmit|quarantine GPU_ID]`: the operators' fleet routes from a shell.
+"""`spillway fleet [list|drain|readmit|quarantine|enroll|rotate GPU_ID]`: the operators' fleet routes from a shell.
 
 It calls the API: a running `spillway dev`'s (its state folder's stack.json), or any URL given with
 `--api` or SPILLWAY_API_URL. A deployed stack's API takes IAM (SigV4) signatures: calls to an
@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import httpx
 
 from spillway.health import OperatorAction
+from spillway.models import Pool
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 DEV_STATE = Path(".spillway/dev")
@@ -26,9 +27,14 @@ DEV_STATE = Path(".spillway/dev")
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="spillway fleet", description="See the fleet's health; drain, quarantine "
-                                                                         "or readmit a GPU.")
-    parser.add_argument("action", nargs="?", default="list", choices=["list", *(a.value for a in OperatorAction)])
-    parser.add_argument("gpu_id", nargs="?", help="the GPU to drain, quarantine or readmit")
+                                     "or readmit a GPU; enroll one, or rotate its agent's secret.")
+    parser.add_argument("action", nargs="?", default="list",
+                        choices=["list", *(a.value for a in OperatorAction), *CREDENTIAL_ACTIONS])
+    parser.add_argument("gpu_id", nargs="?", help="the GPU to act on")
+    parser.add_argument("--pool", choices=[Pool.LOCAL.value, Pool.CLOUD.value], help="enroll: the GPU's pool")
+    parser.add_argument("--url", help="enroll: where the control plane reaches its agent (https://, e.g. its tunnel's "
+                                      "hostname; http:// only on loopback)")
+    parser.add_argument("--vram-mb", type=int, help="enroll: the GPU's memory")
     parser.add_argument("--api", default=os.environ.get("SPILLWAY_API_URL"),
                         help="the API's base URL (default: SPILLWAY_API_URL, else the running `spillway dev`'s)")
     parser.add_argument("--state-dir", type=Path, default=DEV_STATE, help="a `spillway dev` state folder")
@@ -36,11 +42,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print the API's answer as it is")
     args = parser.parse_args(argv)
     if (args.action == "list") != (args.gpu_id is None):
-        parser.error("list takes no GPU; drain, quarantine and readmit take one")
+        parser.error("list takes no GPU; every other action takes one")
+    if args.action == "enroll" and not (args.pool and args.url and args.vram_mb):
+        parser.error("enroll needs --pool, --url and --vram-mb")
     try:
         api = args.api or _dev_api(args.state_dir)
         if args.action == "list":
             answer = _call(api, "GET", "/v1/fleet")
+        elif args.action == "enroll":
+            answer = _call(api, "PUT", f"/v1/fleet/{args.gpu_id}",
+                           {"pool": args.pool, "url": args.url, "vram_mb": args.vram_mb})
         else:
             answer = _call(api, "POST", f"/v1/fleet/{args.gpu_id}/{args.action}")
     except (OSError, httpx.HTTPError, ValueError) as failed:
@@ -50,9 +61,24 @@ def main(argv: list[str]) -> int:
         print(json.dumps(answer, indent=2))
     elif args.action == "list":
         print(table(answer["gpus"], args.events))
+    elif args.action in CREDENTIAL_ACTIONS:
+        print(secret_notice(answer))
     else:
         print(table([answer], events=3))
     return 0
+
+
+CREDENTIAL_ACTIONS = ("enroll", "rotate")
+
+
+def secret_notice(answer: dict) -> str:
+    """The agent's secret, shown this once, and what to do with it."""
+    lines = [f"{answer['gpu_id']}: its agent's secret (generation {answer['generation']}), shown only now:", "",
+             f"  SPILLWAY_AGENT_SECRET={answer['secret']}", "",
+             "Give it to the GPU's `spillway agent` (e.g. in /etc/spillway/agent-N.env, mode 0600) and restart it."]
+    if answer.get("previous_valid_until"):
+        lines.append(f"The previous secret works until {answer['previous_valid_until']}: restart the agent before.")
+    return "\n".join(lines)
 
 
 def _dev_api(state_dir: Path) -> str:
@@ -63,10 +89,13 @@ def _dev_api(state_dir: Path) -> str:
         raise ValueError(f"no running `spillway dev` ({stack_file} does not exist): start one, or give --api") from None
 
 
-def _call(api: str, method: str, path: str) -> dict:
+def _call(api: str, method: str, path: str, body: dict | None = None) -> dict:
     url = api.rstrip("/") + path
-    headers = _sigv4(method, url) if ".execute-api." in (urlparse(url).hostname or "") else {}
-    response = httpx.request(method, url, headers=headers, timeout=TIMEOUT)
+    content = json.dumps(body).encode() if body is not None else b""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if ".execute-api." in (urlparse(url).hostname or ""):
+        headers |= _sigv4(method, url, content, headers)
+    response = httpx.request(method, url, content=content, headers=headers, timeout=TIMEOUT)
     if response.is_error:
         try:
             message = response.json().get("message", response.text)
@@ -76,7 +105,7 @@ def _call(api: str, method: str, path: str) -> dict:
     return response.json()
 
 
-def _sigv4(method: str, url: str) -> dict[str, str]:
+def _sigv4(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> dict[str, str]:
     """IAM auth for API Gateway: SigV4 over the request with the caller's credentials (region from the host)."""
     import boto3
     from botocore.auth import SigV4Auth
@@ -86,7 +115,7 @@ def _sigv4(method: str, url: str) -> dict[str, str]:
     credentials = boto3.Session().get_credentials()
     if credentials is None:
         raise ValueError("the API takes IAM signatures, and no AWS credentials were found")
-    request = AWSRequest(method=method, url=url)
+    request = AWSRequest(method=method, url=url, data=body, headers=headers or {})
     SigV4Auth(credentials.get_frozen_credentials(), "execute-api", region).add_auth(request)
     return dict(request.headers.items())
 

@@ -1,5 +1,5 @@
 """What an operator sees of the fleet and does to it: every GPU's health, load and recent transitions;
-drain, quarantine, readmit.
+drain, quarantine, readmit; enroll a GPU and rotate its agent's secret.
 
 The view applies what time alone has done (`health.tick`, the function the writers apply), so a GPU
 whose agent went silent a moment ago shows down though no writer has recorded it yet.
@@ -10,18 +10,47 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from spillway import health
+from spillway import credentials, health
 from spillway.errors import Conflict, NotFound
 from spillway.fleet import Fleet, Gpu
 from spillway.health import GpuHealth, OperatorAction
 from spillway.jobs import iso_at
-from spillway.models import FleetView, GpuView, HealthEventView, Pool, TaskState
+from spillway.models import AgentSecret, Enrollment, FleetView, GpuView, HealthEventView, Pool, TaskState
 
 
 class FleetOperations:
-    def __init__(self, fleet: Fleet, clock: Callable[[], float] = time.time):
+    def __init__(self, fleet: Fleet, control_key: Callable[[], bytes], clock: Callable[[], float] = time.time):
         self._fleet = fleet
+        self._control_key = control_key
         self._clock = clock
+
+    def enroll(self, gpu_id: str, enrollment: Enrollment) -> AgentSecret:
+        """Record what the GPU is and give its agent a secret, shown only in this answer. Enrolling it again
+        (a new URL, a lost secret) replaces its secret at once."""
+        found = self._fleet.enrollment(gpu_id)
+        generation = 1 + max((c.generation for c in found[1]), default=0) if found else 1
+        key = self._control_key()
+        self._fleet.enroll(gpu_id, enrollment.pool, str(enrollment.url), enrollment.vram_mb,
+                           credentials.credential(gpu_id, key, generation))
+        return AgentSecret(gpu_id=gpu_id, secret=credentials.agent_secret(key, gpu_id, generation),
+                           generation=generation)
+
+    def rotate(self, gpu_id: str, overlap_s: float = credentials.ROTATION_OVERLAP_SECONDS) -> AgentSecret:
+        """A new secret for the GPU's agent; the current one stays valid for `overlap_s` (two are valid
+        meanwhile: restart the agent with the new one within it)."""
+        found = self._fleet.enrollment(gpu_id)
+        if found is None:
+            raise NotFound(f"no GPU {gpu_id} is enrolled")
+        now, before = self._clock(), found[1]
+        current = [c for c in before if c.valid_until is None]
+        generation = 1 + max(c.generation for c in before)
+        key = self._control_key()
+        after = [credentials.credential(gpu_id, key, generation),
+                 *(c.model_copy(update={"valid_until": now + overlap_s}) for c in current)]
+        if not self._fleet.replace_credentials(gpu_id, before, after):
+            raise Conflict(f"{gpu_id}'s secrets changed meanwhile: rotate again")
+        return AgentSecret(gpu_id=gpu_id, secret=credentials.agent_secret(key, gpu_id, generation),
+                           generation=generation, previous_valid_until=iso_at(now + overlap_s))
 
     def view(self) -> FleetView:
         now = self._clock()

@@ -272,7 +272,7 @@ class AttemptOutput(BaseModel):
 
 
 class AgentTask(Strict):
-    """Control plane -> agent: POST /v1/tasks. Idempotent by task_id."""
+    """Control plane -> agent: POST /v1/tasks, signed (Standard Webhooks headers). Idempotent by task_id."""
 
     task_id: TaskId
     job_id: JobId
@@ -280,6 +280,9 @@ class AgentTask(Strict):
     input_url: AnyHttpUrl
     output_url: AnyHttpUrl
     heartbeat_interval_s: float = Field(gt=0, le=300)
+    task_secret: str = Field(min_length=32, max_length=64,
+                             description="its heartbeats and result present it (Spillway-Task-Secret): only this "
+                                         "push has it")
 
 
 class AgentTaskAccepted(BaseModel):
@@ -303,13 +306,11 @@ def _https_unless_loopback(url: AnyHttpUrl) -> AnyHttpUrl:
 AgentUrl = Annotated[AnyHttpUrl, AfterValidator(_https_unless_loopback)]
 
 
-class AgentHeartbeat(Strict):
-    """Agent -> control plane: POST /v1/agent/heartbeat, every few seconds; the first one registers."""
+class FleetHeartbeat(Strict):
+    """Agent -> control plane: POST /v1/agent/heartbeat, every few seconds; the first one registers. No pool or
+    URL: those are the GPU's enrollment's (`spillway fleet enroll`), which a beat cannot change."""
 
     gpu_id: GpuId
-    pool: Literal[Pool.LOCAL, Pool.CLOUD]
-    url: AgentUrl = Field(description="where the control plane reaches this agent: https:// (for local GPUs: "
-                                       "the tunnel's hostname), http:// only on loopback")
     vram_total_mb: int = Field(gt=0)
     compute: int = Field(default=GPU_COMPUTE, gt=0, le=10 * GPU_COMPUTE,
                          description=f"its compute capacity, in SM% of a reference GPU ({GPU_COMPUTE}: one)")
@@ -321,6 +322,33 @@ class AgentHeartbeat(Strict):
     not_ready: str | None = Field(default=None, max_length=500,
                                   description="why it cannot take work though it runs (its model server is not "
                                               "ready); absent: ready")
+
+
+class AgentHeartbeat(FleetHeartbeat):
+    """A heartbeat with the pool and URL of its GPU's enrollment: what the fleet records."""
+
+    pool: Literal[Pool.LOCAL, Pool.CLOUD]
+    url: AgentUrl = Field(description="where the control plane reaches this agent: https:// (for local GPUs: "
+                                       "the tunnel's hostname), http:// only on loopback")
+
+
+class Enrollment(Strict):
+    """Operator -> control plane: PUT /v1/fleet/{gpu_id}, what the GPU is (`spillway fleet enroll`)."""
+
+    pool: Literal[Pool.LOCAL, Pool.CLOUD]
+    url: AgentUrl = Field(description="where the control plane reaches the agent: https:// (for office GPUs: the "
+                                       "tunnel's hostname), http:// only on loopback")
+    vram_mb: int = Field(gt=0)
+
+
+class AgentSecret(BaseModel):
+    """The agent's secret, shown once: give it to the agent as SPILLWAY_AGENT_SECRET."""
+
+    gpu_id: str
+    secret: str
+    generation: int
+    previous_valid_until: str | None = Field(default=None, description="a rotation: the previous secret works "
+                                                                       "until then (ISO 8601)")
 
 
 class TaskHeartbeat(Strict):

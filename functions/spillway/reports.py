@@ -8,6 +8,9 @@ has moved on (AWS says TaskTimedOut) answers `current: False` and the agent stop
 A task heartbeat keeps the task's liveness clock (in the tasks table, see `dispatch`) going; it
 is not relayed to Step Functions, whose own clock would also count the wait for a GPU.
 A result frees a slot: `freed` is told, so the pool's waiting room moves on at once.
+
+Every report presents the task's secret, which only the signed push to its GPU carried: a report
+without it, for another GPU's task, or for no task at all gets the same 404 and changes nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from spillway import metrics
+from spillway import credentials, metrics
 from spillway.callbacks import Callbacks
-from spillway.errors import Conflict, NotFound
+from spillway.errors import NotFound
 from spillway.fleet import Fleet, Task
 from spillway.jobs import JobStore
 from spillway.models import AttemptOutput, CallbackAck, ErrorType, JobStatus, TaskHeartbeat, TaskResult, TaskState
@@ -37,12 +40,12 @@ class TaskReports:
         self._freed = freed
         self._clock = clock
 
-    def heartbeat(self, task_id: str, beat: TaskHeartbeat) -> CallbackAck:
-        self._task(task_id, beat.gpu_id)
+    def heartbeat(self, task_id: str, beat: TaskHeartbeat, secret: str) -> CallbackAck:
+        self._task(task_id, beat.gpu_id, secret)
         return CallbackAck(current=self._fleet.beat(task_id, beat.gpu_id, self._clock()))
 
-    def result(self, task_id: str, result: TaskResult) -> CallbackAck:
-        task = self._task(task_id, result.gpu_id)
+    def result(self, task_id: str, result: TaskResult, secret: str) -> CallbackAck:
+        task = self._task(task_id, result.gpu_id, secret)
         if result.outcome == "failed" and result.error_type is None:
             result = result.model_copy(update={"error_type": ErrorType.MODEL_ERROR})
         error_type = result.error_type.value if result.error_type else None
@@ -87,10 +90,10 @@ class TaskReports:
         if job is not None:
             metrics.job_finished(job, JobStatus.SUCCEEDED, self._clock())
 
-    def _task(self, task_id: str, gpu_id: str) -> Task:
+    def _task(self, task_id: str, gpu_id: str, secret: str) -> Task:
+        """The task, if it runs on that GPU and the secret is its own; else one answer for all, which
+        reveals nothing (not whether the task exists, nor where it runs)."""
         task = self._fleet.task(task_id)
-        if task is None:
-            raise NotFound(f"no task {task_id}")
-        if task.gpu_id != gpu_id:
-            raise Conflict(f"task {task_id} runs on {task.gpu_id}, not on {gpu_id}")
+        if task is None or task.gpu_id != gpu_id or not credentials.matches(secret, task.secret_hash):
+            raise NotFound(f"no task {task_id} on {gpu_id} with that secret")
         return task

@@ -21,7 +21,7 @@ class Settings(BaseModel, frozen=True):
     intake_queue_urls: dict[Priority, str]
     timers_queue_url: str
     dispatch_state_machine_arn: str
-    agent_key_secret_arn: str
+    control_key_secret_arn: str  # the control plane's key (spillway.credentials)
     agent_tunnel_secret_arn: str  # JSON headers for every call to an agent ({} for none)
     heartbeat_seconds: int
     attempt_timeout_seconds: int
@@ -61,7 +61,7 @@ class Settings(BaseModel, frozen=True):
                 intake_queue_urls={p: env[f"INTAKE_{p.value.upper()}_QUEUE_URL"] for p in Priority},
                 timers_queue_url=env["TIMERS_QUEUE_URL"],
                 dispatch_state_machine_arn=env["DISPATCH_STATE_MACHINE_ARN"],
-                agent_key_secret_arn=env["AGENT_KEY_SECRET_ARN"],
+                control_key_secret_arn=env["CONTROL_KEY_SECRET_ARN"],
                 agent_tunnel_secret_arn=env["AGENT_TUNNEL_SECRET_ARN"],
                 heartbeat_seconds=env["HEARTBEAT_SECONDS"],
                 attempt_timeout_seconds=env["ATTEMPT_TIMEOUT_SECONDS"],

@@ -234,7 +234,8 @@ def _bucket(p: Provisioner, logical: str, props: dict[str, Any]) -> None:
         s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": rules})
     if "PublicAccessBlockConfiguration" in props:
         s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
-    p.created(logical, name, Arn=f"arn:aws:s3:::{name}", DomainName=f"{name}.s3.amazonaws.com")
+    p.created(logical, name, Arn=f"arn:aws:s3:::{name}", DomainName=f"{name}.s3.amazonaws.com",
+              RegionalDomainName=f"{name}.s3.{p.stack.region}.amazonaws.com")
 
 
 def _state_machine(p: Provisioner, logical: str, props: dict[str, Any]) -> None:

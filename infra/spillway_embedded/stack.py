@@ -2,9 +2,9 @@
 
 moto's server (with its Step Functions interpreter) stands for AWS; the template, translated by
 aws-sam-translator, is provisioned into it; the local runtime invokes the Lambda handlers as the
-template wires them; real agent processes stand for the GPUs of the fleet file, each behind a link
-that can be cut both ways (a tunnel in front of it, and one it reports to the API through); a stand-in
-FaaS provider process for the fleet's [faas].
+template wires them; real agent processes stand for the GPUs of the fleet file, each enrolled through
+the API at start (its own secret) and behind a link that can be cut both ways (a tunnel in front of
+it, and one it reports to the API through); a stand-in FaaS provider process for the fleet's [faas].
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import httpx
 from werkzeug.serving import make_server
 
 from spillway.catalog import SERVICES
@@ -50,15 +51,12 @@ class AgentProcess:
     process: subprocess.Popen[bytes]
     ready_file: Path
     log_path: Path
-    tunnel: Tunnel | None = None
-    outbound: Tunnel | None = None  # its calls to the API (heartbeats, results), cut to stop its reports
+    tunnel: Tunnel  # the link in front of it: the URL it is enrolled with
+    outbound: Tunnel  # its calls to the API (heartbeats, results), cut to stop its reports
+    secret: str = field(repr=False)  # its own, from its enrollment
     model_server: subprocess.Popen[bytes] | None = None  # the stand-in model server it fronts (fleet: model_server)
     model_url: str | None = None  # the model server it fronts; None: the built-in model
     listen_url: str = ""  # known once it serves
-
-    @property
-    def advertised_url(self) -> str:
-        return self.tunnel.url if self.tunnel else self.listen_url
 
 
 @dataclass
@@ -132,12 +130,11 @@ class EmbeddedStack:
         # The ops page reads the stack as it would a deployed one: through AWS APIs (here moto's), read-only.
         self._ops = serve_ops(Source(self.physical_ids, REGION, self.endpoint, OFFLINE_CREDENTIALS), port=self.ops_port)
         threading.Thread(target=self._ops.serve_forever, name="ops", daemon=True).start()
-        agent_key = self.client("secretsmanager").get_secret_value(
-            SecretId=self.physical_ids["AgentKeySecret"]
-        )["SecretString"]
         # All at once: each takes a moment to import its model libraries.
         for spec in self.gpus:
-            self._agents.append(self._launch_agent(spec, agent_key))  # appended at once: stop() sees them
+            tunnel, outbound = self._open_links()
+            secret = self._enroll(spec, tunnel.url)
+            self._agents.append(self._launch_agent(spec, secret, tunnel, outbound))  # at once: stop() sees them
         for agent in self._agents:
             self._await_agent(agent)
         self._wait_for_fleet(timeout=60)
@@ -152,9 +149,8 @@ class EmbeddedStack:
                 agent.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 agent.process.kill()
-            for link in (agent.tunnel, agent.outbound):
-                if link:
-                    link.stop()
+            agent.tunnel.stop()
+            agent.outbound.stop()
             if agent.model_server is not None and agent.model_server.poll() is None:
                 agent.model_server.terminate()
                 agent.model_server.wait(timeout=10)
@@ -221,11 +217,11 @@ class EmbeddedStack:
 
     def tunnels(self) -> dict[str, Tunnel]:
         """Each GPU's network path (the office link, the cloud's network), by the GPU behind it."""
-        return {a.spec.gpu_id: a.tunnel for a in self._agents if a.tunnel}
+        return {a.spec.gpu_id: a.tunnel for a in self._agents}
 
     def outbound_tunnels(self) -> dict[str, Tunnel]:
         """Each agent's link to the API, by its GPU: cut, it can still be pushed to but cannot report."""
-        return {a.spec.gpu_id: a.outbound for a in self._agents if a.outbound}
+        return {a.spec.gpu_id: a.outbound for a in self._agents}
 
     def _pool_of(self, gpu_id: str) -> str | None:
         return next((a.spec.pool.value for a in self._agents if a.spec.gpu_id == gpu_id), None)
@@ -237,14 +233,12 @@ class EmbeddedStack:
         `cont` (SIGCONT), or `restart` (a new process for the same GPU behind the same link, after a kill)."""
         agents = {a.spec.gpu_id: a for a in self._agents}
         if action == "restart":
-            key = self.client("secretsmanager").get_secret_value(SecretId=self.physical_ids["AgentKeySecret"])
             for gpu_id in gpu_ids:
                 old = agents[gpu_id]
                 if old.process.poll() is None:
                     old.process.kill()
                     old.process.wait(timeout=10)
-                new = self._launch_agent(old.spec, key["SecretString"], tunnel=old.tunnel, outbound=old.outbound,
-                                         model_server=old.model_server)
+                new = self._launch_agent(old.spec, old.secret, old.tunnel, old.outbound, model_server=old.model_server)
                 self._agents[self._agents.index(old)] = new
                 self._await_agent(new)
             return
@@ -270,9 +264,34 @@ class EmbeddedStack:
         return {a.spec.gpu_id: "running" if a.process.poll() is None else f"exited {a.process.returncode}"
                 for a in self._agents}
 
-    def _launch_agent(self, spec: GpuSpec, agent_key: str, tunnel: Tunnel | None = None,
-                      outbound: Tunnel | None = None, model_server: subprocess.Popen[bytes] | None = None
-                      ) -> AgentProcess:
+    def _open_links(self) -> tuple[Tunnel, Tunnel]:
+        """A GPU's two links: the control plane reaches it through one that chaos can cut (the office's tunnel,
+        or the cloud provider's network; wired to the agent once it serves), and it reports through the other."""
+        tunnel = Tunnel(listen=("127.0.0.1", 0), target=None)
+        tunnel.start()
+        host, port = self.api_url.removeprefix("http://").rsplit(":", 1)
+        outbound = Tunnel(listen=("127.0.0.1", 0), target=(host, int(port)))
+        outbound.start()
+        return tunnel, outbound
+
+    def _enroll(self, spec: GpuSpec, url: str) -> str:
+        """Enroll the GPU through the API, as `spillway fleet enroll` does; returns its agent's secret."""
+        response = httpx.put(f"{self.api_url}/v1/fleet/{spec.gpu_id}", timeout=10.0,
+                             json={"pool": spec.pool.value, "url": url, "vram_mb": spec.vram_mb})
+        response.raise_for_status()
+        return str(response.json()["secret"])
+
+    def agent_secret(self, gpu_id: str) -> str:
+        """The GPU's agent's secret (for tests that act as the control plane or as that agent)."""
+        return next(a.secret for a in self._agents if a.spec.gpu_id == gpu_id)
+
+    @property
+    def storage_url(self) -> str:
+        """Where the agents may fetch inputs and store results: the images bucket, path-style at moto."""
+        return f"{self.endpoint}/{self.physical_ids['ImagesBucket']}/"
+
+    def _launch_agent(self, spec: GpuSpec, secret: str, tunnel: Tunnel, outbound: Tunnel,
+                      model_server: subprocess.Popen[bytes] | None = None) -> AgentProcess:
         """Start the process; it is wired (tunnel target, listen URL) once it says it serves. A GPU whose agent
         fronts the stand-in model server has it started first (and kept when its agent restarts)."""
         folder = self.state_dir / "agents"
@@ -282,33 +301,22 @@ class EmbeddedStack:
             model_server, model_url = self._model_server(spec, model_server)
         ready_file = folder / f"{spec.gpu_id}.json"
         ready_file.unlink(missing_ok=True)
-        if tunnel is None:
-            # The control plane reaches every GPU through a link that chaos can cut: the office's tunnel, or
-            # the cloud provider's network.
-            tunnel = Tunnel(listen=("127.0.0.1", 0), target=None)
-            tunnel.start()
-        if outbound is None:
-            host, port = self.api_url.removeprefix("http://").rsplit(":", 1)
-            outbound = Tunnel(listen=("127.0.0.1", 0), target=(host, int(port)))
-            outbound.start()
         command = [
             # `spillway agent`, its model wrapped so that chaos can make it fail or slow (see model_faults.py)
             sys.executable, "-m", "spillway_embedded.model_faults", "--fault-file", str(self._fault_file(spec.gpu_id)),
-            "--gpu-id", spec.gpu_id, "--pool", spec.pool.value, "--listen", "127.0.0.1:0",
+            "--gpu-id", spec.gpu_id, "--listen", "127.0.0.1:0", "--storage-url", self.storage_url,
             "--vram-mb", str(spec.vram_mb), "--compute", str(spec.compute), "--slots", str(spec.slots),
             "--control-url", outbound.url, "--heartbeat-interval", str(self.agent_heartbeat_seconds),
             "--ready-file", str(ready_file), "--min-run-seconds", str(self.model_seconds),
         ]
-        if tunnel:
-            command += ["--advertise-url", tunnel.url]  # the control plane reaches the GPU through it
         if model_url:
             command += ["--model-url", model_url]
         log_path = folder / f"{spec.gpu_id}.log"
         with log_path.open("ab") as log:  # appended: a restarted agent's log follows the killed one's
             process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_KEY": agent_key}
+                command, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"SPILLWAY_AGENT_SECRET": secret}
             )
-        return AgentProcess(spec, process, ready_file, log_path, tunnel, outbound, model_server, model_url)
+        return AgentProcess(spec, process, ready_file, log_path, tunnel, outbound, secret, model_server, model_url)
 
     def _model_server(self, spec: GpuSpec, running: subprocess.Popen[bytes] | None
                       ) -> tuple[subprocess.Popen[bytes], str]:
@@ -333,18 +341,18 @@ class EmbeddedStack:
             agent.listen_url = wait_for_ready_file(agent.ready_file, agent.process, timeout, "agent")
         except (RuntimeError, TimeoutError) as failed:
             raise RuntimeError(f"{agent.spec.gpu_id}: {failed}; see {agent.log_path}") from None
-        if agent.tunnel:
-            host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
-            agent.tunnel.target = (host, int(port))
+        host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
+        agent.tunnel.target = (host, int(port))
 
     def _wait_for_fleet(self, timeout: float) -> None:
-        """Every agent has registered through the API: the stack is usable end to end."""
+        """Every agent has reported through the API: the stack is usable end to end."""
         table = boto3.resource("dynamodb", endpoint_url=self.endpoint, region_name=REGION).Table(
             self.physical_ids["FleetTable"]
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if table.scan(Select="COUNT")["Count"] >= len(self.gpus):
+            heard_from = table.scan(Select="COUNT", FilterExpression="attribute_exists(last_heartbeat)")["Count"]
+            if heard_from >= len(self.gpus):
                 return
             time.sleep(0.1)
         raise TimeoutError("not every agent registered with the control plane")
@@ -361,7 +369,7 @@ class EmbeddedStack:
             "gpus": [
                 {"gpu_id": a.spec.gpu_id, "pool": a.spec.pool.value, "vram_mb": a.spec.vram_mb,
                  "compute": a.spec.compute, "slots": a.spec.slots, "services": list(a.spec.services),
-                 "listen_url": a.listen_url, "advertised_url": a.advertised_url,
+                 "listen_url": a.listen_url, "advertised_url": a.tunnel.url,
                  "pid": a.process.pid, "model_url": a.model_url}
                 for a in self._agents
             ],

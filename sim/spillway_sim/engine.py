@@ -22,7 +22,8 @@ from typing import Any
 import simpy
 
 from spillway import placement
-from spillway.dispatch import LOOK_AHEAD, MAX_PASSES, SPILL_LOOK_AHEAD, task_id_for
+from spillway.credentials import task_id_for
+from spillway.dispatch import LOOK_AHEAD, MAX_PASSES, SPILL_LOOK_AHEAD
 from spillway.faas.billing import MICRO
 from spillway.fleet import Gpu
 from spillway.models import ErrorType, Pool
@@ -37,6 +38,8 @@ from spillway_sim.old_design import PerGpuQueues
 from spillway_sim.run import Attempt, Result, Run, Spend
 from spillway_sim.scenario import DAY, Dispatch, World
 from spillway_sim.workload import Crash, Outage, SimJob, Workload
+
+SIM_KEY = b"simulation"  # task ids need a key; nothing here is secret
 
 
 @dataclass(eq=False)
@@ -117,7 +120,7 @@ class Spillway:
     def attempt(self, job: SimJob, route: Route, number: int, deadline: float,
                 attempt: Attempt) -> Generator[Any, Any, None]:
         now = self.env.now
-        task_id = task_id_for(job.job_id, number)
+        task_id = task_id_for(SIM_KEY, job.job_id, number)
         entry = WaitingEntry(
             pool=route.pool, rank=WaitingEntry.rank_for(job.priority, job.at, task_id), task_id=task_id,
             job_id=job.job_id, attempt=number, service=job.service, vram_mb=job.vram_mb, compute=job.compute,

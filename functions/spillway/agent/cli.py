@@ -18,13 +18,16 @@ from spillway.agent import model
 from spillway.agent.inference import RemoteModel
 from spillway.agent.server import Agent, AgentConfig, JobFilter
 from spillway.catalog import GPU_COMPUTE
-from spillway.models import Pool
 
 ENVIRONMENT = """environment variables:
-  SPILLWAY_AGENT_KEY  required: the agent key (the stack's AgentKeySecret), presented both ways between the
-                      agent and the control plane
-  SPILLWAY_MODEL_URL  the default of --model-url
-  SPILLWAY_COMPUTE    the default of --compute
+  SPILLWAY_AGENT_SECRET  required: this GPU's secret, printed once by `spillway fleet enroll GPU_ID` (or
+                         `spillway fleet rotate GPU_ID`). The agent presents it with its GPU id on every call to
+                         the control plane, and takes only pushes signed with it (Standard Webhooks headers)
+  SPILLWAY_STORAGE_URL   the default of --storage-url
+  SPILLWAY_MODEL_URL     the default of --model-url
+  SPILLWAY_COMPUTE       the default of --compute
+
+The GPU's pool and the URL the control plane reaches it at are its enrollment's, not the agent's to say.
 
 the model server contract (--model-url): KServe's Open Inference Protocol v2, REST, on the same host.
   GET  {model-url}/v2/health/ready            folded into the agent's /readyz
@@ -48,8 +51,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "pushes, runs them on the GPU's model, stores the results and reports back.",
         epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu-id", required=True, help="this GPU's name in the fleet, e.g. local-0")
-    parser.add_argument("--pool", required=True, choices=[Pool.LOCAL.value, Pool.CLOUD.value],
-                        help="local: an office GPU; cloud: a rented one")
     parser.add_argument("--vram-mb", required=True, type=int, help="the GPU's memory")
     parser.add_argument("--compute", type=int, default=int(os.environ.get("SPILLWAY_COMPUTE") or GPU_COMPUTE),
                         help=f"the GPU's compute, in SM%% of a reference GPU: tasks are packed onto it by their "
@@ -57,8 +58,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--control-url", required=True, help="the Spillway API, e.g. https://api.example.com")
     parser.add_argument("--listen", type=listen_address, default=("127.0.0.1", 9000),
                         help="HOST:PORT to take tasks on; port 0 picks one (default 127.0.0.1:9000)")
-    parser.add_argument("--advertise-url", help="where the control plane reaches this agent (e.g. the tunnel); "
-                        "default: the --listen address")
+    parser.add_argument("--storage-url", default=os.environ.get("SPILLWAY_STORAGE_URL") or None,
+                        help="the images bucket's URL (the stack's ImagesBucketUrl, e.g. "
+                        "https://BUCKET.s3.REGION.amazonaws.com/): a task's input and output URLs must be in it")
     parser.add_argument("--model-url", default=os.environ.get("SPILLWAY_MODEL_URL") or None,
                         help="the model server on this host, e.g. http://127.0.0.1:8000 (the contract is below); "
                         "default: the built-in CPU demo model, in this process")
@@ -91,9 +93,13 @@ def at_least(seconds: float, run: Callable[[str, bytes], bytes]) -> Callable[[st
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    agent_key = os.environ.get("SPILLWAY_AGENT_KEY", "")
-    if not agent_key:
-        print("spillway agent: set SPILLWAY_AGENT_KEY to the agent key (the stack's AgentKeySecret)", file=sys.stderr)
+    secret = os.environ.get("SPILLWAY_AGENT_SECRET", "")
+    if not secret:
+        print("spillway agent: set SPILLWAY_AGENT_SECRET to this GPU's secret (`spillway fleet enroll GPU_ID`)",
+              file=sys.stderr)
+        return 2
+    if not args.storage_url:
+        print("spillway agent: give --storage-url (or SPILLWAY_STORAGE_URL): the images bucket's URL", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.gpu_id} %(levelname)s %(job)s%(message)s")
     for handler in logging.root.handlers:
@@ -104,9 +110,8 @@ def main(argv: list[str]) -> int:
         remote = RemoteModel(args.model_url, httpx.Timeout(args.model_timeout, connect=2.0))
         run_model, model_not_ready = remote.run, remote.not_ready
     agent = Agent(AgentConfig(
-        gpu_id=args.gpu_id, pool=Pool(args.pool), vram_mb=args.vram_mb, compute=args.compute,
-        control_url=args.control_url,
-        agent_key=agent_key, listen=args.listen, advertise_url=args.advertise_url, slots=args.slots,
+        gpu_id=args.gpu_id, vram_mb=args.vram_mb, compute=args.compute, control_url=args.control_url,
+        secret=secret, storage_url=args.storage_url, listen=args.listen, slots=args.slots,
         heartbeat_interval_s=args.heartbeat_interval, drain_timeout_s=args.drain_timeout, ready_file=args.ready_file,
     ), run_model=at_least(args.min_run_seconds, run_model), model_not_ready=model_not_ready)
     stop = threading.Event()

@@ -1,10 +1,13 @@
 """The agent beside one GPU: takes tasks over HTTP, runs the model, stores results, reports back.
 
-The control plane pushes a task (an opaque task id and two presigned URLs, never a task token),
-presenting the agent key, the same shared secret the agent presents when it reports;
-the agent answers at once and works on a thread: fetch the input, run the model while beating,
-upload the output, report the outcome, retried until the control plane has it. A fleet heartbeat
-keeps the GPU registered and tells the control plane what runs here.
+The control plane pushes a task (an unguessable task id, its secret and two presigned URLs, never a
+task token), signed with this agent's secret (Standard Webhooks headers): the agent takes it only
+if the signature holds, the message is recent and not seen before (a replay), and both URLs are in
+its storage (`storage_url`: no fetching or writing anywhere else on a sender's say). It answers at
+once and works on a thread: fetch the input, run the model while beating, upload the output, report
+the outcome, retried until the control plane has it. Every report presents the agent's credential
+(`Bearer <gpu_id>.<secret>`), and a task's the task's secret. A fleet heartbeat tells the control plane
+what runs here; the GPU's pool and URL are its enrollment's.
 
 On SIGTERM it drains: refuses new tasks, says so in a heartbeat, lets running tasks finish for a
 while, and gives back what is still running (failed with `Draining`) so the jobs move on at once.
@@ -32,17 +35,11 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from spillway import signing
 from spillway.agent import model
 from spillway.catalog import GPU_COMPUTE, SERVICES
-from spillway.models import (
-    AgentHeartbeat,
-    AgentTask,
-    AgentTaskAccepted,
-    ErrorType,
-    Pool,
-    TaskHeartbeat,
-    TaskResult,
-)
+from spillway.credentials import TASK_SECRET_HEADER, bearer
+from spillway.models import AgentTask, AgentTaskAccepted, ErrorType, FleetHeartbeat, TaskHeartbeat, TaskResult
 
 log = logging.getLogger("spillway.agent")
 # The job a thread works for: each line it logs names it (JobFilter), so a job's story reads across the
@@ -69,12 +66,11 @@ REMEMBERED_TASKS = 1000  # finished tasks kept to answer a re-push idempotently
 @dataclass(frozen=True)
 class AgentConfig:
     gpu_id: str
-    pool: Pool
     vram_mb: int
     control_url: str
-    agent_key: str
+    secret: str = field(repr=False)  # this agent's (`spillway fleet enroll`): its credential, and pushes' signing key
+    storage_url: str  # the one place inputs come from and results go: the images bucket's URL
     listen: tuple[str, int] = ("127.0.0.1", 9000)
-    advertise_url: str | None = None  # e.g. the tunnel in front of an office GPU
     slots: int = 2
     compute: int = GPU_COMPUTE  # SM% of a reference GPU
     heartbeat_interval_s: float = 5.0
@@ -101,6 +97,33 @@ class Refused(Exception):
         self.status = status
 
 
+class SeenMessages:
+    """The ids of the signed messages taken within the replay window: one seen again is a replay."""
+
+    def __init__(self, window_s: float = signing.TOLERANCE_SECONDS):
+        self._window_s = window_s
+        self._expiry: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, msg_id: str, now: float) -> bool:
+        with self._lock:
+            while self._expiry and next(iter(self._expiry.values())) < now:
+                self._expiry.popitem(last=False)  # older than the window: its timestamp is refused anyway
+            if msg_id in self._expiry:
+                return False
+            self._expiry[msg_id] = now + 2 * self._window_s  # the window each way around its timestamp
+            return True
+
+
+def in_storage(url: str, storage: httpx.URL) -> bool:
+    """The URL is in the storage's origin and under its path, with no `..` to climb out of it."""
+    candidate = httpx.URL(url)
+    segments = candidate.raw_path.split(b"?")[0].split(b"/")
+    return ((candidate.scheme, candidate.host, candidate.port) == (storage.scheme, storage.host, storage.port)
+            and candidate.path.startswith(storage.path)
+            and not any(s in (b"..", b".") or s.lower().startswith(b"%2e") for s in segments))
+
+
 class Agent:
     def __init__(
         self,
@@ -113,8 +136,12 @@ class Agent:
         self._run_model = run_model
         self._model_not_ready = model_not_ready  # the model server's own readiness: None when ready, else why
         self._wait = wait or (lambda seconds: self._stopped.wait(seconds))
-        self._http = httpx.Client(timeout=CONTROL_TIMEOUT, headers={"Authorization": f"Bearer {config.agent_key}"})
-        self._transfers = httpx.Client(timeout=TRANSFER_TIMEOUT)  # presigned URLs: no agent key
+        self._http = httpx.Client(timeout=CONTROL_TIMEOUT,
+                                  headers={"Authorization": bearer(config.gpu_id, config.secret)})
+        self._transfers = httpx.Client(timeout=TRANSFER_TIMEOUT)  # presigned URLs: no credential
+        self._signing_key = signing.secret_bytes(config.secret)
+        self._storage = httpx.URL(config.storage_url.rstrip("/") + "/")
+        self._seen = SeenMessages()
         self._lock = threading.Lock()
         self._tasks: OrderedDict[str, TaskRun] = OrderedDict()
         self._draining = threading.Event()
@@ -132,11 +159,6 @@ class Agent:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    @property
-    def url(self) -> str:
-        """Where the control plane reaches this agent."""
-        return self.config.advertise_url or self.listen_url
-
     def start(self) -> None:
         self._server = ThreadingHTTPServer(self.config.listen, _handler_for(self))
         self._server.daemon_threads = True
@@ -145,7 +167,7 @@ class Agent:
             write_atomically(self.config.ready_file,
                              {"gpu_id": self.config.gpu_id, "listen_url": self.listen_url, "pid": os.getpid()})
         self._service_threads.append(self._spawn("fleet-heartbeat", self._beat_fleet))
-        log.info("%s serving on %s (reached at %s)", self.config.gpu_id, self.listen_url, self.url)
+        log.info("%s serving on %s", self.config.gpu_id, self.listen_url)
 
     def drain_and_stop(self) -> None:
         """Refuse new work, let running tasks finish for a while, give back the rest, stop."""
@@ -173,7 +195,32 @@ class Agent:
 
     # ---- what the HTTP routes call
 
+    def verify(self, headers: Any, body: bytes) -> None:
+        """Only the control plane sends: the message must be signed with this agent's secret, recent, and new."""
+        now = time.time()
+        try:
+            msg_id = signing.verify([self._signing_key], headers, body, now)
+        except signing.BadSignature as bad:
+            raise Refused(HTTPStatus.UNAUTHORIZED, f"not signed by the control plane: {bad}") from None
+        if not self._seen.first_time(msg_id, now):
+            raise Refused(HTTPStatus.UNAUTHORIZED, f"message {msg_id} was taken already: a replay")
+
+    def may_ask(self, headers: Any) -> bool:
+        """Who may see readiness: the control plane (a signed probe) or whoever holds this agent's credential."""
+        presented = (headers.get("Authorization") or "").encode()
+        if hmac.compare_digest(presented, bearer(self.config.gpu_id, self.config.secret).encode()):
+            return True
+        try:
+            self.verify(headers, b"")
+        except Refused:
+            return False
+        return True
+
     def submit(self, task: AgentTask) -> tuple[HTTPStatus, AgentTaskAccepted]:
+        for url in (task.input_url, task.output_url):
+            if not in_storage(str(url), self._storage):
+                raise Refused(HTTPStatus.UNPROCESSABLE_ENTITY, f"{url.scheme}://{url.host}:{url.port}{url.path} "
+                              f"is not in this agent's storage ({self._storage}): refused")
         if task.service not in SERVICES:
             raise Refused(HTTPStatus.UNPROCESSABLE_ENTITY, f"this GPU does not run {task.service!r}")
         with self._lock:
@@ -209,9 +256,9 @@ class Agent:
     # ---- fleet heartbeat
 
     def beat(self) -> bool:
-        heartbeat = AgentHeartbeat(
-            gpu_id=self.config.gpu_id, pool=self.config.pool, url=self.url, vram_total_mb=self.config.vram_mb,
-            compute=self.config.compute, slots=self.config.slots,
+        heartbeat = FleetHeartbeat(
+            gpu_id=self.config.gpu_id, vram_total_mb=self.config.vram_mb, compute=self.config.compute,
+            slots=self.config.slots,
             services=list(SERVICES), running=[r.task.task_id for r in self._unsettled()],
             draining=self._draining.is_set(), not_ready=self._model_not_ready(),
         )
@@ -280,7 +327,7 @@ class Agent:
         beat = TaskHeartbeat(gpu_id=self.config.gpu_id).model_dump_json()
         while not (run.done.is_set() or run.moved_on.is_set() or self._stopped.is_set()):
             try:
-                response = self._control(f"/v1/agent/tasks/{run.task.task_id}/heartbeat", beat)
+                response = self._control(f"/v1/agent/tasks/{run.task.task_id}/heartbeat", beat, run.task)
                 if not response.is_success:
                     log.warning("%s: task heartbeat answered %s %s", run.task.task_id, response.status_code,
                                 response.text[:500])
@@ -302,7 +349,7 @@ class Agent:
         deadline, backoff = time.monotonic() + self.config.report_deadline_s, 0.2
         while True:
             try:
-                response = self._control(f"/v1/agent/tasks/{run.task.task_id}/result", result)
+                response = self._control(f"/v1/agent/tasks/{run.task.task_id}/result", result, run.task)
                 if response.is_success:
                     log.info("%s %s%s", run.task.task_id, outcome, f" ({error.value})" if error else "")
                     return
@@ -323,9 +370,10 @@ class Agent:
 
     # ---- plumbing
 
-    def _control(self, path: str, body: str) -> httpx.Response:
-        return self._http.post(f"{self.config.control_url.rstrip('/')}{path}", content=body,
-                               headers={"Content-Type": "application/json"})
+    def _control(self, path: str, body: str, task: AgentTask | None = None) -> httpx.Response:
+        """A report to the control plane, with the task's secret when it is about a task."""
+        headers = {"Content-Type": "application/json"} | ({TASK_SECRET_HEADER: task.task_secret} if task else {})
+        return self._http.post(f"{self.config.control_url.rstrip('/')}{path}", content=body, headers=headers)
 
     def _running(self) -> list[TaskRun]:
         with self._lock:
@@ -370,6 +418,10 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
             if self.path == "/healthz":
                 self._answer(HTTPStatus.OK, {"status": "ok", "gpu_id": agent.config.gpu_id})
             elif self.path == "/readyz":
+                if not agent.may_ask(self.headers):
+                    self._answer(HTTPStatus.UNAUTHORIZED, {"message": "sign the probe, or present this agent's "
+                                                                      "credential"})
+                    return
                 ready, body = agent.readiness()
                 self._answer(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE, body)
             else:
@@ -379,10 +431,8 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
             if self.path != "/v1/tasks":
                 self._answer(HTTPStatus.NOT_FOUND, {"message": f"no route POST {self.path}"})
                 return
-            presented = (self.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(presented.encode(), agent.config.agent_key.encode()):
-                # Only the control plane pushes: anyone else could make this GPU fetch and write URLs.
-                self._answer(HTTPStatus.UNAUTHORIZED, {"message": "missing or wrong agent key"})
+            if not self.headers.get(signing.SIGNATURE):  # not worth reading the body of
+                self._answer(HTTPStatus.UNAUTHORIZED, {"message": "a task must be signed by the control plane"})
                 return
             if self._unread is None:
                 self._answer(HTTPStatus.LENGTH_REQUIRED, {"message": "send the task with a Content-Length"})
@@ -392,6 +442,7 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
                 return
             body, self._unread = self.rfile.read(self._unread), 0
             try:
+                agent.verify(self.headers, body)  # only the control plane pushes, and each push once
                 task = AgentTask.model_validate_json(body)
                 status, accepted = agent.submit(task)
             except ValidationError as invalid:

@@ -26,7 +26,8 @@ from spillway import metrics
 from spillway.aws import from_item, paged_items, to_item
 from spillway.budget import BudgetLedger, ReservationState
 from spillway.callbacks import Callbacks
-from spillway.dispatch import INPUT_URL_SECONDS, result_key_for, task_id_for
+from spillway.credentials import faas_task_id
+from spillway.dispatch import INPUT_URL_SECONDS, result_key_for
 from spillway.faas import billing, webhook
 from spillway.faas.billing import MICRO
 from spillway.faas.provider import (
@@ -113,7 +114,7 @@ class FaasDispatcher:
     def _record(self, queued: PoolTask) -> FaasTask:
         now = self._clock()
         task = FaasTask(
-            task_id=task_id_for(queued.job_id, queued.attempt), job_id=queued.job_id, attempt=queued.attempt,
+            task_id=faas_task_id(queued.job_id, queued.attempt), job_id=queued.job_id, attempt=queued.attempt,
             service=queued.service, input_key=queued.input_key,
             result_key=result_key_for(queued.job_id, queued.attempt), task_token=queued.task_token,
             deadline=job_clock(queued.priority, queued.submitted_at, queued.deadline_at, now)[1],

@@ -1,4 +1,5 @@
-"""Operator routes of the job API: GET /v1/fleet, POST /v1/fleet/{gpu_id}/{drain|readmit|quarantine}.
+"""Operator routes of the job API: GET /v1/fleet, PUT /v1/fleet/{gpu_id} (enroll),
+POST /v1/fleet/{gpu_id}/rotate, POST /v1/fleet/{gpu_id}/{drain|readmit|quarantine}.
 
 IAM-protected like the client routes (the API's default authorizer); served by the API function.
 """
@@ -7,11 +8,11 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 
 from spillway.handlers.wiring import fleet_operations
 from spillway.health import OperatorAction
-from spillway.models import ApiError, FleetView, GpuId, GpuView
+from spillway.models import AgentSecret, ApiError, Enrollment, FleetView, GpuId, GpuView
 
 logger = Logger(child=True)
 router = Router()
@@ -29,6 +30,26 @@ _ACTION_ERRORS: dict[int | str, Any] = {
             tags=["fleet"])
 def list_fleet() -> FleetView:
     return fleet_operations().view()
+
+
+@router.put("/v1/fleet/<gpu_id>", tags=["fleet"],
+            summary="Enroll a GPU: its pool, URL and memory; the answer holds its agent's secret, shown only there "
+                    "(enrolling it again replaces the secret at once)")
+def enroll_gpu(gpu_id: Annotated[GpuId, Path()], enrollment: Annotated[Enrollment, Body()]) -> AgentSecret:
+    secret = fleet_operations().enroll(gpu_id, enrollment)
+    logger.warning("gpu enrolled", gpu_id=gpu_id, pool=enrollment.pool.value, url=str(enrollment.url),
+                   generation=secret.generation)
+    return secret
+
+
+# Before the actions' route: both match /v1/fleet/<gpu_id>/<word>, and the first registered wins.
+@router.post("/v1/fleet/<gpu_id>/rotate", tags=["fleet"], responses={404: {"description": "Not enrolled", **_ERROR}},
+             summary="A new secret for the GPU's agent; the current one stays valid for a day (both work meanwhile)")
+def rotate_secret(gpu_id: Annotated[GpuId, Path()]) -> AgentSecret:
+    secret = fleet_operations().rotate(gpu_id)
+    logger.warning("agent secret rotated", gpu_id=gpu_id, generation=secret.generation,
+                   previous_valid_until=secret.previous_valid_until)
+    return secret
 
 
 @router.post("/v1/fleet/<gpu_id>/<action>", tags=["fleet"], responses=_ACTION_ERRORS,

@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 from spillway import aws, metrics
 from spillway.admission import Admission
 from spillway.budget import BudgetLedger
+from spillway.credentials import AgentAuth
 from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
 from spillway.faas.dispatcher import FaasDispatcher
 from spillway.faas.runpod import TIMEOUT as FAAS_TIMEOUT
@@ -31,14 +32,20 @@ from spillway.waiting_room import WaitingRoom
 
 logger = Logger(child=True)
 
-AGENT_KEY_CACHE_SECONDS = 300  # also the FaaS API key's and the webhook key's: a rotation is live within it
+SECRET_CACHE_SECONDS = 300  # the control key's, the FaaS API key's and the webhook key's: a rotation is live within it
 RULES_CACHE_SECONDS = 60  # a change of the routing rules parameter is live within a minute
 ENROLLED_CACHE_SECONDS = 60  # a GPU enrolled (or resized) counts in the submit check within a minute
 
 
-def agent_key() -> str:
-    """The bearer key agents present to the control plane, and the control plane to agents."""
-    return str(parameters.get_secret(settings().agent_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS))
+def control_key() -> bytes:
+    """The control plane's key: derives agents' secrets and tasks' ids and secrets (see spillway.credentials)."""
+    return str(parameters.get_secret(settings().control_key_secret_arn, max_age=SECRET_CACHE_SECONDS)).encode()
+
+
+@cache
+def agent_auth() -> AgentAuth:
+    """Checks the credential an agent presents against its enrollment (hashes only: it cannot make one)."""
+    return AgentAuth(fleet().enrollment)
 
 
 _HEADERS = TypeAdapter(dict[str, str])
@@ -47,7 +54,7 @@ _HEADERS = TypeAdapter(dict[str, str])
 def tunnel_headers() -> dict[str, str]:
     """What the office tunnel's edge wants on every call to an agent (Cloudflare Access's service token:
     CF-Access-Client-Id and -Secret), from its secret; {} when there is none."""
-    raw = parameters.get_secret(settings().agent_tunnel_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)
+    raw = parameters.get_secret(settings().agent_tunnel_secret_arn, max_age=SECRET_CACHE_SECONDS)
     return _HEADERS.validate_json(str(raw))
 
 
@@ -105,13 +112,13 @@ def dispatcher() -> Dispatcher:
         bucket=s.images_bucket,
         limits=Limits(heartbeat_seconds=s.heartbeat_seconds, attempt_timeout_seconds=s.attempt_timeout_seconds,
                       agent_stale_seconds=s.agent_stale_seconds),
-        agent_key=agent_key,
+        control_key=control_key,
     )
 
 
 @cache
 def fleet_operations() -> FleetOperations:
-    return FleetOperations(fleet())
+    return FleetOperations(fleet(), control_key)
 
 
 @cache
@@ -170,7 +177,7 @@ def router() -> Router:
 
 def webhook_key() -> bytes:
     """Signs the per-task webhook URLs the FaaS provider calls back."""
-    return str(parameters.get_secret(settings().webhook_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)).encode()
+    return str(parameters.get_secret(settings().webhook_key_secret_arn, max_age=SECRET_CACHE_SECONDS)).encode()
 
 
 @cache
@@ -178,7 +185,7 @@ def faas_dispatcher() -> FaasDispatcher:
     s = settings()
     provider = RunPodProvider(
         s.faas_base_url, s.faas_endpoint_id, http=httpx.Client(timeout=FAAS_TIMEOUT),
-        api_key=lambda: str(parameters.get_secret(s.faas_api_key_secret_arn, max_age=AGENT_KEY_CACHE_SECONDS)))
+        api_key=lambda: str(parameters.get_secret(s.faas_api_key_secret_arn, max_age=SECRET_CACHE_SECONDS)))
     return FaasDispatcher(
         tasks=aws.table(s.tasks_table), jobs=aws.table(s.jobs_table), provider=provider, budget=budget(),
         timers=TimerQueue(aws.client("sqs"), s.timers_queue_url), s3=aws.client("s3"),

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from spillway.budget import BudgetLedger, Cap
-from spillway.dispatch import task_id_for
+from spillway.credentials import faas_task_id
 from spillway.faas.billing import MICRO
 from spillway.fleet import Fleet, Gpu
 from spillway.jobs import JobStore
@@ -106,7 +106,7 @@ class Router:
                     for a in job.attempts]
         fleet = fleet_snapshot(self._fleet.all_gpus(), now, self._stale_after,
                                lambda pool, at_most: self._fleet.waiting_room.depth(pool, at_most=at_most))
-        reservation_id = task_id_for(job_id, job.attempt + 1)  # the attempt about to open
+        reservation_id = faas_task_id(job_id, job.attempt + 1)  # the FaaS attempt about to open
 
         def reserve(route: Route) -> bool:
             caps = faas_caps(rules, route.faas_segment)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,13 +27,15 @@ import httpx
 import numpy as np
 import pytest
 
+from spillway import credentials, signing
 from spillway.agent import model
 from spillway.agent.server import MAX_REQUEST_BYTES, Agent, AgentConfig
-from spillway.models import Pool
 from spillway.rooms import furniture_mask, render_room
 from spillway_embedded.launcher import wait_for_ready_file
 
-AGENT_KEY = "k" * 40
+AGENT_SECRET = credentials.agent_secret(b"the control key of the agent tests", "local-7", 1)
+OTHER_SECRET = credentials.agent_secret(b"someone else's key", "local-7", 1)
+TASK_SECRET = "s" * 43
 WAIT = 20.0  # the bound on every wait: generous for a loaded machine, never reached when it works
 
 
@@ -125,8 +128,8 @@ def start_agent(plane: ControlPlane) -> Iterator[Callable[..., Agent]]:
 
     def start(run_model: Callable[[str, bytes], bytes] = model.run,
               model_not_ready: Callable[[], str | None] = lambda: None, **config: Any) -> Agent:
-        settings = {"gpu_id": "local-7", "pool": Pool.LOCAL, "vram_mb": 8000, "control_url": plane.url,
-                    "agent_key": AGENT_KEY, "listen": ("127.0.0.1", 0), "heartbeat_interval_s": 60.0,
+        settings = {"gpu_id": "local-7", "vram_mb": 8000, "control_url": plane.url, "secret": AGENT_SECRET,
+                    "storage_url": plane.url, "listen": ("127.0.0.1", 0), "heartbeat_interval_s": 60.0,
                     "drain_timeout_s": 5.0} | config
         agent = Agent(AgentConfig(**settings), run_model=run_model, wait=lambda seconds: None,
                       model_not_ready=model_not_ready)
@@ -145,15 +148,28 @@ def task(plane: ControlPlane, image: bytes | None, service: str = "remove_furnit
         plane.objects[f"/in/{name}"] = ("image/png", image)
     return {"task_id": f"t-{name}", "job_id": f"j-{name}", "service": service,
             "input_url": f"{plane.url}/in/{name}", "output_url": f"{plane.url}/out/{name}",
-            "heartbeat_interval_s": 30}
+            "heartbeat_interval_s": 30, "task_secret": TASK_SECRET}
 
 
-def push(agent: Agent | str, body: dict[str, Any] | str, key: str | None = AGENT_KEY) -> httpx.Response:
-    """POST a task to an agent (in this process, or at a URL)."""
-    content = body if isinstance(body, str) else json.dumps(body)
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+def signed(body: bytes, key: str | None = AGENT_SECRET, at: float | None = None) -> dict[str, str]:
+    """Standard Webhooks headers for `body`, as the control plane signs a push (none without a key)."""
+    if key is None:
+        return {}
+    return signing.sign([signing.secret_bytes(key)], f"msg_{uuid.uuid4().hex}", body, time.time() if at is None else at)
+
+
+def push(agent: Agent | str, body: dict[str, Any] | str, key: str | None = AGENT_SECRET,
+         headers: dict[str, str] | None = None) -> httpx.Response:
+    """POST a task to an agent (in this process, or at a URL), signed with `key` (or with the `headers` given)."""
+    content = (body if isinstance(body, str) else json.dumps(body)).encode()
     url = agent if isinstance(agent, str) else agent.listen_url
-    return httpx.post(f"{url}/v1/tasks", content=content, headers=headers, timeout=5)
+    return httpx.post(f"{url}/v1/tasks", content=content, headers=signed(content, key) if headers is None else headers,
+                      timeout=5)
+
+
+def ready(url: str, gpu_id: str = "local-7") -> httpx.Response:
+    """GET /readyz with the agent's own credential."""
+    return httpx.get(f"{url}/readyz", headers={"Authorization": credentials.bearer(gpu_id, AGENT_SECRET)}, timeout=5)
 
 
 def settled(agent: Agent, task_id: str) -> None:
@@ -183,9 +199,12 @@ def test_a_task_runs_uploads_its_result_and_reports_success(plane: ControlPlane,
     assert changed[furniture_mask(5)].mean() > 40
     assert plane.posted(f"/tasks/{t['task_id']}/heartbeat"), "it beats while the model runs"
     authorizations = {headers.get("Authorization") for method, path, headers, _ in plane.calls if "/v1/agent/" in path}
-    assert authorizations == {f"Bearer {AGENT_KEY}"}
+    assert authorizations == {credentials.bearer("local-7", AGENT_SECRET)}, "its credential names its GPU"
+    task_secrets = {headers.get(credentials.TASK_SECRET_HEADER) for _, path, headers, _ in plane.calls
+                    if "/v1/agent/tasks/" in path}
+    assert task_secrets == {TASK_SECRET}, "a task's reports present the secret its push carried"
     s3_calls = [headers for _, path, headers, _ in plane.calls if path.startswith(("/in/", "/out/"))]
-    assert all("Authorization" not in headers for headers in s3_calls), "the agent key never goes to S3"
+    assert all("Authorization" not in headers for headers in s3_calls), "the agent's secret never goes to S3"
 
 
 def test_a_repeated_push_is_answered_and_not_run_twice(plane: ControlPlane, start_agent: Any) -> None:
@@ -255,13 +274,54 @@ def test_invalid_tasks_get_422_with_a_reason(plane: ControlPlane, start_agent: A
     assert response.status_code == 422 and reason in response.json()["message"]
 
 
-@pytest.mark.parametrize("key", [None, "someone-else"])
+@pytest.mark.parametrize("key", [None, OTHER_SECRET], ids=["unsigned", "signed with another secret"])
 def test_only_the_control_plane_pushes_tasks(plane: ControlPlane, start_agent: Any, key: str | None) -> None:
     counted = GatedModel()
     agent = start_agent(run_model=counted)
-    response = push(agent, task(plane, render_room(1)), key=key)
-    assert response.status_code == 401 and "agent key" in response.json()["message"]
-    assert counted.runs == 0
+    t = task(plane, render_room(1))
+    response = push(agent, t, key=key)
+    assert response.status_code == 401 and "signed" in response.json()["message"]
+    assert counted.runs == 0 and agent.task(t["task_id"]) is None
+    assert not [c for c in plane.calls if c[1].startswith("/in/")], "nothing fetched on its say"
+
+
+def test_a_replayed_or_stale_push_is_refused(plane: ControlPlane, start_agent: Any) -> None:
+    counted = GatedModel()
+    agent = start_agent(run_model=counted)
+    first = task(plane, render_room(1))
+    body = json.dumps(first)
+    headers = signed(body.encode())
+    assert push(agent, body, headers=headers).status_code == 202
+    settled(agent, first["task_id"])
+    replayed = push(agent, body, headers=headers)
+    assert replayed.status_code == 401 and "replay" in replayed.json()["message"]
+    stale = json.dumps(task(plane, render_room(2)))
+    old = push(agent, stale, headers=signed(stale.encode(), at=time.time() - signing.TOLERANCE_SECONDS - 60))
+    assert old.status_code == 401 and "window" in old.json()["message"]
+    assert counted.runs == 1
+
+
+@pytest.mark.parametrize("which", ["input_url", "output_url"])
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:1/in/x",
+                                 "{plane}/in/../out/x", "{plane}/in/%2e%2e/out/x"])
+def test_urls_outside_the_storage_are_refused(plane: ControlPlane, start_agent: Any, which: str, url: str) -> None:
+    agent = start_agent(storage_url=plane.url + "/in/")
+    t = task(plane, render_room(1)) | {"output_url": f"{plane.url}/in/result"}  # both in the storage ...
+    t[which] = url.format(plane=plane.url)  # ... but one
+    response = push(agent, t)
+    assert response.status_code == 422 and "storage" in response.json()["message"]
+    assert agent.task(t["task_id"]) is None
+    assert [c[1] for c in plane.calls if c[1] != "/v1/agent/heartbeat"] == [], "nothing fetched, stored or reported"
+
+
+def test_readiness_is_for_the_control_plane_and_the_agents_own_credential(plane: ControlPlane,
+                                                                          start_agent: Any) -> None:
+    agent = start_agent()
+    plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
+    assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 401
+    assert httpx.get(f"{agent.listen_url}/readyz", headers=signed(b"", OTHER_SECRET), timeout=5).status_code == 401
+    assert httpx.get(f"{agent.listen_url}/readyz", headers=signed(b""), timeout=5).status_code == 200, "a probe"
+    assert ready(agent.listen_url).status_code == 200
 
 
 def test_unknown_service_and_route(plane: ControlPlane, start_agent: Any) -> None:
@@ -311,19 +371,19 @@ def connect(agent: Agent) -> http.client.HTTPConnection:
 
 
 def exchange(connection: http.client.HTTPConnection, method: str, path: str, body: bytes | None = None,
-             key: str | None = AGENT_KEY) -> tuple[int, bytes, http.client.HTTPResponse]:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+             key: str | None = AGENT_SECRET) -> tuple[int, bytes, http.client.HTTPResponse]:
+    headers = signed(body or b"", key)
     connection.request(method, path, body=body, headers=headers)
     response = connection.getresponse()
     return response.status, response.read(), response
 
 
 @pytest.mark.parametrize("method,path,key,status", [
-    ("POST", "/v1/tasks", "someone-else", 401),
+    ("POST", "/v1/tasks", OTHER_SECRET, 401),
     ("POST", "/v1/tasks", None, 401),
-    ("POST", "/v2/else", AGENT_KEY, 404),
-    ("GET", "/v2/else", AGENT_KEY, 404),  # a GET with a body, as odd as it is
-], ids=["wrong key", "no key", "unknown POST route", "unknown GET route"])
+    ("POST", "/v2/else", AGENT_SECRET, 404),
+    ("GET", "/v2/else", AGENT_SECRET, 404),  # a GET with a body, as odd as it is
+], ids=["wrong signature", "unsigned", "unknown POST route", "unknown GET route"])
 def test_an_early_answer_leaves_the_keep_alive_connection_usable(
         plane: ControlPlane, start_agent: Any, method: str, path: str, key: str | None, status: int) -> None:
     counted = GatedModel()
@@ -340,19 +400,19 @@ def test_an_early_answer_leaves_the_keep_alive_connection_usable(
         valid = task(plane, render_room(2))
         assert exchange(connection, "POST", "/v1/tasks", json.dumps(valid).encode())[0] == 202
         settled(agent, valid["task_id"])
-        assert counted.runs == 1, "only the task with the key ran"
+        assert counted.runs == 1, "only the signed task ran"
     finally:
         connection.close()
 
 
-@pytest.mark.parametrize("key", [AGENT_KEY, "someone-else"], ids=["with the key", "wrong key"])
+@pytest.mark.parametrize("key", [AGENT_SECRET, OTHER_SECRET], ids=["signed", "wrong signature"])
 def test_an_oversized_body_is_refused_and_the_connection_closed_cleanly(
         plane: ControlPlane, start_agent: Any, key: str) -> None:
     agent = start_agent()
     connection = connect(agent)
     try:
         status, answer, response = exchange(connection, "POST", "/v1/tasks", b"x" * (MAX_REQUEST_BYTES + 1), key=key)
-        assert status == (413 if key == AGENT_KEY else 401) and json.loads(answer)["message"]
+        assert status == 413 and json.loads(answer)["message"], "refused unread, whoever signed it"
         assert response.will_close and response.getheader("Connection") == "close"
     finally:
         connection.close()
@@ -368,7 +428,7 @@ def test_an_oversized_push_gets_its_answer_and_a_fin_not_a_reset(plane: ControlP
     host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as raw:
         body = b"x" * (4 * MAX_REQUEST_BYTES)  # far more than is read: unread bytes must not turn the close into a RST
-        raw.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer " + AGENT_KEY.encode()
+        raw.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: agent\r\nwebhook-signature: v1,c2lnbmVk"
                     + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
         received = b""
         while chunk := raw.recv(65536):  # ConnectionResetError here would be the RST
@@ -383,7 +443,7 @@ def test_a_push_without_a_usable_length_is_refused_and_the_connection_closed(
     agent = start_agent()
     host, port = agent.listen_url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as raw:
-        raw.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer " + AGENT_KEY.encode()
+        raw.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: agent\r\nwebhook-signature: v1,c2lnbmVk"
                     + b"\r\nContent-Length: lots\r\n\r\n{}")
         received = b""
         while chunk := raw.recv(65536):
@@ -411,14 +471,14 @@ def test_the_agent_sends_without_nagle(plane: ControlPlane, start_agent: Any) ->
 
 
 def test_registers_with_a_fleet_heartbeat_and_is_then_ready(plane: ControlPlane, start_agent: Any) -> None:
-    agent = start_agent(advertise_url="https://tunnel.office.test:7001", vram_mb=12000)
+    agent = start_agent(vram_mb=12000)
     (beat, *_) = plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
-    assert beat["gpu_id"] == "local-7" and beat["pool"] == "local" and beat["vram_total_mb"] == 12000
-    assert beat["url"] == "https://tunnel.office.test:7001/", "the control plane reaches it through the tunnel"
+    assert beat["gpu_id"] == "local-7" and beat["vram_total_mb"] == 12000
+    assert "pool" not in beat and "url" not in beat, "the GPU's enrollment says those, not its agent"
     assert set(beat["services"]) == {"remove_furniture", "upscale_2x"} and beat["draining"] is False
     assert httpx.get(f"{agent.listen_url}/healthz", timeout=5).json()["status"] == "ok"
-    ready = httpx.get(f"{agent.listen_url}/readyz", timeout=5)
-    assert ready.status_code == 200 and ready.json()["free_slots"] == 2
+    answer = ready(agent.listen_url)
+    assert answer.status_code == 200 and answer.json()["free_slots"] == 2
 
 
 def test_not_ready_until_the_control_plane_answers(plane: ControlPlane, start_agent: Any) -> None:
@@ -426,19 +486,19 @@ def test_not_ready_until_the_control_plane_answers(plane: ControlPlane, start_ag
     agent = start_agent()
     plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
     assert httpx.get(f"{agent.listen_url}/healthz", timeout=5).status_code == 200, "alive"
-    assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 503, "but not taking work"
+    assert ready(agent.listen_url).status_code == 503, "but not taking work"
     assert agent.beat() is True
-    assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 200
+    assert ready(agent.listen_url).status_code == 200
 
 
 def test_not_ready_while_its_model_server_is_not(plane: ControlPlane, start_agent: Any) -> None:
     problem: list[str] = ["the model server answered 503"]
     agent = start_agent(model_not_ready=lambda: problem[0] if problem else None)
     plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "a fleet heartbeat")
-    ready = httpx.get(f"{agent.listen_url}/readyz", timeout=5)
-    assert ready.status_code == 503 and "model server" in ready.json()["status"] and "503" in ready.json()["status"]
+    answer = ready(agent.listen_url)
+    assert answer.status_code == 503 and "model server" in answer.json()["status"] and "503" in answer.json()["status"]
     problem.clear()
-    assert httpx.get(f"{agent.listen_url}/readyz", timeout=5).status_code == 200
+    assert ready(agent.listen_url).status_code == 200
 
 
 def test_drain_refuses_new_work_and_gives_back_what_still_runs(plane: ControlPlane, start_agent: Any) -> None:
@@ -483,20 +543,21 @@ def test_drain_lets_a_short_task_finish(plane: ControlPlane, start_agent: Any) -
 
 
 def agent_command(plane: ControlPlane, ready_file: Path) -> list[str]:
-    return [sys.executable, "-m", "spillway.cli", "agent", "--gpu-id", "cloud-9", "--pool", "cloud",
+    return [sys.executable, "-m", "spillway.cli", "agent", "--gpu-id", "cloud-9", "--storage-url", plane.url,
             "--vram-mb", "24000", "--control-url", plane.url, "--listen", "127.0.0.1:0",
             "--heartbeat-interval", "30", "--ready-file", str(ready_file)]
 
 
 def test_the_agent_process_serves_registers_and_exits_cleanly_on_sigterm(plane: ControlPlane, tmp_path: Path) -> None:
     ready_file = tmp_path / "ready.json"
-    process = subprocess.Popen(agent_command(plane, ready_file), env=os.environ | {"SPILLWAY_AGENT_KEY": AGENT_KEY},
+    process = subprocess.Popen(agent_command(plane, ready_file),
+                               env=os.environ | {"SPILLWAY_AGENT_SECRET": AGENT_SECRET},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "the process's first heartbeat")
-        ready = json.loads(ready_file.read_text())  # written before the first heartbeat
-        assert ready["gpu_id"] == "cloud-9" and ready["pid"] == process.pid
-        assert httpx.get(f"{ready['listen_url']}/readyz", timeout=5).status_code == 200
+        serving = json.loads(ready_file.read_text())  # written before the first heartbeat
+        assert serving["gpu_id"] == "cloud-9" and serving["pid"] == process.pid
+        assert ready(serving["listen_url"], "cloud-9").status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=WAIT) == 0
     finally:
@@ -505,11 +566,11 @@ def test_the_agent_process_serves_registers_and_exits_cleanly_on_sigterm(plane: 
     assert plane.posted("/v1/agent/heartbeat")[-1]["draining"] is True
 
 
-def test_the_agent_process_needs_its_key(plane: ControlPlane, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "SPILLWAY_AGENT_KEY"}
+def test_the_agent_process_needs_its_secret(plane: ControlPlane, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "SPILLWAY_AGENT_SECRET"}
     done = subprocess.run(agent_command(plane, tmp_path / "r.json"), env=env, capture_output=True, text=True,
                           timeout=WAIT)
-    assert done.returncode == 2 and "SPILLWAY_AGENT_KEY" in done.stderr
+    assert done.returncode == 2 and "SPILLWAY_AGENT_SECRET" in done.stderr
 
 
 def test_the_agent_process_fronts_a_model_server_process(plane: ControlPlane, tmp_path: Path) -> None:
@@ -525,10 +586,10 @@ def test_the_agent_process_fronts_a_model_server_process(plane: ControlPlane, tm
         agent_ready = tmp_path / "agent.json"
         with (tmp_path / "agent.log").open("wb") as log:
             agent = subprocess.Popen(agent_command(plane, agent_ready) + ["--model-url", model_url],
-                                     env=os.environ | {"SPILLWAY_AGENT_KEY": AGENT_KEY}, stdout=log, stderr=log)
+                                     env=os.environ | {"SPILLWAY_AGENT_SECRET": AGENT_SECRET}, stdout=log, stderr=log)
         agent_url = wait_for_ready_file(agent_ready, agent, WAIT, "the agent")
         plane.wait_for(lambda: plane.posted("/v1/agent/heartbeat"), "the agent's first heartbeat")
-        assert httpx.get(f"{agent_url}/readyz", timeout=5).status_code == 200
+        assert ready(agent_url, "cloud-9").status_code == 200
 
         before = render_room(6)
         served = task(plane, before)
@@ -540,8 +601,8 @@ def test_the_agent_process_fronts_a_model_server_process(plane: ControlPlane, tm
 
         model_server.kill()
         model_server.wait(WAIT)
-        ready = httpx.get(f"{agent_url}/readyz", timeout=5)
-        assert ready.status_code == 503 and "the model server is not ready" in ready.json()["status"], ready.text
+        answer = ready(agent_url, "cloud-9")
+        assert answer.status_code == 503 and "the model server is not ready" in answer.json()["status"], answer.text
         failed = task(plane, render_room(7))
         assert push(agent_url, failed).status_code == 202
         (result,) = plane.wait_for(lambda: plane.results(failed["task_id"]), "the failure")

@@ -26,7 +26,8 @@ class FleetOperations:
 
     def enroll(self, gpu_id: str, enrollment: Enrollment) -> AgentSecret:
         """Record what the GPU is and give its agent a secret, shown only in this answer. Enrolling it again
-        (a new URL, a lost secret) replaces its secret at once."""
+        (a new URL, a lost secret) replaces its secret (the old one is refused within a minute: see
+        credentials.CHECKED_CREDENTIAL_SECONDS)."""
         found = self._fleet.enrollment(gpu_id)
         generation = 1 + max((c.generation for c in found[1]), default=0) if found else 1
         key = self._control_key()

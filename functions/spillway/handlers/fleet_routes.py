@@ -34,7 +34,7 @@ def list_fleet() -> FleetView:
 
 @router.put("/v1/fleet/<gpu_id>", tags=["fleet"],
             summary="Enroll a GPU: its pool, URL and memory; the answer holds its agent's secret, shown only there "
-                    "(enrolling it again replaces the secret at once)")
+                    "(enrolling it again replaces the secret)")
 def enroll_gpu(gpu_id: Annotated[GpuId, Path()], enrollment: Annotated[Enrollment, Body()]) -> AgentSecret:
     secret = fleet_operations().enroll(gpu_id, enrollment)
     logger.warning("gpu enrolled", gpu_id=gpu_id, pool=enrollment.pool.value, url=str(enrollment.url),

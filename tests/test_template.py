@@ -67,6 +67,7 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
         ("POST", "/v1/uploads", "ApiFunction"), ("POST", "/v1/jobs", "ApiFunction"),
         ("GET", "/v1/jobs/{job_id}", "ApiFunction"), ("GET", "/v1/openapi.json", "ApiFunction"),
         ("GET", "/v1/fleet", "ApiFunction"), ("POST", "/v1/fleet/{gpu_id}/{action}", "ApiFunction"),
+        ("PUT", "/v1/fleet/{gpu_id}", "ApiFunction"), ("POST", "/v1/fleet/{gpu_id}/rotate", "ApiFunction"),
         ("POST", "/v1/agent/heartbeat", "AgentCallbackFunction"),
         ("POST", "/v1/agent/tasks/{task_id}/heartbeat", "AgentCallbackFunction"),
         ("POST", "/v1/agent/tasks/{task_id}/result", "AgentCallbackFunction"),

@@ -51,4 +51,5 @@ def test_the_office_tunnel_config_guards_every_agent() -> None:
         assert rule["service"] == f"http://127.0.0.1:900{n}"  # spillway-agent@N listens there
         assert rule["originRequest"]["access"]["required"] is True
     unit = (ROOT / "infra/office/spillway-agent@.service").read_text()
-    assert "--listen 127.0.0.1:900%i" in unit and "--advertise-url https://local-%i.gpu." in unit
+    # The agent listens where the rule sends, and its GPU is enrolled with the rule's hostname as its URL.
+    assert "--listen 127.0.0.1:900%i" in unit and "--url https://local-%i.gpu.<DOMAIN>" in unit

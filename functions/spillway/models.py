@@ -306,12 +306,15 @@ def _https_unless_loopback(url: AnyHttpUrl) -> AnyHttpUrl:
 AgentUrl = Annotated[AnyHttpUrl, AfterValidator(_https_unless_loopback)]
 
 
+MAX_VRAM_MB = 4_000_000  # 4 TB: more than any GPU has, and a number DynamoDB stores
+
+
 class FleetHeartbeat(Strict):
     """Agent -> control plane: POST /v1/agent/heartbeat, every few seconds; the first one registers. No pool or
     URL: those are the GPU's enrollment's (`spillway fleet enroll`), which a beat cannot change."""
 
     gpu_id: GpuId
-    vram_total_mb: int = Field(gt=0)
+    vram_total_mb: int = Field(gt=0, le=MAX_VRAM_MB)
     compute: int = Field(default=GPU_COMPUTE, gt=0, le=10 * GPU_COMPUTE,
                          description=f"its compute capacity, in SM% of a reference GPU ({GPU_COMPUTE}: one)")
     slots: int = Field(default=1, gt=0, le=64, description="tasks this GPU runs at once")
@@ -338,7 +341,7 @@ class Enrollment(Strict):
     pool: Literal[Pool.LOCAL, Pool.CLOUD]
     url: AgentUrl = Field(description="where the control plane reaches the agent: https:// (for office GPUs: the "
                                        "tunnel's hostname), http:// only on loopback")
-    vram_mb: int = Field(gt=0)
+    vram_mb: int = Field(gt=0, le=MAX_VRAM_MB)
 
 
 class AgentSecret(BaseModel):

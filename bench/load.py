@@ -147,8 +147,8 @@ def job_mix(n: int, seed: int) -> list[tuple[str, str]]:
 class Clients:
     """One httpx client per thread, all closed at the end."""
 
-    def __init__(self, api_url: str):
-        self._api_url = api_url
+    def __init__(self, info: StackInfo):
+        self._info = info
         self._local = threading.local()
         self._all: list[httpx.Client] = []
         self._lock = threading.Lock()
@@ -156,7 +156,7 @@ class Clients:
     def get(self) -> httpx.Client:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = httpx.Client(base_url=self._api_url, timeout=TIMEOUT)
+            client = self._local.client = self._info.api_client(TIMEOUT)
             with self._lock:
                 self._all.append(client)
         return client
@@ -545,7 +545,7 @@ def guarded(label: str, body: Callable[[LaunchedStack, StackInfo], dict[str, Any
 
 def burst(args: argparse.Namespace, n: int, run: int) -> dict[str, Any]:
     def body(launched: LaunchedStack, info: StackInfo) -> dict[str, Any]:
-        clients = Clients(info.api_url)
+        clients = Clients(info)
         try:
             mix = job_mix(n, args.seed * 1000 + n)
             keys, upload_seconds = upload_all(clients, n, args.seed, args.concurrency)
@@ -587,7 +587,7 @@ def burst(args: argparse.Namespace, n: int, run: int) -> dict[str, Any]:
 
 def idle(args: argparse.Namespace) -> dict[str, Any]:
     def body(launched: LaunchedStack, info: StackInfo) -> dict[str, Any]:
-        clients = Clients(info.api_url)
+        clients = Clients(info)
         try:
             mix = job_mix(args.idle_jobs, args.seed + 7)
             keys, _ = upload_all(clients, args.idle_jobs, args.seed, 4)
@@ -618,7 +618,7 @@ def steady(args: argparse.Namespace) -> dict[str, Any]:
     total = round(args.steady_rate * args.steady_seconds)
 
     def body(launched: LaunchedStack, info: StackInfo) -> dict[str, Any]:
-        clients = Clients(info.api_url)
+        clients = Clients(info)
         try:
             mix = job_mix(total, args.seed + 11)
             keys, _ = upload_all(clients, total, args.seed, args.concurrency)

@@ -267,7 +267,7 @@ def summarize(jobs: list[RoutedJob], events: list[Event], t0_epoch: float, after
 
 def scenario(args: argparse.Namespace, seed: int, run: int) -> dict[str, Any]:
     def body(launched: LaunchedStack, info: StackInfo) -> dict[str, Any]:
-        clients = Clients(info.api_url)
+        clients = Clients(info)
         try:
             plan = workload(args.jobs, args.seconds, seed, args.us_share)
             keys, _ = upload_all(clients, len(plan), seed, 8)

@@ -17,13 +17,13 @@ import httpx
 
 from spillway.rooms import render_room
 from spillway_embedded.client import upload
-from spillway_embedded.launcher import LaunchedStack
+from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 
-def one_job(api_url: str, seed: int) -> tuple[float, str]:
-    with httpx.Client(base_url=api_url, timeout=TIMEOUT) as api:
+def one_job(info: StackInfo, seed: int) -> tuple[float, str]:
+    with info.api_client(TIMEOUT) as api:
         start = time.perf_counter()
         key = upload(api, render_room(seed))
         job_id = api.post("/v1/jobs", json={"service": "remove_furniture", "input_key": key}
@@ -43,7 +43,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as state, LaunchedStack(Path(state), ["--api-port", "0"]) as info:
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
-            results = list(pool.map(lambda seed: one_job(info.api_url, seed), range(args.jobs)))
+            results = list(pool.map(lambda seed: one_job(info, seed), range(args.jobs)))
         wall = time.perf_counter() - started
     latencies = sorted(latency for latency, _ in results)
     succeeded = sum(status == "SUCCEEDED" for _, status in results)

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from spillway.fleet import Fleet
 from spillway.models import AgentHeartbeat, AgentTask, Pool, PoolTask, Priority, Timer
 from spillway.priorities import deadline_for
 from spillway.settings import Settings
+from spillway.tenancy import Tenant
 from spillway.timers import MAX_DELAY_SECONDS, TimerQueue
 from spillway.waiting_room import WaitingRoom
 
@@ -69,10 +71,17 @@ class LambdaContext:
         return 30_000
 
 
+TENANT_ARN = "arn:aws:iam::123456789012:user/tenant-a"  # the caller http_event signs as, unless told
+TENANT = Tenant.of_principal(TENANT_ARN)
+UPLOAD_A, UPLOAD_B = (f"{TENANT.upload_prefix}{c * 32}.png" for c in "ab")  # input keys of TENANT's uploads
+
+
 def http_event(method: str, path: str, body: Any = None, raw: str | None = None,
-               headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """An API Gateway HTTP API (payload v2) event, as the route would deliver it."""
-    return {
+               headers: dict[str, str] | None = None, principal: str | None = TENANT_ARN,
+               query: dict[str, str] | None = None) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload v2) event, as the route would deliver it; `principal`: the IAM
+    caller its authorizer names (None: a route without IAM auth)."""
+    event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": f"{method} {path}",
         "rawPath": path,
@@ -87,6 +96,12 @@ def http_event(method: str, path: str, body: Any = None, raw: str | None = None,
         "body": raw if raw is not None else (None if body is None else json.dumps(body)),
         "isBase64Encoded": False,
     }
+    if principal:
+        event["requestContext"]["authorizer"] = {"iam": {"accountId": "123456789012", "userArn": principal}}
+    if query:
+        event["rawQueryString"] = urlencode(query)
+        event["queryStringParameters"] = query
+    return event
 
 
 # ---- the control plane's collaborators, faked (shared by the fleet, dispatch, reports and waiting-room tests)

@@ -11,19 +11,23 @@ from spillway import aws
 from spillway.rooms import render_room
 
 from conftest import Cloud
-from helpers import LambdaContext, http_event
+from helpers import TENANT_ARN, UPLOAD_A, UPLOAD_B, LambdaContext, http_event
+
+OTHER_TENANT = "arn:aws:sts::123456789012:assumed-role/other-app/session-7"
 
 
 def call(method: str, path: str, body: Any = None, raw: str | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict]:
+         headers: dict[str, str] | None = None, principal: str | None = TENANT_ARN,
+         query: dict[str, str] | None = None) -> tuple[int, dict]:
     from spillway.handlers import api
 
-    response = api.handler(http_event(method, path, body, raw, headers), LambdaContext("ApiFunction"))
+    event = http_event(method, path, body, raw, headers, principal=principal, query=query)
+    response = api.handler(event, LambdaContext("ApiFunction"))
     return response["statusCode"], json.loads(response["body"])
 
 
-def upload(cloud: Cloud, data: bytes) -> str:
-    status, ticket = call("POST", "/v1/uploads", {"content_type": "image/png"})
+def upload(cloud: Cloud, data: bytes, principal: str = TENANT_ARN) -> str:
+    status, ticket = call("POST", "/v1/uploads", {"content_type": "image/png"}, principal=principal)
     assert status == 200
     aws.client("s3").put_object(Bucket=cloud.settings.images_bucket, Key=ticket["input_key"], Body=data)
     return ticket["input_key"]
@@ -136,20 +140,20 @@ def test_same_idempotency_key_returns_the_same_job(cloud: Cloud) -> None:
 
 
 BAD_REQUESTS = [
-    ({"service": "paint_it_pink", "input_key": "uploads/" + "a" * 32 + ".png"}, "unknown service"),
-    ({"service": "remove_furniture", "input_key": "uploads/" + "b" * 32 + ".png"}, "nothing was uploaded"),
+    ({"service": "paint_it_pink", "input_key": UPLOAD_A}, "unknown service"),
+    ({"service": "remove_furniture", "input_key": UPLOAD_B}, "nothing was uploaded"),
     ({"service": "remove_furniture", "input_key": "../etc/passwd"}, "input_key"),
-    ({"service": 7, "input_key": "uploads/" + "a" * 32 + ".png"}, "service"),
-    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png", "priority": "urgent"}, "priority"),
-    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png", "colour": "red"}, "colour"),
-    ({"input_key": "uploads/" + "a" * 32 + ".png"}, "service"),
-    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+    ({"service": 7, "input_key": UPLOAD_A}, "service"),
+    ({"service": "remove_furniture", "input_key": UPLOAD_A, "priority": "urgent"}, "priority"),
+    ({"service": "remove_furniture", "input_key": UPLOAD_A, "colour": "red"}, "colour"),
+    ({"input_key": UPLOAD_A}, "service"),
+    ({"service": "remove_furniture", "input_key": UPLOAD_A,
       "deadline_at": "2020-01-01T00:00:00Z"}, "deadline_at"),  # in the past
-    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+    ({"service": "remove_furniture", "input_key": UPLOAD_A,
       "deadline_at": "2099-01-01T00:00:00Z"}, "7 days"),  # too far ahead
-    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+    ({"service": "remove_furniture", "input_key": UPLOAD_A,
       "deadline_at": "2026-12-01T00:00:00"}, "timezone"),  # no zone: ambiguous
-    ({"service": "remove_furniture", "input_key": "uploads/" + "a" * 32 + ".png",
+    ({"service": "remove_furniture", "input_key": UPLOAD_A,
       "deadline_at": "tomorrow"}, "deadline_at"),
 ]
 
@@ -157,7 +161,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize("request_body,reason", BAD_REQUESTS)
 def test_bad_submissions_get_a_reason_and_write_nothing(cloud: Cloud, request_body: dict, reason: str) -> None:
     aws.client("s3").put_object(
-        Bucket=cloud.settings.images_bucket, Key="uploads/" + "a" * 32 + ".png", Body=render_room(0)
+        Bucket=cloud.settings.images_bucket, Key=UPLOAD_A, Body=render_room(0)
     )
     status, body = call("POST", "/v1/jobs", request_body)
     assert status == 422
@@ -239,3 +243,48 @@ def test_the_job_accepted_line_keeps_powertools_service_and_names_the_job(
     line = json.loads(api.logger.registered_formatter.format(record))  # as Powertools writes it
     assert line["service"] == "spillway" and line["job_service"] == "remove_furniture"
     assert line["job_id"] == line["correlation_id"] == accepted["job_id"]
+
+
+# ---- tenants: the caller is the IAM principal API Gateway names; each sees and uses only its own
+
+
+def test_a_tenant_cannot_see_another_tenants_job(cloud: Cloud) -> None:
+    status, accepted = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": upload(cloud, render_room(1))})
+    assert status == 202
+    mine = call("GET", f"/v1/jobs/{accepted['job_id']}")
+    theirs = call("GET", f"/v1/jobs/{accepted['job_id']}", principal=OTHER_TENANT)
+    unknown = call("GET", "/v1/jobs/j-" + "0" * 32)
+    assert mine[0] == 200 and theirs[0] == 404
+    assert theirs[1]["message"].replace(accepted["job_id"], "?") == unknown[1]["message"].replace("j-" + "0" * 32, "?")
+
+
+def test_a_tenant_cannot_submit_another_tenants_upload(cloud: Cloud) -> None:
+    key = upload(cloud, render_room(1))
+    status, body = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key}, principal=OTHER_TENANT)
+    assert status == 422 and "nothing was uploaded" in body["message"]
+    assert written(cloud) == (0, 0)
+
+
+def test_an_idempotency_key_is_each_tenants_own(cloud: Cloud) -> None:
+    mine = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": upload(cloud, render_room(1)),
+                                     "idempotency_key": "order-1234"})
+    their_key = upload(cloud, render_room(2), OTHER_TENANT)
+    theirs = call("POST", "/v1/jobs", {"service": "upscale_2x", "idempotency_key": "order-1234",
+                                       "input_key": their_key}, principal=OTHER_TENANT)
+    assert mine[0] == theirs[0] == 202 and mine[1]["job_id"] != theirs[1]["job_id"]
+    assert written(cloud) == (2, 2)
+
+
+def test_a_request_with_no_caller_identity_is_refused(cloud: Cloud) -> None:
+    for method, path in (("POST", "/v1/uploads"), ("GET", "/v1/jobs/j-" + "0" * 32)):
+        status, body = call(method, path, {} if method == "POST" else None, principal=None)
+        assert status == 403 and "SigV4" in body["message"]
+
+
+def test_every_session_of_an_assumed_role_is_one_tenant() -> None:
+    from spillway.tenancy import Tenant
+
+    one = Tenant.of_principal("arn:aws:sts::123456789012:assumed-role/app/session-1")
+    two = Tenant.of_principal("arn:aws:sts::123456789012:assumed-role/app/session-2")
+    assert one == two and one.principal == "arn:aws:iam::123456789012:role/app"
+    assert one.tenant_id != Tenant.of_principal("arn:aws:iam::123456789012:user/app").tenant_id

@@ -49,14 +49,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 @pytest.fixture(scope="module")
 def inputs(stack: StackInfo) -> Iterator[list[str]]:
     """Small room photos, uploaded once; a job may reuse another's input."""
-    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as api:
+    with stack.api_client(TIMEOUT) as api:
         yield [upload(api, render_room(seed, 320, 240)) for seed in range(8)]
 
 
 def submit_all(stack: StackInfo, jobs: list[dict[str, Any]]) -> list[str]:
     """As fast as the API takes them, eight at a time."""
     def one(body: dict[str, Any]) -> str:
-        with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as api:
+        with stack.api_client(TIMEOUT) as api:
             response = api.post("/v1/jobs", json=body)
             assert response.status_code == 202, response.text
             return response.json()["job_id"]
@@ -66,7 +66,7 @@ def submit_all(stack: StackInfo, jobs: list[dict[str, Any]]) -> list[str]:
 
 
 def answered(stack: StackInfo, job_ids: list[str]) -> dict[str, dict]:
-    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as api:
+    with stack.api_client(TIMEOUT) as api:
         return helpers.answered(api, job_ids, timeout=240.0, poll_s=0.5)
 
 

@@ -28,8 +28,8 @@ def test_the_list_is_one_line_per_gpu_and_its_last_events_on_request() -> None:
 
 
 def test_it_finds_a_running_spillway_dev_or_says_how_to_start_one(tmp_path: Path) -> None:
-    (tmp_path / "stack.json").write_text(json.dumps({"api_url": "http://127.0.0.1:8080"}))
-    assert fleet_cli._dev_api(tmp_path) == "http://127.0.0.1:8080"
+    (tmp_path / "stack.json").write_text(json.dumps({"api_url": "http://127.0.0.1:8080", "token": "t" * 32}))
+    assert fleet_cli._dev_api(tmp_path) == ("http://127.0.0.1:8080", "t" * 32)
     with pytest.raises(ValueError, match="no running `spillway dev`"):
         fleet_cli._dev_api(tmp_path / "nothing")
 

@@ -10,6 +10,7 @@ stack runs with small health thresholds (QUARANTINE_*), so the tests stay fast.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -44,7 +45,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 
 @pytest.fixture(scope="module")
 def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as client:
+    with stack.api_client(TIMEOUT) as client:
         yield client
 
 
@@ -208,7 +209,8 @@ def test_agents_killed_and_stopped_under_load_cost_no_job_and_leak_no_lease(
 def test_spillway_fleet_lists_drains_and_readmits_on_the_running_stack(stack: StackInfo, api: httpx.Client) -> None:
     def fleet(*args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "spillway.cli", "fleet", "--api", stack.api_url, *args],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60,
+                              env=os.environ | {"SPILLWAY_TOKEN": stack.token})
         assert done.returncode == 0, done.stderr
         return done.stdout
 

@@ -40,7 +40,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 
 @pytest.fixture
 def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as client:
+    with stack.api_client(TIMEOUT) as client:
         yield client
 
 
@@ -141,7 +141,7 @@ schema = schemathesis.openapi.from_path(OPENAPI)
           suppress_health_check=list(HealthCheck))
 def test_generated_requests_get_no_5xx_and_a_reason_with_every_4xx(case: schemathesis.Case, stack: StackInfo) -> None:
     before = written(stack)
-    response = case.call(base_url=stack.api_url, timeout=10)
+    response = case.call(base_url=stack.api_url, headers=stack.auth_headers(), timeout=10)
     assert response.status_code < 500, (case.as_curl_command(), response.text)
     if response.status_code >= 400:
         assert json.loads(response.content)["message"], (case.as_curl_command(), response.text)

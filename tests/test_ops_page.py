@@ -68,7 +68,7 @@ def stack(folder: Path) -> Iterator[StackInfo]:
 @pytest.fixture(scope="module")
 def failed_over(stack: StackInfo) -> str:
     """A job whose office attempt failed (the office link cut) and that succeeded in the cloud."""
-    with httpx.Client(base_url=stack.api_url, timeout=httpx.Timeout(10.0, connect=2.0)) as api:
+    with stack.api_client(httpx.Timeout(10.0, connect=2.0)) as api:
         key = upload(api, render_room(7, 320, 240))
         stack.cut_tunnels(pool="local")
         try:

@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -16,10 +17,14 @@ from werkzeug.test import Client
 from spillway_embedded import runtime
 from spillway_embedded.provision import Function, QueueSource, Route, Stack
 from spillway_embedded.runtime import HttpApi, Invoker, QueuePoller, rate_seconds
+from spillway_embedded.tenants import TenantEntry, Tenants, load_tenants
 
 import runtime_handlers
 
 REGION = "us-east-1"
+TENANTS = Tenants([TenantEntry(name="acme", token="acme-token-0123456789"),
+                   TenantEntry(name="zeta", token="zeta-token-0123456789",
+                               principal="arn:aws:sts::123456789012:assumed-role/zeta-app/session-1")], "123456789012")
 FUNCTION = Function(
     logical_id="Recorder", name="recorder", arn="arn:aws:lambda:us-east-1:123456789012:function:recorder",
     handler="runtime_handlers.handler", timeout=30, memory_mb=128, environment={},
@@ -47,8 +52,9 @@ def http() -> Client:
         Route("POST", "/v1/jobs", "Recorder"),
         Route("GET", "/v1/jobs/{job_id}", "Recorder"),
         Route("ANY", "/v1/files/{proxy+}", "Recorder"),
+        Route("GET", "/v1/mine", "Recorder", iam=True),
     ])
-    return Client(HttpApi(stack, {"Recorder": invoker()}, api_id="abc123"))
+    return Client(HttpApi(stack, {"Recorder": invoker()}, api_id="abc123", tenants=TENANTS))
 
 
 def test_a_request_becomes_a_payload_v2_event(http: Client) -> None:
@@ -85,6 +91,37 @@ def test_no_route_is_a_404_and_the_handler_is_not_called(http: Client) -> None:
     assert runtime_handlers.events == []
 
 
+def test_an_iam_route_takes_a_tenants_token_and_names_its_principal_as_api_gateway_does(http: Client) -> None:
+    runtime_handlers.answer = {"statusCode": 200, "body": "{}"}
+    assert http.get("/v1/mine", headers={"Authorization": "Bearer acme-token-0123456789"}).status_code == 200
+    assert http.get("/v1/mine", headers={"Authorization": "bearer zeta-token-0123456789"}).status_code == 200
+    acme, zeta = (c["event"]["requestContext"]["authorizer"]["iam"] for c in runtime_handlers.events)
+    assert acme["userArn"] == "arn:aws:iam::123456789012:user/acme" and acme["accountId"] == "123456789012"
+    assert zeta["userArn"] == "arn:aws:sts::123456789012:assumed-role/zeta-app/session-1"
+    http.get("/v1/jobs/j-1", headers={"Authorization": "Bearer acme-token-0123456789"})
+    unsigned = runtime_handlers.events[-1]["event"]
+    assert "authorizer" not in unsigned["requestContext"], "a route without IAM auth names no caller"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong-token-0123456789", "acme-token-0123456789",
+                                           "Basic acme-token-0123456789"])
+def test_no_or_an_unknown_token_is_a_403_before_any_handler(http: Client, authorization: str | None) -> None:
+    response = http.get("/v1/mine", headers={"Authorization": authorization} if authorization else {})
+    assert response.status_code == 403 and "Bearer" in response.json["message"]
+    assert runtime_handlers.events == []
+
+
+def test_the_default_tenant_is_always_there_and_a_tenants_file_adds_more(tmp_path: Path) -> None:
+    file = tmp_path / "tenants.toml"
+    file.write_text('[[tenants]]\nname = "acme"\ntoken = "acme-token-0123456789"\n')
+    tenants = load_tenants(file, "123456789012")
+    assert set(tenants.tokens) == {"default", "acme"} and len(tenants.tokens["default"]) >= 16
+    assert tenants.authorizer(f"Bearer {tenants.tokens['default']}")["iam"]["userArn"].endswith(":user/default")
+    file.write_text('[[tenants]]\nname = "acme"\ntoken = "short"\n')
+    with pytest.raises(ValueError, match="tenants.toml"):
+        load_tenants(file, "123456789012")
+
+
 def test_a_raising_handler_is_a_500_not_a_dead_server(http: Client) -> None:
     runtime_handlers.answer = RuntimeError("boom")
     response = http.post("/v1/jobs", json={})
@@ -101,7 +138,8 @@ def test_a_function_busy_for_longer_than_a_caller_waits_is_throttled_with_a_429(
     monkeypatch.setattr(runtime, "THROTTLE_AFTER_S", 0.2)
     busy = invoker()
     http = Client(HttpApi(Stack(name="t", region=REGION, functions={"Recorder": FUNCTION},
-                                routes=[Route("POST", "/v1/jobs", "Recorder")]), {"Recorder": busy}, api_id="a"))
+                                routes=[Route("POST", "/v1/jobs", "Recorder")]), {"Recorder": busy}, api_id="a",
+                          tenants=TENANTS))
     running, release = threading.Event(), threading.Event()
     runtime_handlers.answer = lambda event: (running.set(), release.wait(10), {"statusCode": 202})[-1]
     first = threading.Thread(target=lambda: http.post("/v1/jobs", json={}))

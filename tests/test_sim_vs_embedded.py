@@ -49,7 +49,7 @@ def ready(info: StackInfo, gpus: int) -> None:
 
 def on_the_stack(info: StackInfo, jobs: list[SimJob], outages: list[Outage]) -> dict[str, dict[str, Any]]:
     """Submit each job at its time and cut/restore links at theirs; every job's view once answered."""
-    with httpx.Client(base_url=info.api_url, timeout=TIMEOUT) as api:
+    with info.api_client(TIMEOUT) as api:
         key = upload(api, render_room(7, 320, 240))
         t0 = time.monotonic() + 1.0
 

@@ -14,7 +14,7 @@ from spillway.models import DispatchInput, JobRequest, Pool
 from spillway.rooms import render_room
 
 from conftest import Cloud
-from helpers import beat, fleet_for
+from helpers import TENANT, UPLOAD_A, beat, fleet_for
 
 
 def admit(job: DispatchInput) -> str:
@@ -43,9 +43,9 @@ def submitted_job(cloud: Cloud) -> DispatchInput:
     """A job as the API records it, ready to be admitted, and a fleet (two office GPUs, one cloud) to route to."""
     register(cloud, *OFFICE_AND_CLOUD)
     s3 = aws.client("s3")
-    s3.put_object(Bucket=cloud.settings.images_bucket, Key="uploads/" + "a" * 32 + ".png", Body=render_room(3))
+    s3.put_object(Bucket=cloud.settings.images_bucket, Key=UPLOAD_A, Body=render_room(3))
     intake = Intake(cloud.settings, JobStore(aws.table(cloud.settings.jobs_table)), s3, aws.client("sqs"))
-    accepted = intake.submit(JobRequest(service="remove_furniture", input_key="uploads/" + "a" * 32 + ".png"))
+    accepted = intake.submit(JobRequest(service="remove_furniture", input_key=UPLOAD_A), TENANT)
     (message,) = cloud.queue_messages("IntakeNormalQueue")
     return DispatchInput.model_validate(message | {"job_id": accepted.job_id})
 

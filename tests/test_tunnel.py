@@ -21,6 +21,7 @@ from werkzeug.test import Client
 from spillway_embedded.chaos import ChaosControl
 from spillway_embedded.provision import Function, Route, Stack
 from spillway_embedded.runtime import HttpApi, Invoker
+from spillway_embedded.tenants import Tenants
 from spillway_embedded.tunnel import CutMode, Tunnel
 
 import runtime_handlers
@@ -305,7 +306,8 @@ def api() -> Iterator[Client]:
         Route("POST", "/v1/agent/tasks/{task_id}/result", "Recorder"),
     ])
     runtime_handlers.events.clear()
-    yield Client(HttpApi(stack, {"Recorder": Invoker(RECORDER, "us-east-1", "123456789012")}, api_id="abc123"))
+    yield Client(HttpApi(stack, {"Recorder": Invoker(RECORDER, "us-east-1", "123456789012")}, api_id="abc123",
+                         tenants=Tenants([], "123456789012")))
     runtime_handlers.events.clear()
     runtime_handlers.answer = None
 

@@ -19,6 +19,10 @@ class Unauthorized(SpillwayError):
     status = 401
 
 
+class Forbidden(SpillwayError):
+    status = 403
+
+
 class Conflict(SpillwayError):
     status = 409
 

@@ -2,7 +2,8 @@
 
 It calls the API: a running `spillway dev`'s (its state folder's stack.json), or any URL given with
 `--api` or SPILLWAY_API_URL. A deployed stack's API takes IAM (SigV4) signatures: calls to an
-`execute-api` host are signed with the caller's AWS credentials, as the AWS CLI would sign them.
+`execute-api` host are signed with the caller's AWS credentials, as the AWS CLI would sign them. The
+embedded stack takes a tenant's bearer token instead: stack.json's, or SPILLWAY_TOKEN with `--api`.
 """
 
 from __future__ import annotations
@@ -46,14 +47,14 @@ def main(argv: list[str]) -> int:
     if args.action == "enroll" and not (args.pool and args.url and args.vram_mb):
         parser.error("enroll needs --pool, --url and --vram-mb")
     try:
-        api = args.api or _dev_api(args.state_dir)
+        api, token = (args.api, os.environ.get("SPILLWAY_TOKEN")) if args.api else _dev_api(args.state_dir)
         if args.action == "list":
-            answer = _call(api, "GET", "/v1/fleet")
+            answer = _call(api, "GET", "/v1/fleet", token)
         elif args.action == "enroll":
-            answer = _call(api, "PUT", f"/v1/fleet/{args.gpu_id}",
+            answer = _call(api, "PUT", f"/v1/fleet/{args.gpu_id}", token,
                            {"pool": args.pool, "url": args.url, "vram_mb": args.vram_mb})
         else:
-            answer = _call(api, "POST", f"/v1/fleet/{args.gpu_id}/{args.action}")
+            answer = _call(api, "POST", f"/v1/fleet/{args.gpu_id}/{args.action}", token)
     except (OSError, httpx.HTTPError, ValueError) as failed:
         print(f"spillway fleet: {failed}", file=sys.stderr)
         return 1
@@ -81,20 +82,24 @@ def secret_notice(answer: dict) -> str:
     return "\n".join(lines)
 
 
-def _dev_api(state_dir: Path) -> str:
+def _dev_api(state_dir: Path) -> tuple[str, str | None]:
+    """The running `spillway dev`'s API and its default tenant's token."""
     stack_file = state_dir / "stack.json"
     try:
-        return json.loads(stack_file.read_text())["api_url"]
+        info = json.loads(stack_file.read_text())
+        return info["api_url"], info.get("token")
     except FileNotFoundError:
         raise ValueError(f"no running `spillway dev` ({stack_file} does not exist): start one, or give --api") from None
 
 
-def _call(api: str, method: str, path: str, body: dict | None = None) -> dict:
+def _call(api: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
     url = api.rstrip("/") + path
     content = json.dumps(body).encode() if body is not None else b""
     headers = {"Content-Type": "application/json"} if body is not None else {}
     if ".execute-api." in (urlparse(url).hostname or ""):
         headers |= _sigv4(method, url, content, headers)
+    elif token:  # the embedded stack's stand-in for IAM auth
+        headers["Authorization"] = f"Bearer {token}"
     response = httpx.request(method, url, content=content, headers=headers, timeout=TIMEOUT)
     if response.is_error:
         try:

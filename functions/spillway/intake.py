@@ -28,6 +28,7 @@ from spillway.models import (
 from spillway.priorities import deadline_for
 from spillway.routing.rules import RoutingRules, default_rules
 from spillway.settings import Settings
+from spillway.tenancy import Tenant
 
 UPLOAD_URL_SECONDS = 15 * 60
 MAX_INPUT_BYTES = 32 * 1024 * 1024  # the upload policy's limit and the submit check's: a 40 MP JPEG fits
@@ -67,9 +68,10 @@ class Intake:
         self._fleet = fleet  # the enrolled GPUs, healthy or not (a recent read will do: they change seldom)
         self._rules = rules  # the routing rules: who may use FaaS, and its GPU's memory
 
-    def upload_ticket(self, request: UploadRequest) -> UploadTicket:
-        """A presigned POST: its signed policy makes the storage itself refuse a file over the limit."""
-        key = f"uploads/{self._new_id()}.{_EXTENSIONS[request.content_type]}"
+    def upload_ticket(self, request: UploadRequest, tenant: Tenant) -> UploadTicket:
+        """A presigned POST: its signed policy makes the storage itself refuse a file over the limit. The key
+        is under the tenant's prefix: only that tenant may name it in a job."""
+        key = f"{tenant.upload_prefix}{self._new_id()}.{_EXTENSIONS[request.content_type]}"
         post = self._s3.generate_presigned_post(
             Bucket=self._settings.images_bucket, Key=key,
             Fields={"Content-Type": request.content_type},
@@ -79,11 +81,13 @@ class Intake:
         return UploadTicket(input_key=key, upload_url=post["url"], fields=post["fields"], max_bytes=MAX_INPUT_BYTES,
                             expires_in=UPLOAD_URL_SECONDS)
 
-    def submit(self, request: JobRequest) -> JobAccepted:
+    def submit(self, request: JobRequest, tenant: Tenant) -> JobAccepted:
         """Validate, pin the input, record the job, and queue it on its priority's intake queue."""
         service = SERVICES.get(request.service)
         if service is None:
             raise Invalid(f"unknown service {request.service!r}; known services: {', '.join(sorted(SERVICES))}")
+        if not request.input_key.startswith(tenant.upload_prefix):  # another tenant's upload: as if absent
+            raise Invalid(_nothing_uploaded(request.input_key))
         data = self._read_upload(request.input_key)
         try:
             image = imageinfo.inspect(data)
@@ -107,6 +111,7 @@ class Intake:
         job_id = f"j-{self._new_id()}"
         job = JobRecord(
             job_id=job_id,
+            tenant=tenant.tenant_id,
             status=JobStatus.QUEUED,
             service=service.name,
             priority=request.priority,
@@ -161,9 +166,9 @@ class Intake:
                       f"a GPU's compute for it; the largest GPU that runs it has {largest}, and {faas}; "
                       "send a smaller image")
 
-    def view(self, job_id: str) -> JobView:
+    def view(self, job_id: str, tenant: Tenant) -> JobView:
         job = self._jobs.get(job_id)
-        if job is None:
+        if job is None or job.tenant != tenant.tenant_id:  # another tenant's job is no job, to its caller
             raise NotFound(f"no job {job_id}")
         result_url = None
         if job.status is JobStatus.SUCCEEDED and job.result_key:
@@ -179,7 +184,7 @@ class Intake:
             upload = self._s3.get_object(Bucket=self._settings.images_bucket, Key=key)
         except Exception as exc:
             if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                raise Invalid(f"nothing was uploaded at {key}: POST the image to its upload_url first") from None
+                raise Invalid(_nothing_uploaded(key)) from None
             raise
         with upload["Body"] as body:
             if upload["ContentLength"] > MAX_INPUT_BYTES:  # the upload policy stops these; whatever wrote it
@@ -196,3 +201,7 @@ class Intake:
         key = f"inputs/{job_id}.{extension}"
         self._s3.put_object(Bucket=self._settings.images_bucket, Key=key, Body=data, ContentType=content_type)
         return key
+
+
+def _nothing_uploaded(key: str) -> str:
+    return f"nothing was uploaded at {key}: POST the image to its upload_url first"

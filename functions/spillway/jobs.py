@@ -74,6 +74,7 @@ class Attempt(BaseModel):
 
 
 class JobRecord(JobFields):
+    tenant: str | None = None  # its tenant's id (None: jobs from before tenants, which no caller owns)
     attempt: int = 0  # the number of the current attempt: the fence
     attempts: list[Attempt] = Field(default_factory=list)
     result_key: str | None = None
@@ -83,7 +84,7 @@ class JobRecord(JobFields):
     def view(self, result_url: str | None = None) -> JobView:
         attempts = [a.view(n) for n, a in enumerate(self.attempts, start=1)]
         return JobView(
-            **self.model_dump(exclude={"attempt", "attempts", "idempotency_key"}),
+            **self.model_dump(exclude={"tenant", "attempt", "attempts", "idempotency_key"}),
             attempts=attempts, cost_usd=round(sum(a.cost_usd for a in attempts), 6), result_url=result_url,
         )
 

@@ -18,7 +18,7 @@ from spillway.health import GpuHealth
 JobId = Annotated[str, StringConstraints(pattern=r"^j-[0-9a-f]{32}$")]
 TaskId = Annotated[str, StringConstraints(pattern=r"^t-[0-9a-f]{32}$")]
 GpuId = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")]
-InputKey = Annotated[str, StringConstraints(pattern=r"^uploads/[0-9a-f]{32}\.(png|jpg)$")]
+InputKey = Annotated[str, StringConstraints(pattern=r"^uploads/tn-[0-9a-f]{24}/[0-9a-f]{32}\.(png|jpg)$")]
 IdempotencyKey = Annotated[str, StringConstraints(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
 
 

@@ -220,7 +220,7 @@ def measure_job(info: StackInfo, body: dict[str, Any], image: bytes, tries: int 
     sfn = info.boto3_client("stepfunctions")
     for _ in range(tries):
         before = snapshot(info)
-        with httpx.Client(base_url=info.api_url, timeout=TIMEOUT) as api:
+        with info.api_client(TIMEOUT) as api:
             key = upload(api, image)
             job_id = api.post("/v1/jobs", json=body | {"input_key": key}).raise_for_status().json()["job_id"]
             observer = wait_for_execution(sfn, execution_arn(info, job_id))

@@ -49,6 +49,9 @@ def dev(argv: list[str]) -> int:
     parser.add_argument("--rules", type=Path, metavar="FILE",
                         help="overrides of the routing rules (functions/spillway/routing/rules.toml), as TOML or JSON: "
                              "FaaS segments, the budget, pool order ...")
+    parser.add_argument("--tenants", type=Path, metavar="FILE",
+                        help="who may call the API with which bearer token: TOML (see spillway_embedded/tenants.py); "
+                             "a `default` tenant is always there, its token in stack.json")
     parser.add_argument("--parameter", action="append", default=[], metavar="NAME=VALUE",
                         help="a template parameter override, e.g. HeartbeatSeconds=10")
     parser.add_argument("--model-seconds", type=float, default=0.0,
@@ -63,7 +66,7 @@ def dev(argv: list[str]) -> int:
         stack = EmbeddedStack(state_dir=args.state_dir, api_port=args.api_port, fleet=load_fleet(args.fleet),
                               routing_rules=_rules(args.rules), parameters=_parameters(args.parameter),
                               model_seconds=args.model_seconds, emit_metrics=args.metrics,
-                              agent_heartbeat_seconds=args.agent_heartbeat_seconds,
+                              agent_heartbeat_seconds=args.agent_heartbeat_seconds, tenants_file=args.tenants,
                               ops_port=args.ops_port if args.ops_port is not None else (8090 if args.api_port else 0))
     except ValueError as unusable:
         raise SystemExit(f"spillway dev: {unusable}") from None

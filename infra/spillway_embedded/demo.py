@@ -79,7 +79,7 @@ def run(stack: StackInfo, out_dir: Path, say: Callable[[str], None] = print, dea
     """Every phase in turn (with `steady`, no link drops); True if every job succeeded."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs: list[DemoJob] = []
-    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as api:
+    with stack.api_client(TIMEOUT) as api:
         for phase in PHASES:
             say(f"\n== {phase.title}")
             if not steady:

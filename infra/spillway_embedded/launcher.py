@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -41,6 +41,7 @@ class StackInfo:
     """What `spillway dev` writes to its state folder once everything is up."""
 
     api_url: str
+    token: str  # the `default` tenant's bearer token (see tenants.py): what api_client() sends
     chaos_url: str  # cut and restore the office tunnel (see chaos.py)
     aws_endpoint: str
     region: str
@@ -52,6 +53,17 @@ class StackInfo:
     faas: dict[str, Any] | None = None  # the fleet's [faas] settings (concurrency, price, ...)
     ops_url: str | None = None  # the ops page (spillway_ops.page)
     lambda_url: str | None = None  # the runtime's Lambda API; GET /_spillway/usage: what it served (aws_cost.py)
+    tenants: dict[str, str] = field(default_factory=dict)  # every tenant's token, by name
+
+    def api_client(self, timeout: Any, tenant: str | None = None) -> Any:
+        """An httpx client of the job API that calls as `tenant` (default: the `default` tenant)."""
+        import httpx
+
+        return httpx.Client(base_url=self.api_url, timeout=timeout, headers=self.auth_headers(tenant))
+
+    def auth_headers(self, tenant: str | None = None) -> dict[str, str]:
+        """What a request to the job API carries to call as `tenant` (default: the `default` tenant)."""
+        return {"Authorization": f"Bearer {self.tenants[tenant] if tenant else self.token}"}
 
     @classmethod
     def read(cls, path: Path) -> StackInfo:

@@ -40,6 +40,7 @@ class Route:
     method: str  # GET, POST ... or ANY
     path: str  # /v1/jobs/{job_id}
     function: str  # logical id
+    iam: bool = False  # IAM auth (AWS_IAM): the caller must be authenticated, and the event names it
 
 
 @dataclass(frozen=True)
@@ -344,8 +345,9 @@ def _http_api(p: Provisioner, logical: str, props: dict[str, Any]) -> None:
             if integration.get("type") != "aws_proxy":
                 raise NotImplementedError(f"{logical}: {method.upper()} {path} is not a Lambda proxy integration")
             function = _function_by_arn(p, integration["uri"])
+            iam = any("AWS_IAM" in requirement for requirement in operation.get("security", []))
             p.stack.routes.append(Route("ANY" if method == "x-amazon-apigateway-any-method" else method.upper(),
-                                        path, function))
+                                        path, function, iam))
     api_id = uuid.uuid4().hex[:10]
     p.created(logical, api_id, ApiId=api_id, ApiEndpoint=f"https://{api_id}.execute-api.{p.stack.region}.amazonaws.com")
 

@@ -14,8 +14,9 @@ per-invocation state in module globals, which is safe in Lambda's one-event-per-
 and must stay safe here. Different functions run concurrently, each in a context of its own in which
 that state (log keys, metrics) is its own (see `function_state`), as if in its own container.
 
-Not emulated offline: IAM (routes are served unauthenticated, on loopback only), Lambda timeouts
-(an overrun is logged, not killed), cron schedules.
+IAM auth on routes is played by a bearer token (see `tenants`): the token's principal is put in the
+request context as API Gateway's IAM authorizer would, no or an unknown token is a 403. Not emulated
+offline: IAM policies, Lambda timeouts (an overrun is logged, not killed), cron schedules.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from werkzeug.wrappers import Request, Response
 from spillway_embedded.function_state import function_context
 from spillway_embedded.provision import Function, QueueSource, Route, Schedule, Stack
 from spillway_embedded.serving import KeepAliveRequestHandler
+from spillway_embedded.tenants import Tenants
 
 log = logging.getLogger("embedded.runtime")  # not under Powertools' "spillway" logger
 
@@ -149,7 +151,8 @@ class CompiledRoute:
 class HttpApi:
     """A WSGI app that plays API Gateway HTTP API in front of the route's function."""
 
-    def __init__(self, stack: Stack, invokers: dict[str, Invoker], api_id: str):
+    def __init__(self, stack: Stack, invokers: dict[str, Invoker], api_id: str, tenants: Tenants):
+        self._tenants = tenants
         self._routes = sorted((CompiledRoute.of(r) for r in stack.routes), key=lambda c: c.specificity, reverse=True)
         self._invokers = invokers
         self._api_id = api_id
@@ -175,6 +178,12 @@ class HttpApi:
             return _json(404, {"message": "Not Found"})  # what API Gateway answers for no route
         route, path_parameters = matched
         event = self._event(request, route, path_parameters)
+        if route.iam:
+            authorizer = self._tenants.authorizer(request.headers.get("Authorization"))
+            if authorizer is None:  # API Gateway refuses an unsigned request before any function runs
+                return _json(403, {"message": "Forbidden: send Authorization: Bearer <token> (a token of the "
+                                              "stack's tenants, in its stack.json)"})
+            event["requestContext"]["authorizer"] = authorizer
         try:
             result = self._invokers[route.function](event, wait=THROTTLE_AFTER_S)
         except Throttled:
@@ -463,9 +472,10 @@ class Scheduler:
 
 
 class Runtime:
-    def __init__(self, stack: Stack, *, endpoint_url: str, region: str, api_port: int = 0, lambda_port: int = 0,
-                 host: str = "127.0.0.1"):
+    def __init__(self, stack: Stack, *, endpoint_url: str, region: str, tenants: Tenants, api_port: int = 0,
+                 lambda_port: int = 0, host: str = "127.0.0.1"):
         self._stack = stack
+        self._tenants = tenants
         self._lambda_port = lambda_port
         self._endpoint_url = endpoint_url
         self._region = region
@@ -511,7 +521,7 @@ class Runtime:
         self.invokers = {name: Invoker(f, self._region, account) for name, f in self._stack.functions.items()}
 
         api_id = next((v for (_, name), v in self._stack.attributes.items() if name == "ApiId"), "local")
-        self._http_api = HttpApi(self._stack, self.invokers, api_id)
+        self._http_api = HttpApi(self._stack, self.invokers, api_id, self._tenants)
         self._server = make_server(self._host, self._api_port, self._http_api,
                                    threaded=True, request_handler=KeepAliveRequestHandler)
         self._spawn("http-api", self._server.serve_forever)

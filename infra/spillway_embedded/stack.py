@@ -33,10 +33,11 @@ from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, Gpu
 from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
 from spillway_embedded.model_faults import ModelFault, write_fault
 from spillway_embedded.moto_server import MotoServer, free_port
-from spillway_embedded.provision import provision
+from spillway_embedded.provision import ACCOUNT_ID, provision
 from spillway_embedded.runtime import Runtime
 from spillway_embedded.serving import KeepAliveRequestHandler
 from spillway_embedded.template import TEMPLATE, translate
+from spillway_embedded.tenants import DEFAULT_TENANT, Tenants, load_tenants
 from spillway_embedded.tunnel import Tunnel
 from spillway_ops.page import serve as serve_ops
 from spillway_ops.source import OFFLINE_CREDENTIALS, Source
@@ -73,6 +74,7 @@ class EmbeddedStack:
     model_seconds: float = 0.0  # the demo model takes at least this long per task
     emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
     ops_port: int = 0  # the ops page's; 0 picks a free one
+    tenants_file: Path | None = None  # who may call the API, with which token (see tenants.py); always `default`
 
     def __post_init__(self) -> None:
         # The runtime serves Lambda's Invoke API for the state machine's `lambda:invoke` Tasks; moto's
@@ -86,6 +88,7 @@ class EmbeddedStack:
         self._faas: FaasProviderProcess | None = None
         self.endpoint = ""
         self.physical_ids: dict[str, str] = {}
+        self.tenants: Tenants = load_tenants(self.tenants_file, ACCOUNT_ID)
         for spec in self.gpus:
             if set(spec.services) != set(SERVICES):  # refused, not silently ignored
                 raise ValueError(f"{spec.gpu_id}: the agent runs every service ({sorted(SERVICES)}); a GPU "
@@ -120,8 +123,8 @@ class EmbeddedStack:
         self.physical_ids = dict(stack.physical_ids)
         self.client("ssm").put_parameter(Name=self.physical_ids["RoutingRulesParameter"], Overwrite=True,
                                          Value=json.dumps(self._routing_overrides()))
-        self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, api_port=self.api_port,
-                                lambda_port=self._lambda_port)
+        self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, tenants=self.tenants,
+                                api_port=self.api_port, lambda_port=self._lambda_port)
         self._runtime.start()
         switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of, agents=self,
                                    outbound=self.outbound_tunnels)
@@ -360,6 +363,8 @@ class EmbeddedStack:
     def _write_stack_file(self) -> None:
         info = {
             "api_url": self.api_url,
+            "token": self.tenants.tokens[DEFAULT_TENANT],
+            "tenants": self.tenants.tokens,
             "chaos_url": self.chaos_url,
             "ops_url": self.ops_url,
             "lambda_url": self._runtime.lambda_url if self._runtime else None,

@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.idempotency.serialization.pydantic import PydanticSerializer
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel
 
 from spillway import aws
 from spillway.handlers import fleet_routes
@@ -29,6 +30,7 @@ from spillway.logs import job_keys
 from spillway.metrics import Metric, emit
 from spillway.models import ApiError, JobAccepted, JobId, JobRequest, JobView, UploadRequest, UploadTicket
 from spillway.settings import settings
+from spillway.tenancy import Tenant, tenant_of
 
 API_TITLE = "Spillway job API"
 API_VERSION = "1.0.0"
@@ -53,9 +55,16 @@ def intake() -> Intake:
                   fleet=enrolled_gpus(), rules=routing_rules)
 
 
+class Submission(BaseModel):
+    """A submit as the idempotency layer remembers it: a key is the tenant's own, never shared across tenants."""
+
+    tenant: Tenant
+    request: JobRequest
+
+
 idempotency = IdempotencyConfig(
-    event_key_jmespath="idempotency_key",
-    payload_validation_jmespath="[service, input_key, priority, segment, deadline_at]",
+    event_key_jmespath="[tenant.tenant_id, request.idempotency_key]",
+    payload_validation_jmespath="request.[service, input_key, priority, segment, deadline_at]",
     expires_after_seconds=24 * 3600,
 )
 
@@ -66,11 +75,11 @@ def _idempotent_submit() -> Any:
     persistence = DynamoDBPersistenceLayer(table_name=settings().idempotency_table, boto3_client=aws.client("dynamodb"))
 
     @idempotent_function(
-        data_keyword_argument="request", config=idempotency, persistence_store=persistence,
+        data_keyword_argument="submission", config=idempotency, persistence_store=persistence,
         output_serializer=PydanticSerializer,
     )
-    def submit(request: JobRequest) -> JobAccepted:
-        return intake().submit(request)
+    def submit(submission: Submission) -> JobAccepted:
+        return intake().submit(submission.request, submission.tenant)
 
     return submit
 
@@ -78,7 +87,7 @@ def _idempotent_submit() -> Any:
 @app.post("/v1/uploads", summary="Get a presigned URL to upload an input photo", tags=["uploads"])
 @tracer.capture_method
 def create_upload(request: Annotated[UploadRequest | None, Body()] = None) -> UploadTicket:
-    return intake().upload_ticket(request or UploadRequest())
+    return intake().upload_ticket(request or UploadRequest(), caller())
 
 
 @app.post("/v1/jobs", status_code=202, summary="Submit a job", tags=["jobs"], responses={
@@ -89,10 +98,14 @@ def create_upload(request: Annotated[UploadRequest | None, Body()] = None) -> Up
 })
 @tracer.capture_method
 def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
-    submit = _idempotent_submit() if request.idempotency_key else intake().submit
-    accepted = submit(request=request)
+    tenant = caller()
+    if request.idempotency_key:
+        accepted = _idempotent_submit()(submission=Submission(tenant=tenant, request=request))
+    else:
+        accepted = intake().submit(request, tenant)
     logger.append_keys(**job_keys(accepted.job_id))
-    logger.info("job accepted", job_service=request.service, priority=request.priority.value)
+    logger.info("job accepted", job_service=request.service, priority=request.priority.value,
+                tenant=tenant.tenant_id)
     emit(Metric.JOBS_SUBMITTED, JobService=request.service, Priority=request.priority.value)
     return accepted
 
@@ -103,7 +116,11 @@ def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
 @tracer.capture_method
 def get_job(job_id: Annotated[JobId, Path(description="the id POST /v1/jobs returned")]) -> JobView:
     logger.append_keys(**job_keys(job_id))
-    return intake().view(job_id)
+    return intake().view(job_id, caller())
+
+
+def caller() -> Tenant:
+    return tenant_of(app.current_event.raw_event)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

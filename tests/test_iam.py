@@ -61,7 +61,9 @@ FAAS = {
 }
 NEEDS: dict[str, Grants] = {
     "ApiFunction": {  # intake.py, jobs.py (create, view, delete when the intake send fails), Powertools idempotency
-        "<JobsTable>": _ddb("GetItem", "PutItem", "DeleteItem"),
+        "<JobsTable>": _ddb("GetItem", "PutItem", "DeleteItem", "BatchGetItem"),  # limits.py: a full tenant's jobs
+        "<JobsTable>/index/by-tenant": _ddb("Query"),  # GET /v1/jobs
+        "<TenantsTable>": _ddb("GetItem", "UpdateItem"),  # limits.py: the bucket and the slots
         "<IdempotencyTable>": _ddb("GetItem", "PutItem", "UpdateItem", "DeleteItem"),
         "<FleetTable>": _ddb("Scan", "GetItem", "UpdateItem"),  # and fleet_ops.py: operators' health changes
         "<TasksTable>/index/open-by-pool": _ddb("Query"),  # fleet_ops.py: each GPU's tasks
@@ -79,6 +81,7 @@ NEEDS: dict[str, Grants] = {
     "TimerFunction": _merge(TASK, POOL, FAAS),
     "SweeperFunction": _merge(TASK, POOL, FAAS, {  # reconcile.py: open jobs, their executions, admission again
         "<JobsTable>/index/by-status": _ddb("Query"),
+        "<TenantsTable>": _ddb("UpdateItem"),  # an ended job's slot given back
         STATE_MACHINE: {"states:StartExecution"},
         "execution:<DispatchStateMachine>:*": {"states:DescribeExecution"},
     }),

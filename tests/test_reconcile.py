@@ -9,7 +9,7 @@ import pytest
 
 from spillway import aws, metrics
 from spillway.handlers import sweeper
-from spillway.handlers.wiring import admission
+from spillway.handlers.wiring import admission, tenant_limits
 from spillway.jobs import JobStore
 from spillway.models import DispatchInput, JobStatus
 from spillway.reconcile import GRACE_SECONDS, INTAKE_GRACE_SECONDS, Reconciler
@@ -21,7 +21,7 @@ from test_state_machine import admit, next_task, submitted_job
 
 def reconciler(cloud: Cloud, later_by: float = 0.0) -> Reconciler:
     return Reconciler(JobStore(aws.table(cloud.settings.jobs_table)), cloud.client("stepfunctions"), admission(),
-                      clock=lambda: time.time() + later_by)
+                      tenant_limits(), clock=lambda: time.time() + later_by)
 
 
 def contradicted_job(cloud: Cloud) -> tuple[DispatchInput, str]:

@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 
 from spillway import aws
-from spillway.handlers.wiring import admission
+from spillway.handlers.wiring import admission, tenant_limits
 from spillway.intake import Intake
 from spillway.jobs import JobStore
 from spillway.models import DispatchInput, JobRequest, Pool
@@ -44,7 +44,8 @@ def submitted_job(cloud: Cloud) -> DispatchInput:
     register(cloud, *OFFICE_AND_CLOUD)
     s3 = aws.client("s3")
     s3.put_object(Bucket=cloud.settings.images_bucket, Key=UPLOAD_A, Body=render_room(3))
-    intake = Intake(cloud.settings, JobStore(aws.table(cloud.settings.jobs_table)), s3, aws.client("sqs"))
+    intake = Intake(cloud.settings, JobStore(aws.table(cloud.settings.jobs_table)), s3, aws.client("sqs"),
+                    limits=tenant_limits())
     accepted = intake.submit(JobRequest(service="remove_furniture", input_key=UPLOAD_A), TENANT)
     (message,) = cloud.queue_messages("IntakeNormalQueue")
     return DispatchInput.model_validate(message | {"job_id": accepted.job_id})

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 import boto3
+from boto3.dynamodb.types import TypeSerializer
 from botocore.config import Config
 
 _CONFIG = Config(
@@ -58,6 +59,22 @@ def from_item(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
+
+
+def typed(item: dict[str, Any]) -> dict[str, Any]:
+    """Plain values -> DynamoDB's typed wire format (the low-level client's, for transactions; floats go
+    through Decimal, see `to_item`)."""
+    return {k: _SERIALIZER.serialize(to_item(v)) for k, v in item.items()}
+
+
+def cancellation_codes(exc: Exception) -> list[str]:
+    """The per-item cancellation codes of a cancelled transaction ([] for any other error)."""
+    if error_code(exc) != "TransactionCanceledException":
+        return []
+    return [r.get("Code", "None") for r in getattr(exc, "response", {}).get("CancellationReasons", [])]
+
+
+_SERIALIZER = TypeSerializer()
 
 
 def paged_items(call: Callable[..., dict[str, Any]], **request: Any) -> Iterator[dict[str, Any]]:

@@ -31,11 +31,10 @@ from enum import StrEnum
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field, computed_field
 
-from spillway.aws import error_code, from_item, to_item
+from spillway.aws import cancellation_codes, error_code, from_item, typed
 from spillway.faas.billing import MICRO  # noqa: F401 (money is micro-dollars here too)
 
 logger = Logger(child=True)
@@ -137,7 +136,7 @@ class BudgetLedger:
         )
         items: list[dict[str, Any]] = [{"Put": {
             "TableName": self._table.name,
-            "Item": _typed(self._reservation_item(reservation)),
+            "Item": typed(self._reservation_item(reservation)),
             "ConditionExpression": "attribute_not_exists(budget_id)",
         }}]
         for cap, scope in zip(caps, reservation.scopes, strict=True):
@@ -149,11 +148,11 @@ class BudgetLedger:
                 update += ", #segment = :segment"
                 values[":segment"] = cap.segment
             items.append({"Update": {
-                "TableName": self._table.name, "Key": _typed({"budget_id": scope}),
+                "TableName": self._table.name, "Key": typed({"budget_id": scope}),
                 "UpdateExpression": update,
                 "ConditionExpression": "attribute_not_exists(committed_micro) OR committed_micro <= :room",
                 "ExpressionAttributeNames": {"#day": "day", **({"#segment": "segment"} if cap.segment else {})},
-                "ExpressionAttributeValues": _typed(values),
+                "ExpressionAttributeValues": typed(values),
             }})
 
         failed = self._transact(items)
@@ -260,9 +259,9 @@ class BudgetLedger:
             values[":actual"] = actual_micro
         key = {"budget_id": RESERVATION_PREFIX + reservation.reservation_id}
         end = {"Update": {
-            "TableName": self._table.name, "Key": _typed(key),
+            "TableName": self._table.name, "Key": typed(key),
             "UpdateExpression": update, "ConditionExpression": "#state = :reserved",
-            "ExpressionAttributeNames": {"#state": "state"}, "ExpressionAttributeValues": _typed(values),
+            "ExpressionAttributeNames": {"#state": "state"}, "ExpressionAttributeValues": typed(values),
         }}
         failed = self._transact([end, *counters])
         if failed is not None:
@@ -275,8 +274,8 @@ class BudgetLedger:
     def _counter_update(self, scope: str, update: str, values: dict[str, Any]) -> dict[str, Any]:
         # The counter must exist: it was made by the reservation's own transaction.
         return {"Update": {
-            "TableName": self._table.name, "Key": _typed({"budget_id": scope}), "UpdateExpression": update,
-            "ConditionExpression": "attribute_exists(committed_micro)", "ExpressionAttributeValues": _typed(values),
+            "TableName": self._table.name, "Key": typed({"budget_id": scope}), "UpdateExpression": update,
+            "ConditionExpression": "attribute_exists(committed_micro)", "ExpressionAttributeValues": typed(values),
         }}
 
     def _reservation_item(self, reservation: Reservation) -> dict[str, Any]:
@@ -293,7 +292,7 @@ class BudgetLedger:
                 self._ddb.transact_write_items(TransactItems=items)
                 return None
             except ClientError as exc:
-                codes = _cancelled_by(exc)
+                codes = cancellation_codes(exc)
                 if any(c == "ConditionalCheckFailed" for c in codes):
                     return [c == "ConditionalCheckFailed" for c in codes]
                 conflict = "TransactionConflict" in codes or error_code(exc) == "TransactionConflictException"
@@ -303,16 +302,3 @@ class BudgetLedger:
         raise AssertionError("unreachable")
 
 
-def _typed(item: dict[str, Any]) -> dict[str, Any]:
-    """Plain values -> DynamoDB's typed wire format (floats go through Decimal, see `aws.to_item`)."""
-    return {k: _SERIALIZER.serialize(to_item(v)) for k, v in item.items()}
-
-
-def _cancelled_by(exc: ClientError) -> list[str]:
-    """The per-item cancellation codes of a cancelled transaction ([] for any other error)."""
-    if error_code(exc) != "TransactionCanceledException":
-        return []
-    return [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])]
-
-
-_SERIALIZER = TypeSerializer()

@@ -15,6 +15,12 @@ class Invalid(SpillwayError):
     status = 422
 
 
+class BadRequest(SpillwayError):
+    """The request cannot be read as sent (e.g. a cursor this API did not give)."""
+
+    status = 400
+
+
 class Unauthorized(SpillwayError):
     status = 401
 

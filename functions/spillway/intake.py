@@ -5,6 +5,10 @@ Plain domain code: the API handler parses HTTP and calls these; tests call them 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -13,14 +17,17 @@ from typing import Any
 from spillway import imageinfo
 from spillway.aws import error_code
 from spillway.catalog import SERVICES
-from spillway.errors import Invalid, NotFound
+from spillway.errors import BadRequest, Invalid, NotFound
 from spillway.fleet import Gpu
 from spillway.jobs import JobRecord, JobStore
+from spillway.limits import TenantLimits
 from spillway.models import (
     DispatchInput,
     JobAccepted,
+    JobList,
     JobRequest,
     JobStatus,
+    JobSummary,
     JobView,
     UploadRequest,
     UploadTicket,
@@ -35,8 +42,10 @@ MAX_INPUT_BYTES = 32 * 1024 * 1024  # the upload policy's limit and the submit c
 SHORTEST_DEADLINE = timedelta(seconds=30)  # a job cannot be answered sooner than a GPU can run it
 LONGEST_DEADLINE = timedelta(days=7)
 RESULT_URL_SECONDS = 60 * 60
+_JOB_ID = re.compile(r"j-[0-9a-f]{32}")
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
-_PINNED_TYPES = {"png": ("png", "image/png"), "jpeg": ("jpg", "image/jpeg")}
+_EXTENSION_TYPES = {extension: content_type for content_type, extension in _EXTENSIONS.items()}
+_FORMAT_EXTENSIONS = {"png": "png", "jpeg": "jpg"}  # imageinfo's format names
 
 
 def utc_now() -> datetime:
@@ -54,6 +63,7 @@ class Intake:
         jobs: JobStore,
         s3: Any,
         sqs: Any,
+        limits: TenantLimits,
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         fleet: Callable[[], list[Gpu]] = list,
@@ -63,6 +73,7 @@ class Intake:
         self._jobs = jobs
         self._s3 = s3
         self._sqs = sqs
+        self._limits = limits
         self._clock = clock
         self._new_id = new_id
         self._fleet = fleet  # the enrolled GPUs, healthy or not (a recent read will do: they change seldom)
@@ -88,6 +99,7 @@ class Intake:
             raise Invalid(f"unknown service {request.service!r}; known services: {', '.join(sorted(SERVICES))}")
         if not request.input_key.startswith(tenant.upload_prefix):  # another tenant's upload: as if absent
             raise Invalid(_nothing_uploaded(request.input_key))
+        standing = self._limits.check(tenant.tenant_id)  # over its limits: refused before any work
         data = self._read_upload(request.input_key)
         try:
             image = imageinfo.inspect(data)
@@ -116,7 +128,7 @@ class Intake:
             service=service.name,
             priority=request.priority,
             segment=request.segment,
-            input_key=self._pin(job_id, data, image),
+            input_key=_pinned_key(job_id, image),
             width=width,
             height=height,
             vram_mb=vram_mb,
@@ -126,7 +138,7 @@ class Intake:
             deadline_at=iso(deadline.astimezone(UTC)),
             idempotency_key=request.idempotency_key,
         )
-        self._jobs.create(job)
+        self._limits.create_within_limits(tenant.tenant_id, job_id, self._jobs.item(job), standing)
         message = DispatchInput(
             job_id=job.job_id,
             service=job.service,
@@ -138,12 +150,14 @@ class Intake:
             deadline_at=job.deadline_at,
         )
         try:
+            self._pin(job.input_key, data)
             self._sqs.send_message(
                 QueueUrl=self._settings.intake_queue_urls[job.priority], MessageBody=message.model_dump_json()
             )
         except Exception:
-            # A job that is recorded but never queued would sit in QUEUED forever: take it back.
+            # A job that is recorded but never queued would sit in QUEUED forever: take it back, and its slot.
             self._jobs.delete(job.job_id)
+            self._limits.release(tenant.tenant_id, job.job_id)
             raise
         return JobAccepted(job_id=job.job_id, status=job.status)
 
@@ -179,6 +193,12 @@ class Intake:
             )
         return job.view(result_url)
 
+    def jobs(self, tenant: Tenant, limit: int, status: JobStatus | None = None, cursor: str | None = None) -> JobList:
+        """The tenant's own jobs, newest first, a page at a time."""
+        found, next_after = self._jobs.of_tenant(tenant.tenant_id, limit, status, _read_cursor(cursor))
+        return JobList(jobs=[JobSummary.model_validate(job.model_dump()) for job in found],
+                       next_cursor=_cursor(next_after))
+
     def _read_upload(self, key: str) -> bytes:
         try:
             upload = self._s3.get_object(Bucket=self._settings.images_bucket, Key=key)
@@ -194,14 +214,35 @@ class Intake:
                 raise Invalid(f"the upload at {key} is empty")
             return body.read()
 
-    def _pin(self, job_id: str, data: bytes, image: imageinfo.ImageInfo) -> str:
+    def _pin(self, key: str, data: bytes) -> None:
         """The job's own copy of exactly the bytes judged here: the upload URL may still write to the
         upload's key, but every attempt reads this copy, so a later write changes nothing."""
-        extension, content_type = _PINNED_TYPES[image.format]
-        key = f"inputs/{job_id}.{extension}"
+        content_type = _EXTENSION_TYPES[key.rsplit(".", 1)[1]]
         self._s3.put_object(Bucket=self._settings.images_bucket, Key=key, Body=data, ContentType=content_type)
-        return key
 
 
 def _nothing_uploaded(key: str) -> str:
     return f"nothing was uploaded at {key}: POST the image to its upload_url first"
+
+
+def _pinned_key(job_id: str, image: imageinfo.ImageInfo) -> str:
+    return f"inputs/{job_id}.{_FORMAT_EXTENSIONS[image.format]}"
+
+
+# A cursor is where the next page starts: (created_at, job_id) of the last job given. Opaque to clients;
+# read only within the caller's own jobs (the query names its tenant), so a forged one reveals nothing.
+def _cursor(after: tuple[str, str] | None) -> str | None:
+    return base64.urlsafe_b64encode(json.dumps(after).encode()).decode().rstrip("=") if after else None
+
+
+def _read_cursor(cursor: str | None) -> tuple[str, str] | None:
+    if cursor is None:
+        return None
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        datetime.fromisoformat(created_at)
+        if not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
+            raise ValueError(job_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise BadRequest("cursor: not a cursor this API gave; pass next_cursor as it came, or none") from None
+    return created_at, job_id

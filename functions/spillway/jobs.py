@@ -11,10 +11,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from boto3.dynamodb.conditions import Key
+from boto3.dynamodb.conditions import Attr, Key
 from pydantic import BaseModel, Field
 
-from spillway.aws import from_item, paged_items, to_item
+from spillway.aws import from_item, paged_items
 from spillway.models import AttemptOutcome, AttemptView, ErrorType, JobFields, JobStatus, JobView, Pool
 from spillway.routing.rules import default_rules
 
@@ -102,15 +102,17 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
+MAX_PAGES_PER_LIST = 10  # one list request reads at most this many index pages
+
+
 class JobStore:
     def __init__(self, table: Any):
         self._table = table
 
-    def create(self, job: JobRecord) -> None:
-        self._table.put_item(
-            Item=to_item(job.model_dump(mode="json", exclude_none=True)),
-            ConditionExpression="attribute_not_exists(job_id)",
-        )
+    @staticmethod
+    def item(job: JobRecord) -> dict[str, Any]:
+        """The job as its item: what a create puts (the API's, in one transaction with its tenant's limits)."""
+        return job.model_dump(mode="json", exclude_none=True)
 
     def delete(self, job_id: str) -> None:
         """Undo a create whose intake message could not be sent (the job never existed)."""
@@ -119,6 +121,30 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         item = self._table.get_item(Key={"job_id": job_id}, ConsistentRead=True).get("Item")
         return JobRecord.model_validate(from_item(item)) if item else None
+
+    def of_tenant(self, tenant_id: str, limit: int, status: JobStatus | None = None,
+                  after: tuple[str, str] | None = None) -> tuple[list[JobRecord], tuple[str, str] | None]:
+        """A tenant's jobs, newest first (the `by-tenant` index), at most `limit`, from after the job named
+        by `after` (its created_at, job_id); and where the next page starts (None: there is no more)."""
+        request: dict[str, Any] = {"IndexName": "by-tenant", "KeyConditionExpression": Key("tenant").eq(tenant_id),
+                                   "ScanIndexForward": False, "Limit": limit}
+        if status:  # a filter: a page may hold fewer than `limit` of them, so pages are read on
+            request["FilterExpression"] = Attr("status").eq(status.value)
+        if after:
+            request["ExclusiveStartKey"] = {"tenant": tenant_id, "created_at": after[0], "job_id": after[1]}
+        jobs: list[JobRecord] = []
+        for _ in range(MAX_PAGES_PER_LIST):
+            page = self._table.query(**request)
+            room = limit - len(jobs)
+            jobs += [JobRecord.model_validate(from_item(i)) for i in page["Items"][:room]]
+            if "LastEvaluatedKey" not in page and len(page["Items"]) <= room:
+                return jobs, None
+            if len(jobs) == limit:
+                return jobs, (jobs[-1].created_at, jobs[-1].job_id)
+            request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        # A rare status over a long history: the caller pages on from where the reading stopped.
+        last = request["ExclusiveStartKey"]
+        return jobs, (last["created_at"], last["job_id"])
 
     def with_status(self, status: JobStatus, created_before: str) -> list[JobRecord]:
         """Jobs in `status` created before the given ISO time (the `by-status` index)."""

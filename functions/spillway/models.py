@@ -171,6 +171,16 @@ class JobView(JobFields):
     error: str | None = None
 
 
+class JobSummary(JobFields):
+    error: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary] = Field(description="newest first")
+    next_cursor: str | None = Field(default=None, description="pass as `cursor` for the next page; absent: "
+                                                              "this is the last")
+
+
 class ApiError(BaseModel):
     message: str
 

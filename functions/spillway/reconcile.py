@@ -23,6 +23,7 @@ from spillway import metrics
 from spillway.admission import Admission
 from spillway.aws import error_code
 from spillway.jobs import JobRecord, JobStore
+from spillway.limits import TenantLimits
 from spillway.models import DispatchInput, JobStatus
 
 logger = Logger(child=True)
@@ -36,14 +37,23 @@ MAX_PER_SWEEP = 200  # oldest first; the next sweep goes on
 
 
 class Reconciler:
-    def __init__(self, jobs: JobStore, sfn: Any, admission: Admission, clock: Callable[[], float] = time.time):
+    def __init__(self, jobs: JobStore, sfn: Any, admission: Admission, limits: TenantLimits,
+                 clock: Callable[[], float] = time.time):
         self._jobs = jobs
+        self._limits = limits
         self._sfn = sfn
         self._admission = admission
         self._clock = clock
 
     def reconcile(self, job: JobRecord) -> str:
-        """Bring one open job in line with its execution; returns what was done."""
+        """Bring one open job in line with its execution, and give an ended job's slot back to its tenant
+        (idempotent: on AWS every execution's end comes here); returns what was done."""
+        outcome = self._reconcile(job)
+        if outcome in ("final", "reconciled"):
+            self._limits.release(job.tenant, job.job_id)
+        return outcome
+
+    def _reconcile(self, job: JobRecord) -> str:
         if job.status.final:
             return "final"
         try:

@@ -8,6 +8,7 @@ from functools import cache
 from pydantic import BaseModel, ValidationError
 
 from spillway.health import HealthPolicy
+from spillway.limits import TenantLimitSettings
 from spillway.models import Priority
 
 
@@ -41,6 +42,8 @@ class Settings(BaseModel, frozen=True):
     faas_api_key_secret_arn: str
     webhook_key_secret_arn: str
     public_api_url: str
+    tenants_table: str
+    tenant_limits: TenantLimitSettings
 
     def health_policy(self) -> HealthPolicy:
         return HealthPolicy(stale_seconds=self.agent_stale_seconds, suspect_seconds=self.suspect_seconds,
@@ -81,6 +84,10 @@ class Settings(BaseModel, frozen=True):
                 faas_api_key_secret_arn=env["FAAS_API_KEY_SECRET_ARN"],
                 webhook_key_secret_arn=env["WEBHOOK_KEY_SECRET_ARN"],
                 public_api_url=env["PUBLIC_API_URL"],
+                tenants_table=env["TENANTS_TABLE"],
+                tenant_limits=TenantLimitSettings(
+                    submits_per_second=env["TENANT_SUBMITS_PER_SECOND"], submit_burst=env["TENANT_SUBMIT_BURST"],
+                    jobs_in_flight=env["TENANT_JOBS_IN_FLIGHT"]),
             )
         except KeyError as missing:
             raise RuntimeError(f"environment variable {missing} is not set; the template sets it") from None

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.event_handler.openapi.params import Body, Path, Query
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
@@ -23,17 +23,29 @@ from pydantic import BaseModel
 from spillway import aws
 from spillway.handlers import fleet_routes
 from spillway.handlers.http import answer_errors_with_reasons, error_response, unreadable_body
-from spillway.handlers.wiring import enrolled_gpus, routing_rules
+from spillway.handlers.wiring import enrolled_gpus, routing_rules, tenant_limits
 from spillway.intake import Intake
 from spillway.jobs import JobStore
+from spillway.limits import RateLimited
 from spillway.logs import job_keys
 from spillway.metrics import Metric, emit
-from spillway.models import ApiError, JobAccepted, JobId, JobRequest, JobView, UploadRequest, UploadTicket
+from spillway.models import (
+    ApiError,
+    JobAccepted,
+    JobId,
+    JobList,
+    JobRequest,
+    JobStatus,
+    JobView,
+    UploadRequest,
+    UploadTicket,
+)
 from spillway.settings import settings
 from spillway.tenancy import Tenant, tenant_of
 
 API_TITLE = "Spillway job API"
 API_VERSION = "1.0.0"
+MAX_PAGE = 100  # GET /v1/jobs's largest page
 
 logger = Logger()
 tracer = Tracer()
@@ -45,13 +57,16 @@ _ERRORS: dict[int | str, Any] = {
     404: {"description": "No such job", "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
     422: {"description": "The request cannot be served, with the reason",
           "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
+    429: {"description": "Over the tenant's submit rate or its jobs in flight: retry after `Retry-After` seconds",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}},
+          "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
 }
 
 
 @cache
 def intake() -> Intake:
     s = settings()
-    return Intake(s, JobStore(aws.table(s.jobs_table)), aws.client("s3"), aws.client("sqs"),
+    return Intake(s, JobStore(aws.table(s.jobs_table)), aws.client("s3"), aws.client("sqs"), limits=tenant_limits(),
                   fleet=enrolled_gpus(), rules=routing_rules)
 
 
@@ -95,6 +110,7 @@ def create_upload(request: Annotated[UploadRequest | None, Body()] = None) -> Up
           "content": {"application/json": {"model": JobAccepted}}},
     409: {"description": "The same idempotency key is being submitted right now"},
     422: _ERRORS[422],
+    429: _ERRORS[429],
 })
 @tracer.capture_method
 def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
@@ -108,6 +124,20 @@ def submit_job(request: Annotated[JobRequest, Body()]) -> JobAccepted:
                 tenant=tenant.tenant_id)
     emit(Metric.JOBS_SUBMITTED, JobService=request.service, Priority=request.priority.value)
     return accepted
+
+
+@app.get("/v1/jobs", summary="Your jobs, newest first, a page at a time", tags=["jobs"], responses={
+    200: {"description": "A page of jobs", "content": {"application/json": {"model": JobList}}},
+    400: {"description": "A cursor this API did not give",
+          "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
+})
+@tracer.capture_method
+def list_jobs(
+    status: Annotated[JobStatus | None, Query(description="only jobs in this status")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"at most this many (1 to {MAX_PAGE})")] = 20,
+    cursor: Annotated[str | None, Query(max_length=1000, description="the `next_cursor` of the page before")] = None,
+) -> JobList:
+    return intake().jobs(caller(), limit, status, cursor)
 
 
 @app.get("/v1/jobs/<job_id>", summary="A job's status, attempts and result link", tags=["jobs"],
@@ -134,6 +164,13 @@ def openapi_document() -> str:
         description="Submit photo edits to run on GPUs; follow them until their result is ready. Operators: "
                     "see the fleet's health, drain, quarantine and readmit GPUs.",
     )
+
+
+@app.exception_handler(RateLimited)
+def rate_limited(exc: RateLimited) -> Response:
+    response = error_response(429, str(exc))
+    response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @app.exception_handler(IdempotencyValidationError)

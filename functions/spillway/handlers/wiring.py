@@ -22,6 +22,7 @@ from spillway.fleet import Fleet, Gpu
 from spillway.fleet_ops import FleetOperations
 from spillway.health import GpuHealth, HealthEvent
 from spillway.jobs import JobStore
+from spillway.limits import TenantLimits
 from spillway.reconcile import Reconciler
 from spillway.reports import TaskReports
 from spillway.routing import rules
@@ -139,8 +140,14 @@ def jobs() -> JobStore:
 
 
 @cache
+def tenant_limits() -> TenantLimits:
+    s = settings()
+    return TenantLimits(aws.table(s.tenants_table), aws.client("dynamodb"), s.jobs_table, s.tenant_limits)
+
+
+@cache
 def reconciler() -> Reconciler:
-    return Reconciler(jobs(), aws.client("stepfunctions"), admission())
+    return Reconciler(jobs(), aws.client("stepfunctions"), admission(), tenant_limits())
 
 
 def routing_rules() -> rules.RoutingRules:

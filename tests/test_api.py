@@ -288,3 +288,37 @@ def test_every_session_of_an_assumed_role_is_one_tenant() -> None:
     two = Tenant.of_principal("arn:aws:sts::123456789012:assumed-role/app/session-2")
     assert one == two and one.principal == "arn:aws:iam::123456789012:role/app"
     assert one.tenant_id != Tenant.of_principal("arn:aws:iam::123456789012:user/app").tenant_id
+
+
+def test_a_tenant_lists_its_own_jobs_newest_first_a_page_at_a_time(cloud: Cloud) -> None:
+    key = upload(cloud, render_room(1))
+    mine = [call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key})[1]["job_id"] for _ in range(5)]
+    call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": upload(cloud, render_room(2), OTHER_TENANT)},
+         principal=OTHER_TENANT)
+    seen, cursor, pages = [], None, 0
+    while True:
+        status, page = call("GET", "/v1/jobs", query={"limit": "2", **({"cursor": cursor} if cursor else {})})
+        assert status == 200 and len(page["jobs"]) <= 2
+        seen += page["jobs"]
+        pages += 1
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    assert sorted(j["job_id"] for j in seen) == sorted(mine) and pages == 3, "every job once, no other tenant's"
+    created = [j["created_at"] for j in seen]
+    assert created == sorted(created, reverse=True), "newest first"
+    assert call("GET", "/v1/jobs", query={"status": "SUCCEEDED"})[1] == {"jobs": [], "next_cursor": None}
+    assert len(call("GET", "/v1/jobs", query={"status": "QUEUED"})[1]["jobs"]) == 5
+    assert len(call("GET", "/v1/jobs", principal=OTHER_TENANT)[1]["jobs"]) == 1
+
+
+@pytest.mark.parametrize("query,status,reason", [
+    ({"cursor": "not-a-cursor"}, 400, "cursor"),
+    ({"cursor": "WyJ4IiwgImotMSJd"}, 400, "cursor"),  # base64 JSON, but not a place in the list
+    ({"limit": "101"}, 422, "limit"),
+    ({"limit": "0"}, 422, "limit"),
+    ({"status": "DONE"}, 422, "status"),
+])
+def test_a_bad_list_request_is_a_4xx_with_its_reason(cloud: Cloud, query: dict, status: int, reason: str) -> None:
+    answer = call("GET", "/v1/jobs", query=query)
+    assert answer[0] == status and reason in answer[1]["message"]

@@ -1,0 +1,120 @@
+"""Per-tenant limits (spillway.limits) on the template's tables in moto: the token bucket, the cap on jobs
+in flight, their release on every end, and races for the last token or slot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spillway import aws
+from spillway.jobs import JobRecord, JobStore
+from spillway.limits import IN_FLIGHT_RETRY_AFTER, RateLimited, TenantLimits, TenantLimitSettings
+from spillway.reconcile import Reconciler
+
+from conftest import Cloud
+from helpers import Clock
+
+TENANT = "tn-" + "a" * 24
+
+
+def limits(cloud: Cloud, clock: Clock, rate: float = 100.0, burst: int = 100, in_flight: int = 100) -> TenantLimits:
+    return TenantLimits(aws.table(cloud.settings.tenants_table), aws.client("dynamodb"), cloud.settings.jobs_table,
+                        TenantLimitSettings(submits_per_second=rate, submit_burst=burst, jobs_in_flight=in_flight),
+                        clock=clock)
+
+
+def job(n: int, status: str = "QUEUED") -> dict[str, Any]:
+    return {"job_id": f"j-{n:032x}", "tenant": TENANT, "status": status, "service": "upscale_2x",
+            "priority": "normal", "segment": {}, "input_key": "inputs/x.png", "width": 1, "height": 1, "vram_mb": 1,
+            "created_at": f"2026-11-26T12:00:{n:02d}.000+00:00", "updated_at": "2026-11-26T12:00:00.000+00:00"}
+
+
+def submit(limits: TenantLimits, n: int) -> None:
+    limits.create_within_limits(TENANT, job(n)["job_id"], job(n))
+
+
+def in_flight(cloud: Cloud) -> set[str]:
+    item = aws.table(cloud.settings.tenants_table).get_item(Key={"tenant": TENANT}).get("Item") or {}
+    return set(item.get("in_flight") or ())
+
+
+def end(cloud: Cloud, n: int, status: str = "SUCCEEDED") -> None:
+    aws.table(cloud.settings.jobs_table).update_item(
+        Key={"job_id": job(n)["job_id"]}, UpdateExpression="SET #s = :s", ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":s": status})
+
+
+def jobs_written(cloud: Cloud) -> int:
+    return aws.table(cloud.settings.jobs_table).scan(Select="COUNT")["Count"]
+
+
+def test_the_bucket_allows_its_burst_then_its_rate_and_says_when_to_retry(cloud: Cloud) -> None:
+    clock = Clock(1000.0)
+    bucket = limits(cloud, clock, rate=0.5, burst=3)
+    for n in range(3):
+        submit(bucket, n)
+    with pytest.raises(RateLimited) as refused:
+        submit(bucket, 3)
+    assert refused.value.status == 429 and refused.value.retry_after == 2  # one token at 0.5 per second
+    assert "0.5 submits per second" in str(refused.value)
+    assert jobs_written(cloud) == 3, "a refused submit writes nothing"
+    clock.advance(2.0)
+    submit(bucket, 3)
+    assert jobs_written(cloud) == 4
+
+
+def test_the_cap_on_jobs_in_flight_refuses_with_a_reason_and_writes_nothing(cloud: Cloud) -> None:
+    capped = limits(cloud, Clock(1000.0), in_flight=2)
+    submit(capped, 0)
+    submit(capped, 1)
+    with pytest.raises(RateLimited) as refused:
+        submit(capped, 2)
+    assert refused.value.retry_after == IN_FLIGHT_RETRY_AFTER and "2 jobs in flight" in str(refused.value)
+    assert jobs_written(cloud) == 2 and in_flight(cloud) == {job(0)["job_id"], job(1)["job_id"]}
+
+
+@pytest.mark.parametrize("status", ["SUCCEEDED", "FAILED"])
+def test_a_full_tenant_gets_back_the_slots_of_its_ended_jobs_whoever_ended_them(cloud: Cloud, status: str) -> None:
+    """The safety net: the state machine, the reconciler or a cancel ended the job and no release came."""
+    capped = limits(cloud, Clock(1000.0), in_flight=2)
+    submit(capped, 0)
+    submit(capped, 1)
+    end(cloud, 0, status)
+    submit(capped, 2)
+    assert in_flight(cloud) == {job(1)["job_id"], job(2)["job_id"]}
+
+
+def test_release_is_idempotent_and_the_reconciler_releases_every_ended_job_it_sees(cloud: Cloud) -> None:
+    capped = limits(cloud, Clock(1000.0), in_flight=2)
+    submit(capped, 0)
+    submit(capped, 1)
+    end(cloud, 0)
+    record = JobStore(aws.table(cloud.settings.jobs_table)).get(job(0)["job_id"])
+    assert isinstance(record, JobRecord) and record.status.final
+    # An ended job asks nothing of Step Functions: no client, no admission.
+    reconciler = Reconciler(JobStore(aws.table(cloud.settings.jobs_table)), None, None, capped)  # type: ignore[arg-type]
+    assert reconciler.reconcile(record) == "final"
+    assert reconciler.reconcile(record) == "final"
+    capped.release(TENANT, job(0)["job_id"])
+    assert in_flight(cloud) == {job(1)["job_id"]}
+
+
+def test_two_submits_racing_for_the_last_slot_cannot_both_take_it(cloud: Cloud) -> None:
+    capped = limits(cloud, Clock(1000.0), in_flight=2)
+    submit(capped, 0)
+    first, second = capped.check(TENANT), capped.check(TENANT)  # both read one free slot
+    capped.create_within_limits(TENANT, job(1)["job_id"], job(1), first)
+    with pytest.raises(RateLimited, match="jobs in flight"):  # its item changed: read again, and refused
+        capped.create_within_limits(TENANT, job(2)["job_id"], job(2), second)
+    assert jobs_written(cloud) == 2 and len(in_flight(cloud)) == 2
+
+
+def test_two_submits_racing_for_the_last_token_cannot_both_take_it(cloud: Cloud) -> None:
+    bucket = limits(cloud, Clock(1000.0), rate=0.1, burst=2)
+    submit(bucket, 0)
+    first, second = bucket.check(TENANT), bucket.check(TENANT)
+    bucket.create_within_limits(TENANT, job(1)["job_id"], job(1), first)
+    with pytest.raises(RateLimited, match="submits per second"):
+        bucket.create_within_limits(TENANT, job(2)["job_id"], job(2), second)
+    assert jobs_written(cloud) == 2

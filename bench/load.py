@@ -144,6 +144,10 @@ def job_mix(n: int, seed: int) -> list[tuple[str, str]]:
     return mix
 
 
+# Every job is the default tenant's: its limits lifted (given first, so that --parameter may set them again).
+NO_TENANT_LIMITS = ("TenantSubmitsPerSecond=100000", "TenantSubmitBurst=100000", "TenantJobsInFlight=5000")
+
+
 class Clients:
     """One httpx client per thread, all closed at the end."""
 
@@ -460,7 +464,7 @@ class Stack:
         base = Path(args.state_dir) if args.state_dir else Path(tempfile.mkdtemp(prefix="spillway-bench-"))
         self.state = base / name if args.state_dir else base
         extra = ["--api-port", "0", "--model-seconds", str(args.model_seconds)]
-        for pair in args.parameter:
+        for pair in (*NO_TENANT_LIMITS, *args.parameter):  # the load is the system's, not one tenant's
             extra += ["--parameter", pair]
         self.launched = LaunchedStack(self.state, extra)
         self.keep = bool(args.state_dir)  # or when the run saw trouble: its dev.log is worth reading

@@ -65,7 +65,8 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
     routes = {(r.method, r.path, r.function) for r in cloud.stack.routes}
     assert routes == {
         ("POST", "/v1/uploads", "ApiFunction"), ("POST", "/v1/jobs", "ApiFunction"),
-        ("GET", "/v1/jobs/{job_id}", "ApiFunction"), ("GET", "/v1/openapi.json", "ApiFunction"),
+        ("GET", "/v1/jobs", "ApiFunction"), ("GET", "/v1/jobs/{job_id}", "ApiFunction"),
+        ("GET", "/v1/openapi.json", "ApiFunction"),
         ("GET", "/v1/fleet", "ApiFunction"), ("POST", "/v1/fleet/{gpu_id}/{action}", "ApiFunction"),
         ("PUT", "/v1/fleet/{gpu_id}", "ApiFunction"), ("POST", "/v1/fleet/{gpu_id}/rotate", "ApiFunction"),
         ("POST", "/v1/agent/heartbeat", "AgentCallbackFunction"),
@@ -73,6 +74,10 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
         ("POST", "/v1/agent/tasks/{task_id}/result", "AgentCallbackFunction"),
         ("POST", "/v1/faas/webhook/{task_id}", "FaasWebhookFunction"),
     }
+    # Clients and operators are IAM principals (tenants); agents and the FaaS provider present their own secrets.
+    assert {r.path for r in cloud.stack.routes if not r.iam} == {
+        "/v1/agent/heartbeat", "/v1/agent/tasks/{task_id}/heartbeat", "/v1/agent/tasks/{task_id}/result",
+        "/v1/faas/webhook/{task_id}"}
     by_queue = {s.queue_url: s for s in cloud.stack.queue_sources}
     for priority, url in cloud.settings.intake_queue_urls.items():
         assert by_queue[url].function == "AdmitFunction", priority
@@ -82,6 +87,13 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
     assert [(s.function, s.expression) for s in cloud.stack.schedules] == [("SweeperFunction", "rate(1 minute)")]
     assert "moto" in cloud.stack.offline["SweeperFunctionExecutionEnded"], "says what covers for it offline"
     assert all(s.report_batch_item_failures for s in cloud.stack.queue_sources), "partial batch failures"
+
+
+def test_api_gateway_throttles_every_route_before_any_function(translated: dict) -> None:
+    (stage,) = [r for r in translated["Resources"].values() if r["Type"] == "AWS::ApiGatewayV2::Stage"]
+    throttling = stage["Properties"]["DefaultRouteSettings"]
+    assert throttling == {"ThrottlingRateLimit": {"Ref": "ApiThrottlingRate"},
+                          "ThrottlingBurstLimit": {"Ref": "ApiThrottlingBurst"}}
 
 
 def test_an_unknown_resource_type_fails_loudly() -> None:

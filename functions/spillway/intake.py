@@ -8,11 +8,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from spillway import imageinfo
 from spillway.aws import error_code
@@ -24,6 +25,7 @@ from spillway.limits import TenantLimits
 from spillway.models import (
     DispatchInput,
     JobAccepted,
+    JobId,
     JobList,
     JobRequest,
     JobStatus,
@@ -42,10 +44,9 @@ MAX_INPUT_BYTES = 32 * 1024 * 1024  # the upload policy's limit and the submit c
 SHORTEST_DEADLINE = timedelta(seconds=30)  # a job cannot be answered sooner than a GPU can run it
 LONGEST_DEADLINE = timedelta(days=7)
 RESULT_URL_SECONDS = 60 * 60
-_JOB_ID = re.compile(r"j-[0-9a-f]{32}")
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
-_EXTENSION_TYPES = {extension: content_type for content_type, extension in _EXTENSIONS.items()}
-_FORMAT_EXTENSIONS = {"png": "png", "jpeg": "jpg"}  # imageinfo's format names
+_PINNED_TYPES = {"png": ("png", "image/png"), "jpeg": ("jpg", "image/jpeg")}
+_JOB_ID = TypeAdapter(JobId)
 
 
 def utc_now() -> datetime:
@@ -150,7 +151,7 @@ class Intake:
             deadline_at=job.deadline_at,
         )
         try:
-            self._pin(job.input_key, data)
+            self._pin(job.input_key, data, image)
             self._sqs.send_message(
                 QueueUrl=self._settings.intake_queue_urls[job.priority], MessageBody=message.model_dump_json()
             )
@@ -214,10 +215,10 @@ class Intake:
                 raise Invalid(f"the upload at {key} is empty")
             return body.read()
 
-    def _pin(self, key: str, data: bytes) -> None:
+    def _pin(self, key: str, data: bytes, image: imageinfo.ImageInfo) -> None:
         """The job's own copy of exactly the bytes judged here: the upload URL may still write to the
         upload's key, but every attempt reads this copy, so a later write changes nothing."""
-        content_type = _EXTENSION_TYPES[key.rsplit(".", 1)[1]]
+        content_type = _PINNED_TYPES[image.format][1]
         self._s3.put_object(Bucket=self._settings.images_bucket, Key=key, Body=data, ContentType=content_type)
 
 
@@ -226,7 +227,7 @@ def _nothing_uploaded(key: str) -> str:
 
 
 def _pinned_key(job_id: str, image: imageinfo.ImageInfo) -> str:
-    return f"inputs/{job_id}.{_FORMAT_EXTENSIONS[image.format]}"
+    return f"inputs/{job_id}.{_PINNED_TYPES[image.format][0]}"
 
 
 # A cursor is where the next page starts: (created_at, job_id) of the last job given. Opaque to clients;
@@ -241,8 +242,7 @@ def _read_cursor(cursor: str | None) -> tuple[str, str] | None:
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         datetime.fromisoformat(created_at)
-        if not (isinstance(job_id, str) and _JOB_ID.fullmatch(job_id)):
-            raise ValueError(job_id)
-    except (ValueError, TypeError, binascii.Error):
+        _JOB_ID.validate_python(job_id)
+    except (ValueError, TypeError, binascii.Error):  # a pydantic ValidationError is a ValueError
         raise BadRequest("cursor: not a cursor this API gave; pass next_cursor as it came, or none") from None
     return created_at, job_id

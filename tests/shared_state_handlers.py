@@ -8,6 +8,7 @@ import threading
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.metrics import MetricUnit
 
 lines = io.StringIO()  # every log line of both functions
@@ -34,3 +35,29 @@ def second(event: dict[str, Any], context: Any) -> None:
     logger.append_keys(job_id=event["job_id"], gpu_id="local-3")
     metrics.add_metric(name="SecondRan", unit=MetricUnit.Count, value=1)
     logger.info("second ends")
+
+
+# Two HTTP functions (Powertools resolvers) whose invocations overlap: the first's route pauses mid-way.
+first_app, second_app = APIGatewayHttpResolver(), APIGatewayHttpResolver()
+api_paused = threading.Event()
+api_resume = threading.Event()
+
+
+@first_app.get("/first")
+def first_route() -> dict[str, Any]:
+    api_paused.set()
+    api_resume.wait(10)
+    return {"path": first_app.current_event.path, "function": first_app.lambda_context.function_name}
+
+
+@second_app.get("/second")
+def second_route() -> dict[str, Any]:
+    return {"path": second_app.current_event.path, "function": second_app.lambda_context.function_name}
+
+
+def first_api(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return first_app.resolve(event, context)
+
+
+def second_api(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return second_app.resolve(event, context)

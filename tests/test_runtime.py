@@ -301,6 +301,27 @@ def test_functions_interleaved_in_one_process_keep_their_own_log_keys_and_metric
     assert sorted(published) == [["FirstRan"], ["SecondRan"]]  # each function flushed its own, once
 
 
+def test_http_functions_interleaved_in_one_process_each_resolve_their_own_request() -> None:
+    """Powertools keeps the request being resolved on BaseRouter, a class shared by every resolver: a route
+    read another function's request (its path, its caller's identity) whenever their invocations overlapped."""
+    import shared_state_handlers as handlers
+    from helpers import http_event
+
+    first, second = (Invoker(Function(
+        logical_id=name.capitalize() + "Function", name=f"stack-{name}", arn=f"{FUNCTION.arn}-{name}",
+        handler=f"shared_state_handlers.{name}_api", timeout=30, memory_mb=128, environment={},
+    ), REGION, "123456789012") for name in ("first", "second"))
+    answers: dict[str, Any] = {}
+    running = threading.Thread(target=lambda: answers.update(first=first(http_event("GET", "/first"))))
+    running.start()
+    assert handlers.api_paused.wait(10)
+    answers["second"] = second(http_event("GET", "/second"))  # a whole request while the first's is under way
+    handlers.api_resume.set()
+    running.join(10)
+    assert json.loads(answers["first"]["body"]) == {"path": "/first", "function": "stack-first"}
+    assert json.loads(answers["second"]["body"]) == {"path": "/second", "function": "stack-second"}
+
+
 def test_only_shared_powertools_state_is_copied_per_function(monkeypatch: pytest.MonkeyPatch) -> None:
     """A metric emitted alone (its own provider, as `spillway.metrics` does) leaves no copy behind: a long
     `spillway dev` does not accumulate them, and a new object never inherits a dead one's copy."""

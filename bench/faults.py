@@ -349,8 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     runs: list[Run] = []
     before = uptime()
     say(f"faults: {', '.join(f.name for f in faults)}; {args.runs} run(s) each; {before}; stack logs in {state}")
-    with LaunchedStack(state / "stack", stack_args) as info, httpx.Client(base_url=info.api_url,
-                                                                          timeout=TIMEOUT) as api:
+    with LaunchedStack(state / "stack", stack_args) as info, info.api_client(TIMEOUT) as api:
         bench = Bench(info, api)
         for number in range(1, args.runs + 1):  # round by round: the machine's load spreads over every fault
             for fault in faults:

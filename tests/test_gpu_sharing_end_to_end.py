@@ -58,7 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 
 @pytest.fixture(scope="module")
 def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=TIMEOUT) as client:
+    with stack.api_client(TIMEOUT) as client:
         yield client
 
 

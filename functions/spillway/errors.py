@@ -25,10 +25,6 @@ class Unauthorized(SpillwayError):
     status = 401
 
 
-class Forbidden(SpillwayError):
-    status = 403
-
-
 class Conflict(SpillwayError):
     status = 409
 
@@ -38,6 +34,6 @@ class NoCapacity(SpillwayError):
 
 
 class Forbidden(SpillwayError):
-    """Authenticated, but not allowed this (e.g. an agent speaking for another GPU)."""
+    """Not allowed this: a caller with no identity, or an agent speaking for another GPU."""
 
     status = 403

@@ -280,7 +280,8 @@ class EmbeddedStack:
     def _enroll(self, spec: GpuSpec, url: str) -> str:
         """Enroll the GPU through the API, as `spillway fleet enroll` does; returns its agent's secret."""
         response = httpx.put(f"{self.api_url}/v1/fleet/{spec.gpu_id}", timeout=10.0,
-                             json={"pool": spec.pool.value, "url": url, "vram_mb": spec.vram_mb})
+                             json={"pool": spec.pool.value, "url": url, "vram_mb": spec.vram_mb},
+                             headers={"Authorization": f"Bearer {self.tenants.tokens[DEFAULT_TENANT]}"})
         response.raise_for_status()
         return str(response.json()["secret"])
 

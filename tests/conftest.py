@@ -112,7 +112,7 @@ def translated() -> dict[str, Any]:
     """template.yaml as CloudFormation, translated once per run (HeartbeatSeconds=5 keeps timeouts short)."""
     from spillway_embedded.template import translate
 
-    return translate(TEMPLATE, {"HeartbeatSeconds": "5"})
+    return translate(TEMPLATE, {"HeartbeatSeconds": "5", "AllowLoopbackWebhooks": "true"})
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ TASK = {
     RESULTS: {"s3:PutObject"},
     "<TimersQueue>": {"sqs:SendMessage"},
     STATE_MACHINE: {"states:SendTaskSuccess", "states:SendTaskFailure"},
+    "<WebhookQueue>": {"sqs:SendMessage"},  # endings.py: a task's end may end its job; its webhook is queued
 }
 # spillway.dispatch: the fleet (scan, heartbeats, leases), the waiting rooms, the control key (signs pushes, derives
 # task ids and secrets) and the tunnel's headers for pushes.
@@ -60,8 +61,10 @@ FAAS = {
     RULES: {"ssm:GetParameter"},
 }
 NEEDS: dict[str, Grants] = {
-    "ApiFunction": {  # intake.py, jobs.py (create, view, delete when the intake send fails), Powertools idempotency
-        "<JobsTable>": _ddb("GetItem", "PutItem", "DeleteItem", "BatchGetItem"),  # limits.py: a full tenant's jobs
+    "ApiFunction": _merge(TASK, POOL, FAAS, {  # cancel.py: a cancelled job's execution stopped, its task ended
+        "execution:<DispatchStateMachine>:*": {"states:StopExecution"},
+        # intake.py, jobs.py (create, view, cancel, delete when the intake send fails), Powertools idempotency
+        "<JobsTable>": _ddb("GetItem", "PutItem", "DeleteItem", "UpdateItem", "BatchGetItem"),  # limits.py: BatchGet
         "<JobsTable>/index/by-tenant": _ddb("Query"),  # GET /v1/jobs
         "<TenantsTable>": _ddb("GetItem", "UpdateItem"),  # limits.py: the bucket and the slots
         "<IdempotencyTable>": _ddb("GetItem", "PutItem", "UpdateItem", "DeleteItem"),
@@ -73,7 +76,7 @@ NEEDS: dict[str, Grants] = {
         RESULTS: {"s3:GetObject"},
         **{f"<Intake{p}Queue>": {"sqs:SendMessage"} for p in ("High", "Normal", "Low")},
         RULES: {"ssm:GetParameter"},  # FaaS segments and its GPU's memory: judged at submit
-    },
+    }),
     "AgentCallbackFunction": _merge(TASK, POOL),
     "AdmitFunction": {STATE_MACHINE: {"states:StartExecution"}},
     "FaasWebhookFunction": _merge(TASK, FAAS),
@@ -91,6 +94,12 @@ NEEDS: dict[str, Grants] = {
         "<WaitingRoomTable>": _ddb("Query"),
         "<BudgetTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
         RULES: {"ssm:GetParameter"},
+        "<WebhookQueue>": {"sqs:SendMessage"},  # endings.py: a job the policy ends
+    },
+    "WebhookSenderFunction": {  # webhooks.py: the job's end, its delivery noted; the signing secret; the backoff
+        "<JobsTable>": _ddb("GetItem", "UpdateItem"),
+        "<WebhookSigningSecret>": {"secretsmanager:GetSecretValue"},
+        "<WebhookQueue>": {"sqs:ChangeMessageVisibility"},
     },
     "DispatchStateMachine": {  # dispatch.asl.json: dynamodb:updateItem, sqs:sendMessage.waitForTaskToken, lambda:invoke
         "<JobsTable>": _ddb("UpdateItem"),
@@ -103,7 +112,7 @@ NEEDS: dict[str, Grants] = {
 XRAY = "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess"
 LOGS = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
 SQS_EVENTS = "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole"
-SQS_TRIGGERED = {"AdmitFunction", "PoolPollerFunction", "TimerFunction"}
+SQS_TRIGGERED = {"AdmitFunction", "PoolPollerFunction", "TimerFunction", "WebhookSenderFunction"}
 
 
 def _managed(owner: str) -> set[str]:

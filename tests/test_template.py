@@ -48,9 +48,9 @@ _CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 def test_the_template_translates_to_plain_cloudformation(translated: dict[str, Any]) -> None:
     assert "Transform" not in translated
     types = Counter(resource["Type"] for resource in translated["Resources"].values())
-    assert types["AWS::Lambda::Function"] == 8
+    assert types["AWS::Lambda::Function"] == 9
     assert types["AWS::StepFunctions::StateMachine"] == 1
-    assert types["AWS::Lambda::EventSourceMapping"] == 7  # three intake queues, three pools, the timers
+    assert types["AWS::Lambda::EventSourceMapping"] == 8  # three intake queues, three pools, the timers, webhooks
     assert not [t for t in types if t.startswith("AWS::Serverless::")]
 
 
@@ -66,6 +66,7 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
     assert routes == {
         ("POST", "/v1/uploads", "ApiFunction"), ("POST", "/v1/jobs", "ApiFunction"),
         ("GET", "/v1/jobs", "ApiFunction"), ("GET", "/v1/jobs/{job_id}", "ApiFunction"),
+        ("POST", "/v1/jobs/{job_id}/cancel", "ApiFunction"),
         ("GET", "/v1/openapi.json", "ApiFunction"),
         ("GET", "/v1/fleet", "ApiFunction"), ("POST", "/v1/fleet/{gpu_id}/{action}", "ApiFunction"),
         ("PUT", "/v1/fleet/{gpu_id}", "ApiFunction"), ("POST", "/v1/fleet/{gpu_id}/rotate", "ApiFunction"),
@@ -84,6 +85,7 @@ def test_routes_and_queues_are_wired_as_the_code_expects(cloud: Cloud) -> None:
     for pool in ("LocalQueue", "CloudQueue", "FaasQueue"):
         assert by_queue[cloud.physical[pool]].function == "PoolPollerFunction"
     assert by_queue[cloud.settings.timers_queue_url].function == "TimerFunction"
+    assert by_queue[cloud.settings.webhook_queue_url].function == "WebhookSenderFunction"
     assert [(s.function, s.expression) for s in cloud.stack.schedules] == [("SweeperFunction", "rate(1 minute)")]
     assert "moto" in cloud.stack.offline["SweeperFunctionExecutionEnded"], "says what covers for it offline"
     assert all(s.report_batch_item_failures for s in cloud.stack.queue_sources), "partial batch failures"

@@ -30,7 +30,17 @@ from spillway import credentials, health, metrics, placement, signing
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
 from spillway.health import GpuHealth
-from spillway.models import AgentHeartbeat, AgentTask, ErrorType, Pool, PoolTask, TaskState, Timer, TimerKind
+from spillway.models import (
+    AgentCancel,
+    AgentHeartbeat,
+    AgentTask,
+    ErrorType,
+    Pool,
+    PoolTask,
+    TaskState,
+    Timer,
+    TimerKind,
+)
 from spillway.priorities import NEXT_POOL, SPILLS_INTO, job_clock, wait_bound
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingEntry
@@ -44,6 +54,7 @@ INPUT_URL_SECONDS = 60 * 60
 LOOK_AHEAD = 200  # entries a pass reads from the front of a room, at most, for one that fits
 MAX_PASSES = 8  # a pump stops after this many passes; the next arrival, release or sweep goes on
 SPILL_LOOK_AHEAD = 25  # entries of another pool's room a pump reads for tasks past their bound: its front
+CANCELLED = "cancelled"  # a task's outcome (and error type) when its job was cancelled
 
 
 def result_key_for(job_id: str, attempt: int) -> str:
@@ -376,6 +387,40 @@ class Dispatcher:
         if after.state is GpuHealth.DOWN and silent_for > self._limits.agent_stale_seconds:
             self._fail_tasks_on(before, _silent_cause(gpu.gpu_id, silent_for))
         return before.model_copy(update={"health": after})
+
+    def cancel(self, task_id: str) -> str:
+        """Its job was cancelled: the task ends now — out of the waiting room, or its GPU's VRAM and slot back
+        (and the room pumped onto them) — and its agent is told to stop. Telling is best effort: an agent we
+        cannot reach learns it from its next task heartbeat (`current: false`), and its late result finds the
+        task over and is dropped. Returns what was done."""
+        for _ in range(3):  # the task may change state under us once or twice (assigned, pushed)
+            task = self._fleet.task(task_id)
+            if task is None or task.state is TaskState.DONE:
+                return "over"
+            if task.state is TaskState.WAITING:
+                if self._fleet.close_waiting(task.waiting_entry(), CANCELLED, CANCELLED) is not None:
+                    return "left_room"
+                continue
+            if not self._fleet.release(task, CANCELLED, CANCELLED, now=self._clock()):
+                continue
+            metrics.attempt_ended(task.pool, CANCELLED)
+            self.pump(task.pool)
+            return self._tell_agent_cancelled(task)
+        return "over"
+
+    def _tell_agent_cancelled(self, task: Task) -> str:
+        body = AgentCancel(task_id=task.task_id).model_dump_json().encode()
+        try:
+            response = self._http.post(
+                f"{task.gpu_url}/v1/tasks/{task.task_id}/cancel", content=body, timeout=PUSH_TIMEOUT,
+                headers={"Content-Type": "application/json",
+                         **self._signed(task.gpu_id or "", task.gpu_generations, body)})
+        except httpx.HTTPError as exc:
+            logger.warning("could not tell the agent its task is cancelled", job_id=task.job_id, gpu_id=task.gpu_id,
+                           error=repr(exc))
+            return "agent_unreachable"
+        logger.info("agent told: task cancelled", job_id=task.job_id, gpu_id=task.gpu_id, answer=response.status_code)
+        return "agent_told" if response.is_success else f"agent_answered_{response.status_code}"
 
     def _push_alone(self, task: Task) -> str:
         """A push outside a pump: if it frees the slot (failed) or hands the task back, pump the room."""

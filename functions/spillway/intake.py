@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from spillway import imageinfo
+from spillway import imageinfo, webhooks
 from spillway.aws import error_code
 from spillway.catalog import SERVICES
 from spillway.errors import BadRequest, Invalid, NotFound
@@ -100,6 +100,9 @@ class Intake:
             raise Invalid(f"unknown service {request.service!r}; known services: {', '.join(sorted(SERVICES))}")
         if not request.input_key.startswith(tenant.upload_prefix):  # another tenant's upload: as if absent
             raise Invalid(_nothing_uploaded(request.input_key))
+        if request.webhook_url and (why := webhooks.refusal(str(request.webhook_url),
+                                                             self._settings.allow_loopback_webhooks)):
+            raise Invalid(f"webhook_url: {why}")
         standing = self._limits.check(tenant.tenant_id)  # over its limits: refused before any work
         data = self._read_upload(request.input_key)
         try:
@@ -138,6 +141,7 @@ class Intake:
             updated_at=now,
             deadline_at=iso(deadline.astimezone(UTC)),
             idempotency_key=request.idempotency_key,
+            webhook_url=str(request.webhook_url) if request.webhook_url else None,
         )
         self._limits.create_within_limits(tenant.tenant_id, job_id, self._jobs.item(job), standing)
         message = DispatchInput(

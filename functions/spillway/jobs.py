@@ -80,11 +80,12 @@ class JobRecord(JobFields):
     result_key: str | None = None
     error: str | None = None
     idempotency_key: str | None = None
+    webhook_delivered_at: str | None = None  # its webhook took the event (webhooks.py)
 
     def view(self, result_url: str | None = None) -> JobView:
         attempts = [a.view(n) for n, a in enumerate(self.attempts, start=1)]
         return JobView(
-            **self.model_dump(exclude={"tenant", "attempt", "attempts", "idempotency_key"}),
+            **self.model_dump(exclude={"tenant", "attempt", "attempts", "idempotency_key", "webhook_delivered_at"}),
             attempts=attempts, cost_usd=round(sum(a.cost_usd for a in attempts), 6), result_url=result_url,
         )
 
@@ -152,9 +153,13 @@ class JobStore:
         items = paged_items(self._table.query, IndexName="by-status", KeyConditionExpression=condition)
         return [JobRecord.model_validate(from_item(i)) for i in items]
 
+    def webhook_delivered(self, job_id: str, now: float) -> None:
+        self._table.update_item(Key={"job_id": job_id}, UpdateExpression="SET webhook_delivered_at = :at",
+                                ExpressionAttributeValues={":at": iso_at(now)})
+
     def close(self, job_id: str, status: JobStatus, at: str, *, result_key: str | None = None,
               error: str | None = None) -> bool:
-        """End an open job (the reconciler's write); False if it was final already."""
+        """End an open job (the reconciler's and a cancel's write); False if it was final already."""
         assert status.final
         update = "SET #status = :status, finished_at = :at, updated_at = :at"
         values: dict[str, Any] = {":status": status.value, ":at": at,

@@ -25,7 +25,7 @@ class Dimension(StrEnum):
     JOB_SERVICE = "JobService"  # the job's service (remove_furniture), not Powertools' `service`
     PRIORITY = "Priority"
     POOL = "Pool"
-    OUTCOME = "Outcome"  # `succeeded`, or the failure kind (ErrorType)
+    OUTCOME = "Outcome"  # `succeeded`, or the failure kind (ErrorType); a webhook delivery's outcome
     HEALTH = "Health"  # a GPU's health (GpuHealth)
 
 
@@ -34,6 +34,8 @@ class Metric(StrEnum):
     JOBS_ADMITTED = "JobsAdmitted"
     JOBS_SUCCEEDED = "JobsSucceeded"
     JOBS_FAILED = "JobsFailed"
+    JOBS_CANCELLED = "JobsCancelled"  # by its client: neither a success nor a failure
+    WEBHOOK_DELIVERIES = "WebhookDeliveries"  # a job's end told its webhook (Outcome: delivered, failed, dropped)
     TIME_TO_RESULT = "TimeToResult"  # submit to done, of a job that succeeded
     JOBS_RECONCILED = "JobsReconciled"  # open records brought in line with their ended execution
     ATTEMPTS_ROUTED = "AttemptsRouted"  # Pool `none`: the Route step ended the job
@@ -62,6 +64,8 @@ CATALOG: dict[Metric, Spec] = {
     Metric.JOBS_ADMITTED: Spec(MetricUnit.Count, (D.PRIORITY,)),
     Metric.JOBS_SUCCEEDED: Spec(MetricUnit.Count, (D.JOB_SERVICE, D.PRIORITY)),
     Metric.JOBS_FAILED: Spec(MetricUnit.Count, (D.JOB_SERVICE, D.PRIORITY)),
+    Metric.JOBS_CANCELLED: Spec(MetricUnit.Count, (D.JOB_SERVICE, D.PRIORITY)),
+    Metric.WEBHOOK_DELIVERIES: Spec(MetricUnit.Count, (D.OUTCOME,)),
     Metric.TIME_TO_RESULT: Spec(MetricUnit.Seconds, (D.PRIORITY,)),
     Metric.JOBS_RECONCILED: Spec(MetricUnit.Count),
     Metric.ATTEMPTS_ROUTED: Spec(MetricUnit.Count, (D.POOL,)),
@@ -123,11 +127,13 @@ def room_gauges(pool: Pool, lines: dict[Priority, RoomLine]) -> None:
 
 
 def job_finished(job: JobFields, status: JobStatus, now: float) -> None:
-    """A job was answered: done (with its time to result) or failed."""
+    """A job was answered: done (with its time to result), failed, or cancelled by its client."""
     by = {"JobService": job.service, "Priority": job.priority.value}
     if status is JobStatus.SUCCEEDED:
         emit(Metric.JOBS_SUCCEEDED, **by)
         emit(Metric.TIME_TO_RESULT, now - datetime.fromisoformat(job.created_at).timestamp(),
              Priority=job.priority.value)
+    elif status is JobStatus.CANCELLED:
+        emit(Metric.JOBS_CANCELLED, **by)
     else:
         emit(Metric.JOBS_FAILED, **by)

@@ -39,10 +39,11 @@ class JobStatus(StrEnum):
     RUNNING = "RUNNING"  # the dispatch execution has started
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # its client cancelled it (POST /v1/jobs/{job_id}/cancel); `error` says why
 
     @property
     def final(self) -> bool:
-        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED)
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class TaskState(StrEnum):
@@ -75,6 +76,34 @@ class ErrorType(StrEnum):
     @property
     def state_machine_error(self) -> str:
         return f"Spillway.{self.value}"
+
+
+def _ip_host(url: AnyHttpUrl) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address((url.host or "").strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback(url: AnyHttpUrl) -> bool:
+    ip = _ip_host(url)
+    return url.host == "localhost" or (ip is not None and ip.is_loopback)
+
+
+def _webhook_target(url: AnyHttpUrl) -> AnyHttpUrl:
+    """A job's webhook: https:// to a public host. Loopback (http too) only where the stack allows it (offline,
+    see Intake); an address inside a network (private, link-local: the metadata service) never."""
+    if is_loopback(url):
+        return url
+    ip = _ip_host(url)
+    if url.scheme != "https":
+        raise ValueError("a webhook_url must be https://")
+    if ip is not None and not ip.is_global:
+        raise ValueError("a webhook_url must reach a public address, not a private or link-local one")
+    return url
+
+
+WebhookUrl = Annotated[AnyHttpUrl, AfterValidator(_webhook_target)]
 
 
 # --- public API ------------------------------------------------------------------------------
@@ -112,6 +141,10 @@ class JobRequest(Strict):
     idempotency_key: IdempotencyKey | None = Field(
         default=None, description="resubmitting with the same key returns the same job, never a second one"
     )
+    webhook_url: WebhookUrl | None = Field(
+        default=None, description="https:// URL told once when the job ends (SUCCEEDED, FAILED or CANCELLED): a "
+                                  "POST of a JobEvent signed Standard-Webhooks style, retried with backoff until "
+                                  "it answers 2xx")
 
 
 class JobAccepted(BaseModel):
@@ -160,7 +193,8 @@ class JobFields(BaseModel):
     updated_at: str
     deadline_at: str | None = Field(default=None, description="the job is answered by then: done, or failed "
                                                               "with a reason (absent on jobs older than deadlines)")
-    finished_at: str | None = Field(default=None, description="when it became SUCCEEDED or FAILED")
+    finished_at: str | None = Field(default=None, description="when it became SUCCEEDED, FAILED or CANCELLED")
+    webhook_url: str | None = Field(default=None, description="told when the job ends")
 
 
 class JobView(JobFields):
@@ -183,6 +217,46 @@ class JobList(BaseModel):
 
 class ApiError(BaseModel):
     message: str
+
+
+class CancelRequest(Strict):
+    reason: str | None = Field(default=None, max_length=500, description="kept on the job: why it was cancelled")
+
+
+class JobEventType(StrEnum):
+    """What a webhook tells: how the job ended."""
+
+    SUCCEEDED = "job.succeeded"
+    FAILED = "job.failed"
+    CANCELLED = "job.cancelled"
+
+    @classmethod
+    def of(cls, status: JobStatus) -> JobEventType:
+        return cls(f"job.{status.value.lower()}")
+
+
+class JobEventData(BaseModel):
+    job_id: str
+    status: JobStatus
+    service: str
+    finished_at: str | None
+    error: str | None = Field(default=None, description="why it failed or was cancelled")
+    cost_usd: float
+
+
+class JobEvent(BaseModel):
+    """The body of a job's webhook (Standard Webhooks' payload shape). `webhook-id` is the same on every
+    retry of one event: dedupe on it. GET /v1/jobs/{job_id} for the whole job and its result link."""
+
+    type: JobEventType
+    timestamp: str = Field(description="when the job ended")
+    data: JobEventData
+
+
+class WebhookNotice(BaseModel):
+    """A message on the webhooks queue: this job ended, tell its webhook."""
+
+    job_id: JobId
 
 
 # --- operator API: the fleet ------------------------------------------------------------------
@@ -281,6 +355,12 @@ class AttemptOutput(BaseModel):
 # --- agent protocol ----------------------------------------------------------------------------
 
 
+class AgentCancel(Strict):
+    """Control plane -> agent: POST /v1/tasks/{task_id}/cancel, signed like a task; names the task it stops."""
+
+    task_id: TaskId
+
+
 class AgentTask(Strict):
     """Control plane -> agent: POST /v1/tasks, signed (Standard Webhooks headers). Idempotent by task_id."""
 
@@ -297,18 +377,13 @@ class AgentTask(Strict):
 
 class AgentTaskAccepted(BaseModel):
     task_id: str
-    state: Literal["accepted", "running", "succeeded", "failed"]
+    state: Literal["accepted", "running", "succeeded", "failed", "cancelled"]
 
 
 def _https_unless_loopback(url: AnyHttpUrl) -> AnyHttpUrl:
     """Pushes carry the agent key and presigned URLs: off this machine, only over TLS the poller verifies.
     Plain http is for an agent on loopback (the embedded stack), which no deployed function can reach."""
-    host = (url.host or "").strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if url.scheme != "https" and not loopback:
+    if url.scheme != "https" and not is_loopback(url):
         raise ValueError("an agent's url must be https:// (its tunnel's hostname); plain http only on loopback")
     return url
 

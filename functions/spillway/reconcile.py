@@ -19,9 +19,9 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from spillway import metrics
 from spillway.admission import Admission
 from spillway.aws import error_code
+from spillway.endings import JobEndings
 from spillway.jobs import JobRecord, JobStore
 from spillway.limits import TenantLimits
 from spillway.models import DispatchInput, JobStatus
@@ -38,12 +38,13 @@ MAX_PER_SWEEP = 200  # oldest first; the next sweep goes on
 
 class Reconciler:
     def __init__(self, jobs: JobStore, sfn: Any, admission: Admission, limits: TenantLimits,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, endings: JobEndings | None = None):
         self._jobs = jobs
         self._limits = limits
         self._sfn = sfn
         self._admission = admission
         self._clock = clock
+        self._endings = endings or JobEndings(clock=clock)
 
     def reconcile(self, job: JobRecord) -> str:
         """Bring one open job in line with its execution, and give an ended job's slot back to its tenant
@@ -75,15 +76,18 @@ class Reconciler:
             result_key = (output.get("result") or {}).get("result_key")
             closed = self._jobs.close(job.job_id, JobStatus.SUCCEEDED, ended_at, result_key=result_key)
         else:
+            # Stopped (ABORTED: a cancel whose own write was lost, or an operator's StopExecution) is a cancel;
+            # timed out or failed uncaught is a failure.
+            ended = JobStatus.CANCELLED if status == "ABORTED" else JobStatus.FAILED
             reason = execution.get("error") or f"Execution{status.title().replace('_', '')}"
             cause = execution.get("cause") or f"the dispatch execution ended {status}"
-            closed = self._jobs.close(job.job_id, JobStatus.FAILED, ended_at, error=f"{reason}: {cause}"[:2000])
+            closed = self._jobs.close(job.job_id, ended, ended_at, error=f"{reason}: {cause}"[:2000])
         if not closed:
             return "final"
         logger.warning("job record brought in line with its execution", job_id=job.job_id, execution_status=status)
-        if status != "SUCCEEDED":  # an execution that timed out, was stopped or failed uncaught: answered FAILED
-            # here, counted nowhere else (a success was counted by the report that ended its task)
-            metrics.job_finished(job, JobStatus.FAILED, self._clock())
+        if status != "SUCCEEDED":  # answered here, counted and told nowhere else (a success was, by the report
+            # that ended its task)
+            self._endings.ended(job, ended)
         return "reconciled"
 
     def reconcile_id(self, job_id: str) -> str:

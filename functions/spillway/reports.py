@@ -23,6 +23,7 @@ from aws_lambda_powertools import Logger
 
 from spillway import credentials, metrics
 from spillway.callbacks import Callbacks
+from spillway.endings import JobEndings
 from spillway.errors import NotFound
 from spillway.fleet import Fleet, Task
 from spillway.jobs import JobStore
@@ -33,9 +34,10 @@ logger = Logger(child=True)
 
 class TaskReports:
     def __init__(self, fleet: Fleet, sfn: Any, jobs: JobStore, freed: Callable[[Task], object] = lambda task: None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, endings: JobEndings | None = None):
         self._fleet = fleet
         self._jobs = jobs
+        self._endings = endings or JobEndings(clock=clock)
         self._callbacks = Callbacks(sfn)
         self._freed = freed
         self._clock = clock
@@ -85,10 +87,11 @@ class TaskReports:
         return CallbackAck(current=current)
 
     def _job_succeeded(self, task: Task) -> None:
-        """Its execution took the success: the job is done (counted once, by the report that ended the task)."""
+        """Its execution took the success: the job is done (counted and told once, by the report that ended the
+        task)."""
         job = self._jobs.get(task.job_id)
         if job is not None:
-            metrics.job_finished(job, JobStatus.SUCCEEDED, self._clock())
+            self._endings.ended(job, JobStatus.SUCCEEDED)
 
     def _task(self, task_id: str, gpu_id: str, secret: str) -> Task:
         """The task, if it runs on that GPU and the secret is its own; else one answer for all, which

@@ -44,6 +44,9 @@ class Settings(BaseModel, frozen=True):
     public_api_url: str
     tenants_table: str
     tenant_limits: TenantLimitSettings
+    webhook_queue_url: str  # job ends to tell their webhooks (webhooks.py)
+    webhook_signing_secret_arn: str  # the deployment's Standard Webhooks secret(s), newest first, space-separated
+    allow_loopback_webhooks: bool  # offline only: receivers on this machine
 
     def health_policy(self) -> HealthPolicy:
         return HealthPolicy(stale_seconds=self.agent_stale_seconds, suspect_seconds=self.suspect_seconds,
@@ -88,6 +91,9 @@ class Settings(BaseModel, frozen=True):
                 tenant_limits=TenantLimitSettings(
                     submits_per_second=env["TENANT_SUBMITS_PER_SECOND"], submit_burst=env["TENANT_SUBMIT_BURST"],
                     jobs_in_flight=env["TENANT_JOBS_IN_FLIGHT"]),
+                webhook_queue_url=env["WEBHOOK_QUEUE_URL"],
+                webhook_signing_secret_arn=env["WEBHOOK_SIGNING_SECRET_ARN"],
+                allow_loopback_webhooks=env["ALLOW_LOOPBACK_WEBHOOKS"],
             )
         except KeyError as missing:
             raise RuntimeError(f"environment variable {missing} is not set; the template sets it") from None

@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -39,7 +40,15 @@ from spillway import signing
 from spillway.agent import model
 from spillway.catalog import GPU_COMPUTE, SERVICES
 from spillway.credentials import TASK_SECRET_HEADER, bearer
-from spillway.models import AgentTask, AgentTaskAccepted, ErrorType, FleetHeartbeat, TaskHeartbeat, TaskResult
+from spillway.models import (
+    AgentCancel,
+    AgentTask,
+    AgentTaskAccepted,
+    ErrorType,
+    FleetHeartbeat,
+    TaskHeartbeat,
+    TaskResult,
+)
 
 log = logging.getLogger("spillway.agent")
 # The job a thread works for: each line it logs names it (JobFilter), so a job's story reads across the
@@ -61,6 +70,7 @@ MAX_REQUEST_BYTES = 64 * 1024
 LINGER_S = 1.0  # after refusing a body unread: how long its bytes are drained before the socket closes
 LINGER_BYTES = 4 * 1024 * 1024
 REMEMBERED_TASKS = 1000  # finished tasks kept to answer a re-push idempotently
+_CANCEL_PATH = re.compile(r"/v1/tasks/(t-[0-9a-f]{32})/cancel")
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,7 @@ class AgentConfig:
 @dataclass
 class TaskRun:
     task: AgentTask
-    state: str = "accepted"  # accepted -> running -> succeeded | failed
+    state: str = "accepted"  # accepted -> running -> succeeded | failed | cancelled
     moved_on: threading.Event = field(default_factory=threading.Event)  # the control plane let it go
     done: threading.Event = field(default_factory=threading.Event)  # the model and the upload are over
     settled: threading.Event = field(default_factory=threading.Event)  # ... and the outcome is reported (or moot)
@@ -229,7 +239,7 @@ class Agent:
                 return HTTPStatus.OK, known.view()  # a re-push: never run a task twice
             if self._draining.is_set():
                 raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, "draining: this agent is shutting down")
-            running = sum(1 for r in self._tasks.values() if not r.done.is_set())
+            running = len(self._busy())
             if running >= self.config.slots:
                 raise Refused(HTTPStatus.SERVICE_UNAVAILABLE, f"all {self.config.slots} slots are busy")
             run = TaskRun(task)
@@ -243,8 +253,22 @@ class Agent:
         self._spawn(f"task-{task.task_id[:10]}", self._work, run)
         return HTTPStatus.ACCEPTED, accepted
 
+    def cancel(self, task_id: str) -> AgentTaskAccepted | None:
+        """The control plane cancelled the task: drop it — its slot is free at once, nothing is uploaded or
+        reported. A model call already under way runs to its end (the v2 protocol has no cancel); its output is
+        thrown away. None: no such task here."""
+        run = self.task(task_id)
+        if run is None:
+            return None
+        if not run.done.is_set():
+            run.moved_on.set()
+            run.state = "cancelled"
+            log.info("%s: cancelled by the control plane", task_id)
+        return run.view()
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        free = self.config.slots - len(self._running())
+        with self._lock:
+            free = self.config.slots - len(self._busy())
         if self._draining.is_set():
             return False, {"status": "draining"}
         if problem := self._model_not_ready():
@@ -259,7 +283,7 @@ class Agent:
         heartbeat = FleetHeartbeat(
             gpu_id=self.config.gpu_id, vram_total_mb=self.config.vram_mb, compute=self.config.compute,
             slots=self.config.slots,
-            services=list(SERVICES), running=[r.task.task_id for r in self._unsettled()],
+            services=list(SERVICES), running=[r.task.task_id for r in self._unsettled() if not r.moved_on.is_set()],
             draining=self._draining.is_set(), not_ready=self._model_not_ready(),
         )
         try:
@@ -379,6 +403,11 @@ class Agent:
         with self._lock:
             return [r for r in self._tasks.values() if not r.done.is_set()]
 
+    def _busy(self) -> list[TaskRun]:
+        """Runs that hold a slot: running, and not let go by the control plane (a cancelled run's model may
+        still be finishing, its output to be thrown away). Under the lock."""
+        return [r for r in self._tasks.values() if not (r.done.is_set() or r.moved_on.is_set())]
+
     def _unsettled(self) -> list[TaskRun]:
         with self._lock:
             return [r for r in self._tasks.values() if not r.settled.is_set()]
@@ -428,7 +457,8 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
                 self._answer(HTTPStatus.NOT_FOUND, {"message": f"no route GET {self.path}"})
 
         def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/v1/tasks":
+            cancel = _CANCEL_PATH.fullmatch(self.path)
+            if self.path != "/v1/tasks" and cancel is None:
                 self._answer(HTTPStatus.NOT_FOUND, {"message": f"no route POST {self.path}"})
                 return
             if not self.headers.get(signing.SIGNATURE):  # not worth reading the body of
@@ -443,6 +473,15 @@ def _handler_for(agent: Agent) -> type[BaseHTTPRequestHandler]:
             body, self._unread = self.rfile.read(self._unread), 0
             try:
                 agent.verify(self.headers, body)  # only the control plane pushes, and each push once
+                if cancel is not None:  # the signature covers the body, not the path: the body names the task
+                    if AgentCancel.model_validate_json(body).task_id != cancel.group(1):
+                        raise Refused(HTTPStatus.UNPROCESSABLE_ENTITY, "the cancel's body names another task")
+                    cancelled = agent.cancel(cancel.group(1))
+                    if cancelled is None:
+                        self._answer(HTTPStatus.NOT_FOUND, {"message": "no such task here"})
+                    else:
+                        self._answer(HTTPStatus.OK, cancelled.model_dump(mode="json"))
+                    return
                 task = AgentTask.model_validate_json(body)
                 status, accepted = agent.submit(task)
             except ValidationError as invalid:

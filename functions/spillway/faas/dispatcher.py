@@ -28,6 +28,7 @@ from spillway.budget import BudgetLedger, ReservationState
 from spillway.callbacks import Callbacks
 from spillway.credentials import faas_task_id
 from spillway.dispatch import INPUT_URL_SECONDS, result_key_for
+from spillway.endings import JobEndings
 from spillway.faas import billing, webhook
 from spillway.faas.billing import MICRO
 from spillway.faas.provider import (
@@ -86,7 +87,8 @@ class FaasTask(BaseModel):
 class FaasDispatcher:
     def __init__(self, tasks: Any, jobs: Any, provider: FaasProvider, budget: BudgetLedger, timers: TimerQueue,
                  s3: Any, sfn: Any, bucket: str, rules: Callable[[], RoutingRules], endpoint_id: str,
-                 public_api_url: str, webhook_key: Callable[[], bytes], clock: Callable[[], float] = time.time):
+                 public_api_url: str, webhook_key: Callable[[], bytes], clock: Callable[[], float] = time.time,
+                 endings: JobEndings | None = None):
         self._tasks = tasks
         self._jobs = jobs
         self._provider = provider
@@ -100,6 +102,7 @@ class FaasDispatcher:
         self._public_api_url = public_api_url
         self._webhook_key = webhook_key
         self._clock = clock
+        self._endings = endings or JobEndings(clock=clock)
 
     # ---- arrivals
 
@@ -240,6 +243,19 @@ class FaasDispatcher:
     def on_timer(self, timer: Timer) -> str:
         return self.check(timer.task_id)
 
+    def cancel(self, task_id: str) -> str:
+        """Its job was cancelled: stop paying for it (best effort), then end it as the provider now says (a
+        cancelled job is billed for what it ran, and its budget settled as any end)."""
+        task = self.task(task_id)
+        if task is None or task.state is FaasTaskState.DONE:
+            return "over"
+        if task.provider_job_id:
+            try:
+                self._provider.cancel(task.provider_job_id)
+            except FaasError as exc:  # its status poll ends it later, as any lost job
+                logger.warning("faas cancel failed", job_id=task.job_id, task_id=task_id, error=str(exc))
+        return self.check(task_id, rearm=False)
+
     def sweep(self) -> dict[str, int]:
         """The safety net: every FaaS task not over, or over but its execution not told, is checked."""
         counts: dict[str, int] = {}
@@ -327,7 +343,7 @@ class FaasDispatcher:
                     task_id=task.task_id, gpu_id=self.gpu_label, result_key=task.result_key, duration_ms=0)):
                 job = JobStore(self._jobs).get(task.job_id)  # its execution took the success: the job is done
                 if job is not None:
-                    metrics.job_finished(job, JobStatus.SUCCEEDED, self._clock())
+                    self._endings.ended(job, JobStatus.SUCCEEDED)
         else:
             self._callbacks.failed(task.task_token, ErrorType(task.error_type or ErrorType.MODEL_ERROR),
                                    task.cause or "failed")

@@ -1,5 +1,5 @@
-"""The job API: POST /v1/uploads, POST /v1/jobs, GET /v1/jobs/{job_id}, GET /v1/openapi.json; and the
-operators' fleet routes (`fleet_routes`)."""
+"""The job API: POST /v1/uploads, POST /v1/jobs, GET /v1/jobs/{job_id}, POST /v1/jobs/{job_id}/cancel,
+GET /v1/openapi.json; and the operators' fleet routes (`fleet_routes`)."""
 
 from functools import cache
 from typing import Annotated, Any
@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from spillway import aws
 from spillway.handlers import fleet_routes
 from spillway.handlers.http import answer_errors_with_reasons, error_response, unreadable_body
-from spillway.handlers.wiring import enrolled_gpus, routing_rules, tenant_limits
+from spillway.handlers.wiring import cancellation, enrolled_gpus, routing_rules, tenant_limits
 from spillway.intake import Intake
 from spillway.jobs import JobStore
 from spillway.limits import RateLimited
@@ -31,6 +31,7 @@ from spillway.logs import job_keys
 from spillway.metrics import Metric, emit
 from spillway.models import (
     ApiError,
+    CancelRequest,
     JobAccepted,
     JobId,
     JobList,
@@ -79,7 +80,7 @@ class Submission(BaseModel):
 
 idempotency = IdempotencyConfig(
     event_key_jmespath="[tenant.tenant_id, request.idempotency_key]",
-    payload_validation_jmespath="request.[service, input_key, priority, segment, deadline_at]",
+    payload_validation_jmespath="request.[service, input_key, priority, segment, deadline_at, webhook_url]",
     expires_after_seconds=24 * 3600,
 )
 
@@ -151,6 +152,24 @@ def get_job(job_id: Annotated[JobId, Path(description="the id POST /v1/jobs retu
 
 def caller() -> Tenant:
     return tenant_of(app.current_event.raw_event)
+
+
+@app.post("/v1/jobs/<job_id>/cancel", summary="Cancel a queued or running job", tags=["jobs"], responses={
+    200: {"description": "The job, CANCELLED: its execution stopped, its GPU freed, its agent told, its webhook "
+                         "queued. Cancelling a cancelled job answers the same.",
+          "content": {"application/json": {"model": JobView}}},
+    404: _ERRORS[404],
+    409: {"description": "The job ended otherwise (SUCCEEDED or FAILED): its status, in the reason",
+          "content": {"application/json": {"schema": ApiError.model_json_schema()}}},
+})
+@tracer.capture_method
+def cancel_job(job_id: Annotated[JobId, Path(description="the id POST /v1/jobs returned")],
+               request: Annotated[CancelRequest | None, Body()] = None) -> JobView:
+    logger.append_keys(**job_keys(job_id))
+    owner = caller()
+    intake().view(job_id, owner)  # another tenant's job is no job to this caller: a 404, and nothing is stopped
+    cancellation().cancel(job_id, (request or CancelRequest()).reason)
+    return intake().view(job_id, owner)
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

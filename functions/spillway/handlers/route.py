@@ -1,13 +1,10 @@
 """The dispatch state machine's Route step (`lambda:invoke`): where the job's next attempt goes."""
 
-import time
-
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
-from spillway import metrics
-from spillway.handlers.wiring import jobs, router
+from spillway.handlers.wiring import endings, jobs, router
 from spillway.logs import job_keys
 from spillway.metrics import Metric, emit
 from spillway.models import JobId, JobStatus
@@ -35,5 +32,5 @@ def handler(event: dict, context: LambdaContext) -> dict:
     if route.action is RouteAction.FAIL:  # the state machine records the failure next
         job = jobs().get(request.job_id)
         if job is not None and not job.status.final:
-            metrics.job_finished(job, JobStatus.FAILED, time.time())
+            endings().ended(job, JobStatus.FAILED)
     return route.model_dump(mode="json")

@@ -10,11 +10,13 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities import parameters
 from pydantic import TypeAdapter
 
-from spillway import aws, metrics
+from spillway import aws, metrics, signing
 from spillway.admission import Admission
 from spillway.budget import BudgetLedger
+from spillway.cancel import Cancellation
 from spillway.credentials import AgentAuth
 from spillway.dispatch import PUSH_TIMEOUT, Dispatcher, Limits
+from spillway.endings import JobEndings
 from spillway.faas.dispatcher import FaasDispatcher
 from spillway.faas.runpod import TIMEOUT as FAAS_TIMEOUT
 from spillway.faas.runpod import RunPodProvider
@@ -23,6 +25,7 @@ from spillway.fleet_ops import FleetOperations
 from spillway.health import GpuHealth, HealthEvent
 from spillway.jobs import JobStore
 from spillway.limits import TenantLimits
+from spillway.models import Pool
 from spillway.reconcile import Reconciler
 from spillway.reports import TaskReports
 from spillway.routing import rules
@@ -30,10 +33,12 @@ from spillway.routing.router import Router
 from spillway.settings import settings
 from spillway.timers import TimerQueue
 from spillway.waiting_room import WaitingRoom
+from spillway.webhooks import TIMEOUT as WEBHOOK_TIMEOUT
+from spillway.webhooks import WebhookSender
 
 logger = Logger(child=True)
 
-SECRET_CACHE_SECONDS = 300  # the control key's, the FaaS API key's and the webhook key's: a rotation is live within it
+SECRET_CACHE_SECONDS = 300  # the control key's, the FaaS API key's and the webhook keys': a rotation is live within it
 RULES_CACHE_SECONDS = 60  # a change of the routing rules parameter is live within a minute
 ENROLLED_CACHE_SECONDS = 60  # a GPU enrolled (or resized) counts in the submit check within a minute
 
@@ -125,7 +130,8 @@ def fleet_operations() -> FleetOperations:
 @cache
 def reports() -> TaskReports:
     # A result frees a slot: pump that pool's waiting room at once.
-    return TaskReports(fleet(), aws.client("stepfunctions"), jobs(), freed=lambda task: dispatcher().pump(task.pool))
+    return TaskReports(fleet(), aws.client("stepfunctions"), jobs(), freed=lambda task: dispatcher().pump(task.pool),
+                       endings=endings())
 
 
 @cache
@@ -147,7 +153,31 @@ def tenant_limits() -> TenantLimits:
 
 @cache
 def reconciler() -> Reconciler:
-    return Reconciler(jobs(), aws.client("stepfunctions"), admission(), tenant_limits())
+    return Reconciler(jobs(), aws.client("stepfunctions"), admission(), tenant_limits(), endings=endings())
+
+
+@cache
+def endings() -> JobEndings:
+    return JobEndings(aws.client("sqs"), settings().webhook_queue_url)
+
+
+@cache
+def cancellation() -> Cancellation:
+    by_pool = {Pool.LOCAL: lambda t: dispatcher().cancel(t), Pool.CLOUD: lambda t: dispatcher().cancel(t),
+               Pool.FAAS: lambda t: faas_dispatcher().cancel(t)}
+    return Cancellation(jobs(), aws.client("stepfunctions"), admission().execution_arn, by_pool, endings())
+
+
+def webhook_secrets() -> list[bytes]:
+    """The deployment's signing secrets, newest first (two while rotating: receivers move to the new one)."""
+    raw = str(parameters.get_secret(settings().webhook_signing_secret_arn, max_age=SECRET_CACHE_SECONDS))
+    return [signing.secret_bytes(s) for s in raw.split()]
+
+
+@cache
+def webhook_sender() -> WebhookSender:
+    return WebhookSender(jobs(), httpx.Client(timeout=WEBHOOK_TIMEOUT), webhook_secrets,
+                         allow_loopback=settings().allow_loopback_webhooks)
 
 
 def routing_rules() -> rules.RoutingRules:
@@ -197,5 +227,5 @@ def faas_dispatcher() -> FaasDispatcher:
         tasks=aws.table(s.tasks_table), jobs=aws.table(s.jobs_table), provider=provider, budget=budget(),
         timers=TimerQueue(aws.client("sqs"), s.timers_queue_url), s3=aws.client("s3"),
         sfn=aws.client("stepfunctions"), bucket=s.images_bucket, rules=routing_rules, endpoint_id=s.faas_endpoint_id,
-        public_api_url=s.public_api_url, webhook_key=webhook_key,
+        public_api_url=s.public_api_url, webhook_key=webhook_key, endings=endings(),
     )

@@ -9,6 +9,10 @@ USAGE = """usage: spillway <command> [options]
 commands:
   agent   run the agent beside one GPU's model server
   fleet   every GPU's health, load and recent events; drain, quarantine or readmit one (fleet --help)
+  submit  submit a job (a photo and a service); --wait for its end
+  status  a job's status, attempts and result link
+  cancel  cancel a queued or running job
+  wait    wait for a job to end; exit 0 if it succeeded
   dev     run the whole system on this machine (moto, the template's resources, agents) and stay up
   demo    start the embedded stack, push a few room photos through the API, show where each ran
   graph   draw a job's execution graph, the path it took lit (SVG or PNG)
@@ -31,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         from spillway.fleet_cli import main as fleet_main
 
         return fleet_main(rest)
+    from spillway.client_cli import COMMANDS as CLIENT_COMMANDS
+
+    if command in CLIENT_COMMANDS:
+        from spillway.client_cli import main as client_main
+
+        return client_main(command, rest)
     if command in ("dev", "demo"):
         try:
             from spillway_embedded import cli as embedded_cli

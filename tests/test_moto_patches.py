@@ -371,6 +371,27 @@ def test_a_callback_succeeds_while_another_execution_is_still_starting(
     assert wait_for(sfn, starter_run)["status"] == "SUCCEEDED"
 
 
+def test_a_stopped_execution_waiting_on_a_task_token_is_aborted_at_once_with_its_error_and_cause(
+    sfn_world: tuple[Any, Any]
+) -> None:
+    """Unpatched, the execution stayed RUNNING until its task's timeout (here an hour) and lost the reason."""
+    sfn, _ = sfn_world
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue = sqs.create_queue(QueueName="stopped")["QueueUrl"]
+    waiting = json.dumps({"StartAt": "Wait", "States": {"Wait": {
+        "Type": "Task", "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken", "TimeoutSeconds": 3600,
+        "Parameters": {"QueueUrl": queue, "MessageBody": {"token.$": "$$.Task.Token"}}, "End": True}}})
+    machine = sfn.create_state_machine(name="stopped", definition=waiting, roleArn=ROLE)["stateMachineArn"]
+    run = sfn.start_execution(stateMachineArn=machine, name="s")["executionArn"]
+    deadline = time.monotonic() + 10
+    while not sqs.receive_message(QueueUrl=queue).get("Messages"):
+        assert time.monotonic() < deadline, "it never sent its token"
+        time.sleep(0.01)
+    sfn.stop_execution(executionArn=run, error="Spillway.Cancelled", cause="by its client")
+    stopped = wait_for(sfn, run, timeout=5)
+    assert (stopped["status"], stopped["error"], stopped["cause"]) == ("ABORTED", "Spillway.Cancelled", "by its client")
+
+
 def test_step_functions_integrations_reuse_one_client_and_parse_each_json_path_once() -> None:
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_dynamodb
     from moto.stepfunctions.parser.asl.utils import json_path

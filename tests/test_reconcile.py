@@ -88,3 +88,14 @@ def test_an_execution_status_change_event_reconciles_that_job(cloud: Cloud) -> N
     }
     assert sweeper.handler(event, LambdaContext("sweeper")) == {"jobs": {"reconciled": 1}}
     assert cloud.job_item(job.job_id)["status"] == "FAILED"
+
+
+def test_a_stopped_execution_is_a_cancelled_job(cloud: Cloud) -> None:
+    """An execution stopped by an operator (or a cancel whose own write was lost) ends its job CANCELLED."""
+    job = submitted_job(cloud)
+    arn = admit(job)
+    next_task(cloud, "LocalQueue")
+    cloud.client("stepfunctions").stop_execution(executionArn=arn, error="Ops", cause="stopped by hand")
+    assert cloud.wait_for_execution(job.job_id)["status"] == "ABORTED"
+    assert reconciler(cloud).reconcile_id(job.job_id) == "reconciled"
+    assert cloud.job_item(job.job_id)["status"] == "CANCELLED"

@@ -425,7 +425,7 @@ def _patch_stepfunctions() -> None:
 
     # SendTaskFailure's `cause` was dropped by moto's response handler: a Catch saw `"Cause": null`, so a
     # job lost the reason its attempt failed.
-    from moto.core.responses import EmptyResult
+    from moto.core.responses import ActionResult, EmptyResult
     from moto.stepfunctions.responses import StepFunctionResponse
 
     def send_task_failure(self: Any) -> Any:
@@ -437,6 +437,46 @@ def _patch_stepfunctions() -> None:
 
     send_task_failure.__spillway_patched__ = True  # type: ignore[attr-defined]
     StepFunctionResponse.send_task_failure = send_task_failure
+
+    # StopExecution left an execution that waits on a task token RUNNING until that task's timeout (its thread
+    # blocks in the callback wait, which nothing interrupted), and dropped the stop's error and cause. On AWS
+    # the execution is ABORTED at once, with them: a cancelled job's execution must not wait out its deadline.
+    from moto.stepfunctions.parser.backend.execution import Execution
+
+    def stop_execution(self: Any) -> Any:
+        execution = self.stepfunction_backend.stop_execution(self._get_param("executionArn"))
+        error, cause = self._get_param("error"), self._get_param("cause")
+        if isinstance(execution, Execution):
+            execution.error = error if error is not None else execution.error
+            execution.cause = cause if cause is not None else execution.cause
+            worker = execution.exec_worker
+            if worker is not None and worker.env is not None:  # wake every wait of this execution's tokens
+                for endpoint in list(worker.env.callback_pool_manager._pool.values()):
+                    endpoint.interrupt_all()
+        return ActionResult({"stopDate": execution.stop_date})
+
+    stop_execution.__spillway_patched__ = True  # type: ignore[attr-defined]
+    StepFunctionResponse.stop_execution = stop_execution
+
+    # ... and the interrupted wait then raises (a States.Timeout) into an environment that overwrote its stop
+    # with that error: once stopped, an execution stays stopped.
+    from moto.stepfunctions.parser.asl.eval.environment import Environment
+    from moto.stepfunctions.parser.asl.eval.program_state import ProgramStopped
+
+    for name in ("set_error", "set_timed_out"):
+        _keep_stopped(Environment, name, ProgramStopped)
+
+
+def _keep_stopped(environment: type, name: str, stopped: type) -> None:
+    original = getattr(environment, name)
+
+    @functools.wraps(original)
+    def unless_stopped(self: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(self._program_state, stopped):
+            original(self, *args, **kwargs)
+
+    unless_stopped.__spillway_patched__ = True  # type: ignore[attr-defined]
+    setattr(environment, name, unless_stopped)
 
 
 _programs: OrderedDict[str, Any] = OrderedDict()  # definition -> program, least recently used first

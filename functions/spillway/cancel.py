@@ -17,7 +17,6 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from spillway.aws import error_code
-from spillway.dispatch import task_id_for
 from spillway.endings import JobEndings
 from spillway.errors import Conflict, NotFound
 from spillway.jobs import JobRecord, JobStore, iso_at
@@ -30,12 +29,12 @@ CANCELLED_ERROR = "Spillway.Cancelled"
 
 class Cancellation:
     def __init__(self, jobs: JobStore, sfn: Any, execution_arn: Callable[[str], str],
-                 end_task: dict[Pool, Callable[[str], str]], endings: JobEndings,
+                 end_task: dict[Pool, Callable[[str, int], str]], endings: JobEndings,
                  clock: Callable[[], float] = time.time):
         self._jobs = jobs
         self._sfn = sfn
         self._execution_arn = execution_arn
-        self._end_task = end_task  # by pool: end this task id now (see Dispatcher.cancel, FaasDispatcher.cancel)
+        self._end_task = end_task  # by pool: end the task of this job's attempt now (Dispatcher/FaasDispatcher.cancel)
         self._endings = endings
         self._clock = clock
 
@@ -54,7 +53,7 @@ class Cancellation:
         self._stop_execution(job_id, why)
         if job.attempts:
             pool = job.attempts[-1].pool
-            outcome = self._end_task[pool](task_id_for(job_id, job.attempt))
+            outcome = self._end_task[pool](job_id, job.attempt)
             logger.info("cancelled job's task ended", job_id=job_id, pool=pool.value, outcome=outcome)
         return job
 

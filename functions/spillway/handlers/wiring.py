@@ -10,7 +10,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities import parameters
 from pydantic import TypeAdapter
 
-from spillway import aws, metrics, signing
+from spillway import aws, credentials, metrics, signing
 from spillway.admission import Admission
 from spillway.budget import BudgetLedger
 from spillway.cancel import Cancellation
@@ -163,8 +163,13 @@ def endings() -> JobEndings:
 
 @cache
 def cancellation() -> Cancellation:
-    by_pool = {Pool.LOCAL: lambda t: dispatcher().cancel(t), Pool.CLOUD: lambda t: dispatcher().cancel(t),
-               Pool.FAAS: lambda t: faas_dispatcher().cancel(t)}
+    def on_a_gpu(job_id: str, attempt: int) -> str:
+        return dispatcher().cancel(credentials.task_id_for(control_key(), job_id, attempt))
+
+    def on_faas(job_id: str, attempt: int) -> str:
+        return faas_dispatcher().cancel(credentials.faas_task_id(job_id, attempt))
+
+    by_pool = {Pool.LOCAL: on_a_gpu, Pool.CLOUD: on_a_gpu, Pool.FAAS: on_faas}
     return Cancellation(jobs(), aws.client("stepfunctions"), admission().execution_arn, by_pool, endings())
 
 

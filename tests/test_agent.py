@@ -344,6 +344,32 @@ def test_an_attempt_that_moved_on_is_dropped(plane: ControlPlane, start_agent: A
     assert f"/out/{t['job_id'][2:]}" not in plane.objects, "and no upload over a newer attempt's result"
 
 
+def cancel(agent: Agent, task_id: str, key: str | None = AGENT_KEY) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    return httpx.post(f"{agent.listen_url}/v1/tasks/{task_id}/cancel", headers=headers, timeout=5)
+
+
+def test_a_cancelled_task_frees_its_slot_at_once_and_is_neither_uploaded_nor_reported(
+        plane: ControlPlane, start_agent: Any) -> None:
+    held = GatedModel(gated=True)
+    agent = start_agent(run_model=held, slots=1)
+    t, after = task(plane, render_room(3)), task(plane, render_room(4))
+    push(agent, t)
+    assert held.entered.wait(WAIT)
+    assert cancel(agent, t["task_id"], key="someone-else").status_code == 401
+    assert cancel(agent, "t-" + "0" * 32).status_code == 404
+    cancelled = cancel(agent, t["task_id"])
+    assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+    assert push(agent, after).status_code == 202, "its slot is free while its model call finishes"
+    assert agent.beat()
+    assert plane.posted("/agent/heartbeat")[-1]["running"] == [after["task_id"]], "nor does it report it held"
+    held.gate.set()
+    settled(agent, t["task_id"])
+    settled(agent, after["task_id"])
+    assert plane.results(t["task_id"]) == [] and f"/out/{t['job_id'][2:]}" not in plane.objects
+    assert [r["outcome"] for r in plane.results(after["task_id"])] == ["succeeded"]
+
+
 def test_a_result_is_retried_until_the_control_plane_has_it(plane: ControlPlane, start_agent: Any) -> None:
     agent = start_agent()
     t = task(plane, render_room(4))

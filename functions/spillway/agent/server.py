@@ -325,6 +325,8 @@ class Agent:
 
     def _execute(self, run: TaskRun) -> tuple[str, ErrorType | None, str | None]:
         task = run.task
+        if run.moved_on.is_set():  # cancelled before it started: nothing to fetch or run
+            return "failed", None, None
         try:
             response = self._transfers.get(str(task.input_url))
             response.raise_for_status()

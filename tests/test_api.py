@@ -139,6 +139,18 @@ def test_same_idempotency_key_returns_the_same_job(cloud: Cloud) -> None:
     assert status == 422 and "idempotency_key" in body["message"]
 
 
+def test_a_webhook_url_is_kept_on_the_job_and_part_of_what_an_idempotency_key_stands_for(cloud: Cloud) -> None:
+    key = upload(cloud, render_room(2))
+    request = {"service": "upscale_2x", "input_key": key, "idempotency_key": "order-5678",
+               "webhook_url": "https://hooks.example.com/spillway?order=5678"}
+    status, first = call("POST", "/v1/jobs", request)
+    assert status == 202 and call("POST", "/v1/jobs", request) == (202, first)
+    status, view = call("GET", f"/v1/jobs/{first['job_id']}")
+    assert view["webhook_url"] == "https://hooks.example.com/spillway?order=5678"
+    status, body = call("POST", "/v1/jobs", request | {"webhook_url": "https://hooks.example.com/other"})
+    assert status == 422 and "idempotency_key" in body["message"]
+
+
 BAD_REQUESTS = [
     ({"service": "paint_it_pink", "input_key": UPLOAD_A}, "unknown service"),
     ({"service": "remove_furniture", "input_key": UPLOAD_B}, "nothing was uploaded"),

@@ -175,13 +175,41 @@ def test_cancel_of_a_running_job_frees_its_gpu_within_seconds_and_tells_its_webh
     assert event["data"]["status"] == "CANCELLED" and "withdrawn" in event["data"]["error"]
 
     # The agent was told: it dropped the run, and when its model ended it neither uploaded nor reported it.
-    agent_log = launched[0] / "agents" / f"{attempt['gpu_id']}.log"
-    deadline = asked + MODEL_SECONDS + 10
-    while f"job_id={job_id} " not in (log := agent_log.read_text()) or "dropping its result" not in log:
-        assert time.monotonic() < deadline, f"{attempt['gpu_id']} never dropped {job_id}'s run"
-        time.sleep(0.2)
-    assert "cancelled by the control plane" in log
+    agent_log_line(launched[0], attempt["gpu_id"], job_id, "dropping its result", timeout=MODEL_SECONDS + 10)
+    assert "cancelled by the control plane" in (launched[0] / "agents" / f"{attempt['gpu_id']}.log").read_text()
     assert client.status(job_id).status.value == "CANCELLED"
+
+
+def agent_log_line(state_dir: Path, gpu_id: str, job_id: str, words: str, timeout: float) -> str:
+    """The first line of the GPU's agent log about the job that says `words` (bounded wait)."""
+    log, deadline = state_dir / "agents" / f"{gpu_id}.log", time.monotonic() + timeout
+    while not (found := [line for line in log.read_text().splitlines() if f"job_id={job_id} " in line
+                         and words in line]):
+        assert time.monotonic() < deadline, f"{gpu_id} never logged {words!r} for {job_id}"
+        time.sleep(0.2)
+    return found[0]
+
+
+def test_an_agent_the_cancel_cannot_reach_frees_its_gpu_all_the_same_and_its_late_result_changes_nothing(
+        launched: tuple[Path, StackInfo], client: Client, receiver: Receiver, verifier: Webhook,
+        queue_drained: Drained) -> None:
+    state_dir, info = launched
+    job_id = client.submit("upscale_2x", room(), webhook_url=f"{receiver.url}/unreachable").job_id
+    attempt = running_attempt(client, job_id)
+    info.cut_tunnels(attempt["gpu_id"])  # the control plane can no longer reach it; its reports still get out
+    try:
+        asked = time.monotonic()
+        assert client.cancel(job_id).status.value == "CANCELLED"
+        while (now := gpu(client, attempt["gpu_id"]))["running"] or now["vram_used_mb"]:
+            assert time.monotonic() - asked < FREED_WITHIN_S, f"not freed within {FREED_WITHIN_S} s: {now}"
+            time.sleep(0.1)
+        # Its model ends and it reports a success the control plane no longer wants.
+        agent_log_line(state_dir, attempt["gpu_id"], job_id, " succeeded", timeout=MODEL_SECONDS + 20)
+    finally:
+        info.restore_tunnels(attempt["gpu_id"])
+    job = client.status(job_id)
+    assert job.status.value == "CANCELLED" and job.result_url is None
+    assert the_one_event(receiver, verifier, "/unreachable", queue_drained)["type"] == "job.cancelled"
 
 
 def test_cancel_of_a_finished_job_is_a_409_with_its_status(client: Client) -> None:

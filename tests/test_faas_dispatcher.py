@@ -172,3 +172,13 @@ def test_a_job_the_provider_lost_ends_and_one_bad_task_does_not_stop_the_sweep(w
     assert counts == {"GpuUnreachable": 1, "succeeded": 1, "error": 1}
     assert len(world.timers.of(fine)) == 1, "the sweep sets no extra poll timer: each task has its one"
     assert world.reservation(lost) == (ReservationState.SETTLED, RESERVED)
+
+
+def test_a_cancelled_job_is_cancelled_at_the_provider_and_its_budget_released(world: World) -> None:
+    task_id = world.arrive()
+    provider_job = world.dispatcher.task(task_id).provider_job_id
+    assert world.dispatcher.cancel(task_id) == "PoolRefused", "it never ran: not an attempt, nothing billed"
+    assert world.provider.cancelled == [provider_job]
+    assert world.dispatcher.task(task_id).state is FaasTaskState.DONE
+    assert world.reservation(task_id) == (ReservationState.RELEASED, None)
+    assert world.dispatcher.cancel(task_id) == "over" and world.provider.cancelled == [provider_job]

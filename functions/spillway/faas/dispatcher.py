@@ -244,17 +244,20 @@ class FaasDispatcher:
         return self.check(timer.task_id)
 
     def cancel(self, task_id: str) -> str:
-        """Its job was cancelled: stop paying for it (best effort), then end it as the provider now says (a
-        cancelled job is billed for what it ran, and its budget settled as any end)."""
+        """Its job was cancelled: stop paying for it, and end the task as the provider says it ended (billed
+        for what it ran; nothing if it never started). A task not at the provider yet is left to its poll
+        timer; the provider's refusal to cancel, too."""
         task = self.task(task_id)
         if task is None or task.state is FaasTaskState.DONE:
             return "over"
-        if task.provider_job_id:
-            try:
-                self._provider.cancel(task.provider_job_id)
-            except FaasError as exc:  # its status poll ends it later, as any lost job
-                logger.warning("faas cancel failed", job_id=task.job_id, task_id=task_id, error=str(exc))
-        return self.check(task_id, rearm=False)
+        if not task.provider_job_id:
+            return "not_submitted"
+        try:
+            status = self._provider.cancel(task.provider_job_id)
+        except FaasError as exc:
+            logger.warning("faas cancel failed", job_id=task.job_id, task_id=task_id, error=str(exc))
+            return "cancel_failed"
+        return self._finish(task, status) if status.final else status.state.value
 
     def sweep(self) -> dict[str, int]:
         """The safety net: every FaaS task not over, or over but its execution not told, is checked."""

@@ -1,6 +1,7 @@
 """The job API: POST /v1/uploads, POST /v1/jobs, GET /v1/jobs/{job_id}, POST /v1/jobs/{job_id}/cancel,
 GET /v1/openapi.json; and the operators' fleet routes (`fleet_routes`)."""
 
+import json
 from functools import cache
 from typing import Annotated, Any
 
@@ -33,6 +34,7 @@ from spillway.models import (
     ApiError,
     CancelRequest,
     JobAccepted,
+    JobEvent,
     JobId,
     JobList,
     JobRequest,
@@ -178,11 +180,21 @@ def openapi():  # no return annotation: the document describes itself
 
 
 def openapi_document() -> str:
-    return app.get_openapi_json_schema(
+    document = json.loads(app.get_openapi_json_schema(
         title=API_TITLE, version=API_VERSION,
         description="Submit photo edits to run on GPUs; follow them until their result is ready. Operators: "
                     "see the fleet's health, drain, quarantine and readmit GPUs.",
-    )
+    ))
+    # What a job's webhook_url receives (OpenAPI 3.1 webhooks), from the model the sender sends.
+    event = JobEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    document["components"]["schemas"] |= event.pop("$defs") | {"JobEvent": event}
+    document["webhooks"] = {"jobEnded": {"post": {
+        "summary": "A job ended (SUCCEEDED, FAILED or CANCELLED): POSTed once to its webhook_url, signed Standard "
+                   "Webhooks style (webhook-id, webhook-timestamp, webhook-signature); retried until a 2xx",
+        "requestBody": {"required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobEvent"}}}},
+        "responses": {"2XX": {"description": "taken; any other answer (or none within 10 s) is retried"}}}}}
+    return json.dumps(document)
 
 
 @app.exception_handler(RateLimited)

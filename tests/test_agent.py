@@ -344,9 +344,11 @@ def test_an_attempt_that_moved_on_is_dropped(plane: ControlPlane, start_agent: A
     assert f"/out/{t['job_id'][2:]}" not in plane.objects, "and no upload over a newer attempt's result"
 
 
-def cancel(agent: Agent, task_id: str, key: str | None = AGENT_KEY) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-    return httpx.post(f"{agent.listen_url}/v1/tasks/{task_id}/cancel", headers=headers, timeout=5)
+def cancel(agent: Agent, task_id: str, key: str | None = AGENT_SECRET, names: str | None = None) -> httpx.Response:
+    """POST a cancel for `task_id`, signed like a push; its body names `names` (default: that task)."""
+    content = json.dumps({"task_id": names or task_id}).encode()
+    return httpx.post(f"{agent.listen_url}/v1/tasks/{task_id}/cancel", content=content,
+                      headers=signed(content, key), timeout=5)
 
 
 def test_a_cancelled_task_frees_its_slot_at_once_and_is_neither_uploaded_nor_reported(
@@ -356,7 +358,8 @@ def test_a_cancelled_task_frees_its_slot_at_once_and_is_neither_uploaded_nor_rep
     t, after = task(plane, render_room(3)), task(plane, render_room(4))
     push(agent, t)
     assert held.entered.wait(WAIT)
-    assert cancel(agent, t["task_id"], key="someone-else").status_code == 401
+    assert cancel(agent, t["task_id"], key=None).status_code == 401, "only the control plane cancels"
+    assert cancel(agent, t["task_id"], names=after["task_id"]).status_code == 422, "the signed body names the task"
     assert cancel(agent, "t-" + "0" * 32).status_code == 404
     cancelled = cancel(agent, t["task_id"])
     assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 
 from spillway import fleet_cli
+from spillway.client import dev_stack
 
 GPU = {"gpu_id": "local-2", "pool": "local", "health": "quarantined", "since": "2026-01-01T00:00:00+00:00",
        "vram_used_mb": 2500, "vram_total_mb": 8000,
@@ -28,16 +30,25 @@ def test_the_list_is_one_line_per_gpu_and_its_last_events_on_request() -> None:
 
 
 def test_it_finds_a_running_spillway_dev_or_says_how_to_start_one(tmp_path: Path) -> None:
-    (tmp_path / "stack.json").write_text(json.dumps({"api_url": "http://127.0.0.1:8080", "token": "t" * 32}))
-    assert fleet_cli._dev_api(tmp_path) == ("http://127.0.0.1:8080", "t" * 32)
+    (tmp_path / "stack.json").write_text(json.dumps({"api_url": "http://127.0.0.1:8080", "token": "t0k"}))
+    assert dev_stack(tmp_path) == ("http://127.0.0.1:8080", "t0k")
     with pytest.raises(ValueError, match="no running `spillway dev`"):
-        fleet_cli._dev_api(tmp_path / "nothing")
+        dev_stack(tmp_path / "nothing")
 
 
-def test_a_deployed_api_is_called_with_a_sigv4_signature() -> None:
-    headers = fleet_cli._sigv4("GET", "https://abc123.execute-api.eu-west-1.amazonaws.com/v1/fleet")
-    assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
-    assert "/eu-west-1/execute-api/aws4_request" in headers["Authorization"]
+def test_a_deployed_api_is_called_with_a_sigv4_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[httpx.Request] = []
+
+    def request(method: str, url: str, **options: object) -> httpx.Response:
+        built = httpx.Request(method, url)
+        sent.append(next(options["auth"].auth_flow(built)))  # type: ignore[union-attr]
+        return httpx.Response(200, json={"gpus": []}, request=built)
+
+    monkeypatch.setattr(httpx, "request", request)
+    assert fleet_cli.main(["--api", "https://abc123.execute-api.eu-west-1.amazonaws.com"]) == 0
+    (signed,) = sent
+    assert signed.headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=testing/")
+    assert "/eu-west-1/execute-api/aws4_request" in signed.headers["Authorization"]
 
 
 def test_an_action_needs_a_gpu_and_the_list_none() -> None:

@@ -2,8 +2,8 @@
 
 It calls the API: a running `spillway dev`'s (its state folder's stack.json), or any URL given with
 `--api` or SPILLWAY_API_URL. A deployed stack's API takes IAM (SigV4) signatures: calls to an
-`execute-api` host are signed with the caller's AWS credentials, as the AWS CLI would sign them. The
-embedded stack takes a tenant's bearer token instead: stack.json's, or SPILLWAY_TOKEN with `--api`.
+`execute-api` host are signed with the caller's AWS credentials, as the AWS CLI would sign them; the
+embedded stack takes its bearer token (stack.json's, or SPILLWAY_TOKEN with `--api`), as `spillway.client` does.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 
+from spillway.client import DEV_STATE, TIMEOUT, api_auth, dev_stack
 from spillway.health import OperatorAction
 from spillway.models import Pool
-
-TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-DEV_STATE = Path(".spillway/dev")
 
 
 def main(argv: list[str]) -> int:
@@ -47,7 +44,7 @@ def main(argv: list[str]) -> int:
     if args.action == "enroll" and not (args.pool and args.url and args.vram_mb):
         parser.error("enroll needs --pool, --url and --vram-mb")
     try:
-        api, token = (args.api, os.environ.get("SPILLWAY_TOKEN")) if args.api else _dev_api(args.state_dir)
+        api, token = (args.api, os.environ.get("SPILLWAY_TOKEN")) if args.api else dev_stack(args.state_dir)
         if args.action == "list":
             answer = _call(api, "GET", "/v1/fleet", token)
         elif args.action == "enroll":
@@ -82,25 +79,8 @@ def secret_notice(answer: dict) -> str:
     return "\n".join(lines)
 
 
-def _dev_api(state_dir: Path) -> tuple[str, str | None]:
-    """The running `spillway dev`'s API and its default tenant's token."""
-    stack_file = state_dir / "stack.json"
-    try:
-        info = json.loads(stack_file.read_text())
-        return info["api_url"], info.get("token")
-    except FileNotFoundError:
-        raise ValueError(f"no running `spillway dev` ({stack_file} does not exist): start one, or give --api") from None
-
-
 def _call(api: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
-    url = api.rstrip("/") + path
-    content = json.dumps(body).encode() if body is not None else b""
-    headers = {"Content-Type": "application/json"} if body is not None else {}
-    if ".execute-api." in (urlparse(url).hostname or ""):
-        headers |= _sigv4(method, url, content, headers)
-    elif token:  # the embedded stack's stand-in for IAM auth
-        headers["Authorization"] = f"Bearer {token}"
-    response = httpx.request(method, url, content=content, headers=headers, timeout=TIMEOUT)
+    response = httpx.request(method, api.rstrip("/") + path, json=body, auth=api_auth(api, token), timeout=TIMEOUT)
     if response.is_error:
         try:
             message = response.json().get("message", response.text)
@@ -108,21 +88,6 @@ def _call(api: str, method: str, path: str, token: str | None = None, body: dict
             message = response.text
         raise ValueError(f"{method} {path} answered {response.status_code}: {message}")
     return response.json()
-
-
-def _sigv4(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> dict[str, str]:
-    """IAM auth for API Gateway: SigV4 over the request with the caller's credentials (region from the host)."""
-    import boto3
-    from botocore.auth import SigV4Auth
-    from botocore.awsrequest import AWSRequest
-
-    region = (urlparse(url).hostname or "").split(".")[2]
-    credentials = boto3.Session().get_credentials()
-    if credentials is None:
-        raise ValueError("the API takes IAM signatures, and no AWS credentials were found")
-    request = AWSRequest(method=method, url=url, data=body, headers=headers or {})
-    SigV4Auth(credentials.get_frozen_credentials(), "execute-api", region).add_auth(request)
-    return dict(request.headers.items())
 
 
 def table(gpus: list[dict], events: int = 0) -> str:

@@ -246,7 +246,7 @@ nav b{font-size:16px} nav a{color:#1565c0;text-decoration:none} h1{font-size:18p
 table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:.3rem .5rem;border-bottom:1px solid #eee;
 vertical-align:top} th{background:#fafafa;font-weight:600}
 .status{padding:.05rem .45rem;border-radius:.6rem;font-size:12px;background:#eee}
-.status.succeeded{background:#c8e6c9}.status.failed{background:#ffcdd2}.status.running{background:#fff59d}
+.status.succeeded{background:#c8e6c9}.status.failed{background:#ffcdd2}.status.cancelled{background:#d7ccc8}.status.running{background:#fff59d}
 .filters a{margin-right:.6rem}.filters a.on{font-weight:700;text-decoration:none;color:#212121}
 .attempt.failed td{background:#fff5f5}.attempt.succeeded td{background:#f4fbf4}.attempt.spilled td{background:#fffbe6}
 .job{display:flex;gap:2rem}.graph{flex:1 1 auto;min-width:0}.graph svg{width:100%;height:auto;max-height:760px}

@@ -9,12 +9,11 @@ import time
 import httpx
 
 from spillway import aws
-from spillway.dispatch import task_id_for
 from spillway.jobs import JobStore
 from spillway.models import JobStatus, TaskState, WebhookNotice
 
 from conftest import Cloud
-from helpers import LambdaContext, beat, dispatcher_for, http_event, job_id_for, pool_task, running_job
+from helpers import LambdaContext, beat, dispatcher_for, http_event, job_id_for, pool_task, running_job, task_id_for
 from test_state_machine import admit, next_task, submitted_job
 
 
@@ -85,7 +84,10 @@ class Agent:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/cancel"):
-            self.cancelled.append(request.url.path.split("/")[3])
+            task_id = request.url.path.split("/")[3]
+            assert request.headers.get("webhook-signature"), "a cancel is signed, as a push is"
+            assert json.loads(request.content) == {"task_id": task_id}, "and its signed body names the task"
+            self.cancelled.append(task_id)
             return httpx.Response(200, json={"task_id": "x", "state": "cancelled"})
         return httpx.Response(202, json={"task_id": "x", "state": "accepted"})
 

@@ -8,12 +8,22 @@ import time
 
 import httpx
 
-from spillway import aws
+from spillway import aws, credentials
 from spillway.jobs import JobStore
-from spillway.models import JobStatus, TaskState, WebhookNotice
+from spillway.models import JobStatus, Pool, TaskState, WebhookNotice
 
 from conftest import Cloud
-from helpers import LambdaContext, beat, dispatcher_for, http_event, job_id_for, pool_task, running_job, task_id_for
+from helpers import (
+    CONTROL_KEY,
+    LambdaContext,
+    beat,
+    dispatcher_for,
+    http_event,
+    job_id_for,
+    pool_task,
+    running_job,
+    task_id_for,
+)
 from test_state_machine import admit, next_task, submitted_job
 
 
@@ -102,6 +112,8 @@ def test_a_cancelled_task_leaves_the_room_or_frees_its_gpu_and_its_agent_is_told
     assert dispatcher.cancel(task_id_for(waiting, 1)) == "left_room"
     assert list(dispatcher._fleet.waiting_room.front(pool_task(waiting, 0).pool)) == []
 
+    dispatcher._fleet.enroll("local-0", Pool.LOCAL, "https://local-0.agents.test:9000", 8000,
+                             credentials.credential("local-0", CONTROL_KEY, 1))
     dispatcher.on_heartbeat(beat("local-0"))
     dispatcher.enqueue(pool_task(running, time.time()))
     task_id = task_id_for(running, 1)

@@ -38,15 +38,17 @@ def test_a_deployed_api_is_signed_with_sigv4_over_the_body_and_the_embedded_one_
     assert first != second, "the body is signed"
 
 
+KEY = "uploads/tn-" + "b" * 24 + "/" + "a" * 32 + ".png"  # an upload under its tenant's prefix
+
+
 def test_the_upload_goes_to_the_storage_without_the_apis_credentials_and_errors_carry_the_reason() -> None:
     seen: list[httpx.Request] = []
 
     def api(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         if request.url.path == "/v1/uploads":
-            return httpx.Response(200, json={"input_key": "uploads/tn-" + "b" * 24 + "/" + "a" * 32 + ".png", "upload_url":
-                                             "http://storage.test/bucket", "fields": {"key": "k"}, "max_bytes": 10,
-                                             "expires_in": 900})
+            return httpx.Response(200, json={"input_key": KEY, "upload_url": "http://storage.test/bucket",
+                                             "fields": {"key": "k"}, "max_bytes": 10, "expires_in": 900})
         if request.url.host == "storage.test":
             return httpx.Response(204)
         return httpx.Response(422, json={"message": "the input is 1x1; too small"})
@@ -56,7 +58,7 @@ def test_the_upload_goes_to_the_storage_without_the_apis_credentials_and_errors_
         client.submit("upscale_2x", b"png")
     assert [r.headers.get("Authorization") for r in seen] == ["Bearer t0k", None, "Bearer t0k"]
     assert refused.value.status == 422 and "too small" in refused.value.message
-    assert json.loads(seen[-1].content)["input_key"] == "uploads/tn-" + "b" * 24 + "/" + "a" * 32 + ".png"
+    assert json.loads(seen[-1].content)["input_key"] == KEY
 
 
 def test_wait_polls_until_the_job_ends_or_gives_up_on_the_clock() -> None:

@@ -251,7 +251,7 @@ def test_each_end_is_told_once_signed_and_a_failing_receiver_gets_the_retry(
     assert event["type"] == "job.failed" and event["data"]["job_id"] == failed and event["data"]["error"]
 
 
-def test_the_cli_submits_waits_and_shows_a_job(launched: tuple[Path, StackInfo], tmp_path: Path,
+def test_the_cli_submits_waits_shows_and_lists_a_job(launched: tuple[Path, StackInfo], tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     state = ["--state-dir", str(launched[0])]
     image = tmp_path / "room.png"
@@ -267,3 +267,9 @@ def test_the_cli_submits_waits_and_shows_a_job(launched: tuple[Path, StackInfo],
     assert shown["status"] == "SUCCEEDED" and shown["result_url"]
     assert cli.main(["cancel", job_id, *state]) == 1
     assert "409" in capsys.readouterr().err
+    assert cli.main(["jobs", "--status", "SUCCEEDED", "--limit", "100", *state]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith(f"{job_id}  SUCCEEDED") for line in listed), listed
+    assert cli.main(["jobs", "--limit", "1", "--json", *state]) == 0
+    page = json.loads(capsys.readouterr().out)
+    assert len(page["jobs"]) == 1 and page["next_cursor"], "one job a page, and a cursor to the next"

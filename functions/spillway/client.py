@@ -27,7 +27,9 @@ import httpx
 from spillway.models import (
     CancelRequest,
     JobAccepted,
+    JobList,
     JobRequest,
+    JobStatus,
     JobView,
     Priority,
     Segment,
@@ -159,6 +161,11 @@ class Client:
     def status(self, job_id: str) -> JobView:
         return JobView.model_validate(self._call("GET", f"/v1/jobs/{job_id}"))
 
+    def jobs(self, status: JobStatus | None = None, limit: int = 20, cursor: str | None = None) -> JobList:
+        """A page of your jobs, newest first; pass its `next_cursor` as `cursor` for the next page."""
+        params = {"limit": limit, "status": status.value if status else None, "cursor": cursor}
+        return JobList.model_validate(self._call("GET", "/v1/jobs", params={k: v for k, v in params.items() if v}))
+
     def cancel(self, job_id: str, reason: str | None = None) -> JobView:
         """Cancel a queued or running job (again: the same answer); ApiError 409 if it ended otherwise."""
         return JobView.model_validate(self._call("POST", f"/v1/jobs/{job_id}/cancel", CancelRequest(reason=reason)))
@@ -176,9 +183,9 @@ class Client:
 
     # ---- plumbing
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None) -> Any:
         content = body.model_dump_json(exclude_none=True) if body is not None else None
-        response = self._http.request(method, path, content=content,
+        response = self._http.request(method, path, content=content, params=params,
                                       headers={"Content-Type": "application/json"} if content else None)
         if response.is_error:
             try:

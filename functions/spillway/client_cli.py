@@ -1,4 +1,4 @@
-"""`spillway submit|status|cancel|wait`: the job API from a shell, through `spillway.client`.
+"""`spillway submit|status|jobs|cancel|wait`: the job API from a shell, through `spillway.client`.
 
 It calls the running `spillway dev` (its stack.json: URL and token), or `--api URL` / SPILLWAY_API_URL (with
 SPILLWAY_TOKEN offline; a deployed stack's `execute-api` URL is signed with your AWS credentials).
@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 
 from spillway.client import DEV_STATE, ApiError, Client
-from spillway.models import JobStatus, JobView, Priority, Segment
+from spillway.models import JobList, JobStatus, JobView, Priority, Segment
 
-COMMANDS = ("submit", "status", "cancel", "wait")
+COMMANDS = ("submit", "status", "jobs", "cancel", "wait")
 
 
 def main(command: str, argv: list[str]) -> int:
@@ -42,6 +42,9 @@ def _run(client: Client, command: str, args: argparse.Namespace) -> int:
     if command == "status":
         _show(client.status(args.job_id), args.json)
         return 0
+    if command == "jobs":
+        _list(client.jobs(args.status, args.limit, args.cursor), args.json)
+        return 0
     if command == "cancel":
         _show(client.cancel(args.job_id, args.reason), args.json)
         return 0
@@ -55,6 +58,18 @@ def _show(job: JobView, as_json: bool) -> int:
     else:
         print(describe(job))
     return 1 if job.status in (JobStatus.FAILED, JobStatus.CANCELLED) else 0
+
+
+def _list(page: JobList, as_json: bool) -> None:
+    """A line per job, newest first; then how to ask for the next page, if there is one."""
+    if as_json:
+        print(page.model_dump_json(indent=2))
+        return
+    for job in page.jobs:
+        print(f"{job.job_id}  {job.status.value:<9}  {job.service:<16}  {job.priority.value:<6}  {job.created_at}"
+              + (f"  ({job.error})" if job.error else ""))
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}")
 
 
 def describe(job: JobView) -> str:
@@ -89,6 +104,10 @@ def _parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--idempotency-key", help="a retried submit with the same key returns the same job")
         parser.add_argument("--webhook-url", help="told (signed) when the job ends")
         parser.add_argument("--wait", action="store_true", help="wait for the job to end, then show it")
+    elif command == "jobs":
+        parser.add_argument("--status", type=JobStatus, choices=list(JobStatus), help="only jobs in this status")
+        parser.add_argument("--limit", type=int, default=20, help="jobs on the page, 1-100 (default 20)")
+        parser.add_argument("--cursor", help="the page after the one that printed it")
     else:
         parser.add_argument("job_id")
     if command == "cancel":

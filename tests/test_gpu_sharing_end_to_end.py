@@ -9,6 +9,7 @@ FaaS endpoint whose GPU has 40 GB.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -110,6 +111,7 @@ def test_spillway_fleet_shows_the_compute_in_use(stack: StackInfo, api: httpx.Cl
         assert time.monotonic() < deadline, "the job never started"
         time.sleep(0.1)
     listed = subprocess.run([sys.executable, "-m", "spillway.cli", "fleet", "--api", stack.api_url],
+                            env=os.environ | {"SPILLWAY_TOKEN": stack.token},  # an operator is a tenant too
                             capture_output=True, text=True, timeout=60, check=True).stdout.splitlines()
     answered(api, [job_id])
     assert "COMPUTE USED" in listed[0]

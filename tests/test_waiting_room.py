@@ -178,7 +178,7 @@ class Room:
         return [(by_token[c["taskToken"]], c["error"], c["cause"]) for name, c in self.sfn.calls if name == "failure"]
 
 
-def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
+def make_room(stack: Cloud, heartbeat_seconds: int | None = None, attempt_timeout_seconds: int | None = None) -> Room:
     cloud = emptied(stack)
     s = cloud.settings
     clock, agents, sfn, timers = Clock(NOW), FakeAgents(), RecordingStepFunctions(), FakeTimers()
@@ -186,7 +186,8 @@ def make_room(stack: Cloud, heartbeat_seconds: int | None = None) -> Room:
     dispatcher = Dispatcher(
         fleet=fleet, timers=timers, s3=aws.client("s3"), sfn=sfn, http=agents.client(), bucket=s.images_bucket,
         limits=Limits(heartbeat_seconds=heartbeat_seconds or s.heartbeat_seconds,
-                      attempt_timeout_seconds=s.attempt_timeout_seconds, agent_stale_seconds=s.agent_stale_seconds),
+                      attempt_timeout_seconds=attempt_timeout_seconds or s.attempt_timeout_seconds,
+                      agent_stale_seconds=s.agent_stale_seconds),
         control_key=lambda: CONTROL_KEY, clock=clock,
     )
     reports = TaskReports(fleet, sfn, JobStore(aws.table(s.jobs_table)), freed=lambda task: dispatcher.pump(task.pool),
@@ -817,7 +818,9 @@ def test_a_failure_notice_lost_on_the_way_is_sent_again_by_the_timer_and_the_swe
     assert room.fleet.open_tasks(Pool.LOCAL) == [] and room.task("a").open_pool is None
 
 
-def test_a_task_that_beats_but_never_ends_fails_at_the_attempt_timeout(room: Room, heartbeat_s: int) -> None:
+def test_a_task_that_beats_but_never_ends_fails_at_the_attempt_timeout(shared_stack: Cloud, heartbeat_s: int) -> None:
+    # Ten beats' worth instead of the template's 15 minutes: each beat is a round of DynamoDB calls.
+    room = make_room(shared_stack, attempt_timeout_seconds=10 * heartbeat_s)
     room.gpu("local-0", slots=1)
     room.arrive("a")
     room.arrive("next")

@@ -283,7 +283,6 @@ def test_executions_of_one_definition_parse_it_once(
                  "Retry": [{"ErrorEquals": ["States.ALL"], "MaxAttempts": 2, "IntervalSeconds": 1}],
                  "ResultPath": None, "Next": "Done"},
         "Done": {"Type": "Succeed"}}})
-    machine = sfn.create_state_machine(name="mark", definition=definition, roleArn=ROLE)["stateMachineArn"]
     parses: list[str] = []
     parse = AmazonStateLanguageParser.parse
 
@@ -292,12 +291,28 @@ def test_executions_of_one_definition_parse_it_once(
         return parse(text)
 
     monkeypatch.setattr(AmazonStateLanguageParser, "parse", staticmethod(counting_parse))
+    # Created twice (as each test's stack creates the dispatch machine): CreateStateMachine's validation too
+    # parses it once for all.
+    machine = sfn.create_state_machine(name="mark", definition=definition, roleArn=ROLE)["stateMachineArn"]
+    sfn.create_state_machine(name="mark-again", definition=definition, roleArn=ROLE)
     arns = [sfn.start_execution(stateMachineArn=machine, name=f"e{i}", input=json.dumps({"id": f"e{i}"}))[
         "executionArn"] for i in range(2)]
     assert [wait_for(sfn, arn)["status"] for arn in arns] == ["SUCCEEDED", "SUCCEEDED"]
     assert parses.count(definition) == 1
     for i in range(2):
         assert ddb.get_item(TableName="marks", Key={"pk": {"S": f"e{i}"}})["Item"]["marker"] == {"S": marker}
+
+
+def test_a_definition_that_does_not_parse_is_refused_as_moto_refuses_it(sfn_world: tuple[Any, Any]) -> None:
+    sfn, _ = sfn_world
+    definition = json.dumps({"StartAt": "P", "States": {"P": {"Type": "Teleport", "End": True}}})
+    with pytest.raises(ClientError) as refused:
+        sfn.create_state_machine(name="bad", definition=definition, roleArn=ROLE)
+    # moto's InvalidDefinition (its code comes back empty, patched or not), with the parser's reason
+    assert refused.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert refused.value.response["Error"]["Message"].startswith("ASLParserException"), refused.value.response
+    assert definition not in moto_patches._programs, "nothing cached"
+    assert sfn.list_state_machines()["stateMachines"] == []
 
 
 def test_a_shared_program_has_its_heap_keys_drawn_before_executions_share_it() -> None:

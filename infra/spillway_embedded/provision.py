@@ -94,6 +94,7 @@ class Provisioner:
         self._cfn = cfn
         self._region = region
         self._endpoint = endpoint_url
+        self._clients: dict[str, Any] = {}
         self.stack = Stack(name=stack_name, region=region)
         parameters = {name: spec.get("Default") for name, spec in cfn.get("Parameters", {}).items()}
         pseudo = {
@@ -106,7 +107,11 @@ class Provisioner:
     # ---- boto3 against moto
 
     def client(self, service: str) -> Any:
-        return boto3.client(service, endpoint_url=self._endpoint, region_name=self._region)
+        """One client per service for the whole walk: building one costs ~0.1 s, and a template has dozens of
+        resources (the tests provision it hundreds of times)."""
+        if service not in self._clients:
+            self._clients[service] = boto3.client(service, endpoint_url=self._endpoint, region_name=self._region)
+        return self._clients[service]
 
     # ---- resolution callbacks
 

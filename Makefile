@@ -9,9 +9,10 @@ TEST_WORKERS ?= 2
 
 .PHONY: demo dev test lint bench bench-routing bench-cost bench-faults simulate clean
 
+# pip installs only uv; uv installs the rest, several times faster than pip.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet uv  # then uv installs the rest, several times faster than pip
+	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 

@@ -376,6 +376,7 @@ def test_a_callback_succeeds_while_another_execution_is_still_starting(
         return parse(text)
 
     monkeypatch.setattr(AmazonStateLanguageParser, "parse", staticmethod(slow_parse))
+    monkeypatch.delitem(moto_patches._programs, starting)  # parsed at its creation: its execution parses it again
     starter_run = sfn.start_execution(stateMachineArn=starter, name="s")["executionArn"]
     try:
         assert parsing.wait(timeout=10)  # the starter is RUNNING, without an environment yet

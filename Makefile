@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Two: the machine's cores. conftest groups the tests (a file whole; the embedded stacks one after another, first);
-# --no-loadscope-reorder keeps that order instead of xdist's largest group first.
+# Two: the machine's cores. conftest's scheduler groups the tests (a file whole; the embedded stacks one after
+# another, first); --no-loadscope-reorder keeps that order instead of xdist's largest group first.
 TEST_WORKERS ?= 2
 
 .PHONY: demo dev test lint bench bench-routing bench-cost bench-faults simulate clean
@@ -23,7 +23,7 @@ dev: $(STAMP)  ## start the embedded stack and keep it up (prints the API URL)
 	$(BIN)/spillway dev
 
 test: $(STAMP)  ## the test suite, including the embedded stack end to end; TEST_WORKERS=0 runs it in one process
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check functions infra sim tests bench

@@ -161,13 +161,26 @@ def shared_cloud(shared_stack: Cloud) -> Cloud:
     return emptied(shared_stack)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """How `make test`'s two workers (`--dist loadgroup`) share the suite: a file runs whole on one worker (its
-    module-scoped fixtures set up once), and the embedded-stack modules run one after another on one worker,
-    first: each stack is seven agents, moto and a runtime, timed by real clocks, and two at once on two cores
-    starve each other. They mostly wait, so the other worker runs the CPU-bound rest beside them."""
-    items.sort(key=lambda item: item.get_closest_marker("embedded") is None)  # stable: files keep their order
-    for item in items:
-        group = "embedded" if item.get_closest_marker("embedded") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+    """Embedded-stack modules first (a stable sort: files keep their order): see pytest_xdist_make_scheduler."""
+    items.sort(key=lambda item: item.get_closest_marker("embedded") is None)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """How `make test`'s two workers share the suite: a file runs whole on one worker (its module-scoped fixtures
+    set up once), and the files with embedded-stack tests run one after another on one worker, first: each stack
+    is seven agents, moto and a runtime, timed by real clocks, and two at once on two cores starve each other.
+    They mostly wait, so the other worker runs the CPU-bound rest beside them. (xdist's own `loadgroup` cannot
+    do this under pytest 9: the group it appends to a node id is lost.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    here = Path(__file__).parent
+    embedded = {f"{here.name}/{path.name}" for path in here.glob("test_*.py") if "mark.embedded" in path.read_text()}
+
+    class EmbeddedTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::")[0]
+            return "embedded" if path in embedded else path
+
+    return EmbeddedTogether(config, log)

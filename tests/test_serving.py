@@ -84,3 +84,24 @@ def test_a_client_that_asks_to_close_gets_its_connection_closed(server: Any) -> 
     response = connection.getresponse()
     assert response.getheader("Connection") == "close"
     response.read()
+
+
+def test_a_reserved_port_is_held_from_its_choice_until_a_server_serves_on_it() -> None:
+    from spillway_embedded.moto_server import reserve_port
+    from spillway_embedded.runtime import serve
+
+    reserved = reserve_port()
+    port = reserved.getsockname()[1]
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", port))  # a port only probed free could be taken here; a held one cannot
+    served = serve("127.0.0.1", reserved, app)
+    reserved.close()  # the server holds its own copy
+    threading.Thread(target=served.serve_forever, daemon=True).start()
+    try:
+        assert served.server_port == port
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        connection.request("POST", "/echo", body=b"held")
+        assert json.loads(connection.getresponse().read())["body"] == "held"
+    finally:
+        served.shutdown()
+        served.server_close()

@@ -37,6 +37,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
+def reserve_port(host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on a free port, held from the moment the port is known until a server takes it
+    (`make_server(..., fd=sock.fileno())`): a port only probed free can be taken meanwhile by anyone's
+    outgoing connection, whose local ports come from the same ephemeral range."""
+    reserved = socket.socket()
+    reserved.bind((host, 0))
+    reserved.listen(128)
+    return reserved
+
+
 class MotoServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
                  start_timeout: float = 30.0, stop_timeout: float = 10.0, lambda_endpoint: str = ""):

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import socket
 import threading
 import time
 import traceback
@@ -288,10 +289,24 @@ class LambdaApi:
         return None
 
 
-def serve_lambda_api(invokers: dict[str, Invoker], host: str = "127.0.0.1", port: int = 0,
+Listen = int | socket.socket  # a port (0: any free one), or a socket already listening on one (reserve_port)
+
+
+def serve(host: str, where: Listen, app: Any) -> Any:
+    """A threaded keep-alive server of `app` (not yet serving: call `serve_forever`) on a port or a reserved
+    socket."""
+    if isinstance(where, socket.socket):
+        port = where.getsockname()[1]
+        server = make_server(host, port, app, threaded=True, request_handler=KeepAliveRequestHandler, fd=where.fileno())
+        server.server_name, server.server_port = host, port  # what HTTPServer.server_bind sets, skipped for an fd
+        return server
+    return make_server(host, where, app, threaded=True, request_handler=KeepAliveRequestHandler)
+
+
+def serve_lambda_api(invokers: dict[str, Invoker], host: str = "127.0.0.1", port: Listen = 0,
                      usage: Callable[[], dict[str, Any]] | None = None) -> Any:
     """A server (not yet serving: call `serve_forever`) of Lambda's Invoke API for these functions."""
-    return make_server(host, port, LambdaApi(invokers, usage), threaded=True, request_handler=KeepAliveRequestHandler)
+    return serve(host, port, LambdaApi(invokers, usage))
 
 
 # The agents beat every few seconds: a line for each would bury the rest of `spillway dev`'s output.
@@ -472,8 +487,8 @@ class Scheduler:
 
 
 class Runtime:
-    def __init__(self, stack: Stack, *, endpoint_url: str, region: str, tenants: Tenants, api_port: int = 0,
-                 lambda_port: int = 0, host: str = "127.0.0.1"):
+    def __init__(self, stack: Stack, *, endpoint_url: str, region: str, tenants: Tenants, api_port: Listen = 0,
+                 lambda_port: Listen = 0, host: str = "127.0.0.1"):
         self._stack = stack
         self._tenants = tenants
         self._lambda_port = lambda_port
@@ -522,8 +537,7 @@ class Runtime:
 
         api_id = next((v for (_, name), v in self._stack.attributes.items() if name == "ApiId"), "local")
         self._http_api = HttpApi(self._stack, self.invokers, api_id, self._tenants)
-        self._server = make_server(self._host, self._api_port, self._http_api,
-                                   threaded=True, request_handler=KeepAliveRequestHandler)
+        self._server = serve(self._host, self._api_port, self._http_api)
         self._spawn("http-api", self._server.serve_forever)
         self._lambda_server = serve_lambda_api(self.invokers, self._host, self._lambda_port, self.usage)
         self._spawn("lambda-api", self._lambda_server.serve_forever)

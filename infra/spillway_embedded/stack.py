@@ -32,7 +32,7 @@ from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
 from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
 from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
 from spillway_embedded.model_faults import ModelFault, write_fault
-from spillway_embedded.moto_server import MotoServer, free_port
+from spillway_embedded.moto_server import MotoServer, reserve_port
 from spillway_embedded.provision import ACCOUNT_ID, provision
 from spillway_embedded.runtime import Runtime
 from spillway_embedded.serving import KeepAliveRequestHandler
@@ -79,8 +79,8 @@ class EmbeddedStack:
     def __post_init__(self) -> None:
         # The runtime serves Lambda's Invoke API for the state machine's `lambda:invoke` Tasks; moto's
         # interpreter learns where at its start, before the runtime exists.
-        self._lambda_port = free_port()
-        self._moto = MotoServer(lambda_endpoint=f"http://127.0.0.1:{self._lambda_port}")
+        self._lambda_socket = reserve_port()  # held until the runtime serves on it: nobody else takes the port
+        self._moto = MotoServer(lambda_endpoint=f"http://127.0.0.1:{self._lambda_socket.getsockname()[1]}")
         self._runtime: Runtime | None = None
         self._chaos: Any = None
         self._ops: Any = None
@@ -115,7 +115,8 @@ class EmbeddedStack:
         if not self.emit_metrics:  # offline, EMF blobs on stdout are noise between the jobs' lines
             os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
         # The API's port is known before the template's parameters: the FaaS provider's webhooks call it.
-        self.api_port = self.api_port or free_port()
+        api_socket = None if self.api_port else reserve_port()
+        self.api_port = self.api_port or api_socket.getsockname()[1]
         stack = provision(
             # Offline, the webhook receivers (a test's, a developer's) are on this machine.
             translate(TEMPLATE, {"AllowLoopbackWebhooks": "true"} | self._faas_parameters() | self.parameters),
@@ -126,8 +127,11 @@ class EmbeddedStack:
         self.client("ssm").put_parameter(Name=self.physical_ids["RoutingRulesParameter"], Overwrite=True,
                                          Value=json.dumps(self._routing_overrides()))
         self._runtime = Runtime(stack, endpoint_url=self.endpoint, region=REGION, tenants=self.tenants,
-                                api_port=self.api_port, lambda_port=self._lambda_port)
+                                api_port=api_socket or self.api_port, lambda_port=self._lambda_socket)
         self._runtime.start()
+        for reserved in (api_socket, self._lambda_socket):  # the runtime's servers hold their own copies now
+            if reserved is not None:
+                reserved.close()
         switchboard = ChaosControl(self.tunnels, lambda: self.faas_url, self._pool_of, agents=self,
                                    outbound=self.outbound_tunnels)
         self._chaos = make_server("127.0.0.1", 0, switchboard, threaded=True, request_handler=KeepAliveRequestHandler)

@@ -60,6 +60,16 @@ FAAS = {
     "<WebhookKeySecret>": {"secretsmanager:GetSecretValue"},
     RULES: {"ssm:GetParameter"},
 }
+# routing/router.py, for the Route step and admission: the job and its attempt opened, the fleet snapshot,
+# the rooms' depth, the budget, the webhook of a job it ends.
+ROUTING = {
+    "<JobsTable>": _ddb("GetItem", "UpdateItem"),
+    "<FleetTable>": _ddb("Scan"),
+    "<WaitingRoomTable>": _ddb("Query"),
+    "<BudgetTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
+    RULES: {"ssm:GetParameter"},
+    "<WebhookQueue>": {"sqs:SendMessage"},  # endings.py: a job the policy ends
+}
 NEEDS: dict[str, Grants] = {
     "ApiFunction": _merge(TASK, POOL, FAAS, {  # cancel.py: a cancelled job's execution stopped, its task ended
         "execution:<DispatchStateMachine>:*": {"states:StopExecution"},
@@ -78,24 +88,17 @@ NEEDS: dict[str, Grants] = {
         RULES: {"ssm:GetParameter"},  # FaaS segments and its GPU's memory: judged at submit
     }),
     "AgentCallbackFunction": _merge(TASK, POOL),
-    "AdmitFunction": {STATE_MACHINE: {"states:StartExecution"}},
+    "AdmitFunction": _merge(ROUTING, {STATE_MACHINE: {"states:StartExecution"}}),  # the first attempt routed
     "FaasWebhookFunction": _merge(TASK, FAAS),
     "PoolPollerFunction": _merge(TASK, POOL, FAAS),
     "TimerFunction": _merge(TASK, POOL, FAAS),
-    "SweeperFunction": _merge(TASK, POOL, FAAS, {  # reconcile.py: open jobs, their executions, admission again
+    "SweeperFunction": _merge(TASK, POOL, FAAS, ROUTING, {  # reconcile.py: open jobs, their executions, admission again
         "<JobsTable>/index/by-status": _ddb("Query"),
         "<TenantsTable>": _ddb("UpdateItem"),  # an ended job's slot given back
         STATE_MACHINE: {"states:StartExecution"},
         "execution:<DispatchStateMachine>:*": {"states:DescribeExecution"},
     }),
-    "RouteFunction": {  # routing/router.py: the job, the fleet snapshot, the rooms' depth, the budget
-        "<JobsTable>": _ddb("GetItem"),
-        "<FleetTable>": _ddb("Scan"),
-        "<WaitingRoomTable>": _ddb("Query"),
-        "<BudgetTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
-        RULES: {"ssm:GetParameter"},
-        "<WebhookQueue>": {"sqs:SendMessage"},  # endings.py: a job the policy ends
-    },
+    "RouteFunction": ROUTING,
     "WebhookSenderFunction": {  # webhooks.py: the job's end, its delivery noted; the signing secret; the backoff
         "<JobsTable>": _ddb("GetItem", "UpdateItem"),
         "<WebhookSigningSecret>": {"secretsmanager:GetSecretValue"},

@@ -9,7 +9,7 @@ from pathlib import Path
 from spillway_ops.graph import END, START, Lit, StateGraph, path_of, render
 
 from conftest import Cloud
-from test_state_machine import admit, next_task, ran_on, submitted_job
+from test_state_machine import admit, next_task, ran_on, submitted_job, succeed
 
 DEFINITION = json.loads((Path(__file__).resolve().parents[1] / "state_machines" / "dispatch.asl.json").read_text())
 GRAPH = StateGraph.of(DEFINITION)
@@ -25,8 +25,9 @@ def test_the_graph_has_every_state_and_transition_of_the_definition() -> None:
     states = DEFINITION["States"]
     assert set(GRAPH.types) == set(states)
     pairs = {(e.source, e.target) for e in GRAPH.edges}
-    assert (START, "Route") in pairs and ("JobSucceeded", END) in pairs
+    assert (START, "WhichPool") in pairs and ("TryLocal", END) in pairs, "admission routed the first attempt"
     assert {("WhichPool", "TryLocal"), ("WhichPool", "TryCloud"), ("WhichPool", "TryFaaS")} <= pairs
+    assert {("CloseAttempt", "Route"), ("Route", "WhichPool"), ("WhichPool", "RecordFailure")} <= pairs
     caught = {(e.source, e.target) for e in GRAPH.edges if e.caught}
     assert ("TryLocal", "AttemptFailed") in caught and ("TryLocal", "AttemptSpilled") in caught
 
@@ -42,18 +43,18 @@ def test_a_job_that_failed_over_from_the_office_to_the_cloud_lights_its_path(clo
     task = next_task(cloud, "CloudQueue")
     running = path_of(history(cloud, job.job_id), GRAPH.types)
     assert running.status == "RUNNING" and running.lit["TryCloud"] is Lit.RUNNING, "the current state"
-    sfn.send_task_success(taskToken=task["task_token"], output=json.dumps(
-        {"task_id": "t-3", "gpu_id": "cloud-0", "result_key": "results/y.png", "duration_ms": 5}))
+    succeed(cloud, task, "cloud-0", "results/y.png")
     assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
 
     path = path_of(history(cloud, job.job_id), GRAPH.types)
     assert path.status == "SUCCEEDED"
     assert path.lit["TryLocal"] is Lit.FAILED and path.visits["TryLocal"] == 2
-    assert path.lit["TryCloud"] is Lit.SUCCEEDED and path.lit["JobSucceeded"] is Lit.SUCCEEDED
-    assert path.lit["Route"] is Lit.SUCCEEDED and path.visits["Route"] == 3
+    assert path.lit["TryCloud"] is Lit.SUCCEEDED
+    assert path.lit["Route"] is Lit.SUCCEEDED and path.visits["Route"] == 2, "the first route was admission's"
+    assert path.visits["WhichPool"] == 3
     assert "TryFaaS" not in path.lit and "RecordFailure" not in path.lit
-    assert {("TryLocal", "AttemptFailed"), ("AttemptFailed", "CloseAttempt"), ("TryCloud", "RecordSuccess"),
-            ("JobSucceeded", END)} <= path.taken
+    assert {(START, "WhichPool"), ("TryLocal", "AttemptFailed"), ("AttemptFailed", "CloseAttempt"),
+            ("CloseAttempt", "Route"), ("Route", "WhichPool"), ("TryCloud", END)} <= path.taken
     assert ("TryLocal", "AttemptSpilled") not in path.taken
 
     svg = render(GRAPH, path).decode()

@@ -26,15 +26,14 @@ def reconciler(cloud: Cloud, later_by: float = 0.0) -> Reconciler:
 
 def contradicted_job(cloud: Cloud) -> tuple[DispatchInput, str]:
     """A job whose execution failed to write its end: the record moves under the execution, so
-    RecordSuccess's fence fails, the execution fails on it, and the record is left RUNNING."""
+    CloseAttempt's fence fails, the execution fails on it, and the record is left RUNNING."""
     job = submitted_job(cloud)
     arn = admit(job)
     task = next_task(cloud, "LocalQueue")
     aws.table(cloud.settings.jobs_table).update_item(
         Key={"job_id": job.job_id}, UpdateExpression="SET attempt = :n", ExpressionAttributeValues={":n": 3})
-    cloud.client("stepfunctions").send_task_success(
-        taskToken=task["task_token"],
-        output=json.dumps({"task_id": "t-1", "gpu_id": "local-0", "result_key": "results/x.png", "duration_ms": 5}))
+    cloud.client("stepfunctions").send_task_failure(taskToken=task["task_token"], error="Spillway.ModelError",
+                                                    cause="crashed")
     assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
     assert cloud.job_item(job.job_id)["status"] == "RUNNING", "the contradiction the reconciler is for"
     return job, arn
@@ -52,6 +51,25 @@ def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud
     assert item["error"].startswith("Spillway.NoAttemptLeft"), item["error"]
     assert item["finished_at"]
     assert reconciler(cloud).reconcile_id(job.job_id) == "final", "once"
+
+
+def test_an_execution_that_succeeded_without_its_record_written_leaves_the_job_succeeded(
+        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A successful attempt ends the execution; the job's SUCCEEDED is the agent report's write, before
+    it tells the execution. Lost (here: never made), the execution's output still says where the result is."""
+    job = submitted_job(cloud)
+    admit(job)
+    task = next_task(cloud, "LocalQueue")
+    cloud.client("stepfunctions").send_task_success(taskToken=task["task_token"], output=json.dumps(
+        {"task_id": "t-1", "gpu_id": "local-0", "result_key": "results/x.png", "duration_ms": 5}))
+    assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
+    assert cloud.job_item(job.job_id)["status"] == "RUNNING", "the contradiction"
+    finished: list[tuple[str, JobStatus]] = []
+    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
+    assert reconciler(cloud).reconcile_id(job.job_id) == "reconciled"
+    item = cloud.job_item(job.job_id)
+    assert (item["status"], item["result_key"]) == ("SUCCEEDED", "results/x.png")
+    assert finished == [(job.job_id, JobStatus.SUCCEEDED)], "counted here: no report counted it"
 
 
 def test_the_sweep_reconciles_every_open_job_past_the_grace_period(cloud: Cloud) -> None:

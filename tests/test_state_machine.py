@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from spillway import aws
 from spillway.handlers.wiring import admission, tenant_limits
@@ -34,6 +34,15 @@ def ran_on(cloud: Cloud, job_id: str, gpu_id: str) -> None:
     aws.table(cloud.settings.jobs_table).update_item(
         Key={"job_id": job_id}, UpdateExpression=f"SET attempts[{item['attempt'] - 1}].gpu_id = :gpu",
         ExpressionAttributeValues={":gpu": gpu_id})
+
+
+def succeed(cloud: Cloud, task: dict, gpu_id: str, result_key: str) -> None:
+    """What the agent's report does with a success (see TaskReports.result): the job's record first, then the
+    execution told, which ends it."""
+    assert JobStore(aws.table(cloud.settings.jobs_table)).succeed(
+        task["job_id"], task["attempt"], result_key, gpu_id, datetime.now(UTC).isoformat(timespec="milliseconds"))
+    cloud.client("stepfunctions").send_task_success(taskToken=task["task_token"], output=json.dumps(
+        {"task_id": "t-1", "gpu_id": gpu_id, "result_key": result_key, "duration_ms": 5}))
 
 
 OFFICE_AND_CLOUD = (("local-0", Pool.LOCAL), ("local-1", Pool.LOCAL), ("cloud-0", Pool.CLOUD))
@@ -73,10 +82,7 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
     assert (task["job_id"], task["attempt"], task["pool"]) == (job.job_id, 1, "local")
     assert (task["priority"], task["deadline_at"]) == ("normal", job.deadline_at), "what the waiting room needs"
     assert task["avoid_gpus"] == []
-    cloud.client("stepfunctions").send_task_success(
-        taskToken=task["task_token"],
-        output=json.dumps({"task_id": "t-1", "gpu_id": "local-0", "result_key": "results/x.png", "duration_ms": 5}),
-    )
+    succeed(cloud, task, "local-0", "results/x.png")
 
     assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
     assert admit(job) == execution_arn, "a late redelivery after the end starts nothing"
@@ -103,10 +109,7 @@ def test_an_unreachable_office_gpu_sends_the_job_to_another_office_gpu(cloud: Cl
 
     third = next_task(cloud, "CloudQueue")
     assert (third["attempt"], third["pool"]) == (3, "cloud"), "two office GPUs failed it: the office is left"
-    sfn.send_task_success(
-        taskToken=third["task_token"],
-        output=json.dumps({"task_id": "t-3", "gpu_id": "cloud-0", "result_key": "results/y.png", "duration_ms": 5}),
-    )
+    succeed(cloud, third, "cloud-0", "results/y.png")
     assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
     item = cloud.job_item(job.job_id)
     assert [(a["pool"], a["outcome"]) for a in item["attempts"]] == [
@@ -202,7 +205,7 @@ def test_a_job_no_gpu_can_ever_run_fails_at_once_with_why(cloud: Cloud) -> None:
 def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, monkeypatch) -> None:
     from spillway.routing.router import Router
 
-    def broken(self: Router, job_id: str) -> None:
+    def broken(self: Router, job_id: str, after: int) -> None:
         raise RuntimeError("the routing rules cannot be read")
 
     monkeypatch.setattr(Router, "route", broken)

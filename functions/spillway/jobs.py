@@ -14,7 +14,7 @@ from typing import Any
 from boto3.dynamodb.conditions import Attr, Key
 from pydantic import BaseModel, Field
 
-from spillway.aws import from_item, paged_items
+from spillway.aws import from_item, paged_items, to_item
 from spillway.models import AttemptOutcome, AttemptView, ErrorType, JobFields, JobStatus, JobView, Pool
 from spillway.routing.rules import default_rules
 
@@ -32,6 +32,10 @@ class Attempt(BaseModel):
     gpu_id: str | None = None
     task_id: str | None = None
     cost_usd: float | None = None  # billed by the pool itself (FaaS); else GPU time at the pool's price
+    # The rest of the route that opened it: a retried routing step (or admission) answers it again as it was.
+    avoid_gpus: list[str] = Field(default_factory=list)
+    spill_to: Pool | None = None
+    faas_segment: str | None = None
 
     @property
     def reason(self) -> str | None:
@@ -67,7 +71,8 @@ class Attempt(BaseModel):
             cost = (ended - running) * default_rules().gpu_hour_usd.get(self.pool, 0) / 3600 \
                 if running and ended else 0.0
         return AttemptView(
-            number=number, **self.model_dump(exclude={"task_id", "failure", "cost_usd"}), reason=self.reason,
+            number=number, reason=self.reason,
+            **self.model_dump(exclude={"task_id", "failure", "cost_usd", "avoid_gpus", "spill_to", "faas_segment"}),
             wait_ms=_ms(wait_end - started) if started and wait_end else None,
             run_ms=_ms(ended - running) if running and ended else None, cost_usd=round(cost, 6),
         )
@@ -146,6 +151,47 @@ class JobStore:
         # A rare status over a long history: the caller pages on from where the reading stopped.
         last = request["ExclusiveStartKey"]
         return jobs, (last["created_at"], last["job_id"])
+
+    def open_attempt(self, job_id: str, current: int, attempt: Attempt, max_legs: int, at: str) -> bool:
+        """Open attempt `current` + 1: the counter is the fence every later write checks. False if the job
+        is final, on another attempt, or out of legs (every attempt may be preceded by a spill)."""
+        try:
+            self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression="SET attempt = attempt + :one, attempts = list_append(attempts, :entry), "
+                                 "#status = :running, updated_at = :at",
+                ConditionExpression="attempt = :current AND attempt < :max AND #status IN (:queued, :running)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=to_item({
+                    ":one": 1, ":current": current, ":max": max_legs, ":at": at,
+                    ":entry": [attempt.model_dump(mode="json", exclude_none=True, exclude_defaults=True)],
+                    ":queued": JobStatus.QUEUED.value, ":running": JobStatus.RUNNING.value}),
+            )
+        except self._table.meta.client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def succeed(self, job_id: str, attempt: int, result_key: str, gpu_id: str, at: str) -> JobRecord | None:
+        """The job is done on `attempt`: where its result is, fenced by the attempt. Returns the job as
+        written (None: a later attempt owns it, or it is final already), so its end is counted once."""
+        n = attempt - 1
+        try:
+            item = self._table.update_item(
+                Key={"job_id": job_id},
+                UpdateExpression=f"SET #status = :succeeded, result_key = :result_key, updated_at = :at, "
+                                 f"finished_at = :at, attempts[{n}].ended_at = :at, "
+                                 f"attempts[{n}].outcome = :ok, attempts[{n}].gpu_id = :gpu",
+                ConditionExpression="attempt = :n AND #status = :running",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues=to_item({
+                    ":n": attempt, ":at": at, ":succeeded": JobStatus.SUCCEEDED.value,
+                    ":running": JobStatus.RUNNING.value, ":ok": AttemptOutcome.SUCCEEDED.value,
+                    ":result_key": result_key, ":gpu": gpu_id}),
+                ReturnValues="ALL_NEW",
+            )
+        except self._table.meta.client.exceptions.ConditionalCheckFailedException:
+            return None
+        return JobRecord.model_validate(from_item(item["Attributes"]))
 
     def with_status(self, status: JobStatus, created_before: str) -> list[JobRecord]:
         """Jobs in `status` created before the given ISO time (the `by-status` index)."""

@@ -1,8 +1,9 @@
 """A job's record never contradicts its execution.
 
-The dispatch execution writes the job's end itself (RecordSuccess / RecordFailure). If that write
-is lost — the execution failed on an error nothing caught, was stopped by an operator, timed out,
-or the write itself failed past its retries — the record would stay QUEUED or RUNNING forever.
+The job's end is written by whoever ends it: a success by the agent's report (before it tells the
+execution, which ends on it), a failure by the execution (RecordFailure). If that write is lost — the
+report's crashed, the execution failed on an error nothing caught, was stopped by an operator, timed
+out, or the write failed past its retries — the record would stay QUEUED or RUNNING forever.
 The reconciler brings it to the execution's end state with the execution's reason. It runs on
 each execution status change (an EventBridge rule on AWS) and on a schedule over every open job
 (the safety net, and the only path offline, where moto emits no such events). A job still QUEUED
@@ -72,9 +73,10 @@ class Reconciler:
             return "running"
         ended_at = _iso(execution.get("stopDate"))
         if status == "SUCCEEDED":
+            ended = JobStatus.SUCCEEDED
             output = json.loads(execution.get("output") or "{}")
             result_key = (output.get("result") or {}).get("result_key")
-            closed = self._jobs.close(job.job_id, JobStatus.SUCCEEDED, ended_at, result_key=result_key)
+            closed = self._jobs.close(job.job_id, ended, ended_at, result_key=result_key)
         else:
             # Stopped (ABORTED: a cancel whose own write was lost, or an operator's StopExecution) is a cancel;
             # timed out or failed uncaught is a failure.
@@ -85,9 +87,8 @@ class Reconciler:
         if not closed:
             return "final"
         logger.warning("job record brought in line with its execution", job_id=job.job_id, execution_status=status)
-        if status != "SUCCEEDED":  # answered here, counted and told nowhere else (a success was, by the report
-            # that ended its task)
-            self._endings.ended(job, ended)
+        # Answered here, counted and told nowhere else: the write that would have counted it is the one that was lost.
+        self._endings.ended(job, ended)
         return "reconciled"
 
     def reconcile_id(self, job_id: str) -> str:

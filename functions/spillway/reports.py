@@ -1,7 +1,8 @@
 """What agents report about their tasks, turned into Step Functions callbacks.
 
 The token stays here: the agent names a task id, this code looks the token up. A result ends the
-task exactly once (a conditional write), and only then is the callback sent; a repeated report
+task exactly once (a conditional write), a success is recorded on the job (the execution ends on it
+without another write), and only then is the callback sent; a repeated report
 re-sends the first outcome, so a lost answer to the agent costs nothing. A task whose attempt
 has moved on (AWS says TaskTimedOut) answers `current: False` and the agent stops.
 
@@ -26,7 +27,7 @@ from spillway.callbacks import Callbacks
 from spillway.endings import JobEndings
 from spillway.errors import NotFound
 from spillway.fleet import Fleet, Task
-from spillway.jobs import JobStore
+from spillway.jobs import JobStore, iso_at
 from spillway.models import AttemptOutput, CallbackAck, ErrorType, JobStatus, TaskHeartbeat, TaskResult, TaskState
 
 logger = Logger(child=True)
@@ -67,11 +68,10 @@ class TaskReports:
         )
         try:
             if result.outcome == "succeeded":
+                self._job_succeeded(task, result.gpu_id)  # repeated: writes what a crash may have lost, or nothing
                 output = AttemptOutput(task_id=task.task_id, gpu_id=result.gpu_id, result_key=task.result_key,
                                        duration_ms=result.duration_ms)
                 current = self._callbacks.succeeded(task.task_token, output)
-                if current and ended_here:
-                    self._job_succeeded(task)
             else:
                 error = ErrorType(result.error_type or ErrorType.MODEL_ERROR)
                 current = self._callbacks.failed(task.task_token, error, result.message or error.value)
@@ -86,10 +86,10 @@ class TaskReports:
             logger.info("attempt has moved on", job_id=task.job_id, task_id=task.task_id)
         return CallbackAck(current=current)
 
-    def _job_succeeded(self, task: Task) -> None:
-        """Its execution took the success: the job is done (counted and told once, by the report that ended the
-        task)."""
-        job = self._jobs.get(task.job_id)
+    def _job_succeeded(self, task: Task, gpu_id: str) -> None:
+        """The job is done, recorded before its execution is told (the success ends the execution there):
+        fenced by the attempt, so it is written, counted and told once."""
+        job = self._jobs.succeed(task.job_id, task.attempt, task.result_key, gpu_id, iso_at(self._clock()))
         if job is not None:
             self._endings.ended(job, JobStatus.SUCCEEDED)
 

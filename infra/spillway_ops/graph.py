@@ -100,7 +100,7 @@ def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
         elif kind.startswith("Execution") and kind != "ExecutionStarted":
             path.status = kind.removeprefix("Execution").upper()  # SUCCEEDED, FAILED, TIMEDOUT, ABORTED
             leave(failing or path.status != "SUCCEEDED")
-            if types.get(current) in ("Succeed", "Fail"):
+            if types.get(current) in ("Succeed", "Fail") or path.status == "SUCCEEDED":  # or an End: true state
                 path.taken.add((current, END))
         elif kind.endswith(_FAILURE_SUFFIXES):
             failing = True

@@ -1,14 +1,12 @@
-"""The dispatch state machine's Route step (`lambda:invoke`): where the job's next attempt goes."""
+"""The dispatch state machine's Route step (`lambda:invoke`): where the job's next attempt goes, opened."""
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from spillway.handlers.wiring import endings, jobs, router
+from spillway.handlers.wiring import router
 from spillway.logs import job_keys
-from spillway.metrics import Metric, emit
-from spillway.models import JobId, JobStatus
-from spillway.routing.policy import RouteAction
+from spillway.models import JobId
 
 logger = Logger()
 tracer = Tracer()
@@ -16,6 +14,7 @@ tracer = Tracer()
 
 class RouteRequest(BaseModel):
     job_id: JobId
+    after: int = Field(ge=0, description="the attempt the execution just closed")
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -23,14 +22,4 @@ class RouteRequest(BaseModel):
 def handler(event: dict, context: LambdaContext) -> dict:
     request = RouteRequest.model_validate(event)
     logger.append_keys(**job_keys(request.job_id))
-    route = router().route(request.job_id)
-    logger.info("routed", action=route.action.value, pool=route.pool and route.pool.value, reason=route.reason)
-    emit(Metric.ATTEMPTS_ROUTED, Pool=route.pool.value if route.pool else "none")
-    if route.faas_budget_spent:  # the FaasBudgetSpent alarm watches it
-        logger.warning("faas budget spent: routed elsewhere", reason=route.reason)
-        emit(Metric.FAAS_BUDGET_SPENT)
-    if route.action is RouteAction.FAIL:  # the state machine records the failure next
-        job = jobs().get(request.job_id)
-        if job is not None and not job.status.final:
-            endings().ended(job, JobStatus.FAILED)
-    return route.model_dump(mode="json")
+    return router().route(request.job_id, request.after).model_dump(mode="json")

@@ -137,7 +137,8 @@ def reports() -> TaskReports:
 @cache
 def admission() -> Admission:
     s = settings()
-    return Admission(aws.client("stepfunctions"), s.dispatch_state_machine_arn, s.attempt_timeout_seconds)
+    return Admission(aws.client("stepfunctions"), s.dispatch_state_machine_arn, s.attempt_timeout_seconds,
+                     first_route=lambda job_id: router().route(job_id, after=0))
 
 
 @cache
@@ -214,7 +215,8 @@ def budget() -> BudgetLedger:
 def router() -> Router:
     s = settings()
     return Router(jobs(), fleet(), budget(), routing_rules, max_attempts=s.max_attempts,
-                  max_legs=s.max_legs, stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id))
+                  max_legs=s.max_legs, stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id),
+                  endings=endings())
 
 
 def webhook_key() -> bytes:

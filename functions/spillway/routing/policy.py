@@ -31,17 +31,19 @@ from spillway.routing.rules import FailureAction, RoutingRules
 class RouteAction(StrEnum):
     RUN = "run"
     FAIL = "fail"
+    ROUTE = "route"  # not decided yet: admission could not route it, the state machine's Route step will
 
 
 class Route(BaseModel):
-    """The Route step's answer: the state machine opens an attempt on `pool`, or fails the job."""
+    """The Route step's answer: an attempt opened on `pool`, or why the job fails."""
 
     action: RouteAction
     pool: Pool | None = None
     avoid_gpus: list[str] = Field(default_factory=list, description="GPUs that failed this job: never again")
     spill_to: Pool | None = Field(default=None, description="where it goes if it waits past its bound in `pool`")
     reason: str
-    attempt: int = Field(ge=0, description="the job's current attempt number: the fence of the next write")
+    attempt: int = Field(ge=0, description="the attempt it opened (run), or the job's current one (fail): the fence "
+                                           "of the execution's next write")
     faas_segment: str | None = None
     faas_budget_spent: bool = Field(default=False, description="FaaS would have taken it, but its budget is spent")
 

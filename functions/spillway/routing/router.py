@@ -1,5 +1,6 @@
-"""The Route step: gathers the facts the routing policy decides on, asks it, and reserves the FaaS
-budget of a FaaS route before the state machine opens the attempt.
+"""The Route step: gathers the facts the routing policy decides on, asks it, reserves the FaaS budget
+of a FaaS route, and opens the attempt on the job. Admission runs it for the first attempt (so the
+happy path's execution starts at the pool's Try), the state machine's Route step after each attempt.
 
 The facts are read fresh each time: the job's attempts (its record), the fleet (every GPU, and how
 many tasks wait in each pool's room), and today's FaaS spend. The reservation is made under the id of
@@ -15,15 +16,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from aws_lambda_powertools import Logger
+
 from spillway.budget import BudgetLedger, Cap
 from spillway.credentials import faas_task_id
+from spillway.endings import JobEndings
 from spillway.faas.billing import MICRO
 from spillway.fleet import Fleet, Gpu
-from spillway.jobs import JobStore
-from spillway.models import Pool
+from spillway.jobs import Attempt, JobRecord, JobStore, iso_at
+from spillway.metrics import Metric, emit
+from spillway.models import JobStatus, Pool
 from spillway.priorities import job_clock
 from spillway.routing.policy import FaasBudget, FleetSnapshot, JobFacts, PastAttempt, Route, RouteAction, decide
 from spillway.routing.rules import RoutingRules
+
+logger = Logger(child=True)
 
 QUEUE_PEEK = 50  # routing asks whether a pool has a queue, not how long it is
 
@@ -79,8 +86,9 @@ def route_step(facts: JobFacts, attempts: list[PastAttempt], current_attempt: in
 class Router:
     def __init__(self, jobs: JobStore, fleet: Fleet, budget: BudgetLedger, rules: Callable[[], RoutingRules],
                  max_attempts: int, max_legs: int, stale_after: float, faas_enabled: bool,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, endings: JobEndings | None = None):
         self._jobs = jobs
+        self._endings = endings or JobEndings(clock=clock)
         self._fleet = fleet
         self._budget = budget
         self._rules = rules
@@ -90,12 +98,22 @@ class Router:
         self._faas_enabled = faas_enabled  # a stack without a FaaS endpoint never routes there
         self._clock = clock
 
-    def route(self, job_id: str) -> Route:
+    def route(self, job_id: str, after: int) -> Route:
+        """Where the attempt after `after` goes, opened on the job (the fence: the job is still on `after`);
+        or why the job ends. Admission asks for the first (after 0), the Route step after each attempt
+        closed. A retried step or a redelivered admission whose attempt opened already gets it again."""
         job = self._jobs.get(job_id)
         if job is None:
             raise LookupError(f"no job {job_id}: its execution runs for a record that does not exist")
         if job.status.final:
             return Route(action=RouteAction.FAIL, reason=f"the job is {job.status.value} already", attempt=job.attempt)
+        if job.attempt == after + 1 and job.attempts and job.attempts[-1].outcome is None:
+            return opened_route(job.attempts[-1], job.attempt)
+        route = self._decide(job, after)
+        _report(route, job, self._endings)
+        return route
+
+    def _decide(self, job: JobRecord, after: int) -> Route:
         now = self._clock()
         rules = self._rules()
         _, deadline = job_clock(job.priority, job.created_at, job.deadline_at, now)
@@ -106,7 +124,7 @@ class Router:
                     for a in job.attempts]
         fleet = fleet_snapshot(self._fleet.all_gpus(), now, self._stale_after,
                                lambda pool, at_most: self._fleet.waiting_room.depth(pool, at_most=at_most))
-        reservation_id = faas_task_id(job_id, job.attempt + 1)  # the FaaS attempt about to open
+        reservation_id = faas_task_id(job.job_id, after + 1)  # the FaaS attempt about to open
 
         def reserve(route: Route) -> bool:
             caps = faas_caps(rules, route.faas_segment)
@@ -116,8 +134,35 @@ class Router:
                            lambda: budget_left(rules, lambda segment: self._budget.view(segment).committed_micro),
                            reserve, faas_enabled=self._faas_enabled, max_attempts=self._max_attempts,
                            max_legs=self._max_legs)
+        opened = route.action is RouteAction.RUN and self._jobs.open_attempt(
+            job.job_id, after, Attempt(pool=route.pool, route=route.reason, started_at=iso_at(now),
+                                       avoid_gpus=route.avoid_gpus, spill_to=route.spill_to,
+                                       faas_segment=route.faas_segment), self._max_legs, iso_at(now))
         eligible = faas_eligible(rules, facts, self._faas_enabled)
-        held = self._budget.reservation(reservation_id) if route.pool is not Pool.FAAS and eligible else None
-        if held is not None:  # a retried Route step reserved for FaaS the first time and decided otherwise now
+        held = self._budget.reservation(reservation_id) if (route.pool is not Pool.FAAS or not opened) and eligible \
+            else None
+        if held is not None:  # reserved for FaaS by a try that decided otherwise, or whose attempt did not open
             self._budget.release(held)
-        return route
+        if route.action is RouteAction.RUN and not opened:
+            return Route(action=RouteAction.FAIL, attempt=after,
+                         reason=f"attempt {after + 1} could not open: the job moved on, or ran out of legs")
+        return route.model_copy(update={"attempt": after + 1}) if opened else route
+
+
+def opened_route(attempt: Attempt, number: int) -> Route:
+    """The route of an attempt opened already, as it was decided."""
+    assert attempt.pool is not None
+    return Route(action=RouteAction.RUN, pool=attempt.pool, avoid_gpus=attempt.avoid_gpus, spill_to=attempt.spill_to,
+                 reason=attempt.route or "", attempt=number, faas_segment=attempt.faas_segment)
+
+
+def _report(route: Route, job: JobRecord, endings: JobEndings) -> None:
+    """A route decided: logged and counted; a job it ends is answered FAILED (the state machine writes it next)."""
+    logger.info("routed", job_id=job.job_id, action=route.action.value, pool=route.pool and route.pool.value,
+                reason=route.reason, attempt=route.attempt)
+    emit(Metric.ATTEMPTS_ROUTED, Pool=route.pool.value if route.pool else "none")
+    if route.faas_budget_spent:  # the FaasBudgetSpent alarm watches it
+        logger.warning("faas budget spent: routed elsewhere", job_id=job.job_id, reason=route.reason)
+        emit(Metric.FAAS_BUDGET_SPENT)
+    if route.action is RouteAction.FAIL:
+        endings.ended(job, JobStatus.FAILED)

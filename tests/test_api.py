@@ -59,18 +59,20 @@ def test_upload_ticket_is_a_presigned_post_with_a_byte_limit(cloud: Cloud) -> No
     assert ticket["max_bytes"] == MAX_INPUT_BYTES
 
 
-def test_the_job_runs_on_its_own_copy_of_the_input(cloud: Cloud) -> None:
-    """Pinned at submit: a later write to the upload's key (its URL is valid for 15 min) changes nothing."""
+def test_the_job_runs_on_the_version_of_the_input_judged(cloud: Cloud) -> None:
+    """Pinned at submit by the upload's S3 version (the bucket is versioned; no copy is written): a later
+    write to the upload's key (its URL is valid for 15 min) changes nothing."""
     image = render_room(1, 320, 240)
     key = upload(cloud, image)
     status, accepted = call("POST", "/v1/jobs", {"service": "upscale_2x", "input_key": key})
     assert status == 202
     (message,) = cloud.queue_messages("IntakeNormalQueue")
-    assert message["input_key"] == f"inputs/{accepted['job_id']}.png"
+    assert message["input_key"] == key and message["input_version"]
     s3 = aws.client("s3")
     s3.put_object(Bucket=cloud.settings.images_bucket, Key=key, Body=render_room(1, 4000, 3000))
-    pinned = s3.get_object(Bucket=cloud.settings.images_bucket, Key=message["input_key"])
-    assert pinned["Body"].read() == image and pinned["ContentType"] == "image/png"
+    pinned = s3.get_object(Bucket=cloud.settings.images_bucket, Key=key, VersionId=message["input_version"])
+    assert pinned["Body"].read() == image
+    assert s3.list_objects_v2(Bucket=cloud.settings.images_bucket, Prefix="inputs/").get("KeyCount") == 0
 
 
 def test_submit_records_the_job_and_queues_it_by_priority(cloud: Cloud) -> None:

@@ -30,7 +30,7 @@ def _ddb(*actions: str) -> set[str]:
 
 STATE_MACHINE = "<DispatchStateMachine>"
 RULES = "parameter<RoutingRulesParameter>"
-UPLOADS, INPUTS, RESULTS = "<ImagesBucket>/uploads/*", "<ImagesBucket>/inputs/*", "<ImagesBucket>/results/*"
+UPLOADS, RESULTS = "<ImagesBucket>/uploads/*", "<ImagesBucket>/results/*"
 
 # A task's life, for both dispatchers: its record, its job's attempt notes, its presigned input (the
 # job's pinned copy) and result, its timers, its callback (never SendTaskHeartbeat: liveness is our
@@ -39,7 +39,7 @@ TASK = {
     "<TasksTable>": _ddb("GetItem", "PutItem", "UpdateItem"),
     "<TasksTable>/index/open-by-pool": _ddb("Query"),
     "<JobsTable>": _ddb("GetItem", "UpdateItem"),
-    INPUTS: {"s3:GetObject"},
+    UPLOADS: {"s3:GetObjectVersion"},  # the upload's version the job pinned
     RESULTS: {"s3:PutObject"},
     "<TimersQueue>": {"sqs:SendMessage"},
     STATE_MACHINE: {"states:SendTaskSuccess", "states:SendTaskFailure"},
@@ -82,7 +82,6 @@ NEEDS: dict[str, Grants] = {
         "<TasksTable>/index/open-by-pool": _ddb("Query"),  # fleet_ops.py: each GPU's tasks
         "<ControlKeySecret>": {"secretsmanager:GetSecretValue"},  # fleet_ops.py: enroll, rotate
         UPLOADS: {"s3:PutObject", "s3:GetObject"},  # the presigned form POST; the upload read and judged
-        INPUTS: {"s3:PutObject"},  # pinned: the job's own copy of the bytes judged
         RESULTS: {"s3:GetObject"},
         **{f"<Intake{p}Queue>": {"sqs:SendMessage"} for p in ("High", "Normal", "Low")},
         RULES: {"ssm:GetParameter"},  # FaaS segments and its GPU's memory: judged at submit

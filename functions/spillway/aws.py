@@ -40,6 +40,11 @@ def error_code(exc: Exception) -> str:
     return response.get("Error", {}).get("Code", "")
 
 
+def version_param(version: str | None) -> dict[str, str]:
+    """An S3 call's parameter naming one version of an object (none: its current version)."""
+    return {"VersionId": version} if version else {}
+
+
 def to_item(value: Any) -> Any:
     """JSON-ish -> DynamoDB resource types (numbers must be Decimal)."""
     if isinstance(value, dict):

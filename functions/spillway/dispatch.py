@@ -27,6 +27,7 @@ import httpx
 from aws_lambda_powertools import Logger
 
 from spillway import credentials, health, metrics, placement, signing
+from spillway.aws import version_param
 from spillway.callbacks import Callbacks
 from spillway.fleet import ATTEMPT_MOVED_ON, GPU_TAKEN, Fleet, Gpu, Refused, Task
 from spillway.health import GpuHealth
@@ -138,7 +139,7 @@ class Dispatcher:
         spill_to = queued.spill_to if "spill_to" in queued.model_fields_set else NEXT_POOL.get(queued.pool)
         return Task(
             task_id=task_id, job_id=queued.job_id, attempt=queued.attempt, pool=queued.pool,
-            service=queued.service, input_key=queued.input_key,
+            service=queued.service, input_key=queued.input_key, input_version=queued.input_version,
             result_key=result_key_for(queued.job_id, queued.attempt), vram_mb=queued.vram_mb, compute=queued.compute,
             priority=queued.priority, task_token=queued.task_token,
             secret_hash=credentials.secret_hash(credentials.task_secret(key, task_id)),
@@ -254,7 +255,7 @@ class Dispatcher:
             task_id=task.task_id,
             job_id=task.job_id,
             service=task.service,
-            input_url=self._presign("get_object", task.input_key),
+            input_url=self._presign("get_object", task.input_key, **version_param(task.input_version)),
             output_url=self._presign("put_object", task.result_key, ContentType="image/png"),
             # Beat three times per liveness window, so one lost beat never fails an attempt.
             heartbeat_interval_s=max(1.0, self._limits.heartbeat_seconds / 3),

@@ -86,6 +86,7 @@ class Task(BaseModel):
     pool: Pool
     service: str
     input_key: str
+    input_version: str | None = None
     result_key: str
     vram_mb: int
     compute: int = 0  # absent from tasks leased before compute was packed: they took none

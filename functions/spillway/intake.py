@@ -45,7 +45,6 @@ SHORTEST_DEADLINE = timedelta(seconds=30)  # a job cannot be answered sooner tha
 LONGEST_DEADLINE = timedelta(days=7)
 RESULT_URL_SECONDS = 60 * 60
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg"}
-_PINNED_TYPES = {"png": ("png", "image/png"), "jpeg": ("jpg", "image/jpeg")}
 _JOB_ID = TypeAdapter(JobId)
 
 
@@ -104,7 +103,7 @@ class Intake:
                                                              self._settings.allow_loopback_webhooks)):
             raise Invalid(f"webhook_url: {why}")
         standing = self._limits.check(tenant.tenant_id)  # over its limits: refused before any work
-        data = self._read_upload(request.input_key)
+        data, version = self._read_upload(request.input_key)
         try:
             image = imageinfo.inspect(data)
         except imageinfo.NotAnImage as exc:
@@ -132,7 +131,8 @@ class Intake:
             service=service.name,
             priority=request.priority,
             segment=request.segment,
-            input_key=_pinned_key(job_id, image),
+            input_key=request.input_key,
+            input_version=version,  # pinned: a later write to the upload's key changes nothing
             width=width,
             height=height,
             vram_mb=vram_mb,
@@ -148,6 +148,7 @@ class Intake:
             job_id=job.job_id,
             service=job.service,
             input_key=job.input_key,
+            input_version=job.input_version,
             priority=job.priority,
             vram_mb=job.vram_mb,
             compute=job.compute,
@@ -155,7 +156,6 @@ class Intake:
             deadline_at=job.deadline_at,
         )
         try:
-            self._pin(job.input_key, data, image)
             self._sqs.send_message(
                 QueueUrl=self._settings.intake_queue_urls[job.priority], MessageBody=message.model_dump_json()
             )
@@ -204,7 +204,9 @@ class Intake:
         return JobList(jobs=[JobSummary.model_validate(job.model_dump()) for job in found],
                        next_cursor=_cursor(next_after))
 
-    def _read_upload(self, key: str) -> bytes:
+    def _read_upload(self, key: str) -> tuple[bytes, str]:
+        """The upload's bytes, and its version: the bucket is versioned, so the job reads exactly the bytes
+        judged here whatever writes the key later (its upload URL is valid a while yet)."""
         try:
             upload = self._s3.get_object(Bucket=self._settings.images_bucket, Key=key)
         except Exception as exc:
@@ -217,21 +219,14 @@ class Intake:
                               f"the limit is {MAX_INPUT_BYTES} bytes")
             if upload["ContentLength"] == 0:
                 raise Invalid(f"the upload at {key} is empty")
-            return body.read()
-
-    def _pin(self, key: str, data: bytes, image: imageinfo.ImageInfo) -> None:
-        """The job's own copy of exactly the bytes judged here: the upload URL may still write to the
-        upload's key, but every attempt reads this copy, so a later write changes nothing."""
-        content_type = _PINNED_TYPES[image.format][1]
-        self._s3.put_object(Bucket=self._settings.images_bucket, Key=key, Body=data, ContentType=content_type)
+            data = body.read()
+        if not upload.get("VersionId") or upload["VersionId"] == "null":
+            raise RuntimeError(f"{self._settings.images_bucket} is not versioned: a job's input could not be pinned")
+        return data, upload["VersionId"]
 
 
 def _nothing_uploaded(key: str) -> str:
     return f"nothing was uploaded at {key}: POST the image to its upload_url first"
-
-
-def _pinned_key(job_id: str, image: imageinfo.ImageInfo) -> str:
-    return f"inputs/{job_id}.{_PINNED_TYPES[image.format][0]}"
 
 
 # A cursor is where the next page starts: (created_at, job_id) of the last job given. Opaque to clients;

@@ -80,6 +80,7 @@ class Attempt(BaseModel):
 
 class JobRecord(JobFields):
     tenant: str | None = None  # its tenant's id (None: jobs from before tenants, which no caller owns)
+    input_version: str | None = None  # the upload's S3 version judged at submit (the key may be written again)
     attempt: int = 0  # the number of the current attempt: the fence
     attempts: list[Attempt] = Field(default_factory=list)
     result_key: str | None = None
@@ -90,7 +91,8 @@ class JobRecord(JobFields):
     def view(self, result_url: str | None = None) -> JobView:
         attempts = [a.view(n) for n, a in enumerate(self.attempts, start=1)]
         return JobView(
-            **self.model_dump(exclude={"tenant", "attempt", "attempts", "idempotency_key", "webhook_delivered_at"}),
+            **self.model_dump(exclude={"tenant", "attempt", "attempts", "idempotency_key", "webhook_delivered_at",
+                                       "input_version"}),
             attempts=attempts, cost_usd=round(sum(a.cost_usd for a in attempts), 6), result_url=result_url,
         )
 

@@ -307,6 +307,7 @@ class DispatchInput(BaseModel):
     job_id: JobId
     service: str
     input_key: str
+    input_version: str | None = None  # the upload's S3 version judged at submit: every attempt reads exactly it
     priority: Priority
     vram_mb: int
     compute: int = 0  # absent from jobs queued before compute was packed: they take none
@@ -330,6 +331,7 @@ class PoolTask(BaseModel):
     pool: Pool
     service: str
     input_key: str
+    input_version: str | None = None
     vram_mb: int
     compute: int = Field(default=0, description="its share of a GPU's compute (absent: an execution started "
                                                 "before compute was packed; it takes none)")

@@ -219,6 +219,9 @@ def _bucket(p: Provisioner, logical: str, props: dict[str, Any]) -> None:
     name = props.get("BucketName") or f"{p.stack.name}-{logical}-{uuid.uuid4().hex[:8]}".lower()[:63]
     s3 = p.client("s3")
     s3.create_bucket(Bucket=name)
+    if "VersioningConfiguration" in props:
+        status = props["VersioningConfiguration"]["Status"]
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": status})
     if "CorsConfiguration" in props:
         renamed = {"Id": "ID", "ExposedHeaders": "ExposeHeaders", "MaxAge": "MaxAgeSeconds"}  # CFN -> S3 API
         rules = [{renamed.get(k, k): v for k, v in rule.items()} for rule in props["CorsConfiguration"]["CorsRules"]]
@@ -227,7 +230,9 @@ def _bucket(p: Provisioner, logical: str, props: dict[str, Any]) -> None:
         rules = [
             {"ID": rule.get("Id", f"rule-{i}"), "Status": rule["Status"],
              "Filter": {"Prefix": rule.get("Prefix", "")},
-             **({"Expiration": {"Days": rule["ExpirationInDays"]}} if "ExpirationInDays" in rule else {})}
+             **({"Expiration": {"Days": rule["ExpirationInDays"]}} if "ExpirationInDays" in rule else {}),
+             **({"NoncurrentVersionExpiration": {"NoncurrentDays": rule["NoncurrentVersionExpirationInDays"]}}
+                if "NoncurrentVersionExpirationInDays" in rule else {})}
             for i, rule in enumerate(props["LifecycleConfiguration"]["Rules"])
         ]
         s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": rules})

@@ -12,7 +12,7 @@ from typing import Any
 from boto3.dynamodb.conditions import Key
 
 from spillway import health
-from spillway.aws import from_item
+from spillway.aws import from_item, version_param
 from spillway.faas.billing import MICRO
 from spillway.fleet import Gpu, Task
 from spillway.health import HealthRecord
@@ -80,15 +80,15 @@ def job_detail(source: Source, job_id: str) -> JobDetail | None:
         return None
     s3, bucket = source.client("s3"), source.resources["ImagesBucket"]
 
-    def presigned(key: str) -> str:
-        return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+    def presigned(key: str, version: str | None = None) -> str:
+        return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key, **version_param(version)},
                                          ExpiresIn=RESULT_URL_SECONDS)
 
     job = record.view(presigned(record.result_key) if record.status is JobStatus.SUCCEEDED and record.result_key
                       else None)
     history = execution_history(source, job_id)
     return JobDetail(job=job, path=path_of(history, state_graph(source).types) if history else None,
-                     events=timeline(history), input_url=presigned(record.input_key))
+                     events=timeline(history), input_url=presigned(record.input_key, record.input_version))
 
 
 _graphs: dict[str, StateGraph] = {}  # by state machine ARN: its definition changes only with a deployment

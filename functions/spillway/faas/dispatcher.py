@@ -23,7 +23,7 @@ from boto3.dynamodb.conditions import Key
 from pydantic import BaseModel
 
 from spillway import metrics
-from spillway.aws import from_item, paged_items, to_item
+from spillway.aws import from_item, paged_items, to_item, version_param
 from spillway.budget import BudgetLedger, ReservationState
 from spillway.callbacks import Callbacks
 from spillway.credentials import faas_task_id
@@ -69,6 +69,7 @@ class FaasTask(BaseModel):
     pool: Pool = Pool.FAAS
     service: str
     input_key: str
+    input_version: str | None = None
     result_key: str
     task_token: str
     state: FaasTaskState = FaasTaskState.NEW
@@ -118,7 +119,7 @@ class FaasDispatcher:
         now = self._clock()
         task = FaasTask(
             task_id=faas_task_id(queued.job_id, queued.attempt), job_id=queued.job_id, attempt=queued.attempt,
-            service=queued.service, input_key=queued.input_key,
+            service=queued.service, input_key=queued.input_key, input_version=queued.input_version,
             result_key=result_key_for(queued.job_id, queued.attempt), task_token=queued.task_token,
             deadline=job_clock(queued.priority, queued.submitted_at, queued.deadline_at, now)[1],
             open_pool=Pool.FAAS.value, expires_at=int(now) + 7 * 86_400,
@@ -145,7 +146,7 @@ class FaasDispatcher:
         now = self._clock()
         request = FaasRequest(
             task_id=task.task_id, service=task.service,
-            input_url=self._presign("get_object", task.input_key),
+            input_url=self._presign("get_object", task.input_key, **version_param(task.input_version)),
             output_url=self._presign("put_object", task.result_key, ContentType="image/png"),
             webhook_url=webhook.webhook_url(self._public_api_url, task.task_id, self._webhook_key())
             if self._public_api_url else None,

@@ -351,7 +351,9 @@ class Agent:
     def _beat_task(self, run: TaskRun) -> None:
         current_job.set(run.task.job_id)
         beat = TaskHeartbeat(gpu_id=self.config.gpu_id).model_dump_json()
-        while not (run.done.is_set() or run.moved_on.is_set() or self._stopped.is_set()):
+        # The first beat is one interval in: the push's answer started the task's liveness clock, so a task
+        # shorter than that costs no callback but its result.
+        while not (run.done.wait(run.task.heartbeat_interval_s) or run.moved_on.is_set() or self._stopped.is_set()):
             try:
                 response = self._control(f"/v1/agent/tasks/{run.task.task_id}/heartbeat", beat, run.task)
                 if not response.is_success:
@@ -364,7 +366,6 @@ class Agent:
                     log.debug("%s: task heartbeat", run.task.task_id)
             except (httpx.HTTPError, ValueError) as exc:
                 log.warning("%s: task heartbeat failed: %r", run.task.task_id, exc)
-            run.done.wait(run.task.heartbeat_interval_s)
 
     def _report(self, run: TaskRun, outcome: str, error: ErrorType | None, message: str | None,
                 duration_ms: int) -> None:

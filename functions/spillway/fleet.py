@@ -133,6 +133,7 @@ class Refused(Exception):
 ENTRY_GONE = "entry_gone"  # another dispatcher assigned it, or it expired
 GPU_TAKEN = "gpu_taken"  # the GPU's VRAM, compute or slots went to someone else first
 ATTEMPT_MOVED_ON = "attempt_moved_on"  # the job is on a later attempt, or over
+HEALTH_MAY_CHANGE = "health_may_change"  # a success on a GPU on probation, or with quarantines to forgive
 
 
 _HEARD_FROM = Attr("last_heartbeat").exists()  # its agent has beaten at least once
@@ -324,26 +325,18 @@ class Fleet:
         return task
 
     def mark_running(self, task: Task, now: float) -> bool:
-        """The agent took the task: its liveness clock starts now, and the job's attempt shows it.
-        False if the task ended meanwhile."""
-        start = _update(self._tasks.name, {"task_id": task.task_id},
-                        "SET #state = :running, running_at = :now, beat_at = :now", "#state = :assigned",
-                        {"#state": "state"}, {":running": TaskState.RUNNING.value,
-                                              ":assigned": TaskState.ASSIGNED.value, ":now": now})
-        n = task.attempt - 1
-        note = _update(self._jobs_table_name, {"job_id": task.job_id}, f"SET attempts[{n}].running_at = :at",
-                       "attempt = :n", {}, {":at": iso_at(now), ":n": task.attempt})
-        try:
-            self._transact([start, note], reasons=(ENTRY_GONE, ATTEMPT_MOVED_ON))
-        except Refused as refused:
-            if refused.reason == ENTRY_GONE:
-                return False
-            # The job moved on (its record stays as it is); the task still runs until told otherwise.
-            try:
-                self._transact([start], reasons=(ENTRY_GONE,))
-            except Refused:
-                return False
-        return True
+        """The agent took the task: its liveness clock starts now, and the job's attempt shows it. False if
+        the task ended meanwhile. Two single writes, not a transaction (half the units): the job's note is
+        only shown, and a job that moved on keeps its record as it is (the task runs until told otherwise)."""
+        started = self._write(_update(
+            self._tasks.name, {"task_id": task.task_id}, "SET #state = :running, running_at = :now, beat_at = :now",
+            "#state = :assigned", {"#state": "state"},
+            {":running": TaskState.RUNNING.value, ":assigned": TaskState.ASSIGNED.value, ":now": now}))
+        if started:
+            n = task.attempt - 1
+            self._write(_update(self._jobs_table_name, {"job_id": task.job_id}, f"SET attempts[{n}].running_at = :at",
+                                "attempt = :n", {}, {":at": iso_at(now), ":n": task.attempt}))
+        return started
 
     def beat(self, task_id: str, gpu_id: str, now: float) -> bool:
         """The agent says the task still runs; False if it is over (the agent should stop it)."""
@@ -378,15 +371,24 @@ class Fleet:
         update = _awaiting_notice(update, values, cause)
         now = time.time() if now is None else now
         model_ran = _model_verdict(outcome, error_type)
+        end = _update(self._tasks.name, {"task_id": task.task_id}, update, "#state IN (:assigned, :running)",
+                      {"#state": "state"}, values)
+        # A success changes a GPU's health only on probation (its canary) or with quarantines to forgive: the
+        # release itself checks that, so the common success reads the GPU no more.
+        settled = model_ran is True
         try:
-            self._transact([
-                _update(self._tasks.name, {"task_id": task.task_id}, update,
-                        "#state IN (:assigned, :running)", {"#state": "state"}, values),
-                _free_slot(self._gpus.name, task, model_ran, now),
-            ], reasons=(ENTRY_GONE, ENTRY_GONE))
-        except Refused:
-            return False
-        if model_ran is not None:
+            self._transact([end, _free_slot(self._gpus.name, task, model_ran, now, settled)],
+                           reasons=(ENTRY_GONE, HEALTH_MAY_CHANGE))
+        except Refused as refused:
+            if refused.reason != HEALTH_MAY_CHANGE:
+                return False
+            settled = False
+            try:
+                self._transact([end, _free_slot(self._gpus.name, task, model_ran, now)],
+                               reasons=(ENTRY_GONE, ENTRY_GONE))
+            except Refused:
+                return False
+        if model_ran is not None and not settled:
             policy = self.health_policy
             self.change_health(task.gpu_id or "", lambda gpu: health.task_ended(
                 gpu.health, model_ran, gpu.model_errors, gpu.first_error_at, now, policy))
@@ -460,6 +462,16 @@ class Fleet:
 
     # ---- plumbing
 
+    def _write(self, item: dict[str, Any]) -> bool:
+        """One Update item on its own; False if its condition failed."""
+        try:
+            self._ddb.update_item(**_typed_request(item["Update"]))
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def _transact(self, items: list[dict[str, Any]], reasons: tuple[str, ...]) -> None:
         """Run a transaction; on a failed condition raise Refused with the reason of the first item whose
         condition failed. Any other cancellation (throttling, a conflicting transaction) raises as it is."""
@@ -504,9 +516,10 @@ def _model_verdict(outcome: str, error_type: str | None) -> bool | None:
     return False if error_type == ErrorType.MODEL_ERROR.value else None
 
 
-def _free_slot(table: str, task: Task, model_ran: bool | None = None, now: float = 0.0) -> dict[str, Any]:
+def _free_slot(table: str, task: Task, model_ran: bool | None = None, now: float = 0.0,
+               settled: bool = False) -> dict[str, Any]:
     """Give the task's VRAM, compute and slot back; count the GPU's ModelErrors in a row (`model_ran`, see
-    above)."""
+    above). `settled`: on condition that a success cannot change its health (see `health.task_ended`)."""
     update = ("SET vram_free_mb = vram_free_mb + :need, compute_free = if_not_exists(compute_free, :full) + :compute, "
               "#running = #running - :one")
     values: dict[str, Any] = {":need": task.vram_mb, ":compute": task.compute, ":full": GPU_COMPUTE, ":one": 1}
@@ -517,7 +530,13 @@ def _free_slot(table: str, task: Task, model_ran: bool | None = None, now: float
         update += (", model_errors = if_not_exists(model_errors, :zero) + :one, "
                    "first_error_at = if_not_exists(first_error_at, :now)")
         values |= {":zero": 0, ":now": now}
-    return _update(table, {"gpu_id": task.gpu_id}, update, None, {"#running": "running"}, values)
+    names = {"#running": "running"}
+    condition = None
+    if settled:
+        condition = "health.#health_state <> :probation AND health.quarantines = :none"
+        names["#health_state"] = "state"
+        values |= {":probation": GpuHealth.PROBATION.value, ":none": 0}
+    return _update(table, {"gpu_id": task.gpu_id}, update, condition, names, values)
 
 
 def _update(table: str, key: dict[str, Any], expression: str, condition: str | None,

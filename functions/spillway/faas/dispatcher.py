@@ -343,11 +343,14 @@ class FaasDispatcher:
 
     def _tell(self, task: FaasTask) -> None:
         if task.outcome == "succeeded":
-            if self._callbacks.succeeded(task.task_token, AttemptOutput(
-                    task_id=task.task_id, gpu_id=self.gpu_label, result_key=task.result_key, duration_ms=0)):
-                job = JobStore(self._jobs).get(task.job_id)  # its execution took the success: the job is done
-                if job is not None:
-                    self._endings.ended(job, JobStatus.SUCCEEDED)
+            # The job's record first (fenced by the attempt, so written, counted and told once): the success
+            # ends its execution, with no write of its own.
+            job = JobStore(self._jobs).succeed(task.job_id, task.attempt, task.result_key, self.gpu_label,
+                                               iso_at(self._clock()))
+            if job is not None:
+                self._endings.ended(job, JobStatus.SUCCEEDED)
+            self._callbacks.succeeded(task.task_token, AttemptOutput(
+                task_id=task.task_id, gpu_id=self.gpu_label, result_key=task.result_key, duration_ms=0))
         else:
             self._callbacks.failed(task.task_token, ErrorType(task.error_type or ErrorType.MODEL_ERROR),
                                    task.cause or "failed")

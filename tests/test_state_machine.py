@@ -229,3 +229,18 @@ def test_routing_rules_that_do_not_validate_are_ignored_for_the_last_valid_ones(
     wiring.parameters.clear_caches()
     assert wiring.routing_rules().faas.daily_budget_usd == 3, "the last valid rules stay"
     assert default_rules().faas.daily_budget_usd != 3
+
+
+def test_a_retried_routing_opens_no_second_attempt(cloud: Cloud) -> None:
+    """Admission (after 0) and the Route step open the attempt they route: one redelivered or retried finds
+    it opened and answers its route again, as decided."""
+    from spillway.handlers.wiring import router
+
+    job = submitted_job(cloud)
+    first = router().route(job.job_id, after=0)
+    assert (first.action.value, first.pool, first.attempt) == ("run", Pool.LOCAL, 1)
+    assert router().route(job.job_id, after=0) == first
+    item = cloud.job_item(job.job_id)
+    assert (item["attempt"], item["status"], len(item["attempts"])) == (1, "RUNNING", 1)
+    assert router().route(job.job_id, after=3).action.value == "fail", "fenced by the attempt it follows"
+    assert cloud.job_item(job.job_id)["attempt"] == 1

@@ -154,7 +154,7 @@ class JobStore:
         last = request["ExclusiveStartKey"]
         return jobs, (last["created_at"], last["job_id"])
 
-    def open_attempt(self, job_id: str, current: int, attempt: Attempt, max_legs: int, at: str) -> bool:
+    def open_attempt(self, job_id: str, current: int, attempt: Attempt, max_legs: int) -> bool:
         """Open attempt `current` + 1: the counter is the fence every later write checks. False if the job
         is final, on another attempt, or out of legs (every attempt may be preceded by a spill)."""
         try:
@@ -165,7 +165,7 @@ class JobStore:
                 ConditionExpression="attempt = :current AND attempt < :max AND #status IN (:queued, :running)",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues=to_item({
-                    ":one": 1, ":current": current, ":max": max_legs, ":at": at,
+                    ":one": 1, ":current": current, ":max": max_legs, ":at": attempt.started_at,
                     ":entry": [attempt.model_dump(mode="json", exclude_none=True, exclude_defaults=True)],
                     ":queued": JobStatus.QUEUED.value, ":running": JobStatus.RUNNING.value}),
             )

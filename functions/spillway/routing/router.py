@@ -134,12 +134,9 @@ class Router:
                            lambda: budget_left(rules, lambda segment: self._budget.view(segment).committed_micro),
                            reserve, faas_enabled=self._faas_enabled, max_attempts=self._max_attempts,
                            max_legs=self._max_legs)
-        opened = route.action is RouteAction.RUN and self._jobs.open_attempt(
-            job.job_id, after, Attempt(pool=route.pool, route=route.reason, started_at=iso_at(now),
-                                       avoid_gpus=route.avoid_gpus, spill_to=route.spill_to,
-                                       faas_segment=route.faas_segment), self._max_legs, iso_at(now))
+        opened = route.action is RouteAction.RUN and self._open(job.job_id, after, route, iso_at(now))
         eligible = faas_eligible(rules, facts, self._faas_enabled)
-        held = self._budget.reservation(reservation_id) if (route.pool is not Pool.FAAS or not opened) and eligible \
+        held = self._budget.reservation(reservation_id) if eligible and not (opened and route.pool is Pool.FAAS) \
             else None
         if held is not None:  # reserved for FaaS by a try that decided otherwise, or whose attempt did not open
             self._budget.release(held)
@@ -148,10 +145,15 @@ class Router:
                          reason=f"attempt {after + 1} could not open: the job moved on, or ran out of legs")
         return route.model_copy(update={"attempt": after + 1}) if opened else route
 
+    def _open(self, job_id: str, after: int, route: Route, at: str) -> bool:
+        """Open the routed attempt on the job, keeping its whole route (a retry answers it again)."""
+        assert route.pool is not None
+        entry = Attempt(pool=route.pool, route=route.reason, started_at=at, avoid_gpus=route.avoid_gpus,
+                        spill_to=route.spill_to, faas_segment=route.faas_segment)
+        return self._jobs.open_attempt(job_id, after, entry, self._max_legs)
 
 def opened_route(attempt: Attempt, number: int) -> Route:
     """The route of an attempt opened already, as it was decided."""
-    assert attempt.pool is not None
     return Route(action=RouteAction.RUN, pool=attempt.pool, avoid_gpus=attempt.avoid_gpus, spill_to=attempt.spill_to,
                  reason=attempt.route or "", attempt=number, faas_segment=attempt.faas_segment)
 

@@ -257,6 +257,26 @@ def test_a_stale_or_draining_agent_gets_no_work(cloud: Cloud, fleet: Fleet, disp
     assert dispatcher.pump(Pool.LOCAL) == {task_id_for(task.job_id, 1): "pushed"}
 
 
+def test_an_attempt_alone_in_an_empty_room_is_leased_at_once_and_one_behind_a_queue_waits_its_turn(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody waits: the task is written leased in one transaction, never entering the room (half the write
+    units). Somebody waits: it enters the room, and the room's order decides."""
+    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=1), now=NOW)
+    entered: list[str] = []
+    enqueue = Fleet.enqueue
+    monkeypatch.setattr(Fleet, "enqueue", lambda self, task: entered.append(task.task_id) or enqueue(self, task))
+    first = queued(cloud, job=1)
+    assert dispatcher.enqueue(first) == {task_id_for(first.job_id, 1): "pushed"}
+    assert entered == [] and state(fleet, first) is TaskState.RUNNING
+    assert cloud.job_item(first.job_id)["attempts"][0]["gpu_id"] == "local-0", "the job's note, as an assignment's"
+    second, third = queued(cloud, job=2), queued(cloud, job=3)
+    assert dispatcher.enqueue(second) == {}, "no free slot: it waits in the room"
+    assert dispatcher.enqueue(third) == {}
+    assert entered == [task_id_for(second.job_id, 1), task_id_for(third.job_id, 1)]
+    assert sorted(e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)) == sorted(entered)
+
+
 def test_a_batch_enters_the_room_together_and_starts_in_the_rooms_order(
     cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents
 ) -> None:

@@ -101,13 +101,24 @@ class Dispatcher:
 
     def enqueue_batch(self, batch: list[PoolTask]) -> dict[str, str]:
         """Put attempts in their pools' waiting rooms, then pump each room once, so that a batch starts
-        in the room's order, not in the order it arrived. Idempotent by attempt. Returns what happened
-        to each task the pumps started (task id -> outcome)."""
+        in the room's order, not in the order it arrived; one that arrives alone to an empty room takes a
+        free GPU at once (`_start_at_once`). Idempotent by attempt. Returns what happened to each task
+        started (task id -> outcome)."""
         now = self._clock()
         waiting: list[Task] = []
         outcomes: dict[str, str] = {}
+        shunned: set[str] = set()  # a GPU that failed or refused the push at once: not again in this pump
+        at_once: set[Pool] = set()  # a room the arrival found empty and left empty: no pump needed
         for queued in batch:
             task = self._new_task(queued, now)
+            started = self._start_at_once(task, now, shunned) if len(batch) == 1 else None
+            if started is not None:
+                outcomes[task.task_id] = started
+                if started == "pushed":
+                    at_once.add(task.pool)
+                if started == "refused":  # handed back to the room: held to its bound as any arrival
+                    waiting.append(task)
+                continue
             if self._fleet.enqueue(task):
                 waiting.append(task)
                 continue
@@ -119,14 +130,36 @@ class Dispatcher:
                 waiting.append(known)  # the first delivery may have died before it set the wait timer
             elif known is not None and known.state is TaskState.ASSIGNED:
                 outcomes[known.task_id] = self._push_alone(known)  # it died between lease and push
-        for pool in sorted({queued.pool for queued in batch}):
-            outcomes |= self.pump(pool)
+        for pool in sorted({queued.pool for queued in batch} - at_once):
+            outcomes |= self.pump(pool, shunned)
         for task in waiting:
             if outcomes.get(task.task_id, "refused") == "refused":  # it waits (or again): hold it to its bound
                 logger.info("waiting", job_id=task.job_id, task_id=task.task_id, pool=task.pool.value,
                             priority=task.priority.value, wait_s=round(task.wait_until - now, 1))
                 self._hold_to_wait_bound(task, now)
         return outcomes
+
+    def _start_at_once(self, task: Task, now: float, shunned: set[str]) -> str | None:
+        """Nobody waits in its room: lease the best-fitting free GPU for the new task in one transaction
+        (the task written leased, the slot, the job's note), without entering the room and being assigned
+        out of it (half the write units), and push it. None: someone waits, no GPU fits now, or the task
+        exists already (a redelivery): the room's way then."""
+        if next(self._room.front(task.pool, page=1), None) is not None:
+            return None
+        for gpu in placement.best_fit(task.waiting_entry(), self._available(task.pool, now)):
+            try:
+                leased = self._fleet.lease_new(task, gpu, now)
+            except Refused as refused:
+                if refused.reason == GPU_TAKEN:  # another dispatcher got there first: the next that fits
+                    continue
+                return None
+            logger.info("assigned at once", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id)
+            self._timers.set(self._liveness_timer(leased, now, gpu), now)  # from its agent's last beat
+            outcome = self._push(leased)
+            if outcome != "pushed":
+                shunned.add(gpu.gpu_id)
+            return outcome
+        return None
 
     def _hold_to_wait_bound(self, task: Task, now: float) -> None:
         self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=task.wait_until), now)
@@ -152,12 +185,12 @@ class Dispatcher:
 
     # ---- the pump
 
-    def pump(self, pool: Pool) -> dict[str, str]:
+    def pump(self, pool: Pool, shunned: set[str] | None = None) -> dict[str, str]:
         """Start waiting tasks on free GPUs, front of the room first, until either runs out; then, if
         the room is empty and GPUs are still free, take over what waits past its spill bound in the
         pools that spill into this one. Returns what happened to each task it started (id -> outcome)."""
         outcomes: dict[str, str] = {}
-        shunned: set[str] = set()  # GPUs whose agent refused or failed a push in this pump: not again now
+        shunned = set(shunned or ())  # GPUs whose agent refused or failed a push in this pump: not again now
         for _ in range(MAX_PASSES):
             assigned, room_empty = self._assign_front(pool, shunned)
             for task in assigned:
@@ -348,7 +381,7 @@ class Dispatcher:
         agent's heartbeats, so a link that comes back is noticed within a beat, and one still cut gets no push.
         Returns the GPU with its health now."""
         try:
-            generations = [c.generation for c in gpu.credentials if c.valid(self._clock())]
+            generations = gpu.signing_generations(self._clock())
             response = self._http.get(f"{gpu.url}/readyz", headers=self._signed(gpu.gpu_id, generations, b""),
                                       timeout=PROBE_TIMEOUT)
             # Ready to take work, not merely reachable: a 503 (its model server is down, it is draining) keeps

@@ -46,6 +46,10 @@ class Gpu(BaseModel):
     first_error_at: float | None = None  # the first of them: time-to-detect starts there
     credentials: list[AgentCredential] = []  # its agent's secrets, hashed (see credentials.py)
 
+    def signing_generations(self, now: float) -> list[int]:
+        """Its secrets' generations valid now: a task leased on it has its push signed with them."""
+        return [c.generation for c in self.credentials if c.valid(now)]
+
     def accepts_work(self, now: float, stale_after: float) -> bool:
         """Could take work when a slot frees: its health allows it, and its agent was heard from lately."""
         return self.health.accepts_work(self.running) and now - self.last_heartbeat <= stale_after
@@ -299,9 +303,21 @@ class Fleet:
             return False
         return True
 
+    def lease_new(self, task: Task, gpu: Gpu, now: float) -> Task:
+        """Write a new task already leased on `gpu` (it never waited): the task, VRAM, compute and a slot, and
+        the job's note, all or nothing, as `assign` does for a task that waited."""
+        leased = task.model_copy(update={"state": TaskState.ASSIGNED, "gpu_id": gpu.gpu_id, "gpu_url": gpu.url,
+                                         "gpu_generations": gpu.signing_generations(now), "assigned_at": now})
+        self._transact([
+            {"Put": {"TableName": self._tasks.name, "Item": leased.model_dump(mode="json", exclude_none=True),
+                     "ConditionExpression": "attribute_not_exists(task_id)"}},
+            _take_slot(self._gpus.name, gpu.gpu_id, task.vram_mb, task.compute),
+            self._assigned_note(task.job_id, task.attempt, gpu, task.task_id, now),
+        ], reasons=(ENTRY_GONE, GPU_TAKEN, ATTEMPT_MOVED_ON))
+        return leased
+
     def assign(self, gpu: Gpu, entry: WaitingEntry, now: float) -> Task:
         """Take the entry out of the room and lease VRAM, compute and a slot on `gpu` for it: all or nothing."""
-        n = entry.attempt - 1
         self._transact([
             {"Delete": {"TableName": self.waiting_room.table_name, "Key": entry.key,
                         "ConditionExpression": "attribute_exists(task_id)"}},
@@ -311,18 +327,23 @@ class Fleet:
                     "assigned_at = :now",
                     "#state = :waiting", {"#state": "state"},
                     {":assigned": TaskState.ASSIGNED.value, ":waiting": TaskState.WAITING.value,
-                     ":gpu": gpu.gpu_id, ":url": gpu.url, ":now": now,
-                     ":generations": [c.generation for c in gpu.credentials if c.valid(now)]}),
-            _update(self._jobs_table_name, {"job_id": entry.job_id},
-                    f"SET attempts[{n}].gpu_id = :gpu, attempts[{n}].task_id = :task, "
-                    f"attempts[{n}].assigned_at = :at",
-                    "attempt = :n AND #status = :running", {"#status": "status"},
-                    {":gpu": gpu.gpu_id, ":task": entry.task_id, ":n": entry.attempt,
-                     ":running": JobStatus.RUNNING.value, ":at": iso_at(now)}),
+                     ":gpu": gpu.gpu_id, ":url": gpu.url, ":now": now, ":generations": gpu.signing_generations(now)}),
+            self._assigned_note(entry.job_id, entry.attempt, gpu, entry.task_id, now),
         ], reasons=(ENTRY_GONE, GPU_TAKEN, ENTRY_GONE, ATTEMPT_MOVED_ON))
         task = self.task(entry.task_id)
         assert task is not None
         return task
+
+    def _assigned_note(self, job_id: str, attempt: int, gpu: Gpu, task_id: str, now: float) -> dict[str, Any]:
+        """The job's attempt learns its GPU, on condition that it is still the job's attempt: a task whose
+        attempt has moved on never runs."""
+        n = attempt - 1
+        return _update(self._jobs_table_name, {"job_id": job_id},
+                       f"SET attempts[{n}].gpu_id = :gpu, attempts[{n}].task_id = :task, "
+                       f"attempts[{n}].assigned_at = :at",
+                       "attempt = :n AND #status = :running", {"#status": "status"},
+                       {":gpu": gpu.gpu_id, ":task": task_id, ":n": attempt,
+                        ":running": JobStatus.RUNNING.value, ":at": iso_at(now)})
 
     def mark_running(self, task: Task, now: float) -> bool:
         """The agent took the task: its liveness clock starts now, and the job's attempt shows it. False if

@@ -27,8 +27,8 @@ HAPPY_PATH = {
     "sqs_deliveries": 3,
     "invocations": {"AdmitFunction": 1, "AgentCallbackFunction": 1, "ApiFunction": 3, "PoolPollerFunction": 1,
                     "TimerFunction": 1},
-    "calls": {"dynamodb.GetItem": 6, "dynamodb.Query": 4, "dynamodb.Scan": 2,
-              "dynamodb.TransactWriteItems": 4, "dynamodb.UpdateItem": 4, "s3.GET": 3, "s3.POST": 1, "s3.PUT": 1,
+    "calls": {"dynamodb.GetItem": 5, "dynamodb.Query": 4, "dynamodb.Scan": 2,
+              "dynamodb.TransactWriteItems": 3, "dynamodb.UpdateItem": 4, "s3.GET": 3, "s3.POST": 1, "s3.PUT": 1,
               "sqs.DeleteMessageBatch": 3, "sqs.SendMessage": 3, "states.SendTaskSuccess": 1,
               "states.StartExecution": 1},
 }

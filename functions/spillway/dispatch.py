@@ -153,7 +153,7 @@ class Dispatcher:
                 if refused.reason == GPU_TAKEN:  # another dispatcher got there first: the next that fits
                     continue
                 return None
-            logger.info("assigned at once", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id)
+            logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id, waited_ms=0)
             self._timers.set(self._liveness_timer(leased, now, gpu), now)  # from its agent's last beat
             outcome = self._push(leased)
             if outcome != "pushed":

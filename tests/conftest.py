@@ -162,6 +162,16 @@ def shared_cloud(shared_stack: Cloud) -> Cloud:
 
 
 
+@pytest.fixture(scope="module")
+def api(stack: Any) -> Iterator[Any]:
+    """The job API of the module's running embedded stack (its `stack` fixture, a StackInfo), as its default
+    tenant."""
+    import httpx
+
+    with stack.api_client(httpx.Timeout(10.0, connect=2.0)) as client:
+        yield client
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Embedded-stack modules first (a stable sort: files keep their order): see pytest_xdist_make_scheduler."""
     items.sort(key=lambda item: item.get_closest_marker("embedded") is None)

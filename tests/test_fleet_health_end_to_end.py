@@ -43,12 +43,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         yield info
 
 
-@pytest.fixture(scope="module")
-def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with stack.api_client(TIMEOUT) as client:
-        yield client
-
-
 def first_attempt(api: httpx.Client, job_id: str, done: str, timeout: float = 30) -> dict:
     """The job's first attempt once it has `done` ("running_at": an agent runs it; "ended_at": it ended)."""
     deadline = time.monotonic() + timeout

@@ -57,12 +57,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         yield info
 
 
-@pytest.fixture(scope="module")
-def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with stack.api_client(TIMEOUT) as client:
-        yield client
-
-
 def png(width: int, height: int) -> bytes:
     return cv2.imencode(".png", np.zeros((height, width, 3), np.uint8))[1].tobytes()
 

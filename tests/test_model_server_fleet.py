@@ -37,12 +37,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         yield info
 
 
-@pytest.fixture(scope="module")
-def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with stack.api_client(TIMEOUT) as client:
-        yield client
-
-
 def run_one(api: httpx.Client) -> dict:
     job = submit_room(api)
     return answered(api, [job], timeout=120)[job]

@@ -58,12 +58,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 
 
 @pytest.fixture(scope="module")
-def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with stack.api_client(TIMEOUT) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def photo(api: httpx.Client) -> str:
     return upload(api, render_room(5, 320, 240))
 

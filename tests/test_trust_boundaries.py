@@ -69,12 +69,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 
 
 @pytest.fixture(scope="module")
-def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with stack.api_client(TIMEOUT) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def recorder() -> Iterator[Recorder]:
     recorder = Recorder()
     yield recorder

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from boto3.dynamodb.conditions import Attr, Key
-from boto3.dynamodb.types import TypeSerializer
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from spillway import health
-from spillway.aws import error_code, from_item, paged_items, to_item
+from spillway.aws import cancellation_codes, error_code, from_item, paged_items, to_item, typed
 from spillway.catalog import GPU_COMPUTE
 from spillway.credentials import AgentCredential, Enrolled
 from spillway.health import GpuHealth, HealthEvent, HealthPolicy, HealthRecord
@@ -499,7 +498,7 @@ class Fleet:
         try:
             self._ddb.transact_write_items(TransactItems=[_typed_item(i) for i in items])
         except ClientError as exc:
-            for code, reason in zip(_cancelled_by(exc), reasons, strict=False):
+            for code, reason in zip(cancellation_codes(exc), reasons, strict=False):
                 if code == "ConditionalCheckFailed":
                     raise Refused(reason) from None
             raise  # throttled, a conflict with another transaction, ...: not a refusal, the caller retries
@@ -579,20 +578,5 @@ def _typed_item(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _typed_request(request: dict[str, Any]) -> dict[str, Any]:
-    return {field: _typed(value) if field in ("Key", "Item", "ExpressionAttributeValues") else value
+    return {field: typed(value) if field in ("Key", "Item", "ExpressionAttributeValues") else value
             for field, value in request.items()}
-
-
-def _typed(item: dict[str, Any]) -> dict[str, Any]:
-    """Plain JSON -> DynamoDB's typed wire format, for the low-level API."""
-    return {k: _SERIALIZER.serialize(to_item(v)) for k, v in item.items()}
-
-
-def _cancelled_by(exc: ClientError) -> list[str]:
-    """The per-item cancellation codes of a cancelled transaction ([] for any other error)."""
-    if error_code(exc) != "TransactionCanceledException":
-        return []
-    return [r.get("Code", "None") for r in exc.response.get("CancellationReasons", [])] or ["None"]
-
-
-_SERIALIZER = TypeSerializer()

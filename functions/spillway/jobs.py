@@ -87,6 +87,7 @@ class JobRecord(JobFields):
     error: str | None = None
     idempotency_key: str | None = None
     webhook_delivered_at: str | None = None  # its webhook took the event (webhooks.py)
+    webhook_error: str | None = None  # why its webhook may not be called (webhooks.py): it never will be
 
     def view(self, result_url: str | None = None) -> JobView:
         attempts = [a.view(n) for n, a in enumerate(self.attempts, start=1)]
@@ -204,6 +205,10 @@ class JobStore:
     def webhook_delivered(self, job_id: str, now: float) -> None:
         self._table.update_item(Key={"job_id": job_id}, UpdateExpression="SET webhook_delivered_at = :at",
                                 ExpressionAttributeValues={":at": iso_at(now)})
+
+    def webhook_refused(self, job_id: str, why: str) -> None:
+        self._table.update_item(Key={"job_id": job_id}, UpdateExpression="SET webhook_error = :why",
+                                ExpressionAttributeValues={":why": why[:500]})
 
     def close(self, job_id: str, status: JobStatus, at: str, *, result_key: str | None = None,
               error: str | None = None) -> bool:

@@ -35,7 +35,7 @@ class Metric(StrEnum):
     JOBS_SUCCEEDED = "JobsSucceeded"
     JOBS_FAILED = "JobsFailed"
     JOBS_CANCELLED = "JobsCancelled"  # by its client: neither a success nor a failure
-    WEBHOOK_DELIVERIES = "WebhookDeliveries"  # a job's end told its webhook (Outcome: delivered, failed, dropped)
+    WEBHOOK_DELIVERIES = "WebhookDeliveries"  # a job's end to its webhook (Outcome: delivered/failed/dropped/refused)
     TIME_TO_RESULT = "TimeToResult"  # submit to done, of a job that succeeded
     JOBS_RECONCILED = "JobsReconciled"  # open records brought in line with their ended execution
     ATTEMPTS_ROUTED = "AttemptsRouted"  # Pool `none`: the Route step ended the job

@@ -203,6 +203,8 @@ class JobView(JobFields):
     result_key: str | None = None
     result_url: str | None = Field(default=None, description="presigned GET of the result, when SUCCEEDED")
     error: str | None = None
+    webhook_error: str | None = Field(default=None, description="why its webhook_url was not called (e.g. its "
+                                                                "host resolved to a private address); never retried")
 
 
 class JobSummary(JobFields):

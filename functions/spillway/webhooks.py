@@ -6,12 +6,20 @@ its end is the record's, never the notice's — and POSTs a `JobEvent` signed St
 every retry of an event, so receivers dedupe on it. A failed delivery (no answer, not 2xx) is retried with
 exponential backoff through the queue's visibility timeout, then dead-lettered. A delivered event is noted
 on the job (`webhook_delivered_at`), so a repeated notice sends nothing.
+
+Where it is sent is checked at send time, on the addresses the host name resolves to then (not only the URL's
+text, checked at submit): every one must be public (loopback too, offline), or the webhook is refused for good,
+its reason on the job (`webhook_error`). The connection goes to the address checked (the name in `Host` and TLS's
+SNI, so the certificate is still verified for it): a name re-pointed in between (DNS rebinding) cannot move it.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import httpx
 from aws_lambda_powertools import Logger
@@ -35,6 +43,40 @@ class NotYet(Exception):
 
 class DeliveryFailed(Exception):
     """The receiver did not take the event: it is retried."""
+
+
+class Refused(Exception):
+    """The webhook may not be called from here: never retried, its reason recorded on the job."""
+
+
+Resolve = Callable[[str, int], list[str]]  # a host name and port -> the addresses it resolves to
+
+
+def resolve(host: str, port: int) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a webhook is sent: its URL with the host name replaced by the address checked."""
+
+    url: httpx.URL
+    host: str  # the name: TLS's SNI and the certificate's check
+    netloc: str  # the `Host` header
+
+    @classmethod
+    def of(cls, url: str, resolve: Resolve, allow_loopback: bool) -> Target:
+        """Resolve the URL's host; Refused if any address is not public (or loopback, when allowed); OSError
+        (retried) if it does not resolve."""
+        parsed = httpx.URL(url)
+        addresses = resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+        if not addresses:
+            raise OSError(f"{parsed.host} resolves to no address")
+        for address in addresses:
+            ip = ipaddress.ip_address(address)
+            if not (ip.is_global or (allow_loopback and ip.is_loopback)):
+                raise Refused(f"a webhook_url must reach a public address: {parsed.host} resolves to {address}")
+        return cls(parsed.copy_with(host=addresses[0]), parsed.host, parsed.netloc.decode())
 
 
 def refusal(url: str, allow_loopback: bool) -> str | None:
@@ -71,12 +113,13 @@ def event_for(job: JobRecord) -> JobEvent:
 
 class WebhookSender:
     def __init__(self, jobs: JobStore, http: httpx.Client, secrets: Callable[[], list[bytes]],
-                 allow_loopback: bool, clock: Callable[[], float] = time.time):
+                 allow_loopback: bool, clock: Callable[[], float] = time.time, resolve: Resolve = resolve):
         self._jobs = jobs
         self._http = http
         self._secrets = secrets
         self._allow_loopback = allow_loopback
         self._clock = clock
+        self._resolve = resolve
 
     def deliver(self, job_id: str) -> str:
         """Tell the job's webhook how it ended, once; raises NotYet or DeliveryFailed to be retried."""
@@ -85,18 +128,25 @@ class WebhookSender:
             return "dropped"
         if not job.status.final:
             raise NotYet(f"job {job_id} is {job.status.value}: its end is not written yet")
-        if job.webhook_delivered_at:
-            return "delivered_before"
-        if why := refusal(job.webhook_url, self._allow_loopback):
-            logger.warning("webhook dropped", job_id=job_id, reason=why)
-            return "dropped"
+        if job.webhook_delivered_at or job.webhook_error:
+            return "over"
+        try:
+            if why := refusal(job.webhook_url, self._allow_loopback):
+                raise Refused(why)
+            target = Target.of(job.webhook_url, self._resolve, self._allow_loopback)
+        except Refused as refused:
+            logger.warning("webhook refused", job_id=job_id, reason=str(refused))
+            self._jobs.webhook_refused(job_id, str(refused))
+            return "refused"
+        except OSError as exc:  # the name does not resolve (yet, or any more): tried again later
+            raise DeliveryFailed(f"{job.webhook_url}: {exc!r}") from exc
         body = event_for(job).model_dump_json().encode()
         headers = signing.sign(self._secrets(), event_id(job), body, self._clock()) | {
-            "Content-Type": "application/json", "User-Agent": USER_AGENT}
+            "Content-Type": "application/json", "User-Agent": USER_AGENT, "Host": target.netloc}
         try:
             # No redirects: a receiver's 3xx could point the signed event (and our network) anywhere.
-            response = self._http.post(job.webhook_url, content=body, headers=headers, timeout=TIMEOUT,
-                                       follow_redirects=False)
+            response = self._http.post(target.url, content=body, headers=headers, timeout=TIMEOUT,
+                                       follow_redirects=False, extensions={"sni_hostname": target.host})
         except httpx.HTTPError as exc:
             raise DeliveryFailed(f"{job.webhook_url}: {exc!r}") from exc
         if not response.is_success:

@@ -33,7 +33,7 @@ def record_handler(record: SQSRecord) -> None:
         aws.client("sqs").change_message_visibility(QueueUrl=settings().webhook_queue_url,
                                                     ReceiptHandle=record.receipt_handle, VisibilityTimeout=delay)
         raise
-    if outcome in ("delivered", "dropped"):
+    if outcome in ("delivered", "dropped", "refused"):
         emit(Metric.WEBHOOK_DELIVERIES, Outcome=outcome)
 
 

@@ -16,7 +16,8 @@ from spillway.budget import BudgetLedger, Cap, ReservationState
 from spillway.credentials import faas_task_id as task_id_for
 from spillway.faas.dispatcher import SUBMIT_STALE_S, FaasDispatcher, FaasTaskState
 from spillway.faas.provider import FaasRefused, FaasRejected, FaasRequest, FaasState, FaasStatus, FaasUnavailable
-from spillway.models import Pool, Priority, TimerKind
+from spillway.jobs import JobStore
+from spillway.models import JobStatus, Pool, Priority, TimerKind
 from spillway.routing.rules import default_rules
 
 from conftest import Cloud
@@ -182,3 +183,51 @@ def test_a_cancelled_job_is_cancelled_at_the_provider_and_its_budget_released(wo
     assert world.dispatcher.task(task_id).state is FaasTaskState.DONE
     assert world.reservation(task_id) == (ReservationState.RELEASED, None)
     assert world.dispatcher.cancel(task_id) == "over" and world.provider.cancelled == [provider_job]
+
+
+def cancelled(world: World, n: int = 1) -> None:
+    """The job's record ends CANCELLED: what a cancel writes first, before it ends the task (cancel.py)."""
+    JobStore(world.jobs).close(job_id_for(n), JobStatus.CANCELLED, "2027-01-15T08:00:00.000+00:00")
+
+
+def test_a_cancel_before_the_attempt_arrives_sends_nothing_and_frees_its_reservation(world: World) -> None:
+    job_id = job_id_for(1)
+    running_job(world.cloud.settings, job_id, pool=Pool.FAAS)
+    task_id = task_id_for(job_id, 1)
+    world.budget.reserve(task_id, RESERVED, [Cap(cap_micro=10**9)])
+    cancelled(world)
+    assert world.dispatcher.cancel(task_id) == "not_sent"
+    assert world.reservation(task_id) == (ReservationState.RELEASED, None)
+    world.dispatcher.enqueue_batch([pool_task(job_id, NOW, pool=Pool.FAAS)])  # the attempt's message, late
+    assert world.provider.submitted == [] and world.dispatcher.task(task_id).state is FaasTaskState.DONE
+    assert world.reservation(task_id) == (ReservationState.RELEASED, None)
+
+
+def test_a_cancel_of_an_attempt_recorded_but_not_sent_ends_it_unsent(world: World) -> None:
+    job_id = job_id_for(1)
+    running_job(world.cloud.settings, job_id, pool=Pool.FAAS)
+    world.budget.reserve(task_id_for(job_id, 1), RESERVED, [Cap(cap_micro=10**9)])
+    task = world.dispatcher._record(pool_task(job_id, NOW, pool=Pool.FAAS))  # its delivery died here
+    cancelled(world)
+    assert world.dispatcher.cancel(task.task_id) == "PoolRefused"
+    assert world.dispatcher.check(task.task_id) == "over", "the sweep does not send it later"
+    assert world.provider.submitted == []
+    assert world.reservation(task.task_id) == (ReservationState.RELEASED, None)
+
+
+def test_a_cancel_while_the_provider_is_called_is_passed_on_to_the_provider(world: World) -> None:
+    answers: list[str] = []
+    submit = world.provider.submit
+
+    def submit_then_cancel(request: FaasRequest) -> str:
+        provider_job = submit(request)
+        cancelled(world)  # the client cancels while /run is in flight: the task is SUBMITTING, no job id yet
+        answers.append(world.dispatcher.cancel(request.task_id))
+        return provider_job
+
+    world.provider.submit = submit_then_cancel  # type: ignore[method-assign]
+    task_id = world.arrive()
+    assert answers == ["submitting"]
+    assert world.provider.cancelled == ["rp-1"], "the submitter saw the cancel and told the provider"
+    assert world.dispatcher.task(task_id).state is FaasTaskState.DONE
+    assert world.reservation(task_id) == (ReservationState.RELEASED, None), "it never ran: nothing billed"

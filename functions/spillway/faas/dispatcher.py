@@ -7,7 +7,8 @@ it queues and scales itself, or refuses (`PoolRefused`: the attempt never ran an
 The end of a job is learned three ways, all through `check`: the webhook (a poke: its body is not
 trusted, the provider's status is asked), a status-poll timer (webhooks get lost), and the sweep.
 A final status ends the task exactly once: the budget reservation the Route step made is settled to
-the billed cost, the cost is written on the job's attempt, and the execution is told.
+the billed cost, the cost is written on the job's attempt, and the execution is told. A cancelled job's
+task ends too (`cancel`): at the provider, or, not sent yet, never sent and free.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ class FaasDispatcher:
         /run has no idempotency key: two calls would be two billed jobs)."""
         if task.state is not FaasTaskState.NEW or not self._claim(task):
             return "submitted already"
+        if not self._wanted(task):  # cancelled (or moved on) before it was sent: nothing is sent, nothing spent
+            return self._end(task, None, ErrorType.POOL_REFUSED, "its job ended before it was sent", cost=0)
         rules = self._rules()
         now = self._clock()
         request = FaasRequest(
@@ -178,6 +181,8 @@ class FaasDispatcher:
                           {":at": iso_at(now), ":gpu": self.gpu_label})
         self._poll_later(task.task_id, now, first=True)
         logger.info("submitted to faas", job_id=task.job_id, task_id=task.task_id, provider_job_id=job_id)
+        if not self._wanted(task):  # cancelled while the provider was called: that cancel had no job id to stop
+            return self.cancel(task.task_id)
         return "submitted"
 
     def _claim(self, task: FaasTask) -> bool:
@@ -245,14 +250,22 @@ class FaasDispatcher:
         return self.check(timer.task_id)
 
     def cancel(self, task_id: str) -> str:
-        """Its job was cancelled: stop paying for it, and end the task as the provider says it ended (billed
-        for what it ran; nothing if it never started). A task not at the provider yet is left to its poll
-        timer; the provider's refusal to cancel, too."""
+        """Its job was cancelled (the job's record says so first): stop paying for it, and end the task as the
+        provider says it ended (billed for what it ran; nothing if it never started). An attempt not sent yet
+        never is: `submit` reads the job before it calls the provider and again after, so a cancel before
+        the call ends the task unsent and free, and one during it is passed on by the submitter. The
+        provider's refusal to cancel is left to the poll timer."""
         task = self.task(task_id)
-        if task is None or task.state is FaasTaskState.DONE:
+        if task is None:  # its attempt has not arrived: when it does, it is not sent; its reservation is free now
+            self._budget.release(task_id)
+            return "not_sent"
+        if task.state is FaasTaskState.DONE:
             return "over"
-        if not task.provider_job_id:
-            return "not_submitted"
+        if task.state is FaasTaskState.NEW:
+            return self.submit(task)  # which sees the job cancelled: the task ends unsent
+        if task.state is FaasTaskState.SUBMITTING:
+            return "submitting"  # its submitter sees the cancel once the provider answers, and cancels there
+        assert task.provider_job_id is not None
         try:
             status = self._provider.cancel(task.provider_job_id)
         except FaasError as exc:
@@ -361,6 +374,13 @@ class FaasDispatcher:
     def task(self, task_id: str) -> FaasTask | None:
         item = self._tasks.get_item(Key={"task_id": task_id}, ConsistentRead=True).get("Item")
         return FaasTask.model_validate(from_item(item)) if item and item.get("pool") == Pool.FAAS.value else None
+
+    def _wanted(self, task: FaasTask) -> bool:
+        """Whether the task's job still waits for it: open, on this attempt (a cancel closes it first)."""
+        job = self._jobs.get_item(Key={"job_id": task.job_id}, ConsistentRead=True,
+                                  ProjectionExpression="#status, attempt",
+                                  ExpressionAttributeNames={"#status": "status"}).get("Item") or {}
+        return job.get("status") == JobStatus.RUNNING.value and job.get("attempt") == task.attempt
 
     def _note_on_job(self, task: FaasTask, update: str, values: dict[str, Any]) -> None:
         """What the attempt's record learns (its start, its cost), fenced by the attempt number."""

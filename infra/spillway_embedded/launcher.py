@@ -6,6 +6,7 @@ boto3 against its moto endpoint, never through its internals.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -126,22 +127,30 @@ class LaunchedStack:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         stack_file = self.state_dir / STACK_FILE
         stack_file.unlink(missing_ok=True)
-        log = self.log_path.open("wb")
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "spillway.cli", "dev", "--state-dir", str(self.state_dir), *self._args],
-            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
-        )
-        deadline = time.monotonic() + self._startup_timeout
-        while not stack_file.exists():
-            if self._process.poll() is not None:
-                raise RuntimeError(f"spillway dev exited with {self._process.returncode}; see {self.log_path}:\n"
-                                   + self.log_tail())
-            if time.monotonic() > deadline:
-                self.__exit__(None, None, None)
-                raise TimeoutError(f"spillway dev did not come up in {self._startup_timeout:.0f}s; see {self.log_path}")
-            time.sleep(0.1)
+        # Its own process group, which its children (moto, the agents, their model servers, the FaaS provider)
+        # stay in even if it is killed: `__exit__` ends the group, whatever became of `spillway dev` itself.
+        with self.log_path.open("wb") as log:  # the child has its own copy
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "spillway.cli", "dev", "--state-dir", str(self.state_dir), *self._args],
+                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
+            )
+        try:
+            self._wait_until_up(self._process, stack_file)
+        except BaseException:  # it did not come up, or we were interrupted: leave nothing of it running
+            self.__exit__(None, None, None)
+            raise
         self.info = StackInfo.read(stack_file)
         return self.info
+
+    def _wait_until_up(self, process: subprocess.Popen[bytes], stack_file: Path) -> None:
+        deadline = time.monotonic() + self._startup_timeout
+        while not stack_file.exists():
+            if process.poll() is not None:
+                raise RuntimeError(f"spillway dev exited with {process.returncode}; see {self.log_path}:\n"
+                                   + self.log_tail())
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"spillway dev did not come up in {self._startup_timeout:.0f}s; see {self.log_path}")
+            time.sleep(0.1)
 
     @property
     def pid(self) -> int | None:
@@ -157,12 +166,17 @@ class LaunchedStack:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Stop `spillway dev` (SIGTERM: it stops its children in order), then kill whatever of its process group
+        is left: everything it started, if it was killed (SIGKILL) or hung."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # none left: it stopped them all
+            os.killpg(process.pid, signal.SIGKILL)

@@ -24,8 +24,13 @@ from urllib.parse import urlparse
 
 import httpx
 
+from spillway.health import OperatorAction
 from spillway.models import (
+    AgentSecret,
     CancelRequest,
+    Enrollment,
+    FleetView,
+    GpuView,
     JobAccepted,
     JobList,
     JobRequest,
@@ -39,7 +44,8 @@ from spillway.models import (
 
 TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 UPLOAD_TIMEOUT = httpx.Timeout(60.0, connect=3.0)  # up to 32 MiB to the storage
-DEV_STATE = Path(".spillway/dev")  # where `spillway dev` writes its stack.json
+DEV_STATE = Path(".spillway/dev")  # where `spillway dev` keeps its logs and its STACK_FILE, by default
+STACK_FILE = "stack.json"  # what `spillway dev` serves (StackInfo), written once everything is up
 
 
 class ApiError(Exception):
@@ -92,7 +98,7 @@ def api_auth(api_url: str, token: str | None = None) -> httpx.Auth | None:
 
 def dev_stack(state_dir: Path = DEV_STATE) -> tuple[str, str | None]:
     """The running `spillway dev`'s API URL and bearer token, from its stack.json."""
-    stack_file = state_dir / "stack.json"
+    stack_file = state_dir / STACK_FILE
     try:
         info = json.loads(stack_file.read_text())
     except FileNotFoundError:
@@ -180,6 +186,23 @@ class Client:
             if self._clock() >= give_up:
                 raise TimeoutError(f"job {job_id} is still {job.status.value} after {timeout:.0f} s")
             self._sleep(poll_s)
+
+    # ---- the fleet (operators: `spillway fleet`)
+
+    def fleet(self) -> FleetView:
+        return FleetView.model_validate(self._call("GET", "/v1/fleet"))
+
+    def enroll(self, gpu_id: str, enrollment: Enrollment) -> AgentSecret:
+        """Enroll a GPU (again: a new secret); the answer holds its agent's secret, shown only there."""
+        return AgentSecret.model_validate(self._call("PUT", f"/v1/fleet/{gpu_id}", enrollment))
+
+    def rotate(self, gpu_id: str) -> AgentSecret:
+        """A new secret for the GPU's agent; the current one stays valid for a day."""
+        return AgentSecret.model_validate(self._call("POST", f"/v1/fleet/{gpu_id}/rotate"))
+
+    def act(self, gpu_id: str, action: OperatorAction) -> GpuView:
+        """Drain, quarantine or readmit a GPU."""
+        return GpuView.model_validate(self._call("POST", f"/v1/fleet/{gpu_id}/{action.value}"))
 
     # ---- plumbing
 

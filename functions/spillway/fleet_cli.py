@@ -1,26 +1,26 @@
 """`spillway fleet [list|drain|readmit|quarantine|enroll|rotate GPU_ID]`: the operators' fleet routes from a shell.
 
-It calls the API: a running `spillway dev`'s (its state folder's stack.json), or any URL given with
-`--api` or SPILLWAY_API_URL. A deployed stack's API takes IAM (SigV4) signatures: calls to an
+It calls the API through `spillway.client`: a running `spillway dev`'s (its state folder's stack.json), or any URL
+given with `--api` or SPILLWAY_API_URL. A deployed stack's API takes IAM (SigV4) signatures: calls to an
 `execute-api` host are signed with the caller's AWS credentials, as the AWS CLI would sign them; the
-embedded stack takes its bearer token (stack.json's, or SPILLWAY_TOKEN with `--api`), as `spillway.client` does.
+embedded stack takes its bearer token (stack.json's, or SPILLWAY_TOKEN with `--api`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
 
 import httpx
+from pydantic import BaseModel
 
-from spillway.client import DEV_STATE, TIMEOUT, api_auth, dev_stack
+from spillway.client import DEV_STATE, ApiError, Client
 from spillway.health import OperatorAction
-from spillway.models import Pool
+from spillway.models import Enrollment, Pool
 
 
 def main(argv: list[str]) -> int:
@@ -33,26 +33,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--url", help="enroll: where the control plane reaches its agent (https://, e.g. its tunnel's "
                                       "hostname; http:// only on loopback)")
     parser.add_argument("--vram-mb", type=int, help="enroll: the GPU's memory")
-    parser.add_argument("--api", default=os.environ.get("SPILLWAY_API_URL"),
-                        help="the API's base URL (default: SPILLWAY_API_URL, else the running `spillway dev`'s)")
+    parser.add_argument("--api", help="the API's base URL (default: SPILLWAY_API_URL, else the running "
+                                      "`spillway dev`'s)")
     parser.add_argument("--state-dir", type=Path, default=DEV_STATE, help="a `spillway dev` state folder")
     parser.add_argument("--events", type=int, default=0, metavar="N", help="list: each GPU's last N health events")
-    parser.add_argument("--json", action="store_true", help="print the API's answer as it is")
+    parser.add_argument("--json", action="store_true", help="print the API's answer as JSON")
     args = parser.parse_args(argv)
     if (args.action == "list") != (args.gpu_id is None):
         parser.error("list takes no GPU; every other action takes one")
     if args.action == "enroll" and not (args.pool and args.url and args.vram_mb):
         parser.error("enroll needs --pool, --url and --vram-mb")
     try:
-        api, token = (args.api, os.environ.get("SPILLWAY_TOKEN")) if args.api else dev_stack(args.state_dir)
-        if args.action == "list":
-            answer = _call(api, "GET", "/v1/fleet", token)
-        elif args.action == "enroll":
-            answer = _call(api, "PUT", f"/v1/fleet/{args.gpu_id}", token,
-                           {"pool": args.pool, "url": args.url, "vram_mb": args.vram_mb})
-        else:
-            answer = _call(api, "POST", f"/v1/fleet/{args.gpu_id}/{args.action}", token)
-    except (OSError, httpx.HTTPError, ValueError) as failed:
+        with Client.from_env(args.api, args.state_dir) as client:
+            answer = _run(client, args).model_dump(mode="json", by_alias=True)
+    except (ApiError, OSError, httpx.HTTPError, ValueError) as failed:
         print(f"spillway fleet: {failed}", file=sys.stderr)
         return 1
     if args.json:
@@ -69,6 +63,16 @@ def main(argv: list[str]) -> int:
 CREDENTIAL_ACTIONS = ("enroll", "rotate")
 
 
+def _run(client: Client, args: argparse.Namespace) -> BaseModel:
+    if args.action == "list":
+        return client.fleet()
+    if args.action == "enroll":
+        return client.enroll(args.gpu_id, Enrollment(pool=args.pool, url=args.url, vram_mb=args.vram_mb))
+    if args.action == "rotate":
+        return client.rotate(args.gpu_id)
+    return client.act(args.gpu_id, OperatorAction(args.action))
+
+
 def secret_notice(answer: dict) -> str:
     """The agent's secret, shown this once, and what to do with it."""
     lines = [f"{answer['gpu_id']}: its agent's secret (generation {answer['generation']}), shown only now:", "",
@@ -77,17 +81,6 @@ def secret_notice(answer: dict) -> str:
     if answer.get("previous_valid_until"):
         lines.append(f"The previous secret works until {answer['previous_valid_until']}: restart the agent before.")
     return "\n".join(lines)
-
-
-def _call(api: str, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
-    response = httpx.request(method, api.rstrip("/") + path, json=body, auth=api_auth(api, token), timeout=TIMEOUT)
-    if response.is_error:
-        try:
-            message = response.json().get("message", response.text)
-        except ValueError:
-            message = response.text
-        raise ValueError(f"{method} {path} answered {response.status_code}: {message}")
-    return response.json()
 
 
 def table(gpus: list[dict], events: int = 0) -> str:

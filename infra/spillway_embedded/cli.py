@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from spillway_embedded.launcher import DEV_STATE_DIR
+from spillway.client import DEV_STATE
 
 
 def _parameters(pairs: list[str]) -> dict[str, str]:
@@ -42,7 +42,7 @@ def dev(argv: list[str]) -> int:
     from spillway_embedded.stack import EmbeddedStack, serve_forever
 
     parser = argparse.ArgumentParser(prog="spillway dev", description="Run the whole system on this machine.")
-    parser.add_argument("--state-dir", type=Path, default=DEV_STATE_DIR, help="logs and stack.json go here")
+    parser.add_argument("--state-dir", type=Path, default=DEV_STATE, help="logs and stack.json go here")
     parser.add_argument("--api-port", type=int, default=8080, help="0 picks a free port")
     parser.add_argument("--fleet", type=Path, default=DEFAULT_FLEET, metavar="FILE",
                         help="the GPUs and the FaaS endpoint, as TOML (default: the office, the cloud and FaaS)")

@@ -18,8 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-STACK_FILE = "stack.json"
-DEV_STATE_DIR = Path(".spillway/dev")  # where `spillway dev` keeps its logs and STACK_FILE by default
+from spillway.client import STACK_FILE
 
 
 def wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float, what: str = "process") -> str:

@@ -27,10 +27,11 @@ import httpx
 from werkzeug.serving import make_server
 
 from spillway.catalog import SERVICES
+from spillway.client import STACK_FILE
 from spillway_embedded.chaos import ChaosControl, ChaosRefused
 from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
 from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
-from spillway_embedded.launcher import STACK_FILE, wait_for_ready_file
+from spillway_embedded.launcher import wait_for_ready_file
 from spillway_embedded.model_faults import ModelFault, write_fault
 from spillway_embedded.moto_server import MotoServer, reserve_port
 from spillway_embedded.provision import ACCOUNT_ID, provision

@@ -8,7 +8,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from spillway_embedded.launcher import DEV_STATE_DIR, STACK_FILE
+from spillway.client import DEV_STATE, STACK_FILE
 from spillway_ops.graph import MissingGraphviz, path_of, render
 from spillway_ops.source import Source
 from spillway_ops.views import execution_history, state_graph
@@ -18,8 +18,8 @@ def _stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", metavar="NAME",
                         help="a deployed stack's name (default: the one `spillway dev` runs)")
     parser.add_argument("--region", help="the deployed stack's region")
-    parser.add_argument("--state-dir", type=Path, default=DEV_STATE_DIR,
-                        help=f"the state folder of `spillway dev` (default {DEV_STATE_DIR})")
+    parser.add_argument("--state-dir", type=Path, default=DEV_STATE,
+                        help=f"the state folder of `spillway dev` (default {DEV_STATE})")
 
 
 def _source(args: argparse.Namespace) -> Source:

@@ -208,7 +208,9 @@ def test_tls_is_verified_for_the_name_on_the_address_checked(cloud: Cloud, tmp_p
         assert dns.asked == [("hooks.example.test", port)]
         other = ended_job(cloud, jobs, JobStatus.SUCCEEDED, url=f"https://127.0.0.1:{port}/s", n=8)
         with pytest.raises(DeliveryFailed, match="CERTIFICATE_VERIFY_FAILED"):
-            send.deliver(other)  # the same server by its address alone: the certificate does not name it
+            # The same server by its address alone: the certificate does not name it, and the connection the
+            # first delivery verified for the name is not reused for it.
+            send.deliver(other)
 
 
 def tls_for(name: str, folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
@@ -240,9 +242,12 @@ def tls_for(name: str, folder: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 def https_receiver(context: ssl.SSLContext) -> Iterator[int]:
     """An HTTPS server on 127.0.0.1 answering 204 to every POST; yields its port."""
     class Hook(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keeps connections open, as most receivers do
+
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             self.send_response(204)
+            self.send_header("Content-Length", "0")
             self.end_headers()
 
         def log_message(self, *args: object) -> None:
@@ -262,3 +267,8 @@ def https_receiver(context: ssl.SSLContext) -> Iterator[int]:
 
 def test_retries_back_off_from_two_seconds_to_a_quarter_hour() -> None:
     assert [webhooks.retry_delay(n) for n in range(1, 12)] == [2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900]
+
+
+def test_the_system_resolver_answers_each_address_once_in_its_order() -> None:
+    assert webhooks.resolve("127.0.0.1", 443) == ["127.0.0.1"]
+    assert "127.0.0.1" in webhooks.resolve("localhost", 443)

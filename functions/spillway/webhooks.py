@@ -53,7 +53,8 @@ Resolve = Callable[[str, int], list[str]]  # a host name and port -> the address
 
 
 def resolve(host: str, port: int) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+    """In the system's order of preference (the first is connected to), each once."""
+    return list(dict.fromkeys(info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)))
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,11 @@ class WebhookSender:
         except OSError as exc:  # the name does not resolve (yet, or any more): tried again later
             raise DeliveryFailed(f"{job.webhook_url}: {exc!r}") from exc
         body = event_for(job).model_dump_json().encode()
+        # Connection: close, as the pool keys connections by address: another name on the same address must not
+        # ride on a connection whose TLS was verified for this one.
         headers = signing.sign(self._secrets(), event_id(job), body, self._clock()) | {
-            "Content-Type": "application/json", "User-Agent": USER_AGENT, "Host": target.netloc}
+            "Content-Type": "application/json", "User-Agent": USER_AGENT, "Host": target.netloc,
+            "Connection": "close"}
         try:
             # No redirects: a receiver's 3xx could point the signed event (and our network) anywhere.
             response = self._http.post(target.url, content=body, headers=headers, timeout=TIMEOUT,

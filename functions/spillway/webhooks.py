@@ -70,14 +70,15 @@ class Target:
         """Resolve the URL's host; Refused if any address is not public (or loopback, when allowed); OSError
         (retried) if it does not resolve."""
         parsed = httpx.URL(url)
-        addresses = resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+        host = parsed.raw_host.decode("ascii")  # an international name as DNS and TLS know it (IDNA)
+        addresses = resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         if not addresses:
-            raise OSError(f"{parsed.host} resolves to no address")
+            raise OSError(f"{host} resolves to no address")
         for address in addresses:
             ip = ipaddress.ip_address(address)
             if not (ip.is_global or (allow_loopback and ip.is_loopback)):
-                raise Refused(f"a webhook_url must reach a public address: {parsed.host} resolves to {address}")
-        return cls(parsed.copy_with(host=addresses[0]), parsed.host, parsed.netloc.decode())
+                raise Refused(f"a webhook_url must reach a public address: {host} resolves to {address}")
+        return cls(parsed.copy_with(host=addresses[0]), host, parsed.netloc.decode("ascii"))
 
 
 def refusal(url: str, allow_loopback: bool) -> str | None:

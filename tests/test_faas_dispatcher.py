@@ -36,6 +36,7 @@ class ScriptedProvider:
         self.submit_error: Exception | None = None
         self.statuses: dict[str, FaasStatus | Exception] = {}
         self.cancelled: list[str] = []
+        self.cancel_error: Exception | None = None
 
     def submit(self, request: FaasRequest) -> str:
         if self.submit_error is not None:
@@ -50,6 +51,8 @@ class ScriptedProvider:
         return answer
 
     def cancel(self, job_id: str) -> FaasStatus:
+        if self.cancel_error is not None:
+            raise self.cancel_error
         self.cancelled.append(job_id)
         return FaasStatus(job_id=job_id, state=FaasState.CANCELLED)
 
@@ -231,3 +234,14 @@ def test_a_cancel_while_the_provider_is_called_is_passed_on_to_the_provider(worl
     assert world.provider.cancelled == ["rp-1"], "the submitter saw the cancel and told the provider"
     assert world.dispatcher.task(task_id).state is FaasTaskState.DONE
     assert world.reservation(task_id) == (ReservationState.RELEASED, None), "it never ran: nothing billed"
+
+
+def test_a_cancel_the_provider_did_not_take_is_tried_again_by_the_next_poll(world: World) -> None:
+    task_id = world.arrive()
+    cancelled(world)
+    world.provider.cancel_error = FaasUnavailable("connect timeout", request_sent=False)
+    assert world.dispatcher.cancel(task_id) == "cancel_failed"
+    world.provider.cancel_error = None
+    assert world.dispatcher.check(task_id) == "PoolRefused", "its poll saw the job cancelled and cancelled it again"
+    assert world.provider.cancelled == ["rp-1"]
+    assert world.reservation(task_id) == (ReservationState.RELEASED, None)

@@ -233,6 +233,8 @@ class FaasDispatcher:
         except FaasRejected as lost:  # the provider no longer knows the job (it keeps results 30 min)
             return self._end(task, None, ErrorType.GPU_UNREACHABLE, f"the FaaS provider lost the job: {lost}",
                              cost=None)
+        if not status.final and not self._wanted(task):  # cancelled, and the provider still has it: a cancel failed
+            status = self._cancelled_at_provider(task) or status
         if status.final:
             return self._finish(task, status)
         rules = self._rules()
@@ -253,8 +255,8 @@ class FaasDispatcher:
         """Its job was cancelled (the job's record says so first): stop paying for it, and end the task as the
         provider says it ended (billed for what it ran; nothing if it never started). An attempt not sent yet
         never is: `submit` reads the job before it calls the provider and again after, so a cancel before
-        the call ends the task unsent and free, and one during it is passed on by the submitter. The
-        provider's refusal to cancel is left to the poll timer."""
+        the call ends the task unsent and free, and one during it is passed on by the submitter. A cancel the
+        provider did not take is tried again by the task's next poll."""
         task = self.task(task_id)
         if task is None:  # its attempt has not arrived: when it does, it is not sent; its reservation is free now
             self._budget.release(task_id)
@@ -265,13 +267,20 @@ class FaasDispatcher:
             return self.submit(task)  # which sees the job cancelled: the task ends unsent
         if task.state is FaasTaskState.SUBMITTING:
             return "submitting"  # its submitter sees the cancel once the provider answers, and cancels there
-        assert task.provider_job_id is not None
-        try:
-            status = self._provider.cancel(task.provider_job_id)
-        except FaasError as exc:
-            logger.warning("faas cancel failed", job_id=task.job_id, task_id=task_id, error=str(exc))
+        status = self._cancelled_at_provider(task)
+        if status is None:
             return "cancel_failed"
         return self._finish(task, status) if status.final else status.state.value
+
+    def _cancelled_at_provider(self, task: FaasTask) -> FaasStatus | None:
+        """Cancel the task's job at the provider: how it stands then, or None if the provider did not answer."""
+        assert task.provider_job_id is not None
+        try:
+            return self._provider.cancel(task.provider_job_id)
+        except FaasError as exc:
+            logger.warning("faas cancel failed: the task's next poll tries again", job_id=task.job_id,
+                           task_id=task.task_id, error=str(exc))
+            return None
 
     def sweep(self) -> dict[str, int]:
         """The safety net: every FaaS task not over, or over but its execution not told, is checked."""

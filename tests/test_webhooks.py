@@ -272,3 +272,9 @@ def test_retries_back_off_from_two_seconds_to_a_quarter_hour() -> None:
 def test_the_system_resolver_answers_each_address_once_in_its_order() -> None:
     assert webhooks.resolve("127.0.0.1", 443) == ["127.0.0.1"]
     assert "127.0.0.1" in webhooks.resolve("localhost", 443)
+
+
+def test_the_stacks_sender_takes_no_proxy_from_the_environment(cloud: Cloud) -> None:
+    from spillway.handlers.wiring import webhook_sender
+
+    assert webhook_sender()._http.trust_env is False, "a proxy would resolve the name past the address check"

@@ -182,7 +182,8 @@ def webhook_secrets() -> list[bytes]:
 
 @cache
 def webhook_sender() -> WebhookSender:
-    return WebhookSender(jobs(), httpx.Client(timeout=WEBHOOK_TIMEOUT), webhook_secrets,
+    # No proxy from the environment: a proxy would resolve the name itself, past the sender's check of its address.
+    return WebhookSender(jobs(), httpx.Client(timeout=WEBHOOK_TIMEOUT, trust_env=False), webhook_secrets,
                          allow_loopback=settings().allow_loopback_webhooks)
 
 

@@ -9,6 +9,7 @@ import time
 import httpx
 
 from spillway import aws, credentials
+from spillway.handlers.wiring import admission
 from spillway.jobs import JobStore
 from spillway.models import JobStatus, Pool, TaskState, WebhookNotice
 
@@ -24,7 +25,7 @@ from helpers import (
     running_job,
     task_id_for,
 )
-from test_state_machine import admit, next_task, submitted_job
+from test_state_machine import admit, executions, next_task, submitted_job
 
 
 def call(method: str, path: str, body: object = None) -> tuple[int, dict]:
@@ -63,14 +64,14 @@ def test_a_running_job_is_cancelled_its_execution_stopped_and_its_webhook_queued
     assert notices(cloud) == [], "its end is told once (the first notice was taken above)"
 
 
-def test_a_job_not_admitted_yet_is_cancelled_and_its_execution_changes_nothing(cloud: Cloud) -> None:
+def test_a_job_not_admitted_yet_is_cancelled_and_gets_no_execution(cloud: Cloud) -> None:
     job = submitted_job(cloud)
     status, view = call("POST", f"/v1/jobs/{job.job_id}/cancel")
     assert (status, view["status"]) == (200, "CANCELLED")
     assert view["error"] == "Spillway.Cancelled: cancelled by its client"
     assert notices(cloud) == [], "no webhook_url: nothing to tell"
-    admit(job)  # its intake message arrives after the cancel: every write of the execution is refused
-    cloud.wait_for_execution(job.job_id)
+    assert admission().start(job) is None, "its intake message arrives after the cancel: no execution starts"
+    assert executions(cloud) == []
     assert cloud.job_item(job.job_id)["status"] == "CANCELLED"
 
 

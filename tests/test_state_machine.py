@@ -6,19 +6,24 @@ import json
 import time
 from datetime import UTC, datetime
 
-from spillway import aws
+import pytest
+from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+from spillway import aws, metrics
 from spillway.handlers.wiring import admission, tenant_limits
 from spillway.intake import Intake
 from spillway.jobs import JobStore
-from spillway.models import DispatchInput, JobRequest, Pool
+from spillway.models import DispatchInput, JobRequest, JobStatus, Pool
 from spillway.rooms import render_room
 
 from conftest import Cloud
-from helpers import TENANT, UPLOAD_A, beat, fleet_for
+from helpers import TENANT, UPLOAD_A, LambdaContext, beat, fleet_for
 
 
 def admit(job: DispatchInput) -> str:
-    return admission().start(job)
+    arn = admission().start(job)
+    assert arn, "the first route opened an attempt"
+    return arn
 
 
 def register(cloud: Cloud, *gpus: tuple[str, Pool]) -> None:
@@ -48,14 +53,19 @@ def succeed(cloud: Cloud, task: dict, gpu_id: str, result_key: str) -> None:
 OFFICE_AND_CLOUD = (("local-0", Pool.LOCAL), ("local-1", Pool.LOCAL), ("cloud-0", Pool.CLOUD))
 
 
-def submitted_job(cloud: Cloud) -> DispatchInput:
+def executions(cloud: Cloud) -> list[dict]:
+    return cloud.client("stepfunctions").list_executions(
+        stateMachineArn=cloud.settings.dispatch_state_machine_arn)["executions"]
+
+
+def submitted_job(cloud: Cloud, **request: str) -> DispatchInput:
     """A job as the API records it, ready to be admitted, and a fleet (two office GPUs, one cloud) to route to."""
     register(cloud, *OFFICE_AND_CLOUD)
     s3 = aws.client("s3")
     s3.put_object(Bucket=cloud.settings.images_bucket, Key=UPLOAD_A, Body=render_room(3))
     intake = Intake(cloud.settings, JobStore(aws.table(cloud.settings.jobs_table)), s3, aws.client("sqs"),
                     limits=tenant_limits())
-    accepted = intake.submit(JobRequest(service="remove_furniture", input_key=UPLOAD_A), TENANT)
+    accepted = intake.submit(JobRequest(service="remove_furniture", input_key=UPLOAD_A, **request), TENANT)
     (message,) = cloud.queue_messages("IntakeNormalQueue")
     return DispatchInput.model_validate(message | {"job_id": accepted.job_id})
 
@@ -80,12 +90,16 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
 
     task = next_task(cloud, "LocalQueue")
     assert (task["job_id"], task["attempt"], task["pool"]) == (job.job_id, 1, "local")
+    assert (task["spill_to"], task["faas_segment"]) == ("cloud", None), "one body for every pool's consumer"
     assert (task["priority"], task["deadline_at"]) == ("normal", job.deadline_at), "what the waiting room needs"
     assert task["avoid_gpus"] == []
     succeed(cloud, task, "local-0", "results/x.png")
 
     assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
-    assert admit(job) == execution_arn, "a late redelivery after the end starts nothing"
+    assert admission().start(job) is None, "a late redelivery after the end starts nothing"
+    entered = [e["stateEnteredEventDetails"]["name"] for e in sfn.get_execution_history(executionArn=execution_arn)[
+        "events"] if e["type"].endswith("StateEntered")]
+    assert entered == ["RunAttempt"], "a job that succeeds first time costs one state transition"
     item = cloud.job_item(job.job_id)
     assert item["status"] == "SUCCEEDED"
     assert item["result_key"] == "results/x.png"
@@ -148,14 +162,13 @@ def test_a_wait_past_the_office_bound_spills_to_the_cloud_without_counting(cloud
 
 
 def test_the_wait_for_a_gpu_is_not_bounded_by_a_step_functions_heartbeat(cloud: Cloud) -> None:
-    """A Try* state has no HeartbeatSeconds (it would count the wait in the queue); its timeout is a
+    """RunAttempt has no HeartbeatSeconds (it would count the wait in the queue); its timeout is a
     backstop reaching past the job's deadline."""
     definition = json.loads(cloud.client("stepfunctions").describe_state_machine(
         stateMachineArn=cloud.settings.dispatch_state_machine_arn)["definition"])
-    for name in ("TryLocal", "TryCloud", "TryFaaS"):
-        state = definition["States"][name]
-        assert "HeartbeatSeconds" not in state and "HeartbeatSecondsPath" not in state, name
-        assert state["TimeoutSecondsPath"] == "$.limits.task_timeout_seconds"
+    state = definition["States"]["RunAttempt"]
+    assert "HeartbeatSeconds" not in state and "HeartbeatSecondsPath" not in state
+    assert state["TimeoutSecondsPath"] == "$.limits.task_timeout_seconds"
     job = submitted_job(cloud)
     deadline_in = datetime.fromisoformat(job.deadline_at).timestamp() - time.time()
     assert admission().limits(job).task_timeout_seconds >= deadline_in + cloud.settings.attempt_timeout_seconds - 1
@@ -192,29 +205,83 @@ def test_three_failed_attempts_fail_the_job_with_every_reason(cloud: Cloud) -> N
     assert [a["outcome"] for a in item["attempts"]] == ["failed", "failed", "failed"]
 
 
-def test_a_job_no_gpu_can_ever_run_fails_at_once_with_why(cloud: Cloud) -> None:
-    job = submitted_job(cloud)  # every GPU has 24 GB: the job below needs more
+def test_a_job_no_gpu_can_ever_run_fails_at_admission_with_why(cloud: Cloud, monkeypatch) -> None:
+    """A first route that ends the job answers it at admission, through the one place a route ends a job
+    (its record, its metric, its webhook): no execution is started for it."""
+    finished: list[tuple[str, JobStatus]] = []
+    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
+    job = submitted_job(cloud, webhook_url="https://example.com/hook")  # every GPU has 24 GB: it needs more
     aws.table(cloud.settings.jobs_table).update_item(
         Key={"job_id": job.job_id}, UpdateExpression="SET vram_mb = :big", ExpressionAttributeValues={":big": 60_000})
-    admit(job)
-    assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
+    assert admission().start(job) is None
     item = cloud.job_item(job.job_id)
-    assert "60000 MB" in item["error"] and item["attempts"] == []
+    assert item["status"] == "FAILED" and "60000 MB" in item["error"] and item["attempts"] == []
+    assert item["finished_at"]
+    assert finished == [(job.job_id, JobStatus.FAILED)], "counted once"
+    assert cloud.queue_messages("WebhookQueue") == [{"job_id": job.job_id}], "its webhook told"
+    assert executions(cloud) == []
+    assert admission().start(job) is None and finished == [(job.job_id, JobStatus.FAILED)], "a redelivery: nothing"
 
 
 def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, monkeypatch) -> None:
+    """The state machine's Route step failing past its retries (a bug, unreadable rules): RoutingFailed
+    writes the job FAILED, never left open."""
     from spillway.routing.router import Router
 
-    def broken(self: Router, job_id: str, after: int) -> None:
-        raise RuntimeError("the routing rules cannot be read")
+    route = Router.route
 
-    monkeypatch.setattr(Router, "route", broken)
+    def broken_after_the_first(self: Router, job_id: str, after: int):
+        if after:
+            raise RuntimeError("the routing rules cannot be read")
+        return route(self, job_id, after)
+
+    monkeypatch.setattr(Router, "route", broken_after_the_first)
     job = submitted_job(cloud)
     admit(job)
+    ran_on(cloud, job.job_id, "local-0")
+    cloud.client("stepfunctions").send_task_failure(
+        taskToken=next_task(cloud, "LocalQueue")["task_token"], error="Spillway.ModelError", cause="crashed")
     assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
     item = cloud.job_item(job.job_id)
     assert item["status"] == "FAILED", "never left RUNNING"
     assert item["error"].startswith("the routing step failed") and "cannot be read" in item["error"]
+
+
+def intake_record(job: DispatchInput, receives: int) -> dict:
+    """The job's intake message as the admit function's SQS event source delivers it, on its `receives`-th receive."""
+    return {"messageId": f"m-{receives}", "receiptHandle": "r", "body": job.model_dump_json(),
+            "attributes": {"ApproximateReceiveCount": str(receives)}, "messageAttributes": {},
+            "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:intake",
+            "awsRegion": "us-east-1"}
+
+
+def test_admission_that_cannot_route_lets_the_message_come_again_then_fails_the_job(cloud: Cloud,
+                                                                                    monkeypatch) -> None:
+    """A routing that raises at admission is a batch item failure (the intake message comes again); on its
+    last receive (AdmissionTries, the queues' maxReceiveCount) the job fails with why, not dead-lettered."""
+    from spillway.handlers import admit as admit_handler
+    from spillway.routing.router import Router
+
+    def broken(self: Router, job_id: str, after: int):
+        raise RuntimeError("the fleet table cannot be read")
+
+    monkeypatch.setattr(Router, "route", broken)
+    job = submitted_job(cloud)
+    tries = cloud.settings.intake_max_receives
+    queue = cloud.client("sqs").get_queue_attributes(QueueUrl=cloud.settings.intake_queue_urls[job.priority],
+                                                     AttributeNames=["RedrivePolicy"])["Attributes"]
+    assert json.loads(queue["RedrivePolicy"])["maxReceiveCount"] == tries, "one source of truth: AdmissionTries"
+    context = LambdaContext("AdmitFunction")
+    for receive in range(1, tries):
+        with pytest.raises(BatchProcessingError):  # Powertools' answer when every record of a batch failed
+            admit_handler.handler({"Records": [intake_record(job, receive)]}, context)
+        assert cloud.job_item(job.job_id)["status"] == "QUEUED", "its message comes again"
+    answer = admit_handler.handler({"Records": [intake_record(job, tries)]}, context)
+    assert answer == {"batchItemFailures": []}, "answered: nothing to dead-letter"
+    item = cloud.job_item(job.job_id)
+    assert item["status"] == "FAILED" and "admission could not start it" in item["error"]
+    assert "the fleet table cannot be read" in item["error"]
+    assert executions(cloud) == []
 
 
 def test_routing_rules_that_do_not_validate_are_ignored_for_the_last_valid_ones(cloud: Cloud) -> None:

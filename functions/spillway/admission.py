@@ -1,8 +1,10 @@
 """Admission: one dispatch execution per job, named by the job id, so a start happens exactly once.
 
 The first attempt is routed and opened here, before the start (the same Route step the state machine
-runs after each failed attempt): the execution starts at the choice of the pool, so a job that
-succeeds first time costs two state transitions.
+runs after each failed attempt): the execution starts at RunAttempt, so a job that succeeds first time
+costs one state transition. A job its first route ends (no GPU could ever run it, say) is answered here
+and gets no execution. A routing that raises is tried again with the intake message; its last receive
+fails the job with why instead of dead-lettering it (a job submitted is a job answered).
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ logger = Logger(child=True)
 
 class Admission:
     def __init__(self, sfn: Any, state_machine_arn: str, attempt_timeout_seconds: int,
-                 first_route: Callable[[str], Route], clock: Callable[[], float] = time.time):
+                 first_route: Callable[[str], Route], fail: Callable[[str, str], bool],
+                 clock: Callable[[], float] = time.time):
         self._sfn = sfn
-        self._first_route = first_route  # routes and opens the job's first attempt (idempotent)
+        self._first_route = first_route  # routes and opens the job's first attempt, or ends the job (idempotent)
+        self._fail = fail  # the job FAILED with why, its end counted and told (Router.fail)
         self._state_machine_arn = state_machine_arn
         self._attempt_timeout_seconds = attempt_timeout_seconds
         self._clock = clock
@@ -33,16 +37,31 @@ class Admission:
     def execution_arn(self, job_id: str) -> str:
         return self._state_machine_arn.replace(":stateMachine:", ":execution:") + f":{job_id}"
 
-    def start(self, job: DispatchInput) -> str:
-        """Start the job's dispatch execution, exactly once; returns its ARN.
+    def start(self, job: DispatchInput, last_try: bool = False) -> str | None:
+        """Route the job's first attempt and start its dispatch execution, exactly once; returns the
+        execution's ARN, or None if the route ended the job (its record says why).
 
-        A repeated start (SQS delivers at least once) is harmless: Step Functions answers a start with
-        the same name and input as a running execution with that execution, and refuses one whose
-        namesake has finished (ExecutionAlreadyExists). The first route is decided once: a redelivery
-        finds the attempt it opened.
+        A repeated start (SQS delivers at least once) is harmless: the first route is decided once (a
+        redelivery finds the attempt it opened), and Step Functions answers a start with the same name and
+        input as a running execution with that execution, and refuses one whose namesake has finished
+        (ExecutionAlreadyExists). A failure raises, for the message to come again — unless this is its
+        `last_try`: then the job fails with why, as no execution will ever run it.
         """
+        try:
+            route = self._first_route(job.job_id)
+            if route.action is not RouteAction.RUN:
+                return None
+            return self._start(job, route)
+        except Exception as exc:
+            if not last_try:
+                raise
+            logger.exception("admission's last try failed: the job fails", job_id=job.job_id)
+            self._fail(job.job_id, f"admission could not start it: {exc!r}"[:500])
+            return None
+
+    def _start(self, job: DispatchInput, route: Route) -> str:
         execution_input = job.model_dump(mode="json") | {"limits": self.limits(job).model_dump(),
-                                                         "route": self.first_route(job.job_id).model_dump(mode="json")}
+                                                         "route": route.model_dump(mode="json")}
         try:
             return self._sfn.start_execution(
                 stateMachineArn=self._state_machine_arn, name=job.job_id, input=json.dumps(execution_input)
@@ -50,17 +69,8 @@ class Admission:
         except self._sfn.exceptions.ExecutionAlreadyExists:
             return self.execution_arn(job.job_id)
 
-    def first_route(self, job_id: str) -> Route:
-        """The first attempt routed and opened; if that fails, the execution's Route step tries (with its
-        retries, and a job that cannot be routed fails there with why: it never stays open)."""
-        try:
-            return self._first_route(job_id)
-        except Exception as exc:
-            logger.exception("could not route the first attempt: the execution's Route step will", job_id=job_id)
-            return Route(action=RouteAction.ROUTE, attempt=0, reason=f"admission could not route it: {exc!r}"[:500])
-
     def limits(self, job: DispatchInput) -> ExecutionLimits:
-        """A Try* state's backstop: the longest a task may wait (the job's deadline) plus the longest
+        """RunAttempt's backstop: the longest a task may wait (the job's deadline) plus the longest
         run. The control plane's own clocks (wait bound, liveness) end an attempt well before it."""
         now = self._clock()
         _, deadline = job_clock(job.priority, job.submitted_at, job.deadline_at, now)

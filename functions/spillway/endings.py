@@ -1,4 +1,4 @@
-"""A job's end, wherever it is seen (a result, the Route step, the reconciler, a cancel): counted once, and,
+"""A job's end, wherever it is seen (a result, a route that ends it, the reconciler, a cancel): counted once, and,
 for a job with a `webhook_url`, its webhook queued. Only the writer that ended the job calls `ended`."""
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ class JobEndings:
     def ended(self, job: JobFields, status: JobStatus) -> None:
         metrics.job_finished(job, status, self._clock())
         if job.webhook_url and self._queue_url:
-            # The sender reads the record itself (it may not be written yet: the Route step's failure is
-            # recorded by the state machine after it): the message only names the job.
+            # The sender reads the record itself (its end is the record's): the message only names the job.
             self._sqs.send_message(QueueUrl=self._queue_url,
                                    MessageBody=WebhookNotice(job_id=job.job_id).model_dump_json())

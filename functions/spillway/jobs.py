@@ -211,10 +211,12 @@ class JobStore:
                                 ExpressionAttributeValues={":why": why[:500]})
 
     def close(self, job_id: str, status: JobStatus, at: str, *, result_key: str | None = None,
-              error: str | None = None) -> bool:
-        """End an open job (the reconciler's and a cancel's write); False if it was final already."""
+              error: str | None = None, attempt: int | None = None) -> JobRecord | None:
+        """End an open job (the reconciler's, a cancel's, a route's that ends it), fenced by `attempt` if given;
+        returns the job as written (None: it was final already, or on another attempt)."""
         assert status.final
         update = "SET #status = :status, finished_at = :at, updated_at = :at"
+        condition = "#status IN (:queued, :running)"
         values: dict[str, Any] = {":status": status.value, ":at": at,
                                   ":queued": JobStatus.QUEUED.value, ":running": JobStatus.RUNNING.value}
         if result_key:
@@ -223,13 +225,15 @@ class JobStore:
         if error:
             update += ", #error = :error"
             values[":error"] = error
+        if attempt is not None:
+            condition += " AND attempt = :n"
+            values[":n"] = attempt
         try:
-            self._table.update_item(
-                Key={"job_id": job_id}, UpdateExpression=update,
-                ConditionExpression="#status IN (:queued, :running)",
+            item = self._table.update_item(
+                Key={"job_id": job_id}, UpdateExpression=update, ConditionExpression=condition,
                 ExpressionAttributeNames={"#status": "status", **({"#error": "error"} if error else {})},
-                ExpressionAttributeValues=values,
+                ExpressionAttributeValues=values, ReturnValues="ALL_NEW",
             )
         except self._table.meta.client.exceptions.ConditionalCheckFailedException:
-            return False
-        return True
+            return None
+        return JobRecord.model_validate(from_item(item["Attributes"]))

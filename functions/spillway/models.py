@@ -322,7 +322,7 @@ class ExecutionLimits(BaseModel):
     """Clocks the dispatch execution enforces itself, computed at admission."""
 
     task_timeout_seconds: int = Field(
-        gt=0, description="backstop of one Try*: the whole wait for a GPU plus the longest run")
+        gt=0, description="backstop of one RunAttempt: the whole wait for a GPU plus the longest run")
 
 
 class PoolTask(BaseModel):
@@ -348,7 +348,7 @@ class PoolTask(BaseModel):
 
 
 class AttemptOutput(BaseModel):
-    """What a Try* state gets back through SendTaskSuccess."""
+    """What RunAttempt gets back through SendTaskSuccess."""
 
     task_id: str
     gpu_id: str

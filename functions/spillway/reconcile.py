@@ -1,7 +1,7 @@
 """A job's record never contradicts its execution.
 
 The job's end is written by whoever ends it: a success by the agent's report (before it tells the
-execution, which ends on it), a failure by the execution (RecordFailure). If that write is lost — the
+execution, which ends on it), a failure by the Route step that decides it. If that write is lost — the
 report's crashed, the execution failed on an error nothing caught, was stopped by an operator, timed
 out, or the write failed past its retries — the record would stay QUEUED or RUNNING forever.
 The reconciler brings it to the execution's end state with the execution's reason. It runs on

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from spillway.health import HealthPolicy
 from spillway.limits import TenantLimitSettings
-from spillway.models import Priority
+from spillway.models import Pool, Priority
 
 
 class Settings(BaseModel, frozen=True):
@@ -20,6 +20,7 @@ class Settings(BaseModel, frozen=True):
     idempotency_table: str
     images_bucket: str
     intake_queue_urls: dict[Priority, str]
+    intake_max_receives: int  # the intake queues' maxReceiveCount: admission's last try fails the job, with why
     timers_queue_url: str
     dispatch_state_machine_arn: str
     control_key_secret_arn: str  # the control plane's key (spillway.credentials)
@@ -35,7 +36,7 @@ class Settings(BaseModel, frozen=True):
     max_attempts: int
     max_legs: int
     budget_table: str
-    faas_queue_url: str
+    pool_queue_urls: dict[Pool, str]  # where the state machine sends an attempt: the Router puts it on the route
     routing_rules_parameter: str
     faas_base_url: str
     faas_endpoint_id: str  # empty: no FaaS pool
@@ -65,6 +66,7 @@ class Settings(BaseModel, frozen=True):
                 idempotency_table=env["IDEMPOTENCY_TABLE"],
                 images_bucket=env["IMAGES_BUCKET"],
                 intake_queue_urls={p: env[f"INTAKE_{p.value.upper()}_QUEUE_URL"] for p in Priority},
+                intake_max_receives=env["INTAKE_MAX_RECEIVES"],
                 timers_queue_url=env["TIMERS_QUEUE_URL"],
                 dispatch_state_machine_arn=env["DISPATCH_STATE_MACHINE_ARN"],
                 control_key_secret_arn=env["CONTROL_KEY_SECRET_ARN"],
@@ -80,7 +82,7 @@ class Settings(BaseModel, frozen=True):
                 max_attempts=env["MAX_ATTEMPTS"],
                 max_legs=env["MAX_LEGS"],
                 budget_table=env["BUDGET_TABLE"],
-                faas_queue_url=env["FAAS_QUEUE_URL"],
+                pool_queue_urls={p: env[f"{p.value.upper()}_QUEUE_URL"] for p in Pool},
                 routing_rules_parameter=env["ROUTING_RULES_PARAMETER"],
                 faas_base_url=env["FAAS_BASE_URL"],
                 faas_endpoint_id=env["FAAS_ENDPOINT_ID"],

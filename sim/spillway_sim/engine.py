@@ -67,7 +67,7 @@ class Spillway:
         self.faas = FaasProvider(self.env, sim.world, rules)
         self.faas_enabled = sim.world.faas is not None
 
-    # -- a job's execution: the state machine's loop of Route and Try*
+    # -- a job's execution: the state machine's loop of Route and RunAttempt
 
     def job(self, job: SimJob) -> Generator[Any, Any, None]:
         result = self.sim.result(job)

@@ -159,7 +159,7 @@ class PolicySpec(_Strict):
 class Timing(_Strict):
     """What the control plane adds around a GPU's run (the state machine, the pollers, the network)."""
 
-    leg_seconds: float = Field(default=0.15, ge=0, description="Route -> Try* -> poller, per attempt")
+    leg_seconds: float = Field(default=0.15, ge=0, description="Route -> RunAttempt -> poller, per attempt")
     push_fail_seconds: float = Field(default=1.0, ge=0, description="a push through a cut link fails after this")
     heartbeat_seconds: float = Field(default=5.0, gt=0, description="an agent's beat; each probes a suspect GPU")
     speed: dict[Pool, Positive] = Field(default_factory=lambda: {Pool.CLOUD: 1.0, Pool.FAAS: 1.0},

@@ -1,7 +1,8 @@
 """Intake queues -> one dispatch execution per job, named by the job id.
 
 The execution's name is the job id, which makes the start exactly once however often SQS
-delivers the message.
+delivers the message. A message admission could not handle comes again (a batch item failure); on its
+last receive (the queue's maxReceiveCount, `AdmissionTries`) the job fails with why instead.
 """
 
 from aws_lambda_powertools import Logger, Tracer
@@ -13,6 +14,7 @@ from spillway.handlers.wiring import admission
 from spillway.logs import job_keys
 from spillway.metrics import Metric, emit
 from spillway.models import DispatchInput
+from spillway.settings import settings
 
 logger = Logger()
 tracer = Tracer()
@@ -22,8 +24,12 @@ processor = BatchProcessor(event_type=EventType.SQS)
 @tracer.capture_method
 def record_handler(record: SQSRecord) -> None:
     job = DispatchInput.model_validate_json(record.body)
+    receives = int(record.attributes.approximate_receive_count or 1)
     with logger.append_context_keys(**job_keys(job.job_id)):
-        execution_arn = admission().start(job)
+        execution_arn = admission().start(job, last_try=receives >= settings().intake_max_receives)
+        if execution_arn is None:
+            logger.info("no execution: the job ended, at admission or before", receives=receives)
+            return
         logger.info("admitted", priority=job.priority.value, execution_arn=execution_arn)
     emit(Metric.JOBS_ADMITTED, Priority=job.priority.value)
 

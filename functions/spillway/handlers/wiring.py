@@ -138,7 +138,8 @@ def reports() -> TaskReports:
 def admission() -> Admission:
     s = settings()
     return Admission(aws.client("stepfunctions"), s.dispatch_state_machine_arn, s.attempt_timeout_seconds,
-                     first_route=lambda job_id: router().route(job_id, after=0))
+                     first_route=lambda job_id: router().route(job_id, after=0),
+                     fail=lambda job_id, reason: router().fail(job_id, reason))
 
 
 @cache
@@ -215,7 +216,7 @@ def budget() -> BudgetLedger:
 @cache
 def router() -> Router:
     s = settings()
-    return Router(jobs(), fleet(), budget(), routing_rules, max_attempts=s.max_attempts,
+    return Router(jobs(), fleet(), budget(), routing_rules, s.pool_queue_urls, max_attempts=s.max_attempts,
                   max_legs=s.max_legs, stale_after=s.agent_stale_seconds, faas_enabled=bool(s.faas_endpoint_id),
                   endings=endings())
 

@@ -31,7 +31,6 @@ from spillway.routing.rules import FailureAction, RoutingRules
 class RouteAction(StrEnum):
     RUN = "run"
     FAIL = "fail"
-    ROUTE = "route"  # not decided yet: admission could not route it, the state machine's Route step will
 
 
 class Route(BaseModel):
@@ -46,6 +45,8 @@ class Route(BaseModel):
                                            "of the execution's next write")
     faas_segment: str | None = None
     faas_budget_spent: bool = Field(default=False, description="FaaS would have taken it, but its budget is spent")
+    queue_url: str | None = Field(default=None, description="the pool's queue, where the state machine sends the "
+                                                            "attempt (the Router's, from the stack: not the policy's)")
 
 
 @dataclass(frozen=True)

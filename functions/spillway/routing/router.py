@@ -1,6 +1,8 @@
 """The Route step: gathers the facts the routing policy decides on, asks it, reserves the FaaS budget
-of a FaaS route, and opens the attempt on the job. Admission runs it for the first attempt (so the
-happy path's execution starts at the pool's Try), the state machine's Route step after each attempt.
+of a FaaS route, and opens the attempt on the job (its route names the pool's queue, where the state
+machine sends it) — or, when the policy ends the job, writes it FAILED with why and counts its end.
+Admission runs it for the first attempt (so the happy path's execution starts at RunAttempt), the state
+machine's Route step after each attempt.
 
 The facts are read fresh each time: the job's attempts (its record), the fleet (every GPU, and how
 many tasks wait in each pool's room), and today's FaaS spend. The reservation is made under the id of
@@ -85,9 +87,10 @@ def route_step(facts: JobFacts, attempts: list[PastAttempt], current_attempt: in
 
 class Router:
     def __init__(self, jobs: JobStore, fleet: Fleet, budget: BudgetLedger, rules: Callable[[], RoutingRules],
-                 max_attempts: int, max_legs: int, stale_after: float, faas_enabled: bool,
-                 clock: Callable[[], float] = time.time, endings: JobEndings | None = None):
+                 queue_urls: dict[Pool, str], max_attempts: int, max_legs: int, stale_after: float,
+                 faas_enabled: bool, clock: Callable[[], float] = time.time, endings: JobEndings | None = None):
         self._jobs = jobs
+        self._queue_urls = queue_urls  # each pool's queue: on every route opened, for the state machine's send
         self._endings = endings or JobEndings(clock=clock)
         self._fleet = fleet
         self._budget = budget
@@ -100,7 +103,7 @@ class Router:
 
     def route(self, job_id: str, after: int) -> Route:
         """Where the attempt after `after` goes, opened on the job (the fence: the job is still on `after`);
-        or why the job ends. Admission asks for the first (after 0), the Route step after each attempt
+        or why the job ends, written. Admission asks for the first (after 0), the Route step after each attempt
         closed. A retried step or a redelivered admission whose attempt opened already gets it again."""
         job = self._jobs.get(job_id)
         if job is None:
@@ -108,10 +111,26 @@ class Router:
         if job.status.final:
             return Route(action=RouteAction.FAIL, reason=f"the job is {job.status.value} already", attempt=job.attempt)
         if job.attempt == after + 1 and job.attempts and job.attempts[-1].outcome is None:
-            return opened_route(job.attempts[-1], job.attempt)
+            return self._to_queue(opened_route(job.attempts[-1], job.attempt))
         route = self._decide(job, after)
-        _report(route, job, self._endings)
-        return route
+        _report(route, job)
+        if route.action is RouteAction.FAIL:
+            self.fail(job_id, route.reason, attempt=route.attempt)
+        return self._to_queue(route)
+
+    def fail(self, job_id: str, reason: str, attempt: int | None = None) -> bool:
+        """The job FAILED with why (fenced by `attempt` if given), its end counted and told: the one place a
+        route (or admission, out of tries) ends a job. False if it was final already or moved on."""
+        ended = self._jobs.close(job_id, JobStatus.FAILED, iso_at(self._clock()), error=reason, attempt=attempt)
+        if ended:
+            self._endings.ended(ended, JobStatus.FAILED)
+        return ended is not None
+
+    def _to_queue(self, route: Route) -> Route:
+        """A run route names its pool's queue: the state machine's one RunAttempt sends there."""
+        if route.pool is None or route.action is not RouteAction.RUN:
+            return route
+        return route.model_copy(update={"queue_url": self._queue_urls[route.pool]})
 
     def _decide(self, job: JobRecord, after: int) -> Route:
         now = self._clock()
@@ -158,13 +177,11 @@ def opened_route(attempt: Attempt, number: int) -> Route:
                  reason=attempt.route or "", attempt=number, faas_segment=attempt.faas_segment)
 
 
-def _report(route: Route, job: JobRecord, endings: JobEndings) -> None:
-    """A route decided: logged and counted; a job it ends is answered FAILED (the state machine writes it next)."""
+def _report(route: Route, job: JobRecord) -> None:
+    """A route decided: logged and counted."""
     logger.info("routed", job_id=job.job_id, action=route.action.value, pool=route.pool and route.pool.value,
                 reason=route.reason, attempt=route.attempt)
     emit(Metric.ATTEMPTS_ROUTED, Pool=route.pool.value if route.pool else "none")
     if route.faas_budget_spent:  # the FaasBudgetSpent alarm watches it
         logger.warning("faas budget spent: routed elsewhere", job_id=job.job_id, reason=route.reason)
         emit(Metric.FAAS_BUDGET_SPENT)
-    if route.action is RouteAction.FAIL:
-        endings.ended(job, JobStatus.FAILED)

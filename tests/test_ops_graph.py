@@ -25,11 +25,10 @@ def test_the_graph_has_every_state_and_transition_of_the_definition() -> None:
     states = DEFINITION["States"]
     assert set(GRAPH.types) == set(states)
     pairs = {(e.source, e.target) for e in GRAPH.edges}
-    assert (START, "WhichPool") in pairs and ("TryLocal", END) in pairs, "admission routed the first attempt"
-    assert {("WhichPool", "TryLocal"), ("WhichPool", "TryCloud"), ("WhichPool", "TryFaaS")} <= pairs
-    assert {("CloseAttempt", "Route"), ("Route", "WhichPool"), ("WhichPool", "RecordFailure")} <= pairs
+    assert (START, "RunAttempt") in pairs and ("RunAttempt", END) in pairs, "admission routed the first attempt"
+    assert {("CloseAttempt", "Route"), ("Route", "Routed"), ("Routed", "RunAttempt"), ("Routed", "JobFailed")} <= pairs
     caught = {(e.source, e.target) for e in GRAPH.edges if e.caught}
-    assert ("TryLocal", "AttemptFailed") in caught and ("TryLocal", "AttemptSpilled") in caught
+    assert ("RunAttempt", "AttemptFailed") in caught and ("RunAttempt", "AttemptSpilled") in caught
 
 
 def test_a_job_that_failed_over_from_the_office_to_the_cloud_lights_its_path(cloud: Cloud) -> None:
@@ -42,25 +41,30 @@ def test_a_job_that_failed_over_from_the_office_to_the_cloud_lights_its_path(clo
         sfn.send_task_failure(taskToken=task["task_token"], error="Spillway.GpuUnreachable", cause="tunnel down")
     task = next_task(cloud, "CloudQueue")
     running = path_of(history(cloud, job.job_id), GRAPH.types)
-    assert running.status == "RUNNING" and running.lit["TryCloud"] is Lit.RUNNING, "the current state"
+    assert running.status == "RUNNING" and running.lit["RunAttempt"] is Lit.RUNNING, "the current state"
+    assert running.attempts["RunAttempt"][-1] == "cloud …"
     succeed(cloud, task, "cloud-0", "results/y.png")
     assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
 
     path = path_of(history(cloud, job.job_id), GRAPH.types)
     assert path.status == "SUCCEEDED"
-    assert path.lit["TryLocal"] is Lit.FAILED and path.visits["TryLocal"] == 2
-    assert path.lit["TryCloud"] is Lit.SUCCEEDED
+    assert path.attempts["RunAttempt"] == ["local ✗ GpuUnreachable", "local ✗ GpuUnreachable", "cloud ✓"], \
+        "each attempt's pool and end, on the one state they all ran in"
+    assert path.lit["RunAttempt"] is Lit.SUCCEEDED and path.visits["RunAttempt"] == 3
+    assert path.failures["RunAttempt"] == 2
     assert path.lit["Route"] is Lit.SUCCEEDED and path.visits["Route"] == 2, "the first route was admission's"
-    assert path.visits["WhichPool"] == 3
-    assert "TryFaaS" not in path.lit and "RecordFailure" not in path.lit
-    assert {(START, "WhichPool"), ("TryLocal", "AttemptFailed"), ("AttemptFailed", "CloseAttempt"),
-            ("CloseAttempt", "Route"), ("Route", "WhichPool"), ("TryCloud", END)} <= path.taken
-    assert ("TryLocal", "AttemptSpilled") not in path.taken
+    assert path.visits["Routed"] == 2
+    assert "JobFailed" not in path.lit and "AttemptSpilled" not in path.lit
+    assert {(START, "RunAttempt"), ("RunAttempt", "AttemptFailed"), ("AttemptFailed", "CloseAttempt"),
+            ("CloseAttempt", "Route"), ("Route", "Routed"), ("Routed", "RunAttempt"), ("RunAttempt", END)} <= path.taken
+    assert ("RunAttempt", "AttemptSpilled") not in path.taken
+    assert "Route" not in path.attempts, "a Task that sends to no pool has no attempts to list"
 
     svg = render(GRAPH, path).decode()
-    assert '<g id="state_TryLocal" class="node state failed">' in svg
-    assert '<g id="state_TryCloud" class="node state succeeded">' in svg
-    assert '<g id="state_TryFaaS" class="node state unvisited">' in svg
+    assert '<g id="state_RunAttempt" class="node state succeeded">' in svg
+    assert "local ✗ GpuUnreachable" in svg and "cloud ✓" in svg
+    assert '<g id="state_AttemptFailed" class="node state succeeded">' in svg
+    assert '<g id="state_JobFailed" class="node state unvisited">' in svg
     assert render(GRAPH, path, fmt="png").startswith(b"\x89PNG")
 
 
@@ -72,10 +76,16 @@ def test_a_bad_input_ends_in_red() -> None:
     def exited(name: str) -> dict:
         return {"type": "TaskStateExited", "stateExitedEventDetails": {"name": name}}
 
-    events = [{"type": "ExecutionStarted"}, entered("Route"), exited("Route"), entered("TryLocal"),
+    scheduled = {"type": "TaskScheduled", "taskScheduledEventDetails": {
+        "parameters": json.dumps({"QueueUrl": "https://sqs/local", "MessageBody": {"pool": "local"}})}}
+    events = [{"type": "ExecutionStarted"}, entered("RunAttempt"), scheduled,
               {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Spillway.BadInput"}},
-              entered("AttemptFailed"), exited("AttemptFailed"), entered("JobFailed"), {"type": "ExecutionFailed"}]
+              entered("AttemptFailed"), exited("AttemptFailed"), entered("CloseAttempt"), exited("CloseAttempt"),
+              entered("Route"), exited("Route"), entered("Routed"), exited("Routed"), entered("JobFailed"),
+              {"type": "ExecutionFailed"}]
     path = path_of(events, GRAPH.types)
-    assert (path.lit["TryLocal"], path.lit["AttemptFailed"], path.lit["JobFailed"]) == (
+    assert (path.lit["RunAttempt"], path.lit["AttemptFailed"], path.lit["JobFailed"]) == (
         Lit.FAILED, Lit.SUCCEEDED, Lit.FAILED)
+    assert path.attempts["RunAttempt"] == ["local ✗ BadInput"]
     assert path.status == "FAILED" and ("JobFailed", END) in path.taken
+    assert '<g id="state_RunAttempt" class="node state failed">' in render(GRAPH, path).decode()

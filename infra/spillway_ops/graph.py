@@ -4,11 +4,14 @@ The graph comes from the definition (Amazon States Language: Next, Default, Choi
 path from the execution's history (GetExecutionHistory): each state entered is `succeeded` if it was
 left without an unrecovered failure, `failed` if a failure ended it (a caught Task error, a Fail
 state), `running` if the execution is still in it. A state visited more than once (the Route loop)
-shows its last visit, and how many there were. Drawn by Graphviz (`dot`), as SVG or PNG.
+shows its last visit, how many there were, and a red border if an earlier one failed. A Task that sends
+to a pool (every attempt is the one RunAttempt state) lists each visit's pool, from its TaskScheduled
+parameters, and how it ended: `local ✗ GpuUnreachable`, `cloud ✓`. Drawn by Graphviz (`dot`), as SVG or PNG.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -67,10 +70,13 @@ class StateGraph:
 
 @dataclass
 class Path:
-    """What the execution did: each state's last visit, how often it was entered, the transitions taken."""
+    """What the execution did: each state's last visit, how often it was entered (and failed), the
+    transitions taken, and each visit of a pool's Task: its pool and how it ended."""
 
     lit: dict[str, Lit] = field(default_factory=dict)
     visits: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    attempts: dict[str, list[str]] = field(default_factory=dict)  # "local ✗ GpuUnreachable", "cloud ✓"
     taken: set[tuple[str, str]] = field(default_factory=set)
     status: str = "RUNNING"  # the execution's
 
@@ -82,10 +88,19 @@ _RECOVERY_SUFFIXES = ("Succeeded",)  # a retried Task that succeeded after all
 def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
     """Read a GetExecutionHistory event list (oldest first); `types` are the states' Types."""
     path, current, failing = Path(), START, False
+    pool: str | None = None  # the pool the current visit sent to
+    error = ""  # the current visit's last failure
 
     def leave(failed: bool) -> None:
-        if path.lit.get(current) is Lit.RUNNING:
-            path.lit[current] = Lit.FAILED if failed or types.get(current) == "Fail" else Lit.SUCCEEDED
+        if path.lit.get(current) is not Lit.RUNNING:
+            return
+        lit = Lit.FAILED if failed or types.get(current) == "Fail" else Lit.SUCCEEDED
+        path.lit[current] = lit
+        if lit is Lit.FAILED:
+            path.failures[current] = path.failures.get(current, 0) + 1
+        if pool:
+            path.attempts.setdefault(current, []).append(
+                f"{pool} ✗ {_short(error)}".rstrip() if lit is Lit.FAILED else f"{pool} ✓")
 
     for event in events:
         kind = event["type"]
@@ -94,9 +109,11 @@ def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
             leave(failing)  # a state left without an Exited event: a caught failure moved on
             path.taken.add((current, name))
             path.visits[name] = path.visits.get(name, 0) + 1
-            path.lit[name], current, failing = Lit.RUNNING, name, False
+            path.lit[name], current, failing, pool, error = Lit.RUNNING, name, False, None, ""
         elif kind.endswith("StateExited"):
             leave(failing)
+        elif kind == "TaskScheduled":
+            pool = _pool_of(event["taskScheduledEventDetails"].get("parameters")) or pool
         elif kind.startswith("Execution") and kind != "ExecutionStarted":
             path.status = kind.removeprefix("Execution").upper()  # SUCCEEDED, FAILED, TIMEDOUT, ABORTED
             leave(failing or path.status != "SUCCEEDED")
@@ -104,9 +121,22 @@ def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
                 path.taken.add((current, END))
         elif kind.endswith(_FAILURE_SUFFIXES):
             failing = True
+            error = next((d.get("error", "") for k, d in event.items() if k.endswith("EventDetails")), "")
         elif kind.endswith(_RECOVERY_SUFFIXES):
             failing = False
+    if pool and path.lit.get(current) is Lit.RUNNING:
+        path.attempts.setdefault(current, []).append(f"{pool} …")
     return path
+
+
+def _pool_of(parameters: str | None) -> str | None:
+    """The pool a Task's parameters send to (a pool queue's message body names it), if any."""
+    try:
+        body = json.loads(parameters or "{}").get("MessageBody")
+        body = json.loads(body) if isinstance(body, str) else body
+    except (ValueError, AttributeError):
+        return None
+    return body.get("pool") if isinstance(body, dict) else None
 
 
 def dot_source(graph: StateGraph, path: Path | None = None, title: str = "") -> Any:
@@ -123,11 +153,14 @@ def dot_source(graph: StateGraph, path: Path | None = None, title: str = "") -> 
         lit = path.lit.get(name, Lit.UNVISITED)
         fill, border = STYLE[lit]
         visits = path.visits.get(name, 0)
-        label = name + (f"\n×{visits}" if visits > 1 else "")
+        attempts = path.attempts.get(name)
+        label = name + ("\n" + "\n".join(attempts) if attempts else f"\n×{visits}" if visits > 1 else "")
+        failed_before = bool(path.failures.get(name)) and lit is not Lit.FAILED  # an earlier visit failed
         choice = kind == "Choice"
         dot.node(name, label, id=f"state_{name}", **{"class": f"state {lit.value}"},
                  shape="diamond" if choice else "box", style="filled" if choice else "rounded,filled",
-                 fillcolor=fill, color=border, penwidth="3" if lit is Lit.RUNNING else "1.5")
+                 fillcolor=fill, color=STYLE[Lit.FAILED][1] if failed_before else border,
+                 penwidth="3" if lit is Lit.RUNNING or failed_before else "1.5")
     for edge in graph.edges:
         taken = (edge.source, edge.target) in path.taken
         dot.edge(edge.source, edge.target, label=edge.label, style="dashed" if edge.caught else "solid",
@@ -158,7 +191,11 @@ def _graphviz() -> Any:
 
 
 def _errors_label(errors: list[str]) -> str:
-    return ", ".join(e.removeprefix("Spillway.").removeprefix("DynamoDB.").removesuffix("Exception") for e in errors)
+    return ", ".join(_short(e) for e in errors)
+
+
+def _short(error: str) -> str:
+    return error.removeprefix("Spillway.").removeprefix("DynamoDB.").removesuffix("Exception")
 
 
 def _choice_label(choice: dict[str, Any]) -> str:

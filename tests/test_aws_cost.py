@@ -22,7 +22,7 @@ from spillway_embedded.moto_server import dynamodb_units
 # limits (one GetItem) and creates the job in one transaction with its token and slot (a TransactWriteItems of
 # two items instead of the job's PutItem).
 HAPPY_PATH = {
-    "transitions": 2,  # WhichPool, TryLocal: admission routed and opened the attempt, the report recorded the success
+    "transitions": 1,  # RunAttempt: admission routed and opened the attempt, the report recorded the success
     "api_requests": 4,
     "sqs_deliveries": 3,
     "invocations": {"AdmitFunction": 1, "AgentCallbackFunction": 1, "ApiFunction": 3, "PoolPollerFunction": 1,

@@ -1,5 +1,5 @@
 """The ops page in a real browser (Debian's headless Chromium, driven by Playwright) on the embedded stack:
-a job that failed over from the office to the cloud shows TryLocal red and TryCloud green in its graph,
+a job that failed over from the office to the cloud shows its attempts' pools on RunAttempt in its graph,
 its two attempts, its timeline and its images; the fleet page shows every GPU and the waiting rooms.
 
 `SPILLWAY_SCREENSHOTS=docs` also writes the job page's screenshot to docs/ops-job.png (the README's).
@@ -90,16 +90,19 @@ def test_the_job_page_lights_the_path_it_took(stack: StackInfo, browser, failed_
     row.locator("a").click()
 
     assert page.locator("h1").inner_text() == f"job {failed_over}"
-    assert "failed" in page.locator("#state_TryLocal").get_attribute("class").split()
-    assert "succeeded" in page.locator("#state_TryCloud").get_attribute("class").split()
-    assert "unvisited" in page.locator("#state_TryFaaS").get_attribute("class").split()
+    run = page.locator("#state_RunAttempt")
+    assert "succeeded" in run.get_attribute("class").split()
+    drawn = run.text_content() or ""  # an SVG node: its text, not an HTML element's inner text
+    assert "local ✗ GpuUnreachable" in drawn and "cloud ✓" in drawn, "where each attempt ran"
+    assert "succeeded" in page.locator("#state_AttemptFailed").get_attribute("class").split()
+    assert "unvisited" in page.locator("#state_JobFailed").get_attribute("class").split()
     attempts = page.locator("#attempts tbody tr")
     assert attempts.count() == 2
     first, second = attempts.nth(0).inner_text(), attempts.nth(1).inner_text()
     assert "local" in first and "local-0" in first and "Spillway.GpuUnreachable" in first and "failed" in first
     assert "cloud" in second and "cloud-0" in second and "succeeded" in second
     timeline = page.locator("#timeline").inner_text()
-    assert "TaskStateEntered" in timeline and "TryCloud" in timeline and "ExecutionSucceeded" in timeline
+    assert "TaskStateEntered" in timeline and "RunAttempt" in timeline and "ExecutionSucceeded" in timeline
     for image in ("input", "result"):  # presigned GETs the browser fetched
         assert page.locator(f'img[alt="{image}"]').evaluate("img => img.complete && img.naturalWidth") > 0
 

@@ -184,7 +184,8 @@ def _job_body(detail: JobDetail, svg: str) -> str:
 <div class="job">
  <section class="graph"><h2>execution graph</h2>{svg}
   <p class="legend"><span class="succeeded">succeeded</span> <span class="failed">failed</span>
-  <span class="running">current</span> · <a href="/jobs/{_e(job.job_id)}/graph.svg">SVG</a>
+  <span class="running">current</span> · a red border: an earlier visit failed ·
+  <a href="/jobs/{_e(job.job_id)}/graph.svg">SVG</a>
   <a href="/jobs/{_e(job.job_id)}/graph.png">PNG</a></p></section>
  <section class="images"><h2>input and result</h2>
   <figure><img src="{_e(detail.input_url)}" alt="input"><figcaption>input</figcaption></figure>{result}</section>

@@ -1,4 +1,5 @@
-"""The dispatch state machine's Route step (`lambda:invoke`): where the job's next attempt goes, opened."""
+"""The dispatch state machine's Route step (`lambda:invoke`): where the job's next attempt goes, opened (with its
+pool's queue, where RunAttempt sends it); or why the job ends, written."""
 
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext

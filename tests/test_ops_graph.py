@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from spillway.models import ErrorType
 from spillway_ops.graph import END, START, Lit, StateGraph, path_of, render
 
 from conftest import Cloud
@@ -89,3 +90,30 @@ def test_a_bad_input_ends_in_red() -> None:
     assert path.attempts["RunAttempt"] == ["local ✗ BadInput"]
     assert path.status == "FAILED" and ("JobFailed", END) in path.taken
     assert '<g id="state_RunAttempt" class="node state failed">' in render(GRAPH, path).decode()
+
+
+def test_a_spill_reads_as_a_spill_not_a_failure() -> None:
+    """The errors the definition's Catch sends to AttemptSpilled are those `ErrorType.spills` names, and
+    the graph's attempt list marks them ↷: the attempt never ran and is not counted."""
+    spilled_by_definition = {error for catch in DEFINITION["States"]["RunAttempt"]["Catch"]
+                             if catch["Next"] == "AttemptSpilled" for error in catch["ErrorEquals"]}
+    assert spilled_by_definition == {kind.state_machine_error for kind in ErrorType if kind.spills}
+
+    def entered(name: str) -> dict:
+        return {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": name}}
+
+    def scheduled(pool: str) -> dict:
+        return {"type": "TaskScheduled", "taskScheduledEventDetails": {
+            "parameters": json.dumps({"QueueUrl": f"https://sqs/{pool}", "MessageBody": {"pool": pool}})}}
+
+    events = [{"type": "ExecutionStarted"}, entered("RunAttempt"), scheduled("local"),
+              {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Spillway.WaitExpired"}},
+              entered("AttemptSpilled"), entered("CloseAttempt"), entered("Route"), entered("Routed"),
+              entered("RunAttempt"), scheduled("cloud"),
+              {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Spillway.GpuUnreachable"}},
+              entered("AttemptFailed"), entered("CloseAttempt"), entered("Route"), entered("Routed"),
+              entered("RunAttempt"), scheduled("cloud"), {"type": "TaskSucceeded"},
+              {"type": "TaskStateExited", "stateExitedEventDetails": {"name": "RunAttempt"}},
+              {"type": "ExecutionSucceeded"}]
+    assert path_of(events, GRAPH.types).attempts["RunAttempt"] == [
+        "local ↷ WaitExpired", "cloud ✗ GpuUnreachable", "cloud ✓"]

@@ -77,6 +77,11 @@ class ErrorType(StrEnum):
     def state_machine_error(self) -> str:
         return f"Spillway.{self.value}"
 
+    @property
+    def spills(self) -> bool:
+        """It never ran: the attempt spills on and is not counted (the state machine's Catch to AttemptSpilled)."""
+        return self in (ErrorType.WAIT_EXPIRED, ErrorType.POOL_REFUSED)
+
 
 def _ip_host(url: AnyHttpUrl) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:

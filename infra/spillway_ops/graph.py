@@ -6,7 +6,8 @@ left without an unrecovered failure, `failed` if a failure ended it (a caught Ta
 state), `running` if the execution is still in it. A state visited more than once (the Route loop)
 shows its last visit, how many there were, and a red border if an earlier one failed. A Task that sends
 to a pool (every attempt is the one RunAttempt state) lists each visit's pool, from its TaskScheduled
-parameters, and how it ended: `local ✗ GpuUnreachable`, `cloud ✓`. Drawn by Graphviz (`dot`), as SVG or PNG.
+parameters, and how it ended: `local ✗ GpuUnreachable`, `local ↷ WaitExpired` (spilled on),
+`cloud ✓`. Drawn by Graphviz (`dot`), as SVG or PNG.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from spillway.models import ErrorType
 
 
 class Lit(StrEnum):
@@ -99,8 +102,7 @@ def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
         if lit is Lit.FAILED:
             path.failures[current] = path.failures.get(current, 0) + 1
         if pool:
-            path.attempts.setdefault(current, []).append(
-                f"{pool} ✗ {_short(error)}".rstrip() if lit is Lit.FAILED else f"{pool} ✓")
+            path.attempts.setdefault(current, []).append(_attempt_label(pool, lit, _short(error)))
 
     for event in events:
         kind = event["type"]
@@ -127,6 +129,14 @@ def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
     if pool and path.lit.get(current) is Lit.RUNNING:
         path.attempts.setdefault(current, []).append(f"{pool} …")
     return path
+
+
+def _attempt_label(pool: str, lit: Lit, error: str) -> str:
+    """`cloud ✓`, `local ✗ GpuUnreachable`, or `local ↷ WaitExpired`: it spilled on, never having run."""
+    if lit is not Lit.FAILED:
+        return f"{pool} ✓"
+    spilled = any(kind.spills and kind.value == error for kind in ErrorType)
+    return f"{pool} {'↷' if spilled else '✗'} {error}".rstrip()
 
 
 def _pool_of(parameters: str | None) -> str | None:

@@ -580,6 +580,45 @@ def test_dynamodb_expressions_are_parsed_once_per_text_and_resolved_per_call() -
                             ExpressionAttributeValues={":x": n(1)})
 
 
+def test_an_update_is_validated_on_a_copy_of_its_tree_and_its_static_rules_run_once_per_expression() -> None:
+    """moto's validator deep-copied the shared tree and ran every rule on every call; the rules that read only the
+    tree, its names and the table's keys now run once per expression and names, the others on every call."""
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.dynamodb.parsing.validators import ActionCountValidator, OverlappingPathsValidator
+
+    with mock_aws():
+        ddb = ddb_client()
+        create_table(ddb, "jobs")
+        ddb.put_item(TableName="jobs", Item={"pk": s("a"), "n": n(0), "tags": {"L": [s("x")]}})
+        text = "SET n = n + :by, #x = list_append(tags, :more) REMOVE gone"
+
+        def update(by: int, name: str = "touched") -> dict[str, Any]:
+            return ddb.update_item(TableName="jobs", Key={"pk": s("a")}, UpdateExpression=text, ReturnValues="ALL_NEW",
+                                   ExpressionAttributeNames={"#x": name},
+                                   ExpressionAttributeValues={":by": n(by), ":more": {"L": [s(str(by))]}})["Attributes"]
+
+        assert update(1) == {"pk": s("a"), "n": n(1), "tags": {"L": [s("x")]}, "touched": {"L": [s("x"), s("1")]}}
+        with patch.object(ActionCountValidator, "verify_action_counts", side_effect=AssertionError("checked again")), \
+                patch.object(OverlappingPathsValidator, "check_for_overlapping_paths",
+                             side_effect=AssertionError("checked again")):
+            assert update(2)["touched"] == {"L": [s("x"), s("2")]} and update(3)["n"] == n(6)  # values: every call
+        with pytest.raises(ClientError, match="Two document paths overlap"):  # other names: the rules run for them
+            update(4, name="n")
+        with pytest.raises(ClientError, match="Cannot update attribute pk"):
+            ddb.update_item(TableName="jobs", Key={"pk": s("a")}, UpdateExpression="SET pk = :v",
+                            ExpressionAttributeValues={":v": s("b")})
+        with pytest.raises(ClientError, match="Cannot update attribute pk"):  # refused again, not remembered
+            ddb.update_item(TableName="jobs", Key={"pk": s("a")}, UpdateExpression="SET pk = :v",
+                            ExpressionAttributeValues={":v": s("b")})
+        shared = UpdateExpressionParser.make(text)  # the cached tree: its placeholders never resolved in place
+        assert "ExpressionAttributeValue" in repr_tree(shared) and "DDBTypedValue" not in repr_tree(shared)
+
+
+def repr_tree(node: Any) -> str:
+    children = getattr(node, "children", None) or []
+    return f"{type(node).__name__}({', '.join(repr_tree(c) if hasattr(c, 'children') else repr(c) for c in children)})"
+
+
 def test_a_table_query_or_scan_answers_without_copying_items_and_leaves_them_whole() -> None:
     from moto.dynamodb.models.dynamo_type import Item
 

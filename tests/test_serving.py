@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +16,7 @@ import pytest
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-from spillway_embedded.serving import KeepAliveRequestHandler
+from spillway_embedded.serving import GC_THRESHOLDS, KeepAliveRequestHandler
 
 
 class Recorder(KeepAliveRequestHandler):
@@ -105,3 +108,14 @@ def test_a_reserved_port_is_held_from_its_choice_until_a_server_serves_on_it() -
     finally:
         served.shutdown()
         served.server_close()
+
+
+def test_a_server_process_collects_its_garbage_less_often_and_never_its_startup_heap() -> None:
+    """In a process of its own: the thresholds and the frozen heap are process-wide."""
+    probe = ("import gc, json; from spillway_embedded.serving import collect_less_often; cycle = []; "
+             "cycle.append(cycle); del cycle; collect_less_often(); "
+             "print(json.dumps([gc.get_threshold(), gc.get_freeze_count(), gc.get_count()[0]]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60,
+                          env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    thresholds, frozen, young = json.loads(done.stdout)
+    assert tuple(thresholds) == GC_THRESHOLDS and thresholds[0] > 700 and frozen > 1000 and young < 100

@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     from werkzeug.serving import make_server
 
     from spillway_embedded import moto_patches
-    from spillway_embedded.serving import KeepAliveRequestHandler
+    from spillway_embedded.serving import KeepAliveRequestHandler, collect_less_often
 
     moto_patches.apply()
     moto_api_backend.set_config({"stepfunctions": {"execute_state_machine": True}})
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if args.parent_pid:
         threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), name="parent-watch", daemon=True).start()
+    collect_less_often()
     print(f"moto serving on http://{args.host}:{args.port} (pid {os.getpid()})", flush=True)
     with contextlib.suppress(SystemExit):
         server.serve_forever()

@@ -36,7 +36,7 @@ from spillway_embedded.model_faults import ModelFault, write_fault
 from spillway_embedded.moto_server import MotoServer, reserve_port
 from spillway_embedded.provision import ACCOUNT_ID, provision
 from spillway_embedded.runtime import Runtime
-from spillway_embedded.serving import KeepAliveRequestHandler
+from spillway_embedded.serving import KeepAliveRequestHandler, collect_less_often
 from spillway_embedded.template import TEMPLATE, translate
 from spillway_embedded.tenants import DEFAULT_TENANT, Tenants, load_tenants
 from spillway_embedded.tunnel import Tunnel
@@ -411,6 +411,7 @@ def serve_forever(stack: EmbeddedStack) -> None:
         signal.signal(sig, lambda *_: stopping.set())
     try:
         stack.start()
+        collect_less_often()  # after the start: the template, the handlers' modules and clients are built
         faas = (f"  FaaS:         {stack.faas_url}/v2/{stack.faas_endpoint_id}  (RunPod's API)\n"
                 if stack.faas_url else "  FaaS:         none in this fleet\n")
         print(f"Spillway is up.\n  API:          {stack.api_url}\n  AWS (moto):   {stack.endpoint}\n{faas}"

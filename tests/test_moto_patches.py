@@ -18,6 +18,7 @@ import httpx
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from flask import Flask
 from moto import backends, mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.dynamodb.models import dynamodb_backends
@@ -422,7 +423,7 @@ def test_step_functions_integrations_reuse_one_client_and_parse_each_json_path_o
     assert json_path.extract_json("$.attempt.number", {"attempt": {"number": 2}}) == 2
 
 
-def test_in_the_server_the_interpreters_integrations_are_served_in_process_and_counted(
+def test_in_the_server_the_interpreters_integrations_are_served_in_process_without_flask_and_counted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
@@ -432,8 +433,10 @@ def test_in_the_server_the_interpreters_integrations_are_served_in_process_and_c
 
     from spillway_embedded.moto_server import CallCounter, free_port
 
-    server_app = CallCounter(DomainDispatcherApplication(create_backend_app))  # the server's, as its main() builds it
+    # The server's application, as its main() builds it; DynamoDB and SQS answered without Flask (patch 17).
+    server_app = CallCounter(moto_patches.DirectJsonApis(DomainDispatcherApplication(create_backend_app)))
     monkeypatch.setattr(moto_patches, "_server_app", None)
+    monkeypatch.setattr(Flask, "wsgi_app", lambda *_: pytest.fail("a DynamoDB or SQS call went through Flask"))
     moto_patches.serve_integrations_in_process(server_app)
     monkeypatch.setenv("MOTO_PORT", str(free_port()))  # nothing listens there: a call over HTTP would fail
     region, name = "ca-central-1", f"in-process-{uuid.uuid4().hex}"  # this process's backends are not reset here
@@ -451,6 +454,8 @@ def test_in_the_server_the_interpreters_integrations_are_served_in_process_and_c
         received = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"]
         assert [(m["Body"], m["MessageAttributes"]["kind"]["StringValue"]) for m in received] == [("token 1", "task")]
         sqs.delete_queue(QueueUrl=url)
+        with pytest.raises(ClientError, match="queue does not exist"):
+            sqs.get_queue_url(QueueName=name)
     finally:
         ddb.delete_table(TableName=name)
     counted = {api: calls for api, (calls, _) in server_app._calls.items()}

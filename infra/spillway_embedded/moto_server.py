@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         def log_request(self, code: Any = "-", size: Any = "-") -> None:
             pass  # one line per AWS call is noise; errors are still logged
 
-    app = CallCounter(DomainDispatcherApplication(create_backend_app))
+    app = CallCounter(moto_patches.DirectJsonApis(DomainDispatcherApplication(create_backend_app)))
     moto_patches.serve_integrations_in_process(app)
     server = make_server(args.host, args.port, app, threaded=True, request_handler=RequestHandler)
 

@@ -463,6 +463,23 @@ def test_in_the_server_the_interpreters_integrations_are_served_in_process_witho
     assert counted["sqs.SendMessage"] == counted["sqs.ReceiveMessage"] == 1
 
 
+def test_a_direct_json_call_that_moto_refuses_with_a_werkzeug_error_is_answered_with_it_as_flask_did() -> None:
+    from werkzeug.exceptions import BadRequest
+    from werkzeug.test import EnvironBuilder
+
+    def refuse(*_: Any) -> Any:
+        raise BadRequest("not this")
+
+    direct = moto_patches.DirectJsonApis(lambda *_: pytest.fail("a DynamoDB call went to the Flask app"))
+    direct._handlers = (("DynamoDB_20120810.", refuse),)
+    environ = EnvironBuilder(method="POST", path="/", headers={"X-Amz-Target": "DynamoDB_20120810.GetItem"},
+                             data=b"{}").get_environ()
+    started: list[Any] = []
+    body = b"".join(direct(environ, lambda status, headers: started.append((status, dict(headers)))))
+    assert started[0][0] == "400 Bad Request" and b"not this" in body
+    assert started[0][1]["Content-Length"] == str(len(body))
+
+
 def test_the_server_finds_a_hosts_backend_once() -> None:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 

@@ -742,6 +742,7 @@ class DirectJsonApis:
 
     def _answer(self, dispatch: Callable[..., Any], environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         from botocore.exceptions import ClientError
+        from werkzeug.exceptions import HTTPException
         from werkzeug.http import HTTP_STATUS_CODES
 
         request = self._request(environ)
@@ -749,6 +750,9 @@ class DirectJsonApis:
             result = dispatch(request, request.raw_url, dict(request.headers))
         except ClientError as exc:  # as moto's Flask view answers it
             result = 400, {}, exc.response["Error"]["Message"]
+        except HTTPException as exc:  # moto's errors are werkzeug's: Flask answered them with their own response
+            answer = exc.get_response(environ)
+            result = answer.status_code, dict(answer.headers), answer.get_data()
         status, headers, body = result if len(result) == 3 else (200, {}, result)
         data = body.encode() if isinstance(body, str) else bytes(body or b"")
         listed = [(str(name), str(value)) for name, value in (headers or {}).items()

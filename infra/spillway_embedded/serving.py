@@ -26,7 +26,7 @@ GC_THRESHOLDS = (50_000, 20, 100)
 def collect_less_often() -> None:
     """Tune the cyclic garbage collector of a process that serves many small requests over a large heap (moto's
     tables, botocore's models): with Python's thresholds a full collection walked that heap every few seconds
-    under load and a young one ran every 700 allocations, a third of an UpdateItem's CPU in moto's server. What
+    under load and a young one ran every 700 allocations (a third of a backend UpdateItem's CPU, measured). What
     the process holds so far is frozen out of the collector (modules, models: never garbage), and the young
     generations are collected less often; the garbage of a request is still freed by reference counting."""
     gc.collect()

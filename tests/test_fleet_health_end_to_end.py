@@ -4,12 +4,14 @@ heartbeat window; its lease is given back, and a restarted agent has all its VRA
 every model is quarantined after K failures, gets no work while it is, and after its cool-down takes one
 canary task; an agent told to stop (SIGTERM) mid-load drains: every job is answered.
 
-Each task takes at least MODEL_SECONDS on its GPU, so the chaos lands while the model runs. The module's
-stack runs with small health thresholds (QUARANTINE_*), so the tests stay fast.
+The module's stack runs with small windows (STALE_SECONDS, HEARTBEAT_SECONDS, QUARANTINE_*) and a fast model, so
+the tests wait seconds, not minutes: a test whose chaos must land while a model runs makes every GPU's model slow
+first (`slow_models`), and well again once the chaos has landed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,20 +29,41 @@ from helpers import answered, gpu_record, gpu_view, submit_room, wait_for_health
 
 pytestmark = pytest.mark.embedded
 
-MODEL_SECONDS = 15.0
-STALE_SECONDS = 30  # the template's AgentStaleSeconds
+MODEL_SECONDS = 1.0  # each task's least time on its GPU, unless a test makes the models slow
+SLOW_SECONDS = 60.0  # a slow model: the chaos lands while it runs, however loaded the machine
+STALE_SECONDS = 10  # AgentStaleSeconds (the template's 30: the tests would wait it out five times)
+HEARTBEAT_SECONDS = 2.0  # the agents' fleet heartbeat: five to a stale window, as the template's 5 s are six to 30 s
 QUARANTINE_AFTER = 3  # QuarantineAfterErrors (K)
 QUARANTINE_SECONDS = 20  # QuarantineSeconds: the first cool-down
+# The drain test's runs: longer than its eight submits before the SIGTERM, shorter than the agent's drain timeout (30 s).
+DRAINED_RUN_SECONDS = 15.0
+# The chaos run's: its 60 jobs keep the office's 10 slots busy past a normal job's wait bound (30 s), so the cloud
+# gets work too, and every agent the chaos hits is running tasks.
+CHAOS_RUN_SECONDS = 8.0
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     args = ["--api-port", "0", "--model-seconds", str(MODEL_SECONDS),
+            "--agent-heartbeat-seconds", str(HEARTBEAT_SECONDS),
+            "--parameter", f"AgentStaleSeconds={STALE_SECONDS}",
             "--parameter", f"QuarantineAfterErrors={QUARANTINE_AFTER}",
             "--parameter", f"QuarantineSeconds={QUARANTINE_SECONDS}"]
     with LaunchedStack(tmp_path_factory.mktemp("health"), args) as info:
         yield info
+
+
+@contextlib.contextmanager
+def slow_models(stack: StackInfo, seconds: float = SLOW_SECONDS) -> Iterator[None]:
+    """Every GPU's model runs `seconds` longer (a run reads its fault as it starts) until the block is left: the
+    jobs the block submits are still running when its chaos lands; their next attempts, after it, run fast."""
+    every_gpu = [g["gpu_id"] for g in stack.gpus]
+    stack.agents("slow", *every_gpu, seconds=seconds)
+    try:
+        yield
+    finally:
+        stack.agents("heal", *every_gpu)
 
 
 def first_attempt(api: httpx.Client, job_id: str, done: str, timeout: float = 30) -> dict:
@@ -88,9 +111,10 @@ def wait_for_full_vram(stack: StackInfo, gpu_id: str, timeout: float = 60.0) -> 
 def test_an_agent_killed_mid_task_costs_its_job_a_stale_window_and_gets_its_vram_back(
     stack: StackInfo, api: httpx.Client
 ) -> None:
-    job_id, gpu_id = running_job(api)
-    stack.agents("kill", gpu_id)
-    killed_at = time.time()
+    with slow_models(stack):
+        job_id, gpu_id = running_job(api)
+        stack.agents("kill", gpu_id)
+        killed_at = time.time()
     try:
         view = answered(api, [job_id], timeout=120)[job_id]
     finally:
@@ -112,8 +136,9 @@ def test_an_agent_killed_mid_task_costs_its_job_a_stale_window_and_gets_its_vram
 def test_an_agent_restarted_without_its_task_gives_the_lease_back_and_the_job_moves_on(
     stack: StackInfo, api: httpx.Client
 ) -> None:
-    job_id, gpu_id = running_job(api)
-    stack.agents("restart", gpu_id)  # a new process: it does not hold the task, and says so in its reports
+    with slow_models(stack):
+        job_id, gpu_id = running_job(api)
+        stack.agents("restart", gpu_id)  # a new process: it does not hold the task, and says so in its reports
     view = answered(api, [job_id], timeout=120)[job_id]
     assert view["status"] == "SUCCEEDED", view
     first = view["attempts"][0]
@@ -156,9 +181,10 @@ def test_a_gpu_that_fails_every_model_is_quarantined_gets_no_work_then_takes_one
 
 
 def test_an_agent_told_to_stop_mid_load_drains_and_every_job_is_answered(stack: StackInfo, api: httpx.Client) -> None:
-    jobs = [submit_room(api) for _ in range(8)]
-    gpu_id = first_attempt(api, jobs[0], "running_at")["gpu_id"]
-    stack.agents("term", gpu_id)  # SIGTERM: refuse new work, finish what runs (MODEL_SECONDS < its drain timeout)
+    with slow_models(stack, DRAINED_RUN_SECONDS):
+        jobs = [submit_room(api) for _ in range(8)]
+        gpu_id = first_attempt(api, jobs[0], "running_at")["gpu_id"]
+        stack.agents("term", gpu_id)  # SIGTERM: refuse new work, finish what runs
     try:
         wait_for_health(api, gpu_id, {"draining"}, timeout=10)
         views = answered(api, jobs, timeout=180)
@@ -179,16 +205,17 @@ def test_agents_killed_and_stopped_under_load_cost_no_job_and_leak_no_lease(
     each while it runs tasks. The GPUs left can serve them all: every job succeeds."""
     for gpu in api.get("/v1/fleet").raise_for_status().json()["gpus"]:
         back_to_healthy(api, gpu["gpu_id"])
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        jobs = list(pool.map(lambda _: submit_room(api), range(60)))
     chaos = {"local-1": "kill", "cloud-0": "kill", "local-3": "term"}
     try:
-        for gpu_id, action in chaos.items():  # the cloud gets work once office jobs wait past their bound
-            deadline = time.monotonic() + 90
-            while not gpu_view(api, gpu_id)["running"]:
-                assert time.monotonic() < deadline, f"{gpu_id} never ran a task"
-                time.sleep(0.2)
-            stack.agents(action, gpu_id)
+        with slow_models(stack, CHAOS_RUN_SECONDS):
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                jobs = list(pool.map(lambda _: submit_room(api), range(60)))
+            for gpu_id, action in chaos.items():  # the cloud gets work once office jobs wait past their bound
+                deadline = time.monotonic() + 90
+                while not gpu_view(api, gpu_id)["running"]:
+                    assert time.monotonic() < deadline, f"{gpu_id} never ran a task"
+                    time.sleep(0.2)
+                stack.agents(action, gpu_id)
         views = answered(api, jobs, timeout=420)
     finally:
         stack.agents("restart", *chaos)

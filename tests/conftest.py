@@ -173,24 +173,49 @@ def api(stack: Any) -> Iterator[Any]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Embedded-stack modules first (a stable sort: files keep their order): see pytest_xdist_make_scheduler."""
-    items.sort(key=lambda item: item.get_closest_marker("embedded") is None)
+    """Embedded-stack modules first, the timed ones first of all (a stable sort: files keep their order): see
+    pytest_xdist_make_scheduler."""
+    items.sort(key=lambda item: (item.get_closest_marker("embedded") is None, item.get_closest_marker("timed") is None))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """How `make test`'s two workers share the suite: a file runs whole on one worker (its module-scoped fixtures
-    set up once), and the files with embedded-stack tests run one after another on one worker, first: each stack
-    is seven agents, moto and a runtime, timed by real clocks, and two at once on two cores starve each other.
-    They mostly wait, so the other worker runs the CPU-bound rest beside them. (xdist's own `loadgroup` cannot
-    do this under pytest 9: the group it appends to a node id is lost.)"""
+    """How `make test`'s two workers share the suite. A file runs whole on one worker (its module-scoped fixtures set
+    up once). The first worker, the stack worker, runs the files with embedded-stack tests one after another, the
+    timed ones first; the other runs the CPU-bound rest beside it (a stack mostly waits on real clocks). Once the
+    rest is done, the other worker takes untimed embedded files from the back of the queue, but only once no timed
+    file is left or running: two stacks at once on two cores slow each other, which a test that times a real window
+    (a stale window, a spill bound, a latency) would feel; the others only take longer. When the embedded files are
+    all taken, the stack worker takes from the rest. (xdist's own `loadgroup` cannot do this under pytest 9: the
+    group it appends to a node id is lost.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     here = Path(__file__).parent
-    embedded = {f"{here.name}/{path.name}" for path in here.glob("test_*.py") if "mark.embedded" in path.read_text()}
+    marked = {f"{here.name}/{path.name}": path.read_text() for path in here.glob("test_*.py")}
+    embedded = {path for path, text in marked.items() if "mark.embedded" in text}
+    timed = {path for path in embedded if "mark.timed" in marked[path]}
 
-    class EmbeddedTogether(LoadScopeScheduling):
+    class StackWorker(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            path = nodeid.split("::")[0]
-            return "embedded" if path in embedded else path
+            return nodeid.split("::")[0]
 
-    return EmbeddedTogether(config, log)
+        def _assign_work_unit(self, node: Any) -> None:
+            stack_worker, queued = self.nodes[0], list(self.workqueue)
+            if node is stack_worker:  # the first file of the most wanted kind: timed, embedded, the rest
+                chosen = min(queued, key=lambda f: (f not in embedded, f not in timed))
+            else:
+                running = [f for f, done in self.assigned_work[stack_worker].items() if not all(done.values())]
+                may_share = not timed & {*queued, *running}
+                untimed = [f for f in queued if f in embedded and f not in timed and may_share]
+                chosen = next((f for f in queued if f not in embedded), untimed[-1] if untimed else None)
+                if chosen is None:
+                    return  # idle until the stack worker's timed files are over (see mark_test_complete)
+            self.workqueue.move_to_end(chosen, last=False)
+            super()._assign_work_unit(node)
+
+        def mark_test_complete(self, node: Any, item_index: int, duration: float = 0) -> None:
+            super().mark_test_complete(node, item_index, duration)
+            for other in self.nodes:  # an idle worker may take a file now
+                if other is not node:
+                    self._reschedule(other)
+
+    return StackWorker(config, log)

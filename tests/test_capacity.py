@@ -27,7 +27,7 @@ from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 import helpers
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.timed]
 
 MODEL_SECONDS = 2.5
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)

@@ -23,7 +23,7 @@ from spillway.client import ApiError, Client
 from spillway.rooms import render_room
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.timed]
 
 Drained = Callable[[], None]  # returns once the webhooks queue holds nothing: no event is on its way
 

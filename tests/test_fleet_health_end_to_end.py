@@ -27,7 +27,7 @@ from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 from helpers import answered, gpu_record, gpu_view, submit_room, wait_for_health
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.timed]
 
 MODEL_SECONDS = 1.0  # each task's least time on its GPU, unless a test makes the models slow
 SLOW_SECONDS = 60.0  # a slow model: the chaos lands while it runs, however loaded the machine
@@ -35,7 +35,8 @@ STALE_SECONDS = 10  # AgentStaleSeconds (the template's 30: the tests would wait
 HEARTBEAT_SECONDS = 2.0  # the agents' fleet heartbeat: five to a stale window, as the template's 5 s are six to 30 s
 QUARANTINE_AFTER = 3  # QuarantineAfterErrors (K)
 QUARANTINE_SECONDS = 20  # QuarantineSeconds: the first cool-down
-# The drain test's runs: longer than its eight submits before the SIGTERM, shorter than the agent's drain timeout (30 s).
+# The drain test's runs: longer than its eight submits before the SIGTERM, shorter than the agent's drain timeout
+# (30 s).
 DRAINED_RUN_SECONDS = 15.0
 # The chaos run's: its 60 jobs keep the office's 10 slots busy past a normal job's wait bound (30 s), so the cloud
 # gets work too, and every agent the chaos hits is running tasks.

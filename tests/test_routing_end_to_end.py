@@ -25,7 +25,7 @@ from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 from helpers import answered, wait_for_health
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.timed]
 
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 STALE_SECONDS = 30  # the template's AgentStaleSeconds

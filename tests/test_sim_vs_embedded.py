@@ -27,7 +27,7 @@ from spillway_sim.workload import Outage, SimJob, draw
 
 from helpers import answered
 
-pytestmark = pytest.mark.embedded
+pytestmark = [pytest.mark.embedded, pytest.mark.timed]
 
 VALIDATION = DEFAULT_SCENARIO.with_name("validation.toml")
 TIMEOUT = httpx.Timeout(10.0, connect=2.0)

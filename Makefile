@@ -9,11 +9,10 @@ TEST_WORKERS ?= 2
 
 .PHONY: demo dev test lint bench bench-routing bench-cost bench-faults simulate clean
 
-# pip installs only uv; uv installs the rest, several times faster than pip. The venv gets no pip of its own (the
-# system's installs uv into it): ensurepip took 10-15 s of a fresh clone's install, --without-pip 1 s.
+# pip installs only uv; uv installs the rest, several times faster than pip.
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv --without-pip $(VENV)
-	$(PYTHON) -m pip --python $(BIN)/python install --quiet --disable-pip-version-check uv
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet uv
 	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 

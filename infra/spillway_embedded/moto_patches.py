@@ -327,16 +327,13 @@ def _patch_dynamodb_validation() -> None:
         self.node_to_validate = _clone_tree(expression, Node)
         processors = self.get_ast_processors()
         key = (id(expression), frozenset((expression_attribute_names or {}).items()), tuple(table.table_key_attrs))
-        if key in passed:
-            processors = [p for p in processors if not isinstance(p, pure)]
-        else:
+        if key not in passed:
             for rule in (p for p in processors if isinstance(p, pure)):
                 self.node_to_validate = rule.traverse(self.node_to_validate)  # raises as moto's validate would
-            processors = [p for p in processors if not isinstance(p, pure)]
             passed[key] = expression
             if len(passed) > EXPRESSION_CACHE_SIZE:
                 passed.popitem(last=False)
-        self.processors = processors
+        self.processors = [p for p in processors if not isinstance(p, pure)]
 
     __init__.__spillway_patched__ = True  # type: ignore[attr-defined]
     validators.UpdateExpressionValidator.__init__ = __init__

@@ -54,11 +54,11 @@ class RateLimited(SpillwayError):
 
 @dataclass(frozen=True)
 class Standing:
-    """The tenant's item as read, and what a submit now would leave in its bucket."""
+    """The tenant's item as read, and what a submit now would leave in its bucket (its slots are judged by the
+    write's own condition)."""
 
     version: int | None  # None: no item yet
     tokens: float
-    in_flight: frozenset[str]
 
 
 class TenantLimits:
@@ -122,7 +122,7 @@ class TenantLimits:
             if len(in_flight) >= self._limits.jobs_in_flight:
                 raise RateLimited(f"{len(in_flight)} jobs in flight, the most this tenant may have: submit more "
                                   "when one ends", IN_FLIGHT_RETRY_AFTER)
-        return Standing(version=item.get("version"), tokens=tokens, in_flight=in_flight)
+        return Standing(version=item.get("version"), tokens=tokens)
 
     def release(self, tenant_id: str | None, *job_ids: str) -> None:
         """Give back the slots of these jobs; idempotent (a slot already given back stays given back)."""

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 from werkzeug.serving import make_server
 
 from spillway.catalog import SERVICES
-from spillway.client import STACK_FILE
+from spillway.client import STACK_FILE, Client
+from spillway.models import Enrollment
 from spillway_embedded.chaos import ChaosControl, ChaosRefused
 from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
 from spillway_embedded.fleet_file import DEFAULT_FLEET, FaasSettings, Fleet, GpuSpec, load_fleet
@@ -279,18 +279,14 @@ class EmbeddedStack:
         or the cloud provider's network; wired to the agent once it serves), and it reports through the other."""
         tunnel = Tunnel(listen=("127.0.0.1", 0), target=None)
         tunnel.start()
-        host, port = self.api_url.removeprefix("http://").rsplit(":", 1)
-        outbound = Tunnel(listen=("127.0.0.1", 0), target=(host, int(port)))
+        outbound = Tunnel(listen=("127.0.0.1", 0), target=("127.0.0.1", self.api_port))
         outbound.start()
         return tunnel, outbound
 
     def _enroll(self, spec: GpuSpec, url: str) -> str:
         """Enroll the GPU through the API, as `spillway fleet enroll` does; returns its agent's secret."""
-        response = httpx.put(f"{self.api_url}/v1/fleet/{spec.gpu_id}", timeout=10.0,
-                             json={"pool": spec.pool.value, "url": url, "vram_mb": spec.vram_mb},
-                             headers={"Authorization": f"Bearer {self.tenants.tokens[DEFAULT_TENANT]}"})
-        response.raise_for_status()
-        return str(response.json()["secret"])
+        with Client(self.api_url, self.tenants.tokens[DEFAULT_TENANT]) as api:
+            return api.enroll(spec.gpu_id, Enrollment(pool=spec.pool, url=url, vram_mb=spec.vram_mb)).secret
 
     def agent_secret(self, gpu_id: str) -> str:
         """The GPU's agent's secret (for tests that act as the control plane or as that agent)."""

@@ -69,17 +69,23 @@ def test_a_job_that_failed_over_from_the_office_to_the_cloud_lights_its_path(clo
     assert render(GRAPH, path, fmt="png").startswith(b"\x89PNG")
 
 
+def entered(name: str) -> dict:
+    """Events in GetExecutionHistory's shape, for synthetic histories."""
+    return {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": name}}
+
+
+def exited(name: str) -> dict:
+    return {"type": "TaskStateExited", "stateExitedEventDetails": {"name": name}}
+
+
+def scheduled(pool: str) -> dict:
+    return {"type": "TaskScheduled", "taskScheduledEventDetails": {
+        "parameters": json.dumps({"QueueUrl": f"https://sqs/{pool}", "MessageBody": {"pool": pool}})}}
+
+
 def test_a_bad_input_ends_in_red() -> None:
-    """A synthetic history in GetExecutionHistory's shape: a caught failure leaves its state with no Exited event."""
-    def entered(name: str) -> dict:
-        return {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": name}}
-
-    def exited(name: str) -> dict:
-        return {"type": "TaskStateExited", "stateExitedEventDetails": {"name": name}}
-
-    scheduled = {"type": "TaskScheduled", "taskScheduledEventDetails": {
-        "parameters": json.dumps({"QueueUrl": "https://sqs/local", "MessageBody": {"pool": "local"}})}}
-    events = [{"type": "ExecutionStarted"}, entered("RunAttempt"), scheduled,
+    """A synthetic history: a caught failure leaves its state with no Exited event."""
+    events = [{"type": "ExecutionStarted"}, entered("RunAttempt"), scheduled("local"),
               {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Spillway.BadInput"}},
               entered("AttemptFailed"), exited("AttemptFailed"), entered("CloseAttempt"), exited("CloseAttempt"),
               entered("Route"), exited("Route"), entered("Routed"), exited("Routed"), entered("JobFailed"),
@@ -99,13 +105,6 @@ def test_a_spill_reads_as_a_spill_not_a_failure() -> None:
                              if catch["Next"] == "AttemptSpilled" for error in catch["ErrorEquals"]}
     assert spilled_by_definition == {kind.state_machine_error for kind in ErrorType if kind.spills}
 
-    def entered(name: str) -> dict:
-        return {"type": "TaskStateEntered", "stateEnteredEventDetails": {"name": name}}
-
-    def scheduled(pool: str) -> dict:
-        return {"type": "TaskScheduled", "taskScheduledEventDetails": {
-            "parameters": json.dumps({"QueueUrl": f"https://sqs/{pool}", "MessageBody": {"pool": pool}})}}
-
     events = [{"type": "ExecutionStarted"}, entered("RunAttempt"), scheduled("local"),
               {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Spillway.WaitExpired"}},
               entered("AttemptSpilled"), entered("CloseAttempt"), entered("Route"), entered("Routed"),
@@ -113,7 +112,6 @@ def test_a_spill_reads_as_a_spill_not_a_failure() -> None:
               {"type": "TaskFailed", "taskFailedEventDetails": {"error": "Spillway.GpuUnreachable"}},
               entered("AttemptFailed"), entered("CloseAttempt"), entered("Route"), entered("Routed"),
               entered("RunAttempt"), scheduled("cloud"), {"type": "TaskSucceeded"},
-              {"type": "TaskStateExited", "stateExitedEventDetails": {"name": "RunAttempt"}},
-              {"type": "ExecutionSucceeded"}]
+              exited("RunAttempt"), {"type": "ExecutionSucceeded"}]
     assert path_of(events, GRAPH.types).attempts["RunAttempt"] == [
         "local ↷ WaitExpired", "cloud ✗ GpuUnreachable", "cloud ✓"]

@@ -35,12 +35,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         yield info
 
 
-@pytest.fixture
-def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with stack.api_client(TIMEOUT) as client:
-        yield client
-
-
 def submit(api: httpx.Client, image: bytes, service: str = "remove_furniture") -> str:
     response = api.post("/v1/jobs", json={"service": service, "input_key": upload(api, image)})
     assert response.status_code == 202, response.text

@@ -38,12 +38,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
         yield info
 
 
-@pytest.fixture
-def api(stack: StackInfo) -> Iterator[httpx.Client]:
-    with stack.api_client(TIMEOUT) as client:
-        yield client
-
-
 def stored_at_a_ticket(stack: StackInfo, api: httpx.Client, data: bytes) -> str:
     """An upload ticket's key with these bytes at it, written straight to the bucket: what any writer
     holding the ticket (a bug, an attacker, an old client) could leave there."""

@@ -66,17 +66,16 @@ def stack(folder: Path) -> Iterator[StackInfo]:
 
 
 @pytest.fixture(scope="module")
-def failed_over(stack: StackInfo) -> str:
+def failed_over(stack: StackInfo, api: httpx.Client) -> str:
     """A job whose office attempt failed (the office link cut) and that succeeded in the cloud."""
-    with stack.api_client(httpx.Timeout(10.0, connect=2.0)) as api:
-        key = upload(api, render_room(7, 320, 240))
-        stack.cut_tunnels(pool="local")
-        try:
-            job_id = api.post("/v1/jobs", json={"service": "remove_furniture", "input_key": key}
-                              ).raise_for_status().json()["job_id"]
-            view = answered(api, [job_id])[job_id]
-        finally:
-            stack.restore_tunnels()
+    key = upload(api, render_room(7, 320, 240))
+    stack.cut_tunnels(pool="local")
+    try:
+        job_id = api.post("/v1/jobs", json={"service": "remove_furniture", "input_key": key}
+                          ).raise_for_status().json()["job_id"]
+        view = answered(api, [job_id])[job_id]
+    finally:
+        stack.restore_tunnels()
     assert [(a["pool"], a["outcome"]) for a in view["attempts"]] == [("local", "failed"), ("cloud", "succeeded")]
     return job_id
 

@@ -40,17 +40,10 @@ def notices(cloud: Cloud) -> list[str]:
     return [WebhookNotice.model_validate(m).job_id for m in cloud.queue_messages("WebhookQueue")]
 
 
-def with_webhook(cloud: Cloud, job_id: str) -> None:
-    aws.table(cloud.settings.jobs_table).update_item(
-        Key={"job_id": job_id}, UpdateExpression="SET webhook_url = :url",
-        ExpressionAttributeValues={":url": "https://hooks.example.com/spillway"})
-
-
 def test_a_running_job_is_cancelled_its_execution_stopped_and_its_webhook_queued_once(cloud: Cloud) -> None:
-    job = submitted_job(cloud)
-    with_webhook(cloud, job.job_id)
+    job = submitted_job(cloud, webhook_url="https://hooks.example.com/spillway")
     admit(job)
-    next_task(cloud, "LocalQueue")  # the execution waits in TryLocal
+    next_task(cloud, "LocalQueue")  # the execution waits in RunAttempt
 
     status, view = call("POST", f"/v1/jobs/{job.job_id}/cancel", {"reason": "a typo in the order"})
     assert status == 200, view

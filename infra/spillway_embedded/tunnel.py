@@ -109,11 +109,11 @@ class Tunnel:
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
     def _connect(self, client: socket.socket) -> None:
-        self._hold_while_silent()  # the handshake's answer "vanished": the caller waits for its timeout
+        # The handshake's answer "vanished" while silent: the caller waits for its timeout.
+        passes = self._pass_when_open()
         with self._state:
-            refused = self._stopping.is_set() or self._cut is not None or self.target is None
             broken, target = self._broken, self.target
-        if refused or target is None:
+        if not passes or target is None:
             self._drop(client)
             return
         if broken:
@@ -145,7 +145,8 @@ class Tunnel:
             while chunk := source.recv(65536):
                 if self._latency:
                     time.sleep(self._latency)
-                self._hold_while_silent()
+                if not self._pass_when_open():  # refused meanwhile: what the silent link held is lost
+                    raise ConnectionResetError("the link was cut")
                 sink.sendall(chunk)
             sink.shutdown(socket.SHUT_WR)
         except OSError:
@@ -155,9 +156,13 @@ class Tunnel:
             with contextlib.suppress(OSError):
                 source.close()
 
-    def _hold_while_silent(self) -> None:
+    def _pass_when_open(self) -> bool:
+        """Hold what crosses the link while it is silent; then whether it may pass: not if the cut turned
+        refused or the tunnel is stopping (checked as the hold ends, so a held chunk never slips through
+        between a refused cut's switch and its resets)."""
         with self._state:
             self._state.wait_for(lambda: self._cut is not CutMode.SILENT or self._stopping.is_set())
+            return self._cut is None and not self._stopping.is_set()
 
     def _forget(self, sock: socket.socket) -> None:
         with self._lock:

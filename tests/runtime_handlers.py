@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 events: list[dict[str, Any]] = []
 answer: Any = None  # what the next invocation returns; an Exception is raised
+# Invocations the test needs under way at once say so here, mid-invocation, and wait to be let go.
+under_way = threading.Semaphore(0)
+let_go = threading.Event()
 
 
 def handler(event: dict[str, Any], context: Any) -> Any:

@@ -134,7 +134,7 @@ def test_a_function_busy_for_longer_than_a_caller_waits_is_throttled_with_a_429(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """As API Gateway answers when Lambda throttles: requests do not queue behind a busy function
-    without bound (offline, each function runs one invocation at a time)."""
+    without bound (here the function has one container)."""
     monkeypatch.setattr(runtime, "THROTTLE_AFTER_S", 0.2)
     busy = invoker()
     http = Client(HttpApi(Stack(name="t", region=REGION, functions={"Recorder": FUNCTION},
@@ -337,3 +337,46 @@ def test_only_shared_powertools_state_is_copied_per_function(monkeypatch: pytest
         return len(function_state._COPIES.get())
 
     assert context.run(emit_many) == 0
+
+
+# ---------------------------------------------------------------- one function, many containers
+
+
+def test_a_function_scales_out_to_containers_of_its_own_and_reuses_the_warm_ones() -> None:
+    """Two invocations of one function at once run in two containers, each with its own copy of the handler's
+    module: the resolver's context the one appended its caller to is not the other's, as on Lambda."""
+    import container_handlers as imported
+
+    from helpers import http_event
+
+    function = Function(logical_id="Agents", name="stack-agents", arn=f"{FUNCTION.arn}-agents",
+                        handler="container_handlers.handler", timeout=30, memory_mb=128, environment={})
+    agents = Invoker(function, REGION, "123456789012", concurrency=2)
+    runtime_handlers.let_go.clear()
+
+    def whoami(caller: str, pause: bool = False, wait: float | None = None) -> dict[str, Any]:
+        headers = {"x-caller": caller, **({"x-pause": "1"} if pause else {})}
+        return json.loads(agents(http_event("GET", "/whoami", headers=headers, principal=None), wait=wait)["body"])
+
+    answers: dict[str, Any] = {}
+    calls = [threading.Thread(target=lambda c=caller: answers.update({c: whoami(c, pause=True)}))
+             for caller in ("gpu-1", "gpu-2")]
+    for call in calls:
+        call.start()
+    try:
+        for _ in calls:
+            assert runtime_handlers.under_way.acquire(timeout=10), "both invocations under way at once"
+        with pytest.raises(runtime.Throttled):
+            whoami("gpu-3", wait=0.1)  # both containers busy: the function's concurrency is used up
+    finally:
+        runtime_handlers.let_go.set()
+        for call in calls:
+            call.join(10)
+
+    assert answers["gpu-1"]["caller"] == "gpu-1" and answers["gpu-2"]["caller"] == "gpu-2"
+    modules = {answer["module"] for answer in answers.values()}
+    assert len(modules) == 2 and id(vars(imported)) in modules, "the first container runs the imported module"
+    assert all(answer["imports"] == 1 for answer in answers.values()), "each executed its own once"
+    assert {whoami(f"gpu-{n}")["module"] for n in range(4)} <= modules, "the warm containers serve next"
+    assert agents.containers == 2 and agents.invocations == 6
+    assert agents.wait_idle(timeout=1)

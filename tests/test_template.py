@@ -128,3 +128,13 @@ import spillway.handlers.timers, spillway.handlers.sweeper
     declared = {dep.split("[")[0].split(">")[0].strip() for dep in
                 tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     assert required == declared - {"boto3"}, "functions/requirements.txt and pyproject.toml disagree"
+
+
+def test_a_functions_reserved_concurrency_bounds_its_containers_offline() -> None:
+    def function(**properties: Any) -> dict[str, Any]:
+        return {"Type": "AWS::Lambda::Function", "Properties": {"Handler": "runtime_handlers.handler", **properties}}
+
+    stack = provision({"Resources": {"Reserved": function(ReservedConcurrentExecutions=2), "Unreserved": function()}},
+                      endpoint_url=None)
+    assert stack.functions["Reserved"].reserved_concurrency == 2
+    assert stack.functions["Unreserved"].reserved_concurrency is None

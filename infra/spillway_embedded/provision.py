@@ -33,6 +33,7 @@ class Function:
     timeout: int
     memory_mb: int
     environment: dict[str, str]
+    reserved_concurrency: int | None = None  # ReservedConcurrentExecutions: at most this many at once
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,8 @@ def _function(p: Provisioner, logical: str, props: dict[str, Any]) -> None:
     p.stack.functions[logical] = Function(
         logical_id=logical, name=name, arn=arn, handler=props["Handler"], timeout=int(props.get("Timeout", 3)),
         memory_mb=int(props.get("MemorySize", 128)), environment=environment,
+        reserved_concurrency=int(props["ReservedConcurrentExecutions"]) if "ReservedConcurrentExecutions" in props
+        else None,
     )
     p.created(logical, name, Arn=arn)
 

@@ -9,10 +9,11 @@
 - Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`) is served on a port of its own,
   for the `lambda:invoke` Tasks of the state machines (moto's interpreter is pointed at it).
 
-Each function runs one invocation at a time (like reserved concurrency 1): Powertools keeps
-per-invocation state in module globals, which is safe in Lambda's one-event-per-container model
-and must stay safe here. Different functions run concurrently, each in a context of its own in which
-that state (log keys, metrics) is its own (see `function_state`), as if in its own container.
+Each function runs on warm containers, up to its concurrency (the template's reserved concurrency, else
+the runtime's `CONCURRENCY`), each one invocation at a time as on Lambda: Powertools keeps
+per-invocation state in module globals, which is safe in Lambda's one-event-per-container model and
+must stay safe here. So each container has its own copy of the handler's module and a context of its
+own in which Powertools' shared state (log keys, metrics) is its own (see `Container`, `function_state`).
 
 IAM auth on routes is played by a bearer token (see `tenants`): the token's principal is put in the
 request context as API Gateway's IAM authorizer would, no or an unknown token is a 403. Not emulated
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -35,6 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 
 import boto3
@@ -51,6 +54,10 @@ log = logging.getLogger("embedded.runtime")  # not under Powertools' "spillway" 
 Handler = Callable[[dict[str, Any], Any], Any]
 # A request that waits this long for its function (busy with earlier ones) is throttled (429).
 THROTTLE_AFTER_S = 10.0
+# Containers per function at most, where the template reserves none: enough that one function's
+# invocations, mostly waiting on AWS calls, overlap (an agents' burst of reports), few enough that the
+# threads of one process do not just queue for its GIL.
+CONCURRENCY = 4
 
 
 @dataclass
@@ -78,47 +85,94 @@ class LambdaContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
-class Invoker:
-    """One function's handler, invoked one event at a time."""
+class Container:
+    """One warm instance of a function: its handler, from a module of its own, and its own context.
 
-    def __init__(self, function: Function, region: str, account_id: str):
+    The first container runs the handler module the process imported (a test that sets something on it
+    reaches it); each further one executes the module afresh, as a new Lambda container imports it, so
+    what the module holds for one invocation at a time (a resolver's context, a batch processor's records,
+    a Logger's keys) is never shared by two invocations under way. What it imports is the process's:
+    the domain objects, thread-safe, that different functions already share.
+    """
+
+    def __init__(self, handler_path: str, first: bool):
+        module_name, _, attribute = handler_path.rpartition(".")
+        self.context = function_context()
+        module = importlib.import_module(module_name) if first else self.context.run(_fresh_module, module_name)
+        self.handler: Handler = getattr(module, attribute)
+
+    def run(self, event: dict[str, Any], context: LambdaContext) -> Any:
+        return self.context.run(self.handler, event, context)
+
+
+def _fresh_module(name: str) -> ModuleType:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"no module {name}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Invoker:
+    """One function's handler, invoked on up to `concurrency` warm containers at once (Lambda's reserved
+    concurrency), each running one event at a time; a container is made when all are busy, as Lambda
+    scales out, and the warmest idle one serves next."""
+
+    def __init__(self, function: Function, region: str, account_id: str, concurrency: int = 1):
         self.function = function
+        self.concurrency = concurrency
         self._region = region
         self._account_id = account_id
-        module_name, _, attribute = function.handler.rpartition(".")
-        self._handler: Handler = getattr(importlib.import_module(module_name), attribute)
-        self._context = function_context()  # entered by one invocation at a time: under _lock
-        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(concurrency)  # one per container that may run
+        self._lock = threading.Lock()  # guards the idle list and the counters
+        self._idle: list[Container] = [Container(function.handler, first=True)]
+        self.containers = 1
         # What Lambda bills: invocations and their durations (read by the cost model, aws_cost.py).
         self.invocations = 0
         self.seconds = 0.0
 
     def wait_idle(self, timeout: float) -> bool:
-        """Wait for an invocation under way to end; False if it did not within `timeout`."""
-        if not self._lock.acquire(timeout=timeout):
-            return False
-        self._lock.release()
-        return True
+        """Wait for the invocations under way to end; False if they did not within `timeout`."""
+        deadline = time.monotonic() + timeout
+        taken = 0
+        try:
+            while taken < self.concurrency and self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                taken += 1
+            return taken == self.concurrency
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
     def __call__(self, event: dict[str, Any], wait: float | None = None) -> Any:
-        """Invoke once the function is free; with `wait`, raise Throttled if it is not free by then
-        (as Lambda throttles a function whose concurrency is used up)."""
-        if not self._lock.acquire(timeout=-1 if wait is None else wait):
+        """Invoke once a container is free or may be made; with `wait`, raise Throttled if none is by
+        then (as Lambda throttles a function whose concurrency is used up)."""
+        if not self._slots.acquire(timeout=wait):
             raise Throttled(self.function.logical_id)
         try:
+            container = self._take()
             context = LambdaContext(self.function, self._region, self._account_id)
             started = time.monotonic()
             try:
-                return self._context.run(self._handler, event, context)
+                return container.run(event, context)
             finally:
                 elapsed = time.monotonic() - started
-                self.invocations += 1  # under _lock
-                self.seconds += elapsed
+                with self._lock:
+                    self._idle.append(container)
+                    self.invocations += 1
+                    self.seconds += elapsed
                 if elapsed > self.function.timeout:
                     log.warning("%s ran %.1fs, over its %ss timeout; Lambda would have stopped it",
                                 self.function.logical_id, elapsed, self.function.timeout)
         finally:
-            self._lock.release()
+            self._slots.release()
+
+    def _take(self) -> Container:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()  # the one that ran last: warm
+            self.containers += 1
+        return Container(self.function.handler, first=False)
 
 
 class Throttled(Exception):
@@ -488,8 +542,9 @@ class Scheduler:
 
 class Runtime:
     def __init__(self, stack: Stack, *, endpoint_url: str, region: str, tenants: Tenants, api_port: Listen = 0,
-                 lambda_port: Listen = 0, host: str = "127.0.0.1"):
+                 lambda_port: Listen = 0, host: str = "127.0.0.1", concurrency: int = CONCURRENCY):
         self._stack = stack
+        self._concurrency = concurrency
         self._tenants = tenants
         self._lambda_port = lambda_port
         self._endpoint_url = endpoint_url
@@ -508,7 +563,8 @@ class Runtime:
         """What this runtime has served so far, as AWS would bill it: per function its invocations, seconds
         and memory; the HTTP API's requests; the event source mappings' receives that brought messages."""
         return {
-            "lambda": {name: {"invocations": i.invocations, "seconds": i.seconds, "memory_mb": i.function.memory_mb}
+            "lambda": {name: {"invocations": i.invocations, "seconds": i.seconds, "memory_mb": i.function.memory_mb,
+                              "containers": i.containers}
                        for name, i in self.invokers.items()},
             "api_requests": self._http_api.requests if self._http_api else 0,
             "sqs_deliveries": sum(p.deliveries for p in self._pollers),
@@ -533,7 +589,8 @@ class Runtime:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
         account = self._stack.account_id
-        self.invokers = {name: Invoker(f, self._region, account) for name, f in self._stack.functions.items()}
+        self.invokers = {name: Invoker(f, self._region, account, f.reserved_concurrency or self._concurrency)
+                         for name, f in self._stack.functions.items()}
 
         api_id = next((v for (_, name), v in self._stack.attributes.items() if name == "ApiId"), "local")
         self._http_api = HttpApi(self._stack, self.invokers, api_id, self._tenants)

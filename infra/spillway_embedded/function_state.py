@@ -15,8 +15,9 @@ their invocations overlapped. On resolvers it is read from a context variable in
 `function_context`), it is that function's own copy, taken from the process's value when first
 touched; outside any (a test calling a handler directly) it is the process's, as before. The runtime
 gives each of a function's containers a context of its own, entered by one invocation at a time, as
-Lambda runs a container. Only the shared objects are copied (a formatter's keys, Metrics' class-level sets), never the state of an
-object of one invocation (a `single_metric`'s provider): the copies stay few.
+Lambda runs a container. Only the shared objects are copied (a formatter's keys, Metrics' class-level
+sets), never the state of an object of one invocation (a `single_metric`'s provider): the copies stay
+few.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Modes:
     steady  --steady-rate jobs/s for --steady-seconds on a monotonic schedule (uploads done before).
 
 Polling is deliberately gentle (round-robin, --poll-batch GETs per round, two at a time): the API
-function serves one invocation at a time and everything shares two or so CPUs, so a heavy poller
+function's few containers and everything else share two or so CPUs, so a heavy poller
 would slow down what it measures.
 """
 

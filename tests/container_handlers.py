@@ -1,5 +1,6 @@
-"""An HTTP function written as Spillway's agent routes are (a middleware appends the caller to the resolver's
-context, a route reads it back), for the runtime test that runs two of its invocations at once."""
+"""Handlers for the runtime tests that run two invocations of one function at once, in two containers (each
+with its own copy of this module): an HTTP function written as Spillway's agent routes are (a middleware
+appends the caller to the resolver's context, a route reads it back), and `runtime_handlers`' recorder."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def whoami() -> dict[str, Any]:
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return app.resolve(event, context)
+
+
+def recorder(event: dict[str, Any], context: Any) -> Any:
+    """The recorder's, whichever container runs it: what it records, and answers, is the test's."""
+    return runtime_handlers.handler(event, context)

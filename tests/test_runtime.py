@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import threading
 from collections.abc import Iterator
@@ -180,8 +181,8 @@ def sqs() -> Iterator[Any]:
         yield boto3.client("sqs", region_name=REGION)
 
 
-def queue_source(sqs: Any, batch_size: int, report_failures: bool = True) -> QueueSource:
-    url = sqs.create_queue(QueueName="work", Attributes={"VisibilityTimeout": "0"})["QueueUrl"]
+def queue_source(sqs: Any, batch_size: int, report_failures: bool = True, visibility_s: int = 0) -> QueueSource:
+    url = sqs.create_queue(QueueName="work", Attributes={"VisibilityTimeout": str(visibility_s)})["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     return QueueSource(function="Recorder", queue_arn=arn, queue_url=url, batch_size=batch_size,
                        report_batch_item_failures=report_failures, batching_window_s=0, enabled=True)
@@ -258,6 +259,34 @@ def test_a_raising_handler_deletes_nothing(sqs: Any) -> None:
     runtime_handlers.answer = RuntimeError("crashed")
     poll(sqs, source)
     assert remaining(sqs, source) == ["a", "b"]
+
+
+def test_a_backlog_is_handled_in_as_many_batches_at_once_as_the_function_has_containers(sqs: Any) -> None:
+    source = queue_source(sqs, batch_size=1, visibility_s=30)
+    send(sqs, source, "a", "b", "c")
+    runtime_handlers.let_go.clear()
+    runtime_handlers.answer = lambda event: (runtime_handlers.under_way.release(), runtime_handlers.let_go.wait(10),
+                                             {"batchItemFailures": []})[-1]
+    recorder = dataclasses.replace(FUNCTION, handler="container_handlers.recorder")
+    poller = QueuePoller(source, Invoker(recorder, REGION, "123456789012", concurrency=2), sqs, REGION,
+                         wait_seconds=0)
+    stopping = threading.Event()
+    polling = threading.Thread(target=poller.run, args=(stopping,), daemon=True)
+    polling.start()
+    try:
+        for _ in range(2):
+            assert runtime_handlers.under_way.acquire(timeout=10), "two batches under way at once"
+        visible = sqs.get_queue_attributes(QueueUrl=source.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+        assert visible["Attributes"]["ApproximateNumberOfMessages"] == "1", "the third waits for a container"
+        runtime_handlers.let_go.set()
+        assert runtime_handlers.under_way.acquire(timeout=10), "then the third"
+    finally:
+        runtime_handlers.let_go.set()
+        stopping.set()
+        polling.join(15)  # stopping, it lets the batches under way end
+    assert not polling.is_alive()
+    assert sorted(e["event"]["Records"][0]["body"] for e in runtime_handlers.events) == ["a", "b", "c"]
+    assert remaining(sqs, source) == [], "each deleted once handled"
 
 
 # ---------------------------------------------------------------- schedules

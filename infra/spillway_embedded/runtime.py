@@ -400,7 +400,13 @@ def _response(result: Any) -> Response:
 
 
 class QueuePoller:
-    """An SQS event source mapping: receive a batch, invoke, delete what succeeded."""
+    """An SQS event source mapping: receive a batch, invoke, delete what succeeded.
+
+    As Lambda's pollers do, it keeps receiving while earlier batches are being handled, up to the
+    function's concurrency in batches at once: a backlog drains into the function's containers, not
+    through one batch at a time (which would also make the queue's order the order work is taken in).
+    One thread receives, so two receives never race on one queue.
+    """
 
     MAX_PER_RECEIVE = 10
 
@@ -413,14 +419,34 @@ class QueuePoller:
         self.deliveries = 0  # receives that brought messages: what an event source mapping bills per message
 
     def run(self, stopping: threading.Event) -> None:
+        handling = threading.BoundedSemaphore(self._invoke.concurrency)  # batches received and not yet done
         while not stopping.is_set():
+            if not handling.acquire(timeout=1):
+                continue
             try:
-                self.poll_once(stopping)
+                batch = self._receive_batch(stopping)
             except Exception:
+                handling.release()
                 if stopping.is_set():
                     return  # moto is going away under us
                 log.error("poller for %s: %s", self._source.queue_arn, traceback.format_exc())
                 stopping.wait(1)
+                continue
+            if not batch:
+                handling.release()
+                continue
+            threading.Thread(target=self._process_then_release, args=(batch, handling), daemon=True,
+                             name=f"{threading.current_thread().name}-batch").start()
+        for _ in range(self._invoke.concurrency):  # stopped: the batches under way end first
+            handling.acquire(timeout=10)
+
+    def _process_then_release(self, batch: list[dict[str, Any]], handling: threading.BoundedSemaphore) -> None:
+        try:
+            self._process(batch)
+        except Exception:  # deleting failed (moto going away): the messages come back after their timeout
+            log.error("poller for %s: %s", self._source.queue_arn, traceback.format_exc())
+        finally:
+            handling.release()
 
     def poll_once(self, stopping: threading.Event) -> int:
         """Receive one batch and invoke with it; the number of messages it held."""

@@ -9,7 +9,14 @@ import pytest
 
 from spillway import aws
 from spillway.jobs import JobRecord, JobStore
-from spillway.limits import IN_FLIGHT_RETRY_AFTER, RateLimited, TenantLimits, TenantLimitSettings
+from spillway.limits import (
+    IN_FLIGHT_RETRY_AFTER,
+    RACE_BACKOFF_S,
+    RACE_RETRIES,
+    RateLimited,
+    TenantLimits,
+    TenantLimitSettings,
+)
 from spillway.reconcile import Reconciler
 
 from conftest import Cloud
@@ -118,3 +125,42 @@ def test_two_submits_racing_for_the_last_token_cannot_both_take_it(cloud: Cloud)
     with pytest.raises(RateLimited, match="submits per second"):
         bucket.create_within_limits(TENANT, job(2)["job_id"], job(2), second)
     assert jobs_written(cloud) == 2
+
+
+class Contended:
+    """The DynamoDB client, with another submit of the tenant landing just before each of its first `losses`
+    transactions, as when a burst of one tenant's submits runs on many API containers at once."""
+
+    def __init__(self, ddb: Any, rival: TenantLimits, losses: int):
+        self._ddb, self._rival, self.losses = ddb, rival, losses
+
+    def transact_write_items(self, **request: Any) -> Any:
+        if self.losses:
+            self.losses -= 1
+            submit(self._rival, 100 + self.losses)
+        return self._ddb.transact_write_items(**request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ddb, name)
+
+
+def contended(cloud: Cloud, clock: Clock, losses: int, pause: Any) -> TenantLimits:
+    """A tenant's limits whose first `losses` transactions each lose the race to another submit."""
+    ddb = Contended(aws.client("dynamodb"), limits(cloud, clock), losses)
+    return TenantLimits(aws.table(cloud.settings.tenants_table), ddb, cloud.settings.jobs_table,
+                        TenantLimitSettings(submits_per_second=100.0, submit_burst=100, jobs_in_flight=100),
+                        clock=clock, pause=pause)
+
+
+def test_a_submit_that_keeps_losing_its_tenants_race_backs_off_and_gets_in(cloud: Cloud) -> None:
+    pauses: list[float] = []
+    submit(contended(cloud, Clock(1000.0), RACE_RETRIES - 1, pauses.append), 0)  # read again, decided again, won
+    assert job(0)["job_id"] in in_flight(cloud) and jobs_written(cloud) == RACE_RETRIES
+    assert len(pauses) == RACE_RETRIES - 1
+    assert all(0 <= pause <= RACE_BACKOFF_S * 2 ** (n + 1) for n, pause in enumerate(pauses)), "doubling, jittered"
+
+
+def test_a_submit_that_loses_every_race_is_told_to_retry_shortly(cloud: Cloud) -> None:
+    with pytest.raises(RateLimited, match="at once") as refused:
+        submit(contended(cloud, Clock(1000.0), RACE_RETRIES, lambda seconds: None), 0)
+    assert refused.value.retry_after == 1 and job(0)["job_id"] not in in_flight(cloud)

@@ -103,14 +103,17 @@ def test_one_office_gpu_cut_runs_jobs_on_the_other_office_gpus_and_none_on_the_c
     assert {a["gpu_id"] for a in attempts if a["outcome"] == "succeeded"} <= {f"local-{i}" for i in range(1, 5)}
     failed = [a for a in attempts if a["outcome"] == "failed"]
     assert all((a["gpu_id"], a["error"]) == ("local-0", "Spillway.GpuUnreachable") for a in failed)
-    # local-0 is the best fit of an idle office (the least VRAM): the first job tries it, and after that one
-    # failed push it is suspect: the next jobs skip it.
-    assert len(failed) == 1, failed
+    # local-0 is the best fit of an idle office (the least VRAM): the first jobs try it (the dispatchers run at
+    # once, as Lambda's do: more than one may lease it before the first push fails; it has two slots), and after
+    # that failed push it is suspect: no job is sent there again.
+    assert 1 <= len(failed) <= 2, failed
     if mode == "silent":
-        assert "Timeout" in failed[0]["reason"], "the push waited for its read timeout: nothing answered"
+        assert all("Timeout" in a["reason"] for a in failed), "the push waited for its read timeout: nothing answered"
     local_0 = wait_for_health(api, "local-0", {"healthy", "probation"}, timeout=30)  # its health says so
     cut = next(e for e in reversed(local_0["events"]) if e["to"] == "suspect")
     assert cut["from"] == "healthy" and cut["reason"].startswith("a push could not reach it"), cut
+    suspect_at = datetime.fromisoformat(cut["at"])
+    assert all(datetime.fromisoformat(a["assigned_at"]) <= suspect_at for a in failed), "none leased to it since"
     back = local_0["events"][-1]  # a probe through the mended link brought it back
     assert (back["from"], back["to"]) in (("suspect", "healthy"), ("down", "probation")), local_0["events"]
 

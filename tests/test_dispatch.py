@@ -293,3 +293,23 @@ def test_a_batch_enters_the_room_together_and_starts_in_the_rooms_order(
     # Both arrived at the same instant: their ids break the tie.
     assert sorted(e.task_id for e in fleet.waiting_room.front(Pool.LOCAL)) == sorted(task_id_for(t.job_id, 1)
                                                                                      for t in lows)
+
+
+def test_a_lone_arrival_whose_gpu_another_dispatcher_took_meanwhile_goes_to_the_next_that_fits(
+    cloud: Cloud, fleet: Fleet, dispatcher: Dispatcher, agents: FakeAgents, clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet.heartbeat(beat("local-0", vram_mb=6000, slots=1), now=NOW)
+    fleet.heartbeat(beat("local-1", vram_mb=16000, slots=1), now=NOW)
+    seen_before = fleet.available(Pool.LOCAL, NOW, cloud.settings.agent_stale_seconds)
+    other = dispatcher_for(cloud.settings, agents.client(), clock=clock)
+    first = queued(cloud, job=1)
+    assert other.enqueue(first) == {task_id_for(first.job_id, 1): "pushed"}
+    assert fleet.task(task_id_for(first.job_id, 1)).gpu_id == "local-0", "the best fit"
+    # This dispatcher read the fleet before the other's lease: local-0, the best fit, still looks free to it.
+    monkeypatch.setattr(dispatcher._fleet, "available", lambda *args, **kwargs: seen_before)
+    second = queued(cloud, job=2)
+    assert dispatcher.enqueue(second) == {task_id_for(second.job_id, 1): "pushed"}
+    assert fleet.task(task_id_for(second.job_id, 1)).gpu_id == "local-1"
+    assert sorted((g.gpu_id, g.running) for g in fleet.gpus(Pool.LOCAL)) == [("local-0", 1), ("local-1", 1)]
+    assert fleet.waiting_room.depth(Pool.LOCAL) == 0

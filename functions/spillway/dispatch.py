@@ -142,24 +142,21 @@ class Dispatcher:
     def _start_at_once(self, task: Task, now: float, shunned: set[str]) -> str | None:
         """Nobody waits in its room: lease the best-fitting free GPU for the new task in one transaction
         (the task written leased, the slot, the job's note), without entering the room and being assigned
-        out of it (half the write units), and push it. None: someone waits, no GPU fits now, or the task
-        exists already (a redelivery): the room's way then."""
-        if next(self._room.front(task.pool, page=1), None) is not None:
+        out of it (half the write units), and push it. None: someone waits, no GPU fits now, or the lease was
+        refused (a redelivery, its attempt moved on): the room's way then."""
+        if not self._room_empty(task.pool):
             return None
-        for gpu in placement.best_fit(task.waiting_entry(), self._available(task.pool, now)):
-            try:
-                leased = self._fleet.lease_new(task, gpu, now)
-            except Refused as refused:
-                if refused.reason == GPU_TAKEN:  # another dispatcher got there first: the next that fits
-                    continue
-                return None
-            logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id, waited_ms=0)
-            self._timers.set(self._liveness_timer(leased, now, gpu), now)  # from its agent's last beat
-            outcome = self._push(leased)
-            if outcome != "pushed":
-                shunned.add(gpu.gpu_id)
-            return outcome
-        return None
+        view = self._free_gpus(task.pool, now, shunned)
+        try:
+            leased = self._lease(task.waiting_entry(), view, now, lambda gpu: self._fleet.lease_new(task, gpu, now))
+        except Refused:
+            return None
+        if leased is None:
+            return None
+        outcome = self._push(leased)
+        if outcome != "pushed":
+            shunned.add(leased.gpu_id or "")
+        return outcome
 
     def _hold_to_wait_bound(self, task: Task, now: float) -> None:
         self._timers.set(Timer(kind=TimerKind.WAIT_EXPIRY, task_id=task.task_id, due_at=task.wait_until), now)
@@ -234,6 +231,9 @@ class Dispatcher:
     def _free_gpus(self, pool: Pool, now: float, excluded: set[str]) -> placement.PoolView:
         return placement.PoolView(g for g in self._available(pool, now) if g.gpu_id not in excluded)
 
+    def _room_empty(self, pool: Pool) -> bool:
+        return next(self._room.front(pool, page=1), None) is None
+
     def _available(self, pool: Pool, now: float) -> list[Gpu]:
         """The pool's GPUs that can take work now, best fit first, each with what time alone did to its
         health written first (a cool-down that ended is probation now, here as in the fleet's view)."""
@@ -259,25 +259,34 @@ class Dispatcher:
                 view.take(fitting[0], entry)
 
     def _assign(self, entry: WaitingEntry, view: placement.PoolView, now: float) -> Task | None:
-        """Assign one entry to the GPU that fits it best (see `placement`); keeps `view`, the pass's view of
-        the pool, up to date."""
+        """Assign one waiting entry out of the room to the GPU of `view` that fits it best (see `_lease`)."""
+        try:
+            return self._lease(entry, view, now, lambda gpu: self._fleet.assign(gpu, entry, now))
+        except Refused as refused:
+            if refused.reason == ATTEMPT_MOVED_ON:
+                logger.info("attempt moved on while waiting", job_id=entry.job_id, task_id=entry.task_id)
+                self._fleet.close_waiting(entry, "abandoned", ErrorType.WAIT_EXPIRED.value)
+            return None  # assigned by someone else, expired, or abandoned
+
+    def _lease(self, entry: WaitingEntry, view: placement.PoolView, now: float, lease: Callable[[Gpu], Task]
+               ) -> Task | None:
+        """Lease the entry's task with `lease` on the GPU of `view` that fits it best (see `placement`), the next
+        if another dispatcher took that one first, keeping `view` up to date; its liveness clock starts from its
+        agent's last beat. None: no GPU of the view fits it. Refused: the lease was, for another reason."""
         for gpu in view.best_fit(entry):
             try:
-                task = self._fleet.assign(gpu, entry, now)
+                task = lease(gpu)
             except Refused as refused:
-                if refused.reason == GPU_TAKEN:  # another dispatcher got there first: look again
-                    fresh = self._fleet.get(gpu.gpu_id)
-                    usable = fresh is not None and fresh.is_available(now, self._limits.agent_stale_seconds)
-                    view.update(gpu.gpu_id, fresh if usable else None)
-                    continue
-                if refused.reason == ATTEMPT_MOVED_ON:
-                    logger.info("attempt moved on while waiting", job_id=entry.job_id, task_id=entry.task_id)
-                    self._fleet.close_waiting(entry, "abandoned", ErrorType.WAIT_EXPIRED.value)
-                return None  # assigned by someone else, expired, or abandoned
+                if refused.reason != GPU_TAKEN:
+                    raise
+                fresh = self._fleet.get(gpu.gpu_id)  # another dispatcher got there first: look again
+                usable = fresh is not None and fresh.is_available(now, self._limits.agent_stale_seconds)
+                view.update(gpu.gpu_id, fresh if usable else None)
+                continue
             view.take(gpu, entry)
             logger.info("assigned", job_id=task.job_id, task_id=task.task_id, gpu_id=gpu.gpu_id,
                         waited_ms=int((now - entry.arrived_at) * 1000))
-            self._timers.set(self._liveness_timer(task, now, gpu), now)  # from its agent's last beat
+            self._timers.set(self._liveness_timer(task, now, gpu), now)
             return task
         return None
 
@@ -551,7 +560,7 @@ class Dispatcher:
 
     def _could_start(self, pool: Pool, task: Task, now: float) -> bool:
         return placement.could_start(
-            pool, lambda: next(self._room.front(pool, page=1), None) is None,
+            pool, lambda: self._room_empty(pool),
             lambda: self._available(pool, now), task.waiting_entry())
 
     def _expire(self, task: Task, now: float) -> str:

@@ -313,3 +313,28 @@ def test_a_lone_arrival_whose_gpu_another_dispatcher_took_meanwhile_goes_to_the_
     assert fleet.task(task_id_for(second.job_id, 1)).gpu_id == "local-1"
     assert sorted((g.gpu_id, g.running) for g in fleet.gpus(Pool.LOCAL)) == [("local-0", 1), ("local-1", 1)]
     assert fleet.waiting_room.depth(Pool.LOCAL) == 0
+
+
+def test_a_push_or_a_cancel_on_a_connection_the_agent_dropped_is_sent_again_signed_anew(
+    cloud: Cloud, fleet: Fleet, clock: Clock
+) -> None:
+    """A pooled connection the agent's end dropped (it restarted) fails before any answer: the same message goes
+    again, under a new message id (the agent refuses one it has seen), and the call does not fail."""
+    sent: list[tuple[str, str]] = []  # (path, message id) of every send
+    dropped: set[str] = set()  # paths whose first send met a dropped connection
+
+    def agent(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, request.headers[signing.ID]))
+        if request.url.path not in dropped:
+            dropped.add(request.url.path)
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(202 if request.url.path == "/v1/tasks" else 200, json={"task_id": "x", "state": "ok"})
+
+    dispatcher = dispatcher_for(cloud.settings, httpx.Client(transport=httpx.MockTransport(agent)), clock=clock)
+    task = queued(cloud)
+    task_id = task_id_for(task.job_id, 1)
+    assert dispatcher.enqueue(task) == {task_id: "pushed"}
+    assert dispatcher.cancel(task_id) == "agent_told"
+    cancel = f"/v1/tasks/{task_id}/cancel"
+    assert [path for path, _ in sent] == ["/v1/tasks", "/v1/tasks", cancel, cancel]
+    assert len({msg_id for _, msg_id in sent}) == 4, "each send signed anew"

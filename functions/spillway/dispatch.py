@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 from aws_lambda_powertools import Logger
+from pydantic import BaseModel
 
 from spillway import credentials, health, metrics, placement, signing
 from spillway.aws import version_param
@@ -304,7 +305,7 @@ class Dispatcher:
             task_secret=credentials.task_secret(self._control_key(), task.task_id),
         )
         try:
-            response = self._send(task, agent_task)
+            response = self._call_agent(task, "/v1/tasks", agent_task)
         except httpx.HTTPError as exc:
             return self._unreachable(task, f"{task.gpu_id} unreachable: {exc!r}")
         if response.status_code in (200, 202):
@@ -328,16 +329,17 @@ class Dispatcher:
         self._fleet.change_health(task.gpu_id or "", lambda gpu: health.push_failed(gpu.health, now, cause))
         return self.fail(task, ErrorType.GPU_UNREACHABLE, cause)
 
-    def _send(self, task: Task, agent_task: AgentTask) -> httpx.Response:
-        """POST the task to its GPU's agent. A pooled connection the other end dropped meanwhile (an agent
-        restarted, a link reset) fails before any answer: the push is sent again, on the next pooled connection
-        or a fresh one (agents take a task idempotently, by its id), so only a GPU unreachable now fails the
-        attempt. Each send is signed anew: the agent refuses a message id it has seen (a replay)."""
-        body = agent_task.model_dump_json().encode()
+    def _call_agent(self, task: Task, path: str, message: BaseModel) -> httpx.Response:
+        """POST `message` to the task's agent, signed with its GPU's secrets of when it was leased. A pooled
+        connection the other end dropped meanwhile (an agent restarted, a link reset) fails before any answer:
+        the message is sent again, on the next pooled connection or a fresh one (an agent takes a task, or its
+        cancel, idempotently, by its id), so only an agent unreachable now fails the call. Each send is signed
+        anew: the agent refuses a message id it has seen (a replay)."""
+        body = message.model_dump_json().encode()
         for retry in (True,) * STALE_CONNECTION_RETRIES + (False,):
             try:
                 return self._http.post(
-                    f"{task.gpu_url}/v1/tasks", content=body,
+                    f"{task.gpu_url}{path}", content=body,
                     headers={"Content-Type": "application/json",
                              **self._signed(task.gpu_id or "", task.gpu_generations, body)},
                     timeout=PUSH_TIMEOUT,
@@ -345,7 +347,7 @@ class Dispatcher:
             except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 if not retry:
                     raise
-                logger.debug("stale connection: pushing again", gpu_id=task.gpu_id, error=repr(exc))
+                logger.debug("stale connection: sending again", gpu_id=task.gpu_id, path=path, error=repr(exc))
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _signed(self, gpu_id: str, generations: list[int], body: bytes) -> dict[str, str]:
@@ -452,12 +454,8 @@ class Dispatcher:
         return "over"
 
     def _tell_agent_cancelled(self, task: Task) -> str:
-        body = AgentCancel(task_id=task.task_id).model_dump_json().encode()
         try:
-            response = self._http.post(
-                f"{task.gpu_url}/v1/tasks/{task.task_id}/cancel", content=body, timeout=PUSH_TIMEOUT,
-                headers={"Content-Type": "application/json",
-                         **self._signed(task.gpu_id or "", task.gpu_generations, body)})
+            response = self._call_agent(task, f"/v1/tasks/{task.task_id}/cancel", AgentCancel(task_id=task.task_id))
         except httpx.HTTPError as exc:
             logger.warning("could not tell the agent its task is cancelled", job_id=task.job_id, gpu_id=task.gpu_id,
                            error=repr(exc))

@@ -45,11 +45,10 @@ class Cancellation:
         if job.status is not JobStatus.CANCELLED:
             if job.status.final:
                 raise Conflict(f"job {job_id} is {job.status.value}: only a QUEUED or RUNNING job can be cancelled")
-            closed = self._jobs.close(job_id, JobStatus.CANCELLED, iso_at(self._clock()), error=why)
+            closed = self._endings.close(job_id, JobStatus.CANCELLED, iso_at(self._clock()), error=why)
             if closed is None:
                 return self.cancel(job_id, reason)  # it ended meanwhile: answer as it stands now
             logger.info("job cancelled", job_id=job_id, reason=why)
-            self._endings.ended(closed, JobStatus.CANCELLED)
             job = closed  # its last attempt, as of the write that closed it
         self._stop_execution(job_id, why)
         if job.attempts:

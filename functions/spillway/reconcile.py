@@ -45,7 +45,7 @@ class Reconciler:
         self._sfn = sfn
         self._admission = admission
         self._clock = clock
-        self._endings = endings or JobEndings(clock=clock)
+        self._endings = endings or JobEndings(jobs, clock=clock)
 
     def reconcile(self, job: JobRecord) -> str:
         """Bring one open job in line with its execution, and give an ended job's slot back to its tenant
@@ -72,23 +72,22 @@ class Reconciler:
         if status in ("RUNNING", "PENDING_REDRIVE"):
             return "running"
         ended_at = _iso(execution.get("stopDate"))
+        # Answered here, counted and told nowhere else: the write that would have counted it is the one that was lost.
         if status == "SUCCEEDED":
             ended = JobStatus.SUCCEEDED
             output = json.loads(execution.get("output") or "{}")
             result_key = (output.get("result") or {}).get("result_key")
-            closed = self._jobs.close(job.job_id, ended, ended_at, result_key=result_key)
+            closed = self._endings.close(job.job_id, ended, ended_at, result_key=result_key)
         else:
             # Stopped (ABORTED: a cancel whose own write was lost, or an operator's StopExecution) is a cancel;
             # timed out or failed uncaught is a failure.
             ended = JobStatus.CANCELLED if status == "ABORTED" else JobStatus.FAILED
             reason = execution.get("error") or f"Execution{status.title().replace('_', '')}"
             cause = execution.get("cause") or f"the dispatch execution ended {status}"
-            closed = self._jobs.close(job.job_id, ended, ended_at, error=f"{reason}: {cause}"[:2000])
+            closed = self._endings.close(job.job_id, ended, ended_at, error=f"{reason}: {cause}"[:2000])
         if not closed:
             return "final"
         logger.warning("job record brought in line with its execution", job_id=job.job_id, execution_status=status)
-        # Answered here, counted and told nowhere else: the write that would have counted it is the one that was lost.
-        self._endings.ended(job, ended)
         return "reconciled"
 
     def reconcile_id(self, job_id: str) -> str:

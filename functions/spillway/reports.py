@@ -28,7 +28,7 @@ from spillway.endings import JobEndings
 from spillway.errors import NotFound
 from spillway.fleet import Fleet, Task
 from spillway.jobs import JobStore, iso_at
-from spillway.models import AttemptOutput, CallbackAck, ErrorType, JobStatus, TaskHeartbeat, TaskResult, TaskState
+from spillway.models import AttemptOutput, CallbackAck, ErrorType, TaskHeartbeat, TaskResult, TaskState
 
 logger = Logger(child=True)
 
@@ -37,8 +37,7 @@ class TaskReports:
     def __init__(self, fleet: Fleet, sfn: Any, jobs: JobStore, freed: Callable[[Task], object] = lambda task: None,
                  clock: Callable[[], float] = time.time, endings: JobEndings | None = None):
         self._fleet = fleet
-        self._jobs = jobs
-        self._endings = endings or JobEndings(clock=clock)
+        self._endings = endings or JobEndings(jobs, clock=clock)
         self._callbacks = Callbacks(sfn)
         self._freed = freed
         self._clock = clock
@@ -89,9 +88,7 @@ class TaskReports:
     def _job_succeeded(self, task: Task, gpu_id: str) -> None:
         """The job is done, recorded before its execution is told (the success ends the execution there):
         fenced by the attempt, so it is written, counted and told once."""
-        job = self._jobs.succeed(task.job_id, task.attempt, task.result_key, gpu_id, iso_at(self._clock()))
-        if job is not None:
-            self._endings.ended(job, JobStatus.SUCCEEDED)
+        self._endings.succeed(task.job_id, task.attempt, task.result_key, gpu_id, iso_at(self._clock()))
 
     def _task(self, task_id: str, gpu_id: str, secret: str) -> Task:
         """The task, if it runs on that GPU and the secret is its own; else one answer for all, which

@@ -104,7 +104,7 @@ class FaasDispatcher:
         self._public_api_url = public_api_url
         self._webhook_key = webhook_key
         self._clock = clock
-        self._endings = endings or JobEndings(clock=clock)
+        self._endings = endings or JobEndings(JobStore(jobs), clock=clock)
 
     # ---- arrivals
 
@@ -367,10 +367,7 @@ class FaasDispatcher:
         if task.outcome == "succeeded":
             # The job's record first (fenced by the attempt, so written, counted and told once): the success
             # ends its execution, with no write of its own.
-            job = JobStore(self._jobs).succeed(task.job_id, task.attempt, task.result_key, self.gpu_label,
-                                               iso_at(self._clock()))
-            if job is not None:
-                self._endings.ended(job, JobStatus.SUCCEEDED)
+            self._endings.succeed(task.job_id, task.attempt, task.result_key, self.gpu_label, iso_at(self._clock()))
             self._callbacks.succeeded(task.task_token, AttemptOutput(
                 task_id=task.task_id, gpu_id=self.gpu_label, result_key=task.result_key, duration_ms=0))
         else:

@@ -160,7 +160,7 @@ def reconciler() -> Reconciler:
 
 @cache
 def endings() -> JobEndings:
-    return JobEndings(aws.client("sqs"), settings().webhook_queue_url)
+    return JobEndings(jobs(), aws.client("sqs"), settings().webhook_queue_url)
 
 
 @cache

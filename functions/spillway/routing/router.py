@@ -91,7 +91,7 @@ class Router:
                  faas_enabled: bool, clock: Callable[[], float] = time.time, endings: JobEndings | None = None):
         self._jobs = jobs
         self._queue_urls = queue_urls  # each pool's queue: on every route opened, for the state machine's send
-        self._endings = endings or JobEndings(clock=clock)
+        self._endings = endings or JobEndings(jobs, clock=clock)
         self._fleet = fleet
         self._budget = budget
         self._rules = rules
@@ -121,10 +121,8 @@ class Router:
     def fail(self, job_id: str, reason: str, attempt: int | None = None) -> bool:
         """The job FAILED with why (fenced by `attempt` if given), its end counted and told: the one place a
         route (or admission, out of tries) ends a job. False if it was final already or moved on."""
-        ended = self._jobs.close(job_id, JobStatus.FAILED, iso_at(self._clock()), error=reason, attempt=attempt)
-        if ended:
-            self._endings.ended(ended, JobStatus.FAILED)
-        return ended is not None
+        return self._endings.close(job_id, JobStatus.FAILED, iso_at(self._clock()), error=reason,
+                                   attempt=attempt) is not None
 
     def _to_queue(self, route: Route) -> Route:
         """A run route names its pool's queue: the state machine's one RunAttempt sends there."""

@@ -225,8 +225,11 @@ def test_a_job_no_gpu_can_ever_run_fails_at_admission_with_why(cloud: Cloud, mon
 
 def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, monkeypatch) -> None:
     """The state machine's Route step failing past its retries (a bug, unreadable rules): RoutingFailed
-    writes the job FAILED, never left open."""
+    writes the job FAILED, never left open, and its end is counted and told as every other end is."""
     from spillway.routing.router import Router
+
+    finished: list[tuple[str, JobStatus]] = []
+    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
 
     route = Router.route
 
@@ -236,15 +239,35 @@ def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, mo
         return route(self, job_id, after)
 
     monkeypatch.setattr(Router, "route", broken_after_the_first)
-    job = submitted_job(cloud)
+    job = submitted_job(cloud, webhook_url="https://example.com/hook")
     admit(job)
     ran_on(cloud, job.job_id, "local-0")
     cloud.client("stepfunctions").send_task_failure(
         taskToken=next_task(cloud, "LocalQueue")["task_token"], error="Spillway.ModelError", cause="crashed")
-    assert cloud.wait_for_execution(job.job_id)["status"] == "FAILED"
+    execution = cloud.wait_for_execution(job.job_id)
+    assert (execution["status"], execution.get("error")) == ("FAILED", "Spillway.JobFailed")
     item = cloud.job_item(job.job_id)
     assert item["status"] == "FAILED", "never left RUNNING"
     assert item["error"].startswith("the routing step failed") and "cannot be read" in item["error"]
+    assert item["finished_at"]
+    assert finished == [(job.job_id, JobStatus.FAILED)], "counted once"
+    assert cloud.queue_messages("WebhookQueue") == [{"job_id": job.job_id}], "its webhook told"
+
+
+def test_routing_failed_ends_only_an_open_job(cloud: Cloud, monkeypatch) -> None:
+    """RoutingFailed's ask (the route function, with why) ends an open job once; a job that ended meanwhile
+    (a cancel, say) is left as it is, uncounted (its execution then ends NoAttemptLeft, see FailedHere)."""
+    from spillway.handlers import route
+
+    finished: list[tuple[str, JobStatus]] = []
+    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
+    job = submitted_job(cloud)
+    failure = {"job_id": job.job_id, "reason": "the routing step failed: {}"}
+    context = LambdaContext("RouteFunction")
+    assert route.handler(failure, context) == {"failed": True}
+    assert route.handler(failure, context) == {"failed": False}, "ended already"
+    assert finished == [(job.job_id, JobStatus.FAILED)], "counted once"
+    assert cloud.job_item(job.job_id)["error"] == "the routing step failed: {}"
 
 
 def intake_record(job: DispatchInput, receives: int) -> dict:

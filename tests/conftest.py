@@ -18,8 +18,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from spillway import aws
+from spillway import aws, metrics
 from spillway import settings as settings_module
+from spillway.models import JobStatus
 from spillway.settings import Settings, settings
 from spillway_embedded import moto_patches
 from spillway_embedded.provision import Stack
@@ -128,6 +129,14 @@ def cloud(monkeypatch: pytest.MonkeyPatch, translated: dict[str, Any]) -> Iterat
             monkeypatch.setenv(moto_patches.LAMBDA_ENDPOINT_VARIABLE, endpoint)
             yield Cloud(settings=settings(), physical=dict(stack.physical_ids), stack=stack)
     clear_caches()
+
+
+@pytest.fixture
+def finished(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, JobStatus]]:
+    """Every job end counted (`metrics.job_finished`), as (job id, status), in order."""
+    counted: list[tuple[str, JobStatus]] = []
+    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: counted.append((job.job_id, status)))
+    return counted
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spillway import aws, metrics
+from spillway import aws
 from spillway.endings import JobEndings
 from spillway.jobs import JobStore
 from spillway.models import JobStatus
@@ -13,9 +13,7 @@ from helpers import job_id_for, running_job
 AT = "2026-01-01T00:01:00.000+00:00"
 
 
-def test_only_the_writer_that_ends_a_job_counts_it_and_queues_its_webhook(cloud: Cloud, monkeypatch) -> None:
-    finished: list[tuple[str, JobStatus]] = []
-    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
+def test_only_the_writer_that_ends_a_job_counts_it_and_queues_its_webhook(cloud: Cloud, finished: list) -> None:
     table = aws.table(cloud.settings.jobs_table)
     endings = JobEndings(JobStore(table), cloud.client("sqs"), cloud.settings.webhook_queue_url)
     told, untold = job_id_for(1), job_id_for(2)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
-from spillway import aws, metrics
+from spillway import aws
 from spillway.handlers import sweeper
 from spillway.handlers.wiring import admission, tenant_limits
 from spillway.jobs import JobStore
@@ -39,11 +37,8 @@ def contradicted_job(cloud: Cloud) -> tuple[DispatchInput, str]:
     return job, arn
 
 
-def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud: Cloud,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud: Cloud, finished: list) -> None:
     job, _ = contradicted_job(cloud)
-    finished: list[tuple[str, JobStatus]] = []
-    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
     assert reconciler(cloud).reconcile_id(job.job_id) == "reconciled"
     assert finished == [(job.job_id, JobStatus.FAILED)], "counted in JobsFailed, as a job the Route step ends"
     item = cloud.job_item(job.job_id)
@@ -54,7 +49,7 @@ def test_a_lost_closing_write_is_brought_in_line_with_the_failed_execution(cloud
 
 
 def test_an_execution_that_succeeded_without_its_record_written_leaves_the_job_succeeded(
-        cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+        cloud: Cloud, finished: list) -> None:
     """A successful attempt ends the execution; the job's SUCCEEDED is the agent report's write, before
     it tells the execution. Lost (here: never made), the execution's output still says where the result is."""
     job = submitted_job(cloud)
@@ -64,8 +59,6 @@ def test_an_execution_that_succeeded_without_its_record_written_leaves_the_job_s
         {"task_id": "t-1", "gpu_id": "local-0", "result_key": "results/x.png", "duration_ms": 5}))
     assert cloud.wait_for_execution(job.job_id)["status"] == "SUCCEEDED"
     assert cloud.job_item(job.job_id)["status"] == "RUNNING", "the contradiction"
-    finished: list[tuple[str, JobStatus]] = []
-    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
     assert reconciler(cloud).reconcile_id(job.job_id) == "reconciled"
     item = cloud.job_item(job.job_id)
     assert (item["status"], item["result_key"]) == ("SUCCEEDED", "results/x.png")

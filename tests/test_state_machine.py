@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-from spillway import aws, metrics
+from spillway import aws
 from spillway.handlers.wiring import admission, tenant_limits
 from spillway.intake import Intake
 from spillway.jobs import JobStore
@@ -186,8 +186,8 @@ def test_every_aws_integration_retries_transient_errors(cloud: Cloud) -> None:
             f"{name} must not retry what is not transient"
 
 
-def test_three_failed_attempts_fail_the_job_with_every_reason(cloud: Cloud) -> None:
-    job = submitted_job(cloud)
+def test_three_failed_attempts_fail_the_job_with_every_reason(cloud: Cloud, finished: list) -> None:
+    job = submitted_job(cloud, webhook_url="https://example.com/hook")
     admit(job)
     sfn = cloud.client("stepfunctions")
     for queue, gpu_id, error, cause in (("LocalQueue", "local-0", "Spillway.ModelError", "crashed"),
@@ -203,13 +203,13 @@ def test_three_failed_attempts_fail_the_job_with_every_reason(cloud: Cloud) -> N
                  "cloud/cloud-0: OutputUpload (S3 said 503)"):
         assert part in item["error"]
     assert [a["outcome"] for a in item["attempts"]] == ["failed", "failed", "failed"]
+    assert finished == [(job.job_id, JobStatus.FAILED)], "the Route step's end, counted once"
+    assert cloud.queue_messages("WebhookQueue") == [{"job_id": job.job_id}], "and told"
 
 
-def test_a_job_no_gpu_can_ever_run_fails_at_admission_with_why(cloud: Cloud, monkeypatch) -> None:
+def test_a_job_no_gpu_can_ever_run_fails_at_admission_with_why(cloud: Cloud, finished: list) -> None:
     """A first route that ends the job answers it at admission, through the one place a route ends a job
     (its record, its metric, its webhook): no execution is started for it."""
-    finished: list[tuple[str, JobStatus]] = []
-    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
     job = submitted_job(cloud, webhook_url="https://example.com/hook")  # every GPU has 24 GB: it needs more
     aws.table(cloud.settings.jobs_table).update_item(
         Key={"job_id": job.job_id}, UpdateExpression="SET vram_mb = :big", ExpressionAttributeValues={":big": 60_000})
@@ -223,13 +223,11 @@ def test_a_job_no_gpu_can_ever_run_fails_at_admission_with_why(cloud: Cloud, mon
     assert admission().start(job) is None and finished == [(job.job_id, JobStatus.FAILED)], "a redelivery: nothing"
 
 
-def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, monkeypatch) -> None:
+def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, monkeypatch, finished: list) -> None:
     """The state machine's Route step failing past its retries (a bug, unreadable rules): RoutingFailed
     writes the job FAILED, never left open, and its end is counted and told as every other end is."""
     from spillway.routing.router import Router
 
-    finished: list[tuple[str, JobStatus]] = []
-    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
 
     route = Router.route
 
@@ -254,13 +252,11 @@ def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, mo
     assert cloud.queue_messages("WebhookQueue") == [{"job_id": job.job_id}], "its webhook told"
 
 
-def test_routing_failed_ends_only_an_open_job(cloud: Cloud, monkeypatch) -> None:
+def test_routing_failed_ends_only_an_open_job(cloud: Cloud, finished: list) -> None:
     """RoutingFailed's ask (the route function, with why) ends an open job once; a job that ended meanwhile
     (a cancel, say) is left as it is, uncounted (its execution then ends NoAttemptLeft, see FailedHere)."""
     from spillway.handlers import route
 
-    finished: list[tuple[str, JobStatus]] = []
-    monkeypatch.setattr(metrics, "job_finished", lambda job, status, now: finished.append((job.job_id, status)))
     job = submitted_job(cloud)
     failure = {"job_id": job.job_id, "reason": "the routing step failed: {}"}
     context = LambdaContext("RouteFunction")
@@ -278,8 +274,8 @@ def intake_record(job: DispatchInput, receives: int) -> dict:
             "awsRegion": "us-east-1"}
 
 
-def test_admission_that_cannot_route_lets_the_message_come_again_then_fails_the_job(cloud: Cloud,
-                                                                                    monkeypatch) -> None:
+def test_admission_that_cannot_route_lets_the_message_come_again_then_fails_the_job(cloud: Cloud, monkeypatch,
+                                                                                    finished: list) -> None:
     """A routing that raises at admission is a batch item failure (the intake message comes again); on its
     last receive (AdmissionTries, the queues' maxReceiveCount) the job fails with why, not dead-lettered."""
     from spillway.handlers import admit as admit_handler
@@ -305,6 +301,7 @@ def test_admission_that_cannot_route_lets_the_message_come_again_then_fails_the_
     assert item["status"] == "FAILED" and "admission could not start it" in item["error"]
     assert "the fleet table cannot be read" in item["error"]
     assert executions(cloud) == []
+    assert finished == [(job.job_id, JobStatus.FAILED)], "counted, as every end is"
 
 
 def test_routing_rules_that_do_not_validate_are_ignored_for_the_last_valid_ones(cloud: Cloud) -> None:

@@ -16,6 +16,7 @@ from spillway.models import JobStatus, Pool, TaskState, WebhookNotice
 from conftest import Cloud
 from helpers import (
     CONTROL_KEY,
+    TENANT_ARN,
     LambdaContext,
     beat,
     dispatcher_for,
@@ -28,10 +29,10 @@ from helpers import (
 from test_state_machine import admit, executions, next_task, submitted_job
 
 
-def call(method: str, path: str, body: object = None) -> tuple[int, dict]:
+def call(method: str, path: str, body: object = None, principal: str = TENANT_ARN) -> tuple[int, dict]:
     from spillway.handlers import api
 
-    response = api.handler(http_event(method, path, body), LambdaContext("ApiFunction"))
+    response = api.handler(http_event(method, path, body, principal=principal), LambdaContext("ApiFunction"))
     return response["statusCode"], json.loads(response["body"])
 
 
@@ -40,13 +41,18 @@ def notices(cloud: Cloud) -> list[str]:
     return [WebhookNotice.model_validate(m).job_id for m in cloud.queue_messages("WebhookQueue")]
 
 
-def test_a_running_job_is_cancelled_its_execution_stopped_and_its_webhook_queued_once(cloud: Cloud) -> None:
+def test_a_running_job_is_cancelled_its_execution_stopped_and_its_webhook_queued_once(cloud: Cloud,
+                                                                                      monkeypatch) -> None:
     job = submitted_job(cloud, webhook_url="https://hooks.example.com/spillway")
     admit(job)
     next_task(cloud, "LocalQueue")  # the execution waits in RunAttempt
+    reads: list[str] = []
+    get = JobStore.get
+    monkeypatch.setattr(JobStore, "get", lambda self, job_id: reads.append(job_id) or get(self, job_id))
 
     status, view = call("POST", f"/v1/jobs/{job.job_id}/cancel", {"reason": "a typo in the order"})
     assert status == 200, view
+    assert reads == [job.job_id], "read once: the answer is the record as the closing write left it"
     assert view["status"] == "CANCELLED" and view["error"] == "Spillway.Cancelled: a typo in the order"
     assert view["finished_at"]
     assert cloud.wait_for_execution(job.job_id)["status"] == "ABORTED"
@@ -70,6 +76,9 @@ def test_a_job_not_admitted_yet_is_cancelled_and_gets_no_execution(cloud: Cloud)
 
 def test_cancel_of_a_finished_job_is_a_409_with_its_status_and_of_no_job_a_404(cloud: Cloud) -> None:
     job = submitted_job(cloud)
+    status, answer = call("POST", f"/v1/jobs/{job.job_id}/cancel", principal="arn:aws:iam::123456789012:user/other")
+    assert status == 404 and "no job" in answer["message"], "another tenant's job is no job to its caller"
+    assert cloud.job_item(job.job_id)["status"] == "QUEUED", "and nothing is cancelled"
     JobStore(aws.table(cloud.settings.jobs_table)).close(job.job_id, JobStatus.SUCCEEDED, "2026-01-01T00:00:00+00:00")
     status, answer = call("POST", f"/v1/jobs/{job.job_id}/cancel")
     assert status == 409 and "SUCCEEDED" in answer["message"]

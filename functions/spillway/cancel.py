@@ -38,16 +38,16 @@ class Cancellation:
         self._endings = endings
         self._clock = clock
 
-    def cancel(self, job_id: str, reason: str | None = None) -> JobRecord:
-        """Cancel a queued or running job; returns it, CANCELLED. NotFound; Conflict if it ended otherwise."""
-        job = self._job(job_id)
+    def cancel(self, job: JobRecord, reason: str | None = None) -> JobRecord:
+        """Cancel a queued or running job, as just read; returns it, CANCELLED. Conflict if it ended otherwise."""
+        job_id = job.job_id
         why = f"{CANCELLED_ERROR}: {reason or 'cancelled by its client'}"
         if job.status is not JobStatus.CANCELLED:
             if job.status.final:
                 raise Conflict(f"job {job_id} is {job.status.value}: only a QUEUED or RUNNING job can be cancelled")
             closed = self._endings.close(job_id, JobStatus.CANCELLED, iso_at(self._clock()), error=why)
             if closed is None:
-                return self.cancel(job_id, reason)  # it ended meanwhile: answer as it stands now
+                return self.cancel(self._job(job_id), reason)  # it ended meanwhile: answer as it stands now
             logger.info("job cancelled", job_id=job_id, reason=why)
             job = closed  # its last attempt, as of the write that closed it
         self._stop_execution(job_id, why)

@@ -185,10 +185,15 @@ class Intake:
                       f"a GPU's compute for it; the largest GPU that runs it has {largest}, and {faas}; "
                       "send a smaller image")
 
-    def view(self, job_id: str, tenant: Tenant) -> JobView:
+    def owned(self, job_id: str, tenant: Tenant) -> JobRecord:
+        """The tenant's job; NotFound if there is none, or it is another tenant's."""
         job = self._jobs.get(job_id)
         if job is None or job.tenant != tenant.tenant_id:  # another tenant's job is no job, to its caller
             raise NotFound(f"no job {job_id}")
+        return job
+
+    def view(self, job_id: str, tenant: Tenant) -> JobView:
+        job = self.owned(job_id, tenant)
         result_url = None
         if job.status is JobStatus.SUCCEEDED and job.result_key:
             result_url = self._s3.generate_presigned_url(

@@ -168,10 +168,8 @@ def caller() -> Tenant:
 def cancel_job(job_id: Annotated[JobId, Path(description="the id POST /v1/jobs returned")],
                request: Annotated[CancelRequest | None, Body()] = None) -> JobView:
     logger.append_keys(**job_keys(job_id))
-    owner = caller()
-    intake().view(job_id, owner)  # another tenant's job is no job to this caller: a 404, and nothing is stopped
-    cancellation().cancel(job_id, (request or CancelRequest()).reason)
-    return intake().view(job_id, owner)
+    job = intake().owned(job_id, caller())  # another tenant's job is no job to this caller: a 404, nothing stopped
+    return cancellation().cancel(job, (request or CancelRequest()).reason).view()  # CANCELLED: no result to link
 
 
 @app.get("/v1/openapi.json", include_in_schema=False)

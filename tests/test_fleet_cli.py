@@ -11,6 +11,7 @@ import pytest
 from spillway import fleet_cli
 from spillway.client import dev_stack
 
+DEV_STACK = {"api_url": "http://127.0.0.1:8080", "tenants": {"default": "t0k", "acme": "acme-t0k"}}  # its stack.json
 GPU = {"gpu_id": "local-2", "pool": "local", "health": "quarantined", "since": "2026-01-01T00:00:00+00:00",
        "vram_used_mb": 2500, "vram_total_mb": 8000,
        "compute_used": 45, "compute_total": 100, "running": ["t-1"], "slots": 2, "held": False,
@@ -31,7 +32,7 @@ def test_the_list_is_one_line_per_gpu_and_its_last_events_on_request() -> None:
 
 
 def test_it_finds_a_running_spillway_dev_or_says_how_to_start_one(tmp_path: Path) -> None:
-    (tmp_path / "stack.json").write_text(json.dumps({"api_url": "http://127.0.0.1:8080", "token": "t0k"}))
+    (tmp_path / "stack.json").write_text(json.dumps(DEV_STACK))
     assert dev_stack(tmp_path) == ("http://127.0.0.1:8080", "t0k")
     with pytest.raises(ValueError, match="no running `spillway dev`"):
         dev_stack(tmp_path / "nothing")
@@ -61,7 +62,7 @@ def test_a_deployed_api_is_called_with_a_sigv4_signature(monkeypatch: pytest.Mon
 
 def test_it_calls_through_the_client_with_the_dev_stacks_token_and_its_models(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "stack.json").write_text(json.dumps({"api_url": "http://127.0.0.1:8080", "token": "t0k"}))
+    (tmp_path / "stack.json").write_text(json.dumps(DEV_STACK))
     secret = {"gpu_id": "local-9", "secret": "s3cr3t", "generation": 1}
     api = Api(monkeypatch, {"GET /v1/fleet": httpx.Response(200, json={"gpus": [GPU]}),
                             "PUT /v1/fleet/local-9": httpx.Response(200, json=secret)})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from spillway_embedded.launcher import LaunchedStack
+from spillway_embedded.launcher import LaunchedStack, StackInfo
 
 pytestmark = pytest.mark.embedded
 
@@ -69,3 +69,13 @@ def test_stopping_a_killed_spillway_dev_still_ends_every_process_it_started(tmp_
     while (alive := set(children) & set(processes())) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive, f"still running after the stop: {[children[pid] for pid in alive]}"
+
+
+def test_the_stack_files_token_is_its_default_tenants() -> None:
+    """One source of truth: stack.json keeps every tenant's token by name; the `default` one is what is sent
+    unless another tenant is named."""
+    info = StackInfo(api_url="http://127.0.0.1:8080", chaos_url="", aws_endpoint="", region="us-east-1",
+                     resources={}, gpus=[], tenants={"default": "d-t0k", "acme": "a-t0k"})
+    assert info.token == "d-t0k"
+    assert info.auth_headers() == {"Authorization": "Bearer d-t0k"}
+    assert info.auth_headers("acme") == {"Authorization": "Bearer a-t0k"}

@@ -46,6 +46,7 @@ TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 UPLOAD_TIMEOUT = httpx.Timeout(60.0, connect=3.0)  # up to 32 MiB to the storage
 DEV_STATE = Path(".spillway/dev")  # where `spillway dev` keeps its logs and its STACK_FILE, by default
 STACK_FILE = "stack.json"  # what `spillway dev` serves (StackInfo), written once everything is up
+DEFAULT_TENANT = "default"  # the tenant `spillway dev` always has: the CLI calls as it, its token in STACK_FILE
 
 
 class ApiError(Exception):
@@ -103,7 +104,7 @@ def dev_stack(state_dir: Path = DEV_STATE) -> tuple[str, str | None]:
         info = json.loads(stack_file.read_text())
     except FileNotFoundError:
         raise ValueError(f"no running `spillway dev` ({stack_file} does not exist): start one, or give --api") from None
-    return info["api_url"], info.get("token")
+    return info["api_url"], info.get("tenants", {}).get(DEFAULT_TENANT)
 
 
 class Client:

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from spillway.client import STACK_FILE
+from spillway.client import DEFAULT_TENANT, STACK_FILE
 
 
 def wait_for_ready_file(path: Path, process: subprocess.Popen[bytes], timeout: float, what: str = "process") -> str:
@@ -41,7 +41,6 @@ class StackInfo:
     """What `spillway dev` writes to its state folder once everything is up."""
 
     api_url: str
-    token: str  # the `default` tenant's bearer token (see tenants.py): what api_client() sends
     chaos_url: str  # cut and restore the office tunnel (see chaos.py)
     aws_endpoint: str
     region: str
@@ -53,7 +52,12 @@ class StackInfo:
     faas: dict[str, Any] | None = None  # the fleet's [faas] settings (concurrency, price, ...)
     ops_url: str | None = None  # the ops page (spillway_ops.page)
     lambda_url: str | None = None  # the runtime's Lambda API; GET /_spillway/usage: what it served (aws_cost.py)
-    tenants: dict[str, str] = field(default_factory=dict)  # every tenant's token, by name
+    tenants: dict[str, str] = field(default_factory=dict)  # every tenant's token, by name (see tenants.py)
+
+    @property
+    def token(self) -> str:
+        """The `default` tenant's bearer token: what api_client() sends unless told another tenant."""
+        return self.tenants[DEFAULT_TENANT]
 
     def api_client(self, timeout: Any, tenant: str | None = None) -> Any:
         """An httpx client of the job API that calls as `tenant` (default: the `default` tenant)."""
@@ -63,7 +67,7 @@ class StackInfo:
 
     def auth_headers(self, tenant: str | None = None) -> dict[str, str]:
         """What a request to the job API carries to call as `tenant` (default: the `default` tenant)."""
-        return {"Authorization": f"Bearer {self.tenants[tenant] if tenant else self.token}"}
+        return {"Authorization": f"Bearer {self.tenants[tenant or DEFAULT_TENANT]}"}
 
     @classmethod
     def read(cls, path: Path) -> StackInfo:

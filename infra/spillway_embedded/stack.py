@@ -26,7 +26,7 @@ import boto3
 from werkzeug.serving import make_server
 
 from spillway.catalog import SERVICES
-from spillway.client import STACK_FILE, Client
+from spillway.client import DEFAULT_TENANT, STACK_FILE, Client
 from spillway.models import Enrollment
 from spillway_embedded.chaos import ChaosControl, ChaosRefused
 from spillway_embedded.faas_provider import FaasProviderProcess, ProviderConfig
@@ -38,7 +38,7 @@ from spillway_embedded.provision import ACCOUNT_ID, provision
 from spillway_embedded.runtime import Runtime
 from spillway_embedded.serving import KeepAliveRequestHandler, collect_less_often
 from spillway_embedded.template import TEMPLATE, translate
-from spillway_embedded.tenants import DEFAULT_TENANT, Tenants, load_tenants
+from spillway_embedded.tenants import Tenants, load_tenants
 from spillway_embedded.tunnel import Tunnel
 from spillway_ops.page import serve as serve_ops
 from spillway_ops.source import OFFLINE_CREDENTIALS, Source
@@ -367,7 +367,6 @@ class EmbeddedStack:
     def _write_stack_file(self) -> None:
         info = {
             "api_url": self.api_url,
-            "token": self.tenants.tokens[DEFAULT_TENANT],
             "tenants": self.tenants.tokens,
             "chaos_url": self.chaos_url,
             "ops_url": self.ops_url,

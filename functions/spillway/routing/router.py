@@ -120,7 +120,8 @@ class Router:
 
     def fail(self, job_id: str, reason: str, attempt: int | None = None) -> bool:
         """The job FAILED with why (fenced by `attempt` if given), its end counted and told: the one place a
-        route (or admission, out of tries) ends a job. False if it was final already or moved on."""
+        route ends a job, and admission out of tries, and RoutingFailed (the Route step failed past its retries).
+        False if it was final already or moved on."""
         return self._endings.close(job_id, JobStatus.FAILED, iso_at(self._clock()), error=reason,
                                    attempt=attempt) is not None
 

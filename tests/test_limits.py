@@ -3,6 +3,7 @@ in flight, their release on every end, and races for the last token or slot."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -128,39 +129,52 @@ def test_two_submits_racing_for_the_last_token_cannot_both_take_it(cloud: Cloud)
 
 
 class Contended:
-    """The DynamoDB client, with another submit of the tenant landing just before each of its first `losses`
-    transactions, as when a burst of one tenant's submits runs on many API containers at once."""
+    """The DynamoDB client, with `interfere(n)` run just before each of its first `times` transactions (n: how many
+    came before), as another submit of the tenant on another API container would land."""
 
-    def __init__(self, ddb: Any, rival: TenantLimits, losses: int):
-        self._ddb, self._rival, self.losses = ddb, rival, losses
+    def __init__(self, ddb: Any, interfere: Any, times: int):
+        self._ddb, self._interfere, self._times, self.calls = ddb, interfere, times, 0
 
     def transact_write_items(self, **request: Any) -> Any:
-        if self.losses:
-            self.losses -= 1
-            submit(self._rival, 100 + self.losses)
+        if self.calls < self._times:
+            self._interfere(self.calls)
+        self.calls += 1
         return self._ddb.transact_write_items(**request)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ddb, name)
 
 
-def contended(cloud: Cloud, clock: Clock, losses: int, pause: Any) -> TenantLimits:
-    """A tenant's limits whose first `losses` transactions each lose the race to another submit."""
-    ddb = Contended(aws.client("dynamodb"), limits(cloud, clock), losses)
+def contended(cloud: Cloud, clock: Clock, interfere: Any, times: int, pause: Any) -> tuple[TenantLimits, Contended]:
+    ddb = Contended(aws.client("dynamodb"), interfere, times)
     return TenantLimits(aws.table(cloud.settings.tenants_table), ddb, cloud.settings.jobs_table,
                         TenantLimitSettings(submits_per_second=100.0, submit_burst=100, jobs_in_flight=100),
-                        clock=clock, pause=pause)
+                        clock=clock, pause=pause), ddb
 
 
-def test_a_submit_that_keeps_losing_its_tenants_race_backs_off_and_gets_in(cloud: Cloud) -> None:
-    pauses: list[float] = []
-    submit(contended(cloud, Clock(1000.0), RACE_RETRIES - 1, pauses.append), 0)  # read again, decided again, won
-    assert job(0)["job_id"] in in_flight(cloud) and jobs_written(cloud) == RACE_RETRIES
+def test_a_burst_of_one_tenants_submits_do_not_make_each_other_read_again(cloud: Cloud) -> None:
+    """Each moves the bucket on from where it is when written: another submit landing between a submit's read
+    and its write does not refuse it (only the very first, which found the bucket idle, must read again)."""
+    clock, pauses = Clock(1000.0), []
+    rival = limits(cloud, clock)
+    unlucky, ddb = contended(cloud, clock, lambda n: submit(rival, 100 + n), times=5, pause=pauses.append)
+    submit(unlucky, 0)  # found the bucket full; a rival took from it first: read again, then in
+    submit(unlucky, 1)
+    submit(unlucky, 2)
+    assert ddb.calls == 4 and len(pauses) == 1, "one write again, for the idle bucket's one start"
+    assert in_flight(cloud) >= {job(n)["job_id"] for n in range(3)} and jobs_written(cloud) == 3 + 4
+
+
+def test_a_submit_whose_every_write_finds_the_bucket_changed_is_told_to_retry_shortly(cloud: Cloud) -> None:
+    clock, pauses = Clock(1000.0), []
+    table = aws.table(cloud.settings.tenants_table)
+
+    def flip(n: int) -> None:  # idle when it read busy, busy when it read idle: each write's condition fails
+        table.put_item(Item={"tenant": TENANT, "tat": Decimal("0") if n % 2 else Decimal("1000.5")})
+
+    unlucky, _ = contended(cloud, clock, flip, times=RACE_RETRIES, pause=pauses.append)
+    with pytest.raises(RateLimited, match="at once") as refused:
+        submit(unlucky, 0)
+    assert refused.value.retry_after == 1 and jobs_written(cloud) == 0
     assert len(pauses) == RACE_RETRIES - 1
     assert all(0 <= pause <= RACE_BACKOFF_S * 2 ** (n + 1) for n, pause in enumerate(pauses)), "doubling, jittered"
-
-
-def test_a_submit_that_loses_every_race_is_told_to_retry_shortly(cloud: Cloud) -> None:
-    with pytest.raises(RateLimited, match="at once") as refused:
-        submit(contended(cloud, Clock(1000.0), RACE_RETRIES, lambda seconds: None), 0)
-    assert refused.value.retry_after == 1 and job(0)["job_id"] not in in_flight(cloud)

@@ -1,11 +1,16 @@
-"""Per-tenant limits on submits: a token bucket (rate and burst) and a cap on jobs in flight.
+"""Per-tenant limits on submits: a rate with bursts, and a cap on jobs in flight.
 
-One item per tenant in the tenants table: the bucket (`tokens` as of `refilled_at`), a `version`, and
-`in_flight`, the set of its jobs not yet ended. A submit reads the item, refuses at once (429 with
+One item per tenant in the tenants table: `tat`, and `in_flight`, the set of its jobs not yet ended.
+The rate is a token bucket kept as GCRA does: `tat` (the theoretical arrival time) is when the bucket
+would be full again; a submit takes one emission interval (1/rate) and is allowed while `tat` is at
+most `burst - 1` intervals ahead of now. A submit reads the item, refuses at once (429 with
 Retry-After) when the bucket is empty or the set full, and otherwise creates the job in ONE transaction
-with the item's update (one token fewer, the job id added to the set), on condition that the item is
-still the version it read and the set still under the cap: two racing submits cannot both take the
-last token or the last slot, and a refused submit writes nothing.
+with the item's update (`tat` one interval on, the job id added to the set), on condition that the
+bucket still allows it and the set is still under the cap. Those conditions are on the item's values
+when it is written, not on the version read: a burst of one tenant's submits, running on many API
+containers at once, each moves `tat` on (`SET tat = tat + :interval`) without making the others read
+again; two racing submits still cannot both take the last token or the last slot, and a refused
+submit writes nothing.
 
 A slot is released by removing the job id from the set, which is idempotent: `release` may be called
 by every path that sees a job end. The reconciler does so for every job it finds ended (on AWS, on each
@@ -13,7 +18,6 @@ execution's end event: success, failure, timeout, cancel); a submit that finds t
 releases the ids whose jobs have ended (the safety net, and the only path offline, where moto emits no
 execution events).
 """
-
 from __future__ import annotations
 
 import math
@@ -34,9 +38,9 @@ from spillway.models import JobStatus
 logger = Logger(child=True)
 
 IN_FLIGHT_RETRY_AFTER = 5  # seconds: when a slot frees is not known; a short, honest guess
-# Submits of one tenant race for its item (a burst runs on many API containers at once): the loser reads
-# again and decides again, after a short random pause that doubles each time, so that racing submits
-# spread out instead of colliding again. At worst ~1.3 s of pauses before an honest 429.
+# A submit whose write's condition failed (the bucket went idle or filled up, the set filled, since it
+# read the item) reads again and decides again, after a short random pause that doubles each time, so
+# that racing submits spread out. At worst ~1.3 s of pauses before an honest 429.
 RACE_RETRIES = 8
 RACE_BACKOFF_S = 0.005
 
@@ -59,11 +63,10 @@ class RateLimited(SpillwayError):
 
 @dataclass(frozen=True)
 class Standing:
-    """The tenant's item as read, and what a submit now would leave in its bucket (its slots are judged by the
-    write's own condition)."""
+    """The tenant's bucket as read, when a submit may take from it (its slots are judged by the write's own
+    condition)."""
 
-    version: int | None  # None: no item yet
-    tokens: float
+    tat: float | None  # None: an idle bucket (no item yet, or an item written before `tat`)
 
 
 class TenantLimits:
@@ -80,24 +83,27 @@ class TenantLimits:
                              seen: Standing | None = None) -> None:
         """Put the job (absent before) and take a token and a slot for it, or raise RateLimited. `seen`:
         the tenant's standing as `check` just read it (else it is read here)."""
+        interval = 1 / self._limits.submits_per_second
         for attempt in range(RACE_RETRIES):
             if attempt:
                 self._pause(random.uniform(0, RACE_BACKOFF_S * 2 ** attempt))
             seen = seen or self.check(tenant_id)
             now = self._clock()
-            update = "SET tokens = :tokens, refilled_at = :now, version = :next ADD in_flight :job"
-            condition = "(attribute_not_exists(in_flight) OR size(in_flight) < :cap) AND "
-            condition += "attribute_not_exists(version)" if seen.version is None else "version = :seen"
-            values: dict[str, Any] = {":tokens": seen.tokens - 1, ":now": now, ":next": (seen.version or 0) + 1,
-                                      ":job": {job_id}, ":cap": self._limits.jobs_in_flight}
-            if seen.version is not None:
-                values[":seen"] = seen.version
+            values: dict[str, Any] = {":now": now, ":job": {job_id}, ":cap": self._limits.jobs_in_flight}
+            if seen.tat is None or seen.tat <= now:  # a full bucket: it starts emptying now
+                update, condition = "SET tat = :next", "(attribute_not_exists(tat) OR tat <= :now)"
+                values[":next"] = now + interval
+            else:  # taking from a bucket others are taking from too: no read of theirs is invalidated
+                update, condition = "SET tat = tat + :interval", "tat > :now AND tat <= :limit"
+                values |= {":interval": interval, ":limit": now + (self._limits.submit_burst - 1) * interval}
             try:
                 self._ddb.transact_write_items(TransactItems=[
                     {"Put": {"TableName": self._jobs_table, "Item": typed(job_item),
                              "ConditionExpression": "attribute_not_exists(job_id)"}},
                     {"Update": {"TableName": self._table.name, "Key": typed({"tenant": tenant_id}),
-                                "UpdateExpression": update, "ConditionExpression": condition,
+                                "UpdateExpression": update + " ADD in_flight :job",
+                                "ConditionExpression": condition + " AND (attribute_not_exists(in_flight) OR "
+                                                                   "size(in_flight) < :cap)",
                                 "ExpressionAttributeValues": typed(values)}},
                 ])
                 return
@@ -106,7 +112,7 @@ class TenantLimits:
                 if len(reasons) != 2 or reasons[0] == "ConditionalCheckFailed" or reasons[1] not in (
                         "ConditionalCheckFailed", "TransactionConflict"):
                     raise
-                seen = None  # another submit of this tenant wrote its item since it was read: decide again
+                seen = None  # the item changed since it was read: read again, decide again
         raise RateLimited("too many submits at once for this tenant; retry shortly", 1)
 
     def check(self, tenant_id: str) -> Standing:
@@ -116,12 +122,11 @@ class TenantLimits:
         item = from_item(item) if item else {}
         now = self._clock()
         rate, burst = self._limits.submits_per_second, self._limits.submit_burst
-        tokens = float(burst)
-        if item:
-            tokens = min(burst, float(item["tokens"]) + max(0.0, now - float(item["refilled_at"])) * rate)
-        if tokens < 1:
+        tat = float(item["tat"]) if "tat" in item else None
+        too_soon = max(tat or now, now) - now - (burst - 1) / rate  # how far past its burst a submit now is
+        if too_soon > 0:
             raise RateLimited(f"over the rate limit of {rate:g} submits per second (bursts of {burst}): "
-                              "retry after the time given in Retry-After", math.ceil((1 - tokens) / rate))
+                              "retry after the time given in Retry-After", math.ceil(round(too_soon, 6)))
         in_flight = frozenset(item.get("in_flight") or ())
         if len(in_flight) >= self._limits.jobs_in_flight:
             ended = self._ended(in_flight)
@@ -130,7 +135,7 @@ class TenantLimits:
             if len(in_flight) >= self._limits.jobs_in_flight:
                 raise RateLimited(f"{len(in_flight)} jobs in flight, the most this tenant may have: submit more "
                                   "when one ends", IN_FLIGHT_RETRY_AFTER)
-        return Standing(version=item.get("version"), tokens=tokens)
+        return Standing(tat=tat)
 
     def release(self, tenant_id: str | None, *job_ids: str) -> None:
         """Give back the slots of these jobs; idempotent (a slot already given back stays given back)."""

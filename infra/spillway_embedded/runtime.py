@@ -54,10 +54,12 @@ log = logging.getLogger("embedded.runtime")  # not under Powertools' "spillway" 
 Handler = Callable[[dict[str, Any], Any], Any]
 # A request that waits this long for its function (busy with earlier ones) is throttled (429).
 THROTTLE_AFTER_S = 10.0
-# Containers per function at most, where the template reserves none: enough that one function's
-# invocations, mostly waiting on AWS calls, overlap (an agents' burst of reports), few enough that the
-# threads of one process do not just queue for its GIL.
-CONCURRENCY = 4
+# Containers per function at most, where the template reserves none: one function's invocations, mostly
+# waiting on AWS calls, overlap (an agents' burst of reports no longer queues behind one container), and
+# races between them happen offline as on AWS. Not more: every container shares one process's GIL and the
+# stack's two cores, and 4 cost a 500-job burst 1.5x the CPU a job (contention, refused transactions) for
+# two-thirds of the jobs/s of 2 (interleaved runs, README: Performance).
+CONCURRENCY = 2
 
 
 @dataclass

@@ -26,7 +26,7 @@ from helpers import (
     running_job,
     task_id_for,
 )
-from test_state_machine import admit, executions, next_task, submitted_job
+from test_state_machine import admit, executions, next_task, submitted_job, tenant_slots
 
 
 def call(method: str, path: str, body: object = None, principal: str = TENANT_ARN) -> tuple[int, dict]:
@@ -71,6 +71,7 @@ def test_a_job_not_admitted_yet_is_cancelled_and_gets_no_execution(cloud: Cloud)
     assert notices(cloud) == [], "no webhook_url: nothing to tell"
     assert admission().start(job) is None, "its intake message arrives after the cancel: no execution starts"
     assert executions(cloud) == []
+    assert tenant_slots(cloud) == set(), "its slot given back there: no execution will end to give it back"
     assert cloud.job_item(job.job_id)["status"] == "CANCELLED"
 
 

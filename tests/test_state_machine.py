@@ -58,6 +58,12 @@ def executions(cloud: Cloud) -> list[dict]:
         stateMachineArn=cloud.settings.dispatch_state_machine_arn)["executions"]
 
 
+def tenant_slots(cloud: Cloud) -> set[str]:
+    """The jobs in flight the tenant's item holds (see spillway.limits)."""
+    item = aws.table(cloud.settings.tenants_table).get_item(Key={"tenant": TENANT.tenant_id}).get("Item") or {}
+    return set(item.get("in_flight") or ())
+
+
 def submitted_job(cloud: Cloud, **request: str) -> DispatchInput:
     """A job as the API records it, ready to be admitted, and a fleet (two office GPUs, one cloud) to route to."""
     register(cloud, *OFFICE_AND_CLOUD)
@@ -220,6 +226,7 @@ def test_a_job_no_gpu_can_ever_run_fails_at_admission_with_why(cloud: Cloud, fin
     assert finished == [(job.job_id, JobStatus.FAILED)], "counted once"
     assert cloud.queue_messages("WebhookQueue") == [{"job_id": job.job_id}], "its webhook told"
     assert executions(cloud) == []
+    assert tenant_slots(cloud) == set(), "its slot given back: no execution will end to give it back"
     assert admission().start(job) is None and finished == [(job.job_id, JobStatus.FAILED)], "a redelivery: nothing"
 
 
@@ -302,6 +309,7 @@ def test_admission_that_cannot_route_lets_the_message_come_again_then_fails_the_
     assert "the fleet table cannot be read" in item["error"]
     assert executions(cloud) == []
     assert finished == [(job.job_id, JobStatus.FAILED)], "counted, as every end is"
+    assert tenant_slots(cloud) == set(), "its slot given back"
 
 
 def test_routing_rules_that_do_not_validate_are_ignored_for_the_last_valid_ones(cloud: Cloud) -> None:

@@ -26,10 +26,13 @@ logger = Logger(child=True)
 class Admission:
     def __init__(self, sfn: Any, state_machine_arn: str, attempt_timeout_seconds: int,
                  first_route: Callable[[str], Route], fail: Callable[[str, str], bool],
-                 clock: Callable[[], float] = time.time):
+                 ended: Callable[[str], object] = lambda job_id: None, clock: Callable[[], float] = time.time):
         self._sfn = sfn
         self._first_route = first_route  # routes and opens the job's first attempt, or ends the job (idempotent)
         self._fail = fail  # the job FAILED with why, its end counted and told (Router.fail)
+        # A job that ends here: its tenant's slot back (Reconciler.reconcile), as an execution's end gives it
+        # back on AWS, since no execution will ever end for it.
+        self._ended = ended
         self._state_machine_arn = state_machine_arn
         self._attempt_timeout_seconds = attempt_timeout_seconds
         self._clock = clock
@@ -49,15 +52,15 @@ class Admission:
         """
         try:
             route = self._first_route(job.job_id)
-            if route.action is not RouteAction.RUN:
-                return None
-            return self._start(job, route)
+            if route.action is RouteAction.RUN:
+                return self._start(job, route)
         except Exception as exc:
             if not last_try:
                 raise
             logger.exception("admission's last try failed: the job fails", job_id=job.job_id)
             self._fail(job.job_id, f"admission could not start it: {exc!r}"[:500])
-            return None
+        self._ended(job.job_id)
+        return None
 
     def _start(self, job: DispatchInput, route: Route) -> str:
         execution_input = job.model_dump(mode="json") | {"limits": self.limits(job).model_dump(),

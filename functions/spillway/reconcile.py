@@ -64,7 +64,8 @@ class Reconciler:
             if error_code(exc) != "ExecutionDoesNotExist":
                 raise
             if job.status is JobStatus.QUEUED and self._age(job) > INTAKE_GRACE_SECONDS:
-                self._admission.start(_dispatch_input(job))
+                if self._admission.start(_dispatch_input(job)) is None:
+                    return "ended_at_admission"  # its first route ended it; admission gave its slot back
                 logger.warning("admitted again: its intake message was lost", job_id=job.job_id)
                 return "admitted"
             return "no_execution"  # yet: its intake message is on its way

@@ -139,7 +139,8 @@ def admission() -> Admission:
     s = settings()
     return Admission(aws.client("stepfunctions"), s.dispatch_state_machine_arn, s.attempt_timeout_seconds,
                      first_route=lambda job_id: router().route(job_id, after=0),
-                     fail=lambda job_id, reason: router().fail(job_id, reason))
+                     fail=lambda job_id, reason: router().fail(job_id, reason),
+                     ended=lambda job_id: reconciler().reconcile_id(job_id))
 
 
 @cache

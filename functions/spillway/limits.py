@@ -18,6 +18,7 @@ execution's end event: success, failure, timeout, cancel); a submit that finds t
 releases the ids whose jobs have ended (the safety net, and the only path offline, where moto emits no
 execution events).
 """
+
 from __future__ import annotations
 
 import math

@@ -727,7 +727,7 @@ class DirectJsonApis:
         self._app = app
         self._request = ServerRequest
         # X-Amz-Target prefix -> moto's dispatch for the API, as its URL map names it for the root path.
-        self._handlers = (("DynamoDB_20120810.", DynamoHandler.dispatch), ("AmazonSQS.", SQSResponse().dispatch))
+        self._handlers = (("DynamoDB_20120810.", DynamoHandler.dispatch), ("AmazonSQS.", SQSResponse.dispatch))
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         target = environ.get("HTTP_X_AMZ_TARGET", "")

@@ -451,7 +451,8 @@ class QueuePoller:
             handling.release()
 
     def poll_once(self, stopping: threading.Event) -> int:
-        """Receive one batch and invoke with it; the number of messages it held."""
+        """Receive one batch and handle it, in this thread (one step of `run`, which hands each batch to a
+        thread of its own); the number of messages it held."""
         batch = self._receive_batch(stopping)
         if batch:
             self._process(batch)

@@ -88,6 +88,11 @@ _FAILURE_SUFFIXES = ("Failed", "TimedOut", "Aborted")
 _RECOVERY_SUFFIXES = ("Succeeded",)  # a retried Task that succeeded after all
 
 
+def event_details(event: dict[str, Any]) -> dict[str, Any]:
+    """A history event's `...EventDetails` (an event has at most one; {} if none)."""
+    return next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
+
+
 def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
     """Read a GetExecutionHistory event list (oldest first); `types` are the states' Types."""
     path, current, failing = Path(), START, False
@@ -123,7 +128,7 @@ def path_of(events: Iterable[dict[str, Any]], types: dict[str, str]) -> Path:
                 path.taken.add((current, END))
         elif kind.endswith(_FAILURE_SUFFIXES):
             failing = True
-            error = next((d.get("error", "") for k, d in event.items() if k.endswith("EventDetails")), "")
+            error = event_details(event).get("error", "")
         elif kind.endswith(_RECOVERY_SUFFIXES):
             failing = False
     if pool and path.lit.get(current) is Lit.RUNNING:

@@ -21,7 +21,7 @@ from spillway.models import JobStatus, JobView, Pool, Priority
 from spillway.routing.rules import RoutingRules
 from spillway.routing.rules import load as load_rules
 from spillway.waiting_room import RoomLine
-from spillway_ops.graph import Path, StateGraph, path_of
+from spillway_ops.graph import Path, StateGraph, event_details, path_of
 from spillway_ops.source import Source
 
 RESULT_URL_SECONDS = 900
@@ -181,7 +181,7 @@ def timeline(history: list[dict[str, Any]]) -> list[Event]:
     """The history as lines, each naming the state it happened in (a TaskFailed names none of its own)."""
     events, state = [], ""
     for event in history:
-        details = next((v for k, v in event.items() if k.endswith("EventDetails") and isinstance(v, dict)), {})
+        details = event_details(event)
         state = details.get("name", state)
         detail = " ".join(str(details[k])[:300] for k in ("error", "cause") if details.get(k))
         events.append(Event(at=event["timestamp"], kind=event["type"], state=state, detail=detail))

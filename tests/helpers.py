@@ -301,6 +301,17 @@ def answered(api: httpx.Client, job_ids: list[str], timeout: float = 120.0, poll
     raise AssertionError(f"{len(open_jobs)} jobs not answered in {timeout}s: {open_jobs}")
 
 
+def first_attempt(api: httpx.Client, job_id: str, done: str, timeout: float = 30) -> dict:
+    """The job's first attempt once it has `done` ("running_at": an agent runs it; "ended_at": it ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        attempts = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()["attempts"]
+        if attempts and attempts[0].get(done):
+            return attempts[0]
+        time.sleep(0.2)
+    raise AssertionError(f"{job_id}: its first attempt has no {done} after {timeout} s")
+
+
 def gpu_record(stack: Any, gpu_id: str) -> dict:
     """The GPU's fleet record as stored, read from a running stack's DynamoDB (a `StackInfo`)."""
     from boto3.dynamodb.types import TypeDeserializer

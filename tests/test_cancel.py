@@ -7,6 +7,7 @@ import json
 import time
 
 import httpx
+from test_api import OTHER_TENANT, call
 
 from spillway import aws, credentials
 from spillway.handlers.wiring import admission
@@ -16,24 +17,14 @@ from spillway.models import JobStatus, Pool, TaskState, WebhookNotice
 from conftest import Cloud
 from helpers import (
     CONTROL_KEY,
-    TENANT_ARN,
-    LambdaContext,
     beat,
     dispatcher_for,
-    http_event,
     job_id_for,
     pool_task,
     running_job,
     task_id_for,
 )
 from test_state_machine import admit, executions, next_task, submitted_job, tenant_slots
-
-
-def call(method: str, path: str, body: object = None, principal: str = TENANT_ARN) -> tuple[int, dict]:
-    from spillway.handlers import api
-
-    response = api.handler(http_event(method, path, body, principal=principal), LambdaContext("ApiFunction"))
-    return response["statusCode"], json.loads(response["body"])
 
 
 def notices(cloud: Cloud) -> list[str]:
@@ -77,7 +68,7 @@ def test_a_job_not_admitted_yet_is_cancelled_and_gets_no_execution(cloud: Cloud)
 
 def test_cancel_of_a_finished_job_is_a_409_with_its_status_and_of_no_job_a_404(cloud: Cloud) -> None:
     job = submitted_job(cloud)
-    status, answer = call("POST", f"/v1/jobs/{job.job_id}/cancel", principal="arn:aws:iam::123456789012:user/other")
+    status, answer = call("POST", f"/v1/jobs/{job.job_id}/cancel", principal=OTHER_TENANT)
     assert status == 404 and "no job" in answer["message"], "another tenant's job is no job to its caller"
     assert cloud.job_item(job.job_id)["status"] == "QUEUED", "and nothing is cancelled"
     JobStore(aws.table(cloud.settings.jobs_table)).close(job.job_id, JobStatus.SUCCEEDED, "2026-01-01T00:00:00+00:00")

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from spillway import aws
-from spillway.endings import JobEndings
-from spillway.jobs import JobStore
+from spillway.handlers.wiring import endings as job_endings
 from spillway.models import JobStatus
 
 from conftest import Cloud
@@ -15,7 +14,7 @@ AT = "2026-01-01T00:01:00.000+00:00"
 
 def test_only_the_writer_that_ends_a_job_counts_it_and_queues_its_webhook(cloud: Cloud, finished: list) -> None:
     table = aws.table(cloud.settings.jobs_table)
-    endings = JobEndings(JobStore(table), cloud.client("sqs"), cloud.settings.webhook_queue_url)
+    endings = job_endings()  # as the functions build it
     told, untold = job_id_for(1), job_id_for(2)
     for job_id in (told, untold):
         running_job(cloud.settings, job_id)

@@ -25,7 +25,7 @@ import pytest
 
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered, gpu_record, gpu_view, submit_room, wait_for_health
+from helpers import answered, first_attempt, gpu_record, gpu_view, submit_room, wait_for_health
 
 pytestmark = [pytest.mark.embedded, pytest.mark.timed]
 
@@ -65,17 +65,6 @@ def slow_models(stack: StackInfo, seconds: float = SLOW_SECONDS) -> Iterator[Non
         yield
     finally:
         stack.agents("heal", *every_gpu)
-
-
-def first_attempt(api: httpx.Client, job_id: str, done: str, timeout: float = 30) -> dict:
-    """The job's first attempt once it has `done` ("running_at": an agent runs it; "ended_at": it ended)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        attempts = api.get(f"/v1/jobs/{job_id}").raise_for_status().json()["attempts"]
-        if attempts and attempts[0].get(done):
-            return attempts[0]
-        time.sleep(0.2)
-    raise AssertionError(f"{job_id}: its first attempt has no {done} after {timeout} s")
 
 
 def running_job(api: httpx.Client) -> tuple[str, str]:

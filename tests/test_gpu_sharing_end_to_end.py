@@ -26,7 +26,7 @@ from spillway.rooms import render_room
 from spillway_embedded.client import upload
 from spillway_embedded.launcher import LaunchedStack, StackInfo
 
-from helpers import answered, gpu_record
+from helpers import answered, first_attempt, gpu_record
 
 pytestmark = pytest.mark.embedded
 
@@ -100,11 +100,7 @@ def test_two_services_share_one_gpu_up_to_its_compute_and_not_beyond(stack: Stac
 
 def test_spillway_fleet_shows_the_compute_in_use(stack: StackInfo, api: httpx.Client) -> None:
     job_id = submit(api, "upscale_2x", render_room(9, *SMALL), EU_NORMAL).raise_for_status().json()["job_id"]
-    deadline = time.monotonic() + 30
-    while not (attempts := api.get(f"/v1/jobs/{job_id}").raise_for_status().json()["attempts"]) or \
-            not attempts[0].get("running_at"):  # its agent took it
-        assert time.monotonic() < deadline, "the job never started"
-        time.sleep(0.1)
+    first_attempt(api, job_id, "running_at")  # its agent took it
     stack.agents("stop", "local-0")  # frozen (SIGSTOP): its task runs on however long the listing takes to start
     try:
         listed = subprocess.run([sys.executable, "-m", "spillway.cli", "fleet", "--api", stack.api_url],

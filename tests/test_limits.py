@@ -26,10 +26,12 @@ from helpers import Clock
 TENANT = "tn-" + "a" * 24
 
 
-def limits(cloud: Cloud, clock: Clock, rate: float = 100.0, burst: int = 100, in_flight: int = 100) -> TenantLimits:
-    return TenantLimits(aws.table(cloud.settings.tenants_table), aws.client("dynamodb"), cloud.settings.jobs_table,
+def limits(cloud: Cloud, clock: Clock, rate: float = 100.0, burst: int = 100, in_flight: int = 100,
+           ddb: Any = None, **options: Any) -> TenantLimits:
+    return TenantLimits(aws.table(cloud.settings.tenants_table), ddb or aws.client("dynamodb"),
+                        cloud.settings.jobs_table,
                         TenantLimitSettings(submits_per_second=rate, submit_burst=burst, jobs_in_flight=in_flight),
-                        clock=clock)
+                        clock=clock, **options)
 
 
 def job(n: int, status: str = "QUEUED") -> dict[str, Any]:
@@ -147,9 +149,7 @@ class Contended:
 
 def contended(cloud: Cloud, clock: Clock, interfere: Any, times: int, pause: Any) -> tuple[TenantLimits, Contended]:
     ddb = Contended(aws.client("dynamodb"), interfere, times)
-    return TenantLimits(aws.table(cloud.settings.tenants_table), ddb, cloud.settings.jobs_table,
-                        TenantLimitSettings(submits_per_second=100.0, submit_burst=100, jobs_in_flight=100),
-                        clock=clock, pause=pause), ddb
+    return limits(cloud, clock, ddb=ddb, pause=pause), ddb
 
 
 def test_a_burst_of_one_tenants_submits_do_not_make_each_other_read_again(cloud: Cloud) -> None:

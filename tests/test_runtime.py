@@ -36,6 +36,7 @@ FUNCTION = Function(
 def fresh_recorder() -> Iterator[None]:
     runtime_handlers.events.clear()
     runtime_handlers.answer = None
+    runtime_handlers.under_way, runtime_handlers.let_go = threading.Semaphore(0), threading.Event()
     yield
     runtime_handlers.events.clear()
 
@@ -264,7 +265,6 @@ def test_a_raising_handler_deletes_nothing(sqs: Any) -> None:
 def test_a_backlog_is_handled_in_as_many_batches_at_once_as_the_function_has_containers(sqs: Any) -> None:
     source = queue_source(sqs, batch_size=1, visibility_s=30)
     send(sqs, source, "a", "b", "c")
-    runtime_handlers.let_go.clear()
     runtime_handlers.answer = lambda event: (runtime_handlers.under_way.release(), runtime_handlers.let_go.wait(10),
                                              {"batchItemFailures": []})[-1]
     recorder = dataclasses.replace(FUNCTION, handler="container_handlers.recorder")
@@ -381,7 +381,6 @@ def test_a_function_scales_out_to_containers_of_its_own_and_reuses_the_warm_ones
     function = Function(logical_id="Agents", name="stack-agents", arn=f"{FUNCTION.arn}-agents",
                         handler="container_handlers.handler", timeout=30, memory_mb=128, environment={})
     agents = Invoker(function, REGION, "123456789012", concurrency=2)
-    runtime_handlers.let_go.clear()
 
     def whoami(caller: str, pause: bool = False, wait: float | None = None) -> dict[str, Any]:
         headers = {"x-caller": caller, **({"x-pause": "1"} if pause else {})}

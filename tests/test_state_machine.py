@@ -91,8 +91,7 @@ def test_local_success_is_recorded_on_the_job(cloud: Cloud) -> None:
     execution_arn = admit(job)
     assert admit(job) == execution_arn, "a repeated start of the same job finds the same execution"
     sfn = cloud.client("stepfunctions")
-    executions = sfn.list_executions(stateMachineArn=cloud.settings.dispatch_state_machine_arn)["executions"]
-    assert [e["executionArn"] for e in executions] == [execution_arn]
+    assert [e["executionArn"] for e in executions(cloud)] == [execution_arn]
 
     task = next_task(cloud, "LocalQueue")
     assert (task["job_id"], task["attempt"], task["pool"]) == (job.job_id, 1, "local")

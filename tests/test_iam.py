@@ -87,7 +87,11 @@ NEEDS: dict[str, Grants] = {
         RULES: {"ssm:GetParameter"},  # FaaS segments and its GPU's memory: judged at submit
     }),
     "AgentCallbackFunction": _merge(TASK, POOL),
-    "AdmitFunction": _merge(ROUTING, {STATE_MACHINE: {"states:StartExecution"}}),  # the first attempt routed
+    "AdmitFunction": _merge(ROUTING, {  # the first attempt routed; a job that ends there, its slot given back
+        STATE_MACHINE: {"states:StartExecution"},
+        "<TenantsTable>": _ddb("UpdateItem"),  # through Reconciler.reconcile_id: no execution will end to do it
+        "execution:<DispatchStateMachine>:*": {"states:DescribeExecution"},  # (its check of a job not final)
+    }),
     "FaasWebhookFunction": _merge(TASK, FAAS),
     "PoolPollerFunction": _merge(TASK, POOL, FAAS),
     "TimerFunction": _merge(TASK, POOL, FAAS),

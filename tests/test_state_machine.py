@@ -237,10 +237,10 @@ def test_a_routing_step_that_fails_fails_the_job_with_its_error(cloud: Cloud, mo
 
     route = Router.route
 
-    def broken_after_the_first(self: Router, job_id: str, after: int):
+    def broken_after_the_first(self: Router, job_id: str, after: int, fleet=None):
         if after:
             raise RuntimeError("the routing rules cannot be read")
-        return route(self, job_id, after)
+        return route(self, job_id, after, fleet)
 
     monkeypatch.setattr(Router, "route", broken_after_the_first)
     job = submitted_job(cloud, webhook_url="https://example.com/hook")
@@ -287,7 +287,7 @@ def test_admission_that_cannot_route_lets_the_message_come_again_then_fails_the_
     from spillway.handlers import admit as admit_handler
     from spillway.routing.router import Router
 
-    def broken(self: Router, job_id: str, after: int):
+    def broken(self: Router, job_id: str, after: int, fleet=None):
         raise RuntimeError("the fleet table cannot be read")
 
     monkeypatch.setattr(Router, "route", broken)
@@ -309,6 +309,31 @@ def test_admission_that_cannot_route_lets_the_message_come_again_then_fails_the_
     assert executions(cloud) == []
     assert finished == [(job.job_id, JobStatus.FAILED)], "counted, as every end is"
     assert tenant_slots(cloud) == set(), "its slot given back"
+
+
+def test_an_admission_batch_reads_the_fleet_once_and_counts_its_own_jobs_ahead(cloud: Cloud, monkeypatch) -> None:
+    """A burst of submits is admitted in batches: the batch's routes share one read of the fleet, and each job
+    it routes is counted in its pool's room, so the jobs past the free slots are routed as waiting, as they
+    would be if each had read the fleet after the others had entered the room."""
+    from spillway.fleet import Fleet
+    from spillway.handlers import admit as admit_handler
+
+    first = submitted_job(cloud)  # two office GPUs of two slots each: four start now, the rest wait
+    jobs = [first] + [DispatchInput.model_validate(first.model_dump() | {"job_id": f"j-{n:032x}"}) for n in range(5)]
+    for job in jobs[1:]:
+        aws.table(cloud.settings.jobs_table).put_item(Item=cloud.job_item(first.job_id) | {"job_id": job.job_id})
+    reads = []
+    all_gpus = Fleet.all_gpus
+    monkeypatch.setattr(Fleet, "all_gpus", lambda self: reads.append(1) or all_gpus(self))
+
+    records = [intake_record(job, 1) | {"messageId": f"m-{n}"} for n, job in enumerate(jobs)]
+    assert admit_handler.handler({"Records": records}, LambdaContext("AdmitFunction")) == {"batchItemFailures": []}
+    assert len(reads) == 1, "one fleet read for the batch"
+    routes = [cloud.job_item(job.job_id)["attempts"][0]["route"] for job in jobs]
+    assert routes == ["local: first choice"] * 4 + ["local: first choice; it waits for a GPU"] * 2
+
+    admit_handler.handler({"Records": [intake_record(jobs[0], 2)]}, LambdaContext("AdmitFunction"))
+    assert len(reads) == 1, "a redelivery finds its attempt opened: no read"
 
 
 def test_routing_rules_that_do_not_validate_are_ignored_for_the_last_valid_ones(cloud: Cloud) -> None:

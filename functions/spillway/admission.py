@@ -19,13 +19,14 @@ from aws_lambda_powertools import Logger
 from spillway.models import DispatchInput, ExecutionLimits
 from spillway.priorities import job_clock
 from spillway.routing.policy import Route, RouteAction
+from spillway.routing.router import SharedFleet
 
 logger = Logger(child=True)
 
 
 class Admission:
     def __init__(self, sfn: Any, state_machine_arn: str, attempt_timeout_seconds: int,
-                 first_route: Callable[[str], Route], fail: Callable[[str, str], bool],
+                 first_route: Callable[[str, SharedFleet | None], Route], fail: Callable[[str, str], bool],
                  ended: Callable[[str], object] = lambda job_id: None, clock: Callable[[], float] = time.time):
         self._sfn = sfn
         self._first_route = first_route  # routes and opens the job's first attempt, or ends the job (idempotent)
@@ -40,9 +41,10 @@ class Admission:
     def execution_arn(self, job_id: str) -> str:
         return self._state_machine_arn.replace(":stateMachine:", ":execution:") + f":{job_id}"
 
-    def start(self, job: DispatchInput, last_try: bool = False) -> str | None:
+    def start(self, job: DispatchInput, last_try: bool = False, fleet: SharedFleet | None = None) -> str | None:
         """Route the job's first attempt and start its dispatch execution, exactly once; returns the
-        execution's ARN, or None if the route ended the job (its record says why).
+        execution's ARN, or None if the route ended the job (its record says why). `fleet`: the fleet as read
+        for the whole batch of jobs being admitted (see `SharedFleet`).
 
         A repeated start (SQS delivers at least once) is harmless: the first route is decided once (a
         redelivery finds the attempt it opened), and Step Functions answers a start with the same name and
@@ -51,7 +53,7 @@ class Admission:
         `last_try`: then the job fails with why, as no execution will ever run it.
         """
         try:
-            route = self._first_route(job.job_id)
+            route = self._first_route(job.job_id, fleet)
             if route.action is RouteAction.RUN:
                 return self._start(job, route)
         except Exception as exc:

@@ -138,7 +138,7 @@ def reports() -> TaskReports:
 def admission() -> Admission:
     s = settings()
     return Admission(aws.client("stepfunctions"), s.dispatch_state_machine_arn, s.attempt_timeout_seconds,
-                     first_route=lambda job_id: router().route(job_id, after=0),
+                     first_route=lambda job_id, fleet: router().route(job_id, after=0, fleet=fleet),
                      fail=lambda job_id, reason: router().fail(job_id, reason),
                      ended=lambda job_id: reconciler().reconcile_id(job_id))
 

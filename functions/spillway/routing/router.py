@@ -5,7 +5,8 @@ Admission runs it for the first attempt (so the happy path's execution starts at
 machine's Route step after each attempt.
 
 The facts are read fresh each time: the job's attempts (its record), the fleet (every GPU, and how
-many tasks wait in each pool's room), and today's FaaS spend. The reservation is made under the id of
+many tasks wait in each pool's room), and today's FaaS spend — except that admission reads the fleet once
+for a whole batch of jobs (`SharedFleet`). The reservation is made under the id of
 the attempt about to open, so a retried Route step never reserves twice; the FaaS dispatcher settles
 it to the billed cost, or releases it if the call is never made.
 
@@ -15,6 +16,7 @@ from DynamoDB, the simulator (`spillway simulate`) from its simulated fleet and 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -68,6 +70,27 @@ def fleet_snapshot(gpus: list[Gpu], now: float, stale_after: float, depth: Calla
                          waiting={pool: depth(pool, QUEUE_PEEK) for pool in (Pool.LOCAL, Pool.CLOUD)})
 
 
+class SharedFleet:
+    """One read of the fleet for a batch of routes (an admission batch): taken by the batch's first route that
+    decides, and each attempt the batch opens in a pool counted in that pool's room, as the batch's next job will
+    find it there. A burst of submits then reads the fleet once per batch, not once per job."""
+
+    def __init__(self, read: Callable[[], FleetSnapshot]):
+        self._read = read
+        self._snapshot: FleetSnapshot | None = None
+
+    def snapshot(self) -> FleetSnapshot:
+        if self._snapshot is None:
+            self._snapshot = self._read()
+        return self._snapshot
+
+    def opened(self, pool: Pool) -> None:
+        """An attempt of the batch opened in `pool`: it is ahead of the next job there."""
+        if self._snapshot is not None and pool in self._snapshot.waiting:
+            waiting = self._snapshot.waiting | {pool: self._snapshot.waiting[pool] + 1}
+            self._snapshot = dataclasses.replace(self._snapshot, waiting=waiting)
+
+
 def route_step(facts: JobFacts, attempts: list[PastAttempt], current_attempt: int, fleet: FleetSnapshot,
                rules: RoutingRules, budget: Callable[[], FaasBudget], reserve: Callable[[Route], bool], *,
                faas_enabled: bool, max_attempts: int, max_legs: int) -> Route:
@@ -101,10 +124,19 @@ class Router:
         self._faas_enabled = faas_enabled  # a stack without a FaaS endpoint never routes there
         self._clock = clock
 
-    def route(self, job_id: str, after: int) -> Route:
+    def shared_fleet(self) -> SharedFleet:
+        """A fleet read that a batch of routes shares (see `SharedFleet`); read when the first of them decides."""
+        return SharedFleet(self._read_fleet)
+
+    def _read_fleet(self) -> FleetSnapshot:
+        return fleet_snapshot(self._fleet.all_gpus(), self._clock(), self._stale_after,
+                              lambda pool, at_most: self._fleet.waiting_room.depth(pool, at_most=at_most))
+
+    def route(self, job_id: str, after: int, fleet: SharedFleet | None = None) -> Route:
         """Where the attempt after `after` goes, opened on the job (the fence: the job is still on `after`);
         or why the job ends, written. Admission asks for the first (after 0), the Route step after each attempt
-        closed. A retried step or a redelivered admission whose attempt opened already gets it again."""
+        closed. A retried step or a redelivered admission whose attempt opened already gets it again. `fleet`:
+        a read shared with the other routes of a batch; none, the fleet is read for this route alone."""
         job = self._jobs.get(job_id)
         if job is None:
             raise LookupError(f"no job {job_id}: its execution runs for a record that does not exist")
@@ -112,7 +144,7 @@ class Router:
             return Route(action=RouteAction.FAIL, reason=f"the job is {job.status.value} already", attempt=job.attempt)
         if job.attempt == after + 1 and job.attempts and job.attempts[-1].outcome is None:
             return self._to_queue(opened_route(job.attempts[-1], job.attempt))
-        route = self._decide(job, after)
+        route = self._decide(job, after, fleet or self.shared_fleet())
         _report(route, job)
         if route.action is RouteAction.FAIL:
             self.fail(job_id, route.reason, attempt=route.attempt)
@@ -131,7 +163,7 @@ class Router:
             return route
         return route.model_copy(update={"queue_url": self._queue_urls[route.pool]})
 
-    def _decide(self, job: JobRecord, after: int) -> Route:
+    def _decide(self, job: JobRecord, after: int, shared: SharedFleet) -> Route:
         now = self._clock()
         rules = self._rules()
         _, deadline = job_clock(job.priority, job.created_at, job.deadline_at, now)
@@ -140,8 +172,7 @@ class Router:
                          deadline=deadline)
         attempts = [PastAttempt(pool=a.pool, gpu_id=a.gpu_id, error=a.error_type, reason=a.reason)
                     for a in job.attempts]
-        fleet = fleet_snapshot(self._fleet.all_gpus(), now, self._stale_after,
-                               lambda pool, at_most: self._fleet.waiting_room.depth(pool, at_most=at_most))
+        fleet = shared.snapshot()
         reservation_id = faas_task_id(job.job_id, after + 1)  # the FaaS attempt about to open
 
         def reserve(route: Route) -> bool:
@@ -153,6 +184,8 @@ class Router:
                            reserve, faas_enabled=self._faas_enabled, max_attempts=self._max_attempts,
                            max_legs=self._max_legs)
         opened = route.action is RouteAction.RUN and self._open(job.job_id, after, route, iso_at(now))
+        if opened and route.pool is not None:
+            shared.opened(route.pool)
         eligible = faas_eligible(rules, facts, self._faas_enabled)
         held = self._budget.reservation(reservation_id) if eligible and not (opened and route.pool is Pool.FAAS) \
             else None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import cv2
 import numpy as np
 import pytest
@@ -18,6 +21,14 @@ def test_rooms_are_deterministic_by_seed() -> None:
     assert render_room(4) == render_room(4)
     assert render_room(4) != render_room(5)
     assert decode(render_room(4, 320, 200)).shape == (200, 320, 3)
+
+
+def test_rooms_can_be_rendered_from_many_threads_at_once() -> None:
+    """numpy loads `np.random` on its first use, and two threads using it first at once can recurse in that
+    import (a benchmark's uploads failed with RecursionError): importing rooms loads it, before any thread."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, spillway.rooms; print('numpy.random' in sys.modules)"],
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "True"
 
 
 def test_the_mask_is_exactly_the_saturated_furniture() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from numpy.random import Generator, default_rng  # imported here: numpy loads np.random lazily, and not thread-safely
 
 
 def render_room(seed: int, width: int = 640, height: int = 480) -> bytes:
@@ -25,7 +26,7 @@ def furniture_mask(seed: int, width: int = 640, height: int = 480) -> np.ndarray
 
 
 def _room(seed: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
+    rng = default_rng(seed)
     horizon = int(height * rng.uniform(0.55, 0.68))
     image = np.empty((height, width, 3), np.float32)
 
@@ -52,7 +53,7 @@ def _room(seed: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     return image, mask.astype(bool)
 
 
-def _saturated(rng: np.random.Generator) -> tuple[int, int, int]:
+def _saturated(rng: Generator) -> tuple[int, int, int]:
     hue = int(rng.integers(0, 180))
     hsv = np.uint8([[[hue, int(rng.integers(190, 256)), int(rng.integers(140, 230))]]])
     b, g, r = cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0]
@@ -66,8 +67,8 @@ class _Place:
         self.width, self.height, self.horizon = width, height, horizon
         self._seed = seed
 
-    def rng(self, piece: str) -> np.random.Generator:
-        return np.random.default_rng([self._seed, sum(map(ord, piece))])
+    def rng(self, piece: str) -> Generator:
+        return default_rng([self._seed, sum(map(ord, piece))])
 
 
 def _sofa(canvas: np.ndarray, paint: object, p: _Place) -> None:

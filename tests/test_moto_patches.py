@@ -34,7 +34,7 @@ NO_RETRIES = Config(retries={"max_attempts": 0, "total_max_attempts": 1}, max_po
 
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    server = MotoServer()
+    server = MotoServer(meter_capacity=True)
     endpoint = server.start()
     yield endpoint
     server.stop()
@@ -739,6 +739,34 @@ def test_the_server_counts_the_calls_it_serves_by_api(moto_endpoint: str) -> Non
     counted = {api: after[api][0] - before.get(api, [0, 0.0])[0] for api in after}
     assert counted["dynamodb.ListTables"] == 2 and counted["sqs.ListQueues"] == 1
     assert after["dynamodb.ListTables"][1] > 0  # CPU seconds of the calls
+
+
+@pytest.mark.parametrize("metered", [True, False])
+def test_request_units_are_metered_only_when_asked(metered: bool) -> None:
+    """Metering reads every DynamoDB request and answer again (a twentieth of moto's CPU): only the cost model's
+    stacks ask for it; on another server the calls are still counted, and asking for units gets a clear 404."""
+    from werkzeug.test import EnvironBuilder
+
+    from spillway_embedded.moto_server import CallCounter
+
+    def moto(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        assert environ["wsgi.input"].read() == b'{"ConsistentRead": true}'
+        start_response("200 OK", [])
+        return [b'{"Item": {"pk": {"S": "a"}}}']
+
+    counter = CallCounter(moto, meter_capacity=metered)
+    call = EnvironBuilder(method="POST", path="/", data=b'{"ConsistentRead": true}', headers={
+        "X-Amz-Target": "DynamoDB_20120810.GetItem",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=test/20261126/us-east-1/dynamodb/aws4_request"}).get_environ()
+    assert b"".join(counter(call, lambda *_: None)) == b'{"Item": {"pk": {"S": "a"}}}'
+    assert counter._calls["dynamodb.GetItem"][0] == 1
+    answered: list[str] = []
+    body = b"".join(counter(EnvironBuilder(path=CallCounter.CAPACITY_PATH).get_environ(),
+                            lambda status, headers: answered.append(status)))
+    if metered:
+        assert answered == ["200 OK"] and json.loads(body) == {"dynamodb.GetItem": 1.0}
+    else:
+        assert answered == ["404 Not Found"] and b"--meter-capacity" in body
 
 
 def test_the_server_counts_dynamodb_request_units_and_passes_the_call_through(moto_endpoint: str) -> None:

@@ -32,7 +32,7 @@ TIMEOUT = httpx.Timeout(10.0, connect=2.0)
 EMPTY_POLLS = "sqs.ReceiveMessage"  # see the module's docstring
 # `spillway dev` arguments for a stack whose job windows hold only the job's calls: no fleet heartbeats (an hour
 # apart; the GPUs stay fresh for two); the job's timers fire soon (the shortest liveness window).
-QUIET_STACK = ["--agent-heartbeat-seconds", "3600", "--parameter", "AgentStaleSeconds=7200",
+QUIET_STACK = ["--meter-capacity", "--agent-heartbeat-seconds", "3600", "--parameter", "AgentStaleSeconds=7200",
                "--parameter", "HeartbeatSeconds=5"]
 # The happy path's job: EU (never FaaS), high priority (its wait bound, 5 s, keeps the window short).
 EU_JOB = {"service": "remove_furniture", "priority": "high", "segment": {"region": "eu"}}

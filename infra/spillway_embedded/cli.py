@@ -58,6 +58,8 @@ def dev(argv: list[str]) -> int:
                         help="each task takes at least this long on its GPU (the demo model is fast)")
     parser.add_argument("--agent-heartbeat-seconds", type=float, default=5.0,
                         help="seconds between the agents' fleet heartbeats (the cost bench quiets them)")
+    parser.add_argument("--meter-capacity", action="store_true",
+                        help="estimate the DynamoDB request units of every call (the cost model reads them; costs CPU)")
     parser.add_argument("--ops-port", type=int, help="the ops page's port (default 8090; 0 with --api-port 0)")
     parser.add_argument("--metrics", action="store_true",
                         help="print each invocation's metrics (EMF, what CloudWatch would ingest)")
@@ -67,6 +69,7 @@ def dev(argv: list[str]) -> int:
                               routing_rules=_rules(args.rules), parameters=_parameters(args.parameter),
                               model_seconds=args.model_seconds, emit_metrics=args.metrics,
                               agent_heartbeat_seconds=args.agent_heartbeat_seconds, tenants_file=args.tenants,
+                              meter_capacity=args.meter_capacity,
                               ops_port=args.ops_port if args.ops_port is not None else (8090 if args.api_port else 0))
     except ValueError as unusable:
         raise SystemExit(f"spillway dev: {unusable}") from None

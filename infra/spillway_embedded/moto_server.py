@@ -49,8 +49,10 @@ def reserve_port(host: str = "127.0.0.1") -> socket.socket:
 
 class MotoServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None,
-                 start_timeout: float = 30.0, stop_timeout: float = 10.0, lambda_endpoint: str = ""):
+                 start_timeout: float = 30.0, stop_timeout: float = 10.0, lambda_endpoint: str = "",
+                 meter_capacity: bool = False):
         self._host = host
+        self._meter_capacity = meter_capacity  # estimate DynamoDB's request units (see `CallCounter`)
         self._lambda_endpoint = lambda_endpoint  # where `lambda:invoke` Tasks are served (the runtime)
         self._port = port
         self._log_path = log_path
@@ -83,7 +85,7 @@ class MotoServer:
             moto_patches.LAMBDA_ENDPOINT_VARIABLE: self._lambda_endpoint,
         }
         command = [sys.executable, "-m", "spillway_embedded.moto_server", "--host", self._host, "--port", str(port),
-                   "--parent-pid", str(os.getpid())]
+                   "--parent-pid", str(os.getpid()), *(["--meter-capacity"] if self._meter_capacity else [])]
         with self._log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                              env=env)
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--meter-capacity", action="store_true",
+                        help="estimate the DynamoDB request units each API consumes (GET /_spillway/capacity)")
     args = parser.parse_args(argv)
 
     # Before the first execution: the interpreter addresses DynamoDB, SQS ... at localhost:$MOTO_PORT (its
@@ -165,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
         def log_request(self, code: Any = "-", size: Any = "-") -> None:
             pass  # one line per AWS call is noise; errors are still logged
 
-    app = CallCounter(moto_patches.DirectJsonApis(DomainDispatcherApplication(create_backend_app)))
+    app = CallCounter(moto_patches.DirectJsonApis(DomainDispatcherApplication(create_backend_app)),
+                      meter_capacity=args.meter_capacity)
     moto_patches.serve_integrations_in_process(app)
     server = make_server(args.host, args.port, app, threaded=True, request_handler=RequestHandler)
 
@@ -189,26 +194,33 @@ class CallCounter:
     """WSGI middleware: counts the AWS calls served by API (`dynamodb.UpdateItem`, `s3.PUT` ...) and the CPU
     time their request threads spent, so a benchmark can say what each job costs moto.
     `GET /_spillway/calls` answers {api: [calls, cpu_seconds]}; `GET /_spillway/capacity` the DynamoDB
-    capacity units each API consumed, {api: units} (see `dynamodb_units`)."""
+    capacity units each API consumed, {api: units} (see `dynamodb_units`), on a server that meters them: reading
+    every DynamoDB request and answer again costs moto a twentieth of its CPU, so only the cost model's stacks
+    pay it (`--meter-capacity`), not the benchmarks that measure moto's CPU."""
 
     PATH = "/_spillway/calls"
     CAPACITY_PATH = "/_spillway/capacity"
     _SERVICE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/")
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, meter_capacity: bool = False):
         self._app = app
+        self._meter_capacity = meter_capacity
         self._lock = threading.Lock()
         self._calls: dict[str, list[float]] = {}
         self._units: dict[str, float] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") == self.CAPACITY_PATH and not self._meter_capacity:
+            body = b'{"message": "capacity is metered only by a server started with --meter-capacity"}'
+            start_response("404 Not Found", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
         if environ.get("PATH_INFO") in (self.PATH, self.CAPACITY_PATH):
             with self._lock:
                 body = json.dumps(self._calls if environ["PATH_INFO"] == self.PATH else self._units).encode()
             start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
             return [body]
         target = environ.get("HTTP_X_AMZ_TARGET", "")
-        if not target.startswith("DynamoDB_"):
+        if not (self._meter_capacity and target.startswith("DynamoDB_")):
             return self._counted(environ, start_response)
         length = int(environ.get("CONTENT_LENGTH") or 0)
         request = environ["wsgi.input"].read(length) if length else b""

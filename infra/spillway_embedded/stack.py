@@ -76,12 +76,14 @@ class EmbeddedStack:
     emit_metrics: bool = False  # print each invocation's EMF metrics (CloudWatch's input) to the output
     ops_port: int = 0  # the ops page's; 0 picks a free one
     tenants_file: Path | None = None  # who may call the API, with which token (see tenants.py); always `default`
+    meter_capacity: bool = False  # moto estimates DynamoDB's request units (the cost model's stacks)
 
     def __post_init__(self) -> None:
         # The runtime serves Lambda's Invoke API for the state machine's `lambda:invoke` Tasks; moto's
         # interpreter learns where at its start, before the runtime exists.
         self._lambda_socket = reserve_port()  # held until the runtime serves on it: nobody else takes the port
-        self._moto = MotoServer(lambda_endpoint=f"http://127.0.0.1:{self._lambda_socket.getsockname()[1]}")
+        self._moto = MotoServer(lambda_endpoint=f"http://127.0.0.1:{self._lambda_socket.getsockname()[1]}",
+                                meter_capacity=self.meter_capacity)
         self._runtime: Runtime | None = None
         self._chaos: Any = None
         self._ops: Any = None

@@ -47,7 +47,8 @@ PathCost = tuple[aws_cost.Usage, list[str]]
 
 
 def launched(state: str, *args: str) -> LaunchedStack:
-    return LaunchedStack(Path(state), ["--api-port", "0", *args])
+    """A stack whose moto meters DynamoDB's request units: every path's cost reads them."""
+    return LaunchedStack(Path(state), ["--api-port", "0", "--meter-capacity", *args])
 
 
 def path_of(view: dict[str, Any]) -> str:

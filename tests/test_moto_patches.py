@@ -760,6 +760,7 @@ def test_request_units_are_metered_only_when_asked(metered: bool) -> None:
         "Authorization": "AWS4-HMAC-SHA256 Credential=test/20261126/us-east-1/dynamodb/aws4_request"}).get_environ()
     assert b"".join(counter(call, lambda *_: None)) == b'{"Item": {"pk": {"S": "a"}}}'
     assert counter._calls["dynamodb.GetItem"][0] == 1
+    assert counter._units == ({"dynamodb.GetItem": 1.0} if metered else {}), "unmetered: the call is not read again"
     answered: list[str] = []
     body = b"".join(counter(EnvironBuilder(path=CallCounter.CAPACITY_PATH).get_environ(),
                             lambda status, headers: answered.append(status)))

@@ -336,6 +336,24 @@ def test_an_admission_batch_reads_the_fleet_once_and_counts_its_own_jobs_ahead(c
     assert len(reads) == 1, "a redelivery finds its attempt opened: no read"
 
 
+def test_a_route_on_a_batch_s_fleet_read_keeps_its_own_clock(cloud: Cloud, monkeypatch) -> None:
+    """The batch's GPUs and rooms are shared, not its clock: a job whose deadline passed since the batch read
+    the fleet ends (no attempt that could only expire)."""
+    from spillway.handlers.wiring import router
+
+    job = submitted_job(cloud)
+    now = time.time()
+    aws.table(cloud.settings.jobs_table).update_item(
+        Key={"job_id": job.job_id}, UpdateExpression="SET deadline_at = :soon",
+        ExpressionAttributeValues={":soon": datetime.fromtimestamp(now + 5, UTC).isoformat()})
+    fleet = router().shared_fleet()
+    assert fleet.snapshot().now < now + 5
+    monkeypatch.setattr(router(), "_clock", lambda: now + 10)
+    route = router().route(job.job_id, after=0, fleet=fleet)
+    assert route.action.value == "fail" and "deadline" in route.reason
+    assert cloud.job_item(job.job_id)["status"] == "FAILED"
+
+
 def test_routing_rules_that_do_not_validate_are_ignored_for_the_last_valid_ones(cloud: Cloud) -> None:
     from spillway.handlers import wiring
     from spillway.routing.rules import default_rules

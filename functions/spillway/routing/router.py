@@ -172,7 +172,7 @@ class Router:
                          deadline=deadline)
         attempts = [PastAttempt(pool=a.pool, gpu_id=a.gpu_id, error=a.error_type, reason=a.reason)
                     for a in job.attempts]
-        fleet = shared.snapshot()
+        fleet = dataclasses.replace(shared.snapshot(), now=now)  # the batch's GPUs and rooms, this route's clock
         reservation_id = faas_task_id(job.job_id, after + 1)  # the FaaS attempt about to open
 
         def reserve(route: Route) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 import time
 import uuid
@@ -431,14 +432,16 @@ def test_in_the_server_the_interpreters_integrations_are_served_in_process_witho
         state_task_service_sqs,
     )
 
-    from spillway_embedded.moto_server import CallCounter, free_port
+    from spillway_embedded.moto_server import CallCounter
 
     # The server's application, as its main() builds it; DynamoDB and SQS answered without Flask (patch 17).
     server_app = CallCounter(moto_patches.DirectJsonApis(DomainDispatcherApplication(create_backend_app)))
     monkeypatch.setattr(moto_patches, "_server_app", None)
     monkeypatch.setattr(Flask, "wsgi_app", lambda *_: pytest.fail("a DynamoDB or SQS call went through Flask"))
     moto_patches.serve_integrations_in_process(server_app)
-    monkeypatch.setenv("MOTO_PORT", str(free_port()))  # nothing listens there: a call over HTTP would fail
+    with socket.socket() as probe:  # a port nothing listens on: a call over HTTP would fail
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MOTO_PORT", str(probe.getsockname()[1]))
     region, name = "ca-central-1", f"in-process-{uuid.uuid4().hex}"  # this process's backends are not reset here
     ddb = state_task_service_dynamodb.boto_client_for(region, "dynamodb")
     sqs = state_task_service_sqs.boto_client_for(region, "sqs")
@@ -724,6 +727,31 @@ def test_sqs_counts_and_receives_by_one_clock_reading_and_never_computes_every_a
                 attributes["ApproximateNumberOfMessagesNotVisible"]) == ("1", "5", "1")
         rest = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)["Messages"]
         assert [m["Body"] for m in rest] == [b for b in ("now", "now too") if b != first[0]["Body"]]
+
+
+def test_the_server_serves_on_the_port_reserved_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The port is held from its choice until moto's server serves on it (the child inherits the listening
+    socket): a port only probed free was once taken, in the window before moto bound it, by another process's
+    outgoing connection, and the stack did not start ("Address already in use")."""
+    from spillway_embedded import moto_server
+
+    reserved: list[int] = []
+
+    def reserve(host: str = "127.0.0.1") -> Any:
+        held = moto_server.socket.socket()
+        held.bind((host, 0))
+        held.listen(128)
+        reserved.append(held.getsockname()[1])
+        return held
+
+    monkeypatch.setattr(moto_server, "reserve_port", reserve)
+    server = MotoServer()
+    endpoint = server.start()
+    try:
+        assert endpoint == f"http://127.0.0.1:{reserved[0]}"
+        assert httpx.get(f"{endpoint}/_spillway/calls", timeout=5).status_code == 200
+    finally:
+        server.stop()
 
 
 def test_the_server_counts_the_calls_it_serves_by_api(moto_endpoint: str) -> None:

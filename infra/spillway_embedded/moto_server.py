@@ -31,12 +31,6 @@ from spillway_embedded import moto_patches
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # holds spillway_embedded/: importable by the child
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def reserve_port(host: str = "127.0.0.1") -> socket.socket:
     """A listening socket on a free port, held from the moment the port is known until a server takes it
     (`make_server(..., fd=sock.fileno())`): a port only probed free can be taken meanwhile by anyone's
@@ -71,7 +65,10 @@ class MotoServer:
         return self._process.pid if self._process else None
 
     def start(self) -> str:
-        port = self._port or free_port(self._host)
+        # The port is held from its choice until the child serves on it (it inherits the listening socket): a
+        # port only probed free can be taken meanwhile by any process's outgoing connection.
+        reserved = None if self._port else reserve_port(self._host)
+        port = reserved.getsockname()[1] if reserved else self._port
         # moto's interpreter calls its own service integrations (DynamoDB, SQS ...) at
         # http://localhost:$MOTO_PORT: the child sets it for itself; here it only keeps the old contract.
         os.environ["MOTO_PORT"] = str(port)
@@ -85,10 +82,16 @@ class MotoServer:
             moto_patches.LAMBDA_ENDPOINT_VARIABLE: self._lambda_endpoint,
         }
         command = [sys.executable, "-m", "spillway_embedded.moto_server", "--host", self._host, "--port", str(port),
-                   "--parent-pid", str(os.getpid()), *(["--meter-capacity"] if self._meter_capacity else [])]
-        with self._log_path.open("wb") as log:
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             env=env)
+                   "--parent-pid", str(os.getpid()), *(["--meter-capacity"] if self._meter_capacity else []),
+                   *(["--fd", str(reserved.fileno())] if reserved else [])]
+        try:
+            with self._log_path.open("wb") as log:
+                self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                                 stderr=subprocess.STDOUT, env=env,
+                                                 pass_fds=(reserved.fileno(),) if reserved else ())
+        finally:
+            if reserved is not None:
+                reserved.close()  # the child holds its own copy
         self.endpoint = f"http://{self._host}:{port}"
         try:
             self._wait_until_serving()
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--fd", type=int, help="serve on this listening socket, inherited from the parent")
     parser.add_argument("--meter-capacity", action="store_true",
                         help="estimate the DynamoDB request units each API consumes (GET /_spillway/capacity)")
     args = parser.parse_args(argv)
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     app = CallCounter(moto_patches.DirectJsonApis(DomainDispatcherApplication(create_backend_app)),
                       meter_capacity=args.meter_capacity)
     moto_patches.serve_integrations_in_process(app)
-    server = make_server(args.host, args.port, app, threaded=True, request_handler=RequestHandler)
+    server = make_server(args.host, args.port, app, threaded=True, request_handler=RequestHandler, fd=args.fd)
 
     def exit_now(*_: Any) -> None:
         raise SystemExit(0)

@@ -736,11 +736,10 @@ def test_the_server_serves_on_the_port_reserved_for_it(monkeypatch: pytest.Monke
     from spillway_embedded import moto_server
 
     reserved: list[int] = []
+    reserve_port = moto_server.reserve_port
 
     def reserve(host: str = "127.0.0.1") -> Any:
-        held = moto_server.socket.socket()
-        held.bind((host, 0))
-        held.listen(128)
+        held = reserve_port(host)
         reserved.append(held.getsockname()[1])
         return held
 

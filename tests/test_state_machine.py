@@ -340,6 +340,7 @@ def test_a_route_on_a_batch_s_fleet_read_keeps_its_own_clock(cloud: Cloud, monke
     """The batch's GPUs and rooms are shared, not its clock: a job whose deadline passed since the batch read
     the fleet ends (no attempt that could only expire)."""
     from spillway.handlers.wiring import router
+    from spillway.routing.policy import RouteAction
 
     job = submitted_job(cloud)
     now = time.time()
@@ -350,7 +351,7 @@ def test_a_route_on_a_batch_s_fleet_read_keeps_its_own_clock(cloud: Cloud, monke
     assert fleet.snapshot().now < now + 5
     monkeypatch.setattr(router(), "_clock", lambda: now + 10)
     route = router().route(job.job_id, after=0, fleet=fleet)
-    assert route.action.value == "fail" and "deadline" in route.reason
+    assert route.action is RouteAction.FAIL and "deadline" in route.reason
     assert cloud.job_item(job.job_id)["status"] == "FAILED"
 
 
